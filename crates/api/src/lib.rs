@@ -1,0 +1,1 @@
+//! kubevirt-api (see README.md).

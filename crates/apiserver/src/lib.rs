@@ -1,0 +1,1 @@
+//! kubevirt-apiserver (see README.md).

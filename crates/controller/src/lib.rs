@@ -1,0 +1,1 @@
+//! kubevirt-controller (see README.md).

@@ -1,0 +1,1 @@
+//! kubevirt-diskprep (see README.md).

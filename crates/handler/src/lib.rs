@@ -1,0 +1,1 @@
+//! kubevirt-handler (see README.md).

@@ -1,0 +1,1 @@
+//! kubevirt-hypervisor (see README.md).

@@ -1,0 +1,1 @@
+//! kubevirt-launcher (see README.md).

@@ -1,0 +1,1 @@
+//! kubevirt-podnet (see README.md).

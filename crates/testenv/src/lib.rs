@@ -1,0 +1,1 @@
+//! Test infrastructure: guest images built once per run, a local OCI registry.
