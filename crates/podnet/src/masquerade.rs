@@ -291,7 +291,6 @@ pub struct PodNetwork {
     cfg: PodNetworkConfig,
 }
 
-
 impl PodNetwork {
     pub fn new(cfg: PodNetworkConfig) -> Result<Self> {
         let bad = |field: &str, reason: String| PodNetError::InvalidConfig {

@@ -59,7 +59,9 @@ pub(crate) fn host_table(bridge: &str) -> String {
     format!("kubevirt_pods_{clean}")
 }
 
-/// Host side: pods leave the node masqueraded behind the node's address.
+/// Host side: pods leave the node masqueraded behind the node's address. Matching on the
+/// destination (not `oifname`) keeps pod-to-pod traffic unNATed even where br_netfilter
+/// shows bridged packets to the IP hooks with the bridge port as output interface.
 pub(crate) fn host_ruleset(bridge: &str, network: Ipv4Addr, prefix_len: u8) -> String {
     let t = host_table(bridge);
     format!(
@@ -68,7 +70,7 @@ pub(crate) fn host_ruleset(bridge: &str, network: Ipv4Addr, prefix_len: u8) -> S
          table ip {t} {{\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {network}/{prefix_len} oifname != \"{bridge}\" counter masquerade\n\
+         \t\tip saddr {network}/{prefix_len} ip daddr != {network}/{prefix_len} counter masquerade\n\
          \t}}\n\
          }}\n"
     )
@@ -131,6 +133,6 @@ mod tests {
         assert_eq!(host_table("kvrs0"), "kubevirt_pods_kvrs0");
         assert_eq!(host_table("br-x.1"), "kubevirt_pods_br_x_1");
         let s = host_ruleset("kvrs0", Ipv4Addr::new(10, 244, 0, 0), 16);
-        assert!(s.contains("ip saddr 10.244.0.0/16 oifname != \"kvrs0\" counter masquerade"));
+        assert!(s.contains("ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 counter masquerade"));
     }
 }
