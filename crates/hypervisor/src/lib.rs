@@ -1,1 +1,79 @@
-//! kubevirt-hypervisor (see README.md).
+//! kubevirt-hypervisor: the Hypervisor Abstraction Layer (see README.md).
+//!
+//! The API is synchronous and object-safe: a [`Hypervisor`] creates boxed [`Domain`]s and every
+//! domain operation is a blocking call that finishes in milliseconds (QMP round trips) or takes
+//! an explicit timeout. Async callers run the few long waits ([`Domain::wait_exit`]) on a
+//! blocking thread. This keeps the traits usable as `dyn` objects without `async_trait`, and keeps
+//! the launcher's footprint small. This crate knows nothing about Kubernetes.
+
+pub mod accel;
+pub mod config;
+pub mod error;
+pub mod qemu;
+pub mod qga;
+pub mod qmp;
+pub mod swtpm;
+
+use std::time::Duration;
+
+pub use accel::{detect_accelerator, Accelerator, AcceleratorKind};
+pub use config::*;
+pub use error::{HypervisorError, Result};
+pub use qemu::QemuHypervisor;
+
+/// A virtualisation backend able to create domains.
+pub trait Hypervisor: Send + Sync {
+    /// Short backend name, e.g. `qemu`.
+    fn name(&self) -> &'static str;
+    /// The accelerator domains of this hypervisor will use, with the reason it was chosen.
+    fn accelerator(&self) -> &Accelerator;
+    /// Validates `cfg` and returns a domain that is defined but not started.
+    fn create_domain(&self, cfg: DomainConfig) -> Result<Box<dyn Domain>>;
+}
+
+/// One virtual machine's lifecycle. All methods take `&self`: implementations synchronise
+/// internally so a domain can be shared (`Arc<dyn Domain>`) between an API server and a reaper.
+pub trait Domain: Send + Sync {
+    /// The domain name from its config.
+    fn name(&self) -> &str;
+    /// The config the domain was created from.
+    fn config(&self) -> &DomainConfig;
+    /// Boots the domain (spawns the VMM and connects its control channel).
+    fn start(&self) -> Result<()>;
+    /// Starts the VMM waiting for an incoming live migration on `uri` (e.g. `tcp:127.0.0.1:4444`).
+    fn prepare_incoming(&self, uri: &str) -> Result<()>;
+    /// Process id of the VMM while it runs.
+    fn pid(&self) -> Option<u32>;
+    /// Pauses all vCPUs.
+    fn pause(&self) -> Result<()>;
+    /// Resumes paused vCPUs.
+    fn resume(&self) -> Result<()>;
+    /// Presses the ACPI power button; the guest decides whether to power off.
+    fn acpi_shutdown(&self) -> Result<()>;
+    /// Hard stop: asks the VMM to quit, kills it if it does not, and releases helpers (swtpm).
+    fn stop(&self) -> Result<()>;
+    /// Hard reset of the machine (like the reset button).
+    fn reset(&self) -> Result<()>;
+    /// Current run state as reported by the VMM.
+    fn state(&self) -> Result<DomainState>;
+    /// vCPU, block and memory statistics.
+    fn stats(&self) -> Result<DomainStats>;
+    /// Starts an outgoing live migration to `uri`; poll [`Domain::migration_status`].
+    fn migrate_out(&self, uri: &str) -> Result<()>;
+    /// Progress of the current (outgoing or incoming) migration.
+    fn migration_status(&self) -> Result<MigrationStatus>;
+    /// Runs a guest-agent command (e.g. `guest-get-osinfo`) and returns its `return` value.
+    fn guest_agent(
+        &self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value>;
+    /// Waits until the VMM process exits (reaping it). `None` timeout waits forever.
+    /// Returns `Ok(None)` on timeout.
+    fn wait_exit(&self, timeout: Option<Duration>) -> Result<Option<ExitInfo>>;
+    /// Lifecycle events seen so far (STOP, RESUME, RESET, SHUTDOWN, ...), oldest first.
+    fn events(&self) -> Vec<DomainEvent>;
+    /// Blocks until an event named `name` arrives after index `after` of [`Domain::events`].
+    fn wait_event(&self, name: &str, after: usize, timeout: Duration) -> Option<DomainEvent>;
+}

@@ -1,0 +1,362 @@
+//! The neutral domain configuration: what to run, not how a backend spells it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything needed to define a domain. Paths are absolute host paths.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    /// Domain name (used as the VMM process name and in logs).
+    pub name: String,
+    /// SMBIOS system UUID presented to the guest.
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// Machine type, e.g. `q35`, `pc`, `pc-q35-10.0`.
+    pub machine: String,
+    pub cpu: CpuConfig,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub firmware: Firmware,
+    #[serde(default)]
+    pub kernel_boot: Option<KernelBoot>,
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    #[serde(default)]
+    pub nics: Vec<NicConfig>,
+    /// Attach a virtio RNG fed by /dev/urandom.
+    #[serde(default)]
+    pub rng: bool,
+    #[serde(default)]
+    pub tpm: Option<TpmConfig>,
+    /// Serial console (ttyS0) on a unix socket, optionally mirrored to a log file.
+    #[serde(default)]
+    pub serial: Option<SerialConfig>,
+    /// VNC server on a unix socket (adds a VGA device).
+    #[serde(default)]
+    pub vnc_socket: Option<PathBuf>,
+    /// Guest agent channel `org.qemu.guest_agent.0` on a unix socket.
+    #[serde(default)]
+    pub qga_socket: Option<PathBuf>,
+    /// Control socket (QMP for QEMU).
+    pub qmp_socket: PathBuf,
+    /// Network namespace (e.g. `/run/netns/x`) the VMM is started in.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// File receiving the VMM's stdout/stderr.
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+    /// Kill the VMM (and swtpm) when the thread that started it exits.
+    #[serde(default = "default_true")]
+    pub die_with_parent: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl DomainConfig {
+    /// A minimal config: 1 vCPU, `memory_mib` MiB, q35, SeaBIOS, no devices.
+    pub fn new(name: impl Into<String>, memory_mib: u64, qmp_socket: impl Into<PathBuf>) -> Self {
+        DomainConfig {
+            name: name.into(),
+            uuid: None,
+            machine: "q35".into(),
+            cpu: CpuConfig::default(),
+            memory_mib,
+            firmware: Firmware::Bios,
+            kernel_boot: None,
+            disks: Vec::new(),
+            nics: Vec::new(),
+            rng: false,
+            tpm: None,
+            serial: None,
+            vnc_socket: None,
+            qga_socket: None,
+            qmp_socket: qmp_socket.into(),
+            netns: None,
+            log_file: None,
+            die_with_parent: true,
+        }
+    }
+}
+
+/// vCPU topology and model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuConfig {
+    pub model: CpuModel,
+    pub sockets: u32,
+    pub cores: u32,
+    pub threads: u32,
+}
+
+impl CpuConfig {
+    /// Total vCPUs.
+    pub fn vcpus(&self) -> u32 {
+        self.sockets
+            .saturating_mul(self.cores)
+            .saturating_mul(self.threads)
+    }
+}
+
+impl Default for CpuConfig {
+    fn default() -> Self {
+        CpuConfig {
+            model: CpuModel::HostModel,
+            sockets: 1,
+            cores: 1,
+            threads: 1,
+        }
+    }
+}
+
+/// CPU model. Host models need KVM; under TCG they become the emulator's `max` model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CpuModel {
+    HostModel,
+    HostPassthrough,
+    Named(String),
+}
+
+/// Firmware.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Firmware {
+    /// Legacy BIOS (SeaBIOS).
+    #[default]
+    Bios,
+    /// UEFI (OVMF). `vars_path` is created from `vars_template` if it does not exist, so a
+    /// persistent path keeps EFI variables across boots.
+    Uefi {
+        code: PathBuf,
+        vars_template: PathBuf,
+        vars_path: PathBuf,
+        secure_boot: bool,
+    },
+}
+
+/// Direct kernel boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelBoot {
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// Disk image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// Bus a disk is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    Virtio,
+    Sata,
+    Scsi,
+}
+
+/// Whether a disk is a hard disk or a CD-ROM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskDevice {
+    #[default]
+    Disk,
+    Cdrom,
+}
+
+/// One block device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Device name, unique in the domain (becomes the QEMU device id).
+    pub name: String,
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub bus: DiskBus,
+    #[serde(default)]
+    pub device: DiskDevice,
+    #[serde(default)]
+    pub readonly: bool,
+    /// 1-based boot priority (lower boots first).
+    #[serde(default)]
+    pub boot_order: Option<u32>,
+    /// Serial number the guest sees.
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+/// NIC device model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NicModel {
+    #[default]
+    Virtio,
+    E1000,
+    E1000e,
+    Rtl8139,
+}
+
+/// Where a NIC's packets go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NicBackend {
+    /// An existing tap device (in the domain's network namespace). vhost is off.
+    Tap { ifname: String },
+    /// A passt instance's unix socket.
+    Passt { socket: PathBuf },
+    /// QEMU user networking (slirp), with `host_port -> guest_port` TCP forwards on 127.0.0.1.
+    User { tcp_forwards: Vec<(u16, u16)> },
+}
+
+/// One network interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicConfig {
+    pub name: String,
+    #[serde(default)]
+    pub model: NicModel,
+    #[serde(default)]
+    pub mac: Option<String>,
+    pub backend: NicBackend,
+    #[serde(default)]
+    pub boot_order: Option<u32>,
+}
+
+/// A software TPM 2.0 (swtpm) started and stopped with the domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// Directory holding the TPM state (keep it to persist the TPM).
+    pub state_dir: PathBuf,
+    /// swtpm control socket QEMU connects to.
+    pub socket: PathBuf,
+    /// swtpm pid file, used to kill a left-over swtpm.
+    pub pid_file: PathBuf,
+}
+
+/// Serial console wiring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    pub socket: PathBuf,
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+}
+
+/// Run state of a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DomainState {
+    /// Defined, VMM not started.
+    Defined,
+    Running,
+    Paused,
+    /// Waiting for or receiving an incoming migration.
+    Incoming,
+    /// Migration finished on the source; the guest runs elsewhere.
+    Migrated,
+    /// The guest powered off (VMM may still be exiting).
+    Shutdown,
+    /// Guest panic or VMM internal error.
+    Crashed,
+    /// The VMM process is gone.
+    Exited,
+}
+
+/// Statistics of a running domain.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DomainStats {
+    pub vcpus: Vec<VcpuStats>,
+    pub block: Vec<BlockStats>,
+    /// Resident memory of the VMM process in KiB.
+    pub vmm_rss_kib: u64,
+    /// CPU time used by the VMM process (user+system) in milliseconds.
+    pub vmm_cpu_ms: u64,
+}
+
+/// One vCPU.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VcpuStats {
+    pub index: u32,
+    pub thread_id: i64,
+}
+
+/// One block device's counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockStats {
+    pub device: String,
+    pub rd_bytes: u64,
+    pub wr_bytes: u64,
+    pub rd_operations: u64,
+    pub wr_operations: u64,
+}
+
+/// Progress of a live migration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationStatus {
+    /// Backend status word: `none`, `setup`, `active`, `completed`, `failed`, `cancelled`, ...
+    pub status: String,
+    pub total_time_ms: Option<u64>,
+    pub downtime_ms: Option<u64>,
+    pub ram_transferred: Option<u64>,
+    pub ram_remaining: Option<u64>,
+    pub ram_total: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl MigrationStatus {
+    /// True when the migration reached a terminal state.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+    }
+}
+
+/// Why the VMM exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ExitReason {
+    /// The guest powered itself off (or accepted an ACPI shutdown).
+    GuestShutdown,
+    /// The host asked the VMM to quit (hard stop).
+    HostRequest,
+    /// The VMM was killed by a signal.
+    Killed,
+    /// The VMM failed (non-zero exit, guest panic).
+    Crashed,
+}
+
+/// How the VMM process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub reason: ExitReason,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// An asynchronous lifecycle event from the VMM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainEvent {
+    pub name: String,
+    pub data: serde_json::Value,
+}

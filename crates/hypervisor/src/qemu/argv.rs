@@ -1,0 +1,665 @@
+//! DomainConfig -> QEMU command line.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::accel::{Accelerator, AcceleratorKind};
+use crate::config::*;
+use crate::error::{HypervisorError, Result};
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> HypervisorError {
+    HypervisorError::InvalidConfig {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// QEMU option values use `,` as separator; a literal comma is written `,,`.
+pub fn escape(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+fn path(p: &Path) -> String {
+    escape(&p.to_string_lossy())
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn valid_mac(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chipset {
+    Q35,
+    I440fx,
+    Microvm,
+}
+
+fn chipset(machine: &str) -> Result<Chipset> {
+    if machine.contains("q35") {
+        Ok(Chipset::Q35)
+    } else if machine == "pc" || machine.starts_with("pc-i440fx") || machine.starts_with("pc-") {
+        Ok(Chipset::I440fx)
+    } else if machine == "microvm" {
+        Ok(Chipset::Microvm)
+    } else {
+        Err(invalid(
+            "machine",
+            format!("unsupported machine type {machine:?} (supported: q35, pc-q35-*, pc, pc-i440fx-*, microvm)"),
+        ))
+    }
+}
+
+/// Checks everything that does not need the file system.
+pub fn validate(cfg: &DomainConfig) -> Result<()> {
+    if cfg.name.is_empty() || cfg.name.len() > 200 || cfg.name.chars().any(|c| c.is_control()) {
+        return Err(invalid("name", "must be 1-200 printable characters"));
+    }
+    chipset(&cfg.machine)?;
+    let vcpus = cfg.cpu.vcpus();
+    if cfg.cpu.sockets == 0 || cfg.cpu.cores == 0 || cfg.cpu.threads == 0 {
+        return Err(invalid(
+            "cpu",
+            "sockets, cores and threads must be at least 1",
+        ));
+    }
+    if vcpus > 255 {
+        return Err(invalid(
+            "cpu",
+            format!("{vcpus} vCPUs exceed the limit of 255"),
+        ));
+    }
+    if let CpuModel::Named(m) = &cfg.cpu.model {
+        if !valid_id(m) {
+            return Err(invalid(
+                "cpu.model",
+                format!("invalid CPU model name {m:?}"),
+            ));
+        }
+    }
+    if cfg.memory_mib < 16 {
+        return Err(invalid(
+            "memory_mib",
+            "guest memory must be at least 16 MiB",
+        ));
+    }
+    if cfg.memory_mib > 16 * 1024 * 1024 {
+        return Err(invalid("memory_mib", "guest memory above 16 TiB"));
+    }
+    if let Firmware::Uefi {
+        secure_boot: true, ..
+    } = &cfg.firmware
+    {
+        if chipset(&cfg.machine)? != Chipset::Q35 {
+            return Err(invalid("firmware", "secure boot needs a q35 machine (SMM)"));
+        }
+    }
+    let mut names = HashSet::new();
+    let mut orders = HashSet::new();
+    let mut sata = 0;
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let f = format!("disks[{i}]");
+        if !valid_id(&d.name) {
+            return Err(invalid(
+                format!("{f}.name"),
+                format!("invalid device name {:?}", d.name),
+            ));
+        }
+        if !names.insert(d.name.clone()) {
+            return Err(invalid(
+                format!("{f}.name"),
+                format!("duplicate device name {:?}", d.name),
+            ));
+        }
+        if d.device == DiskDevice::Cdrom && d.bus == DiskBus::Virtio {
+            return Err(invalid(
+                format!("{f}.bus"),
+                "a cdrom cannot use the virtio bus (use sata or scsi)",
+            ));
+        }
+        if d.bus == DiskBus::Sata {
+            sata += 1;
+        }
+        if let Some(o) = d.boot_order {
+            if o == 0 || !orders.insert(o) {
+                return Err(invalid(
+                    format!("{f}.boot_order"),
+                    format!("boot order {o} is zero or used twice"),
+                ));
+            }
+        }
+    }
+    match chipset(&cfg.machine)? {
+        Chipset::Q35 if sata > 6 => return Err(invalid("disks", "q35 has 6 SATA ports")),
+        Chipset::I440fx if sata > 4 => return Err(invalid("disks", "pc has 4 IDE slots")),
+        Chipset::Microvm if sata > 0 => {
+            return Err(invalid("disks", "microvm has no SATA/IDE bus"))
+        }
+        _ => {}
+    }
+    for (i, n) in cfg.nics.iter().enumerate() {
+        let f = format!("nics[{i}]");
+        if !valid_id(&n.name) {
+            return Err(invalid(
+                format!("{f}.name"),
+                format!("invalid interface name {:?}", n.name),
+            ));
+        }
+        if !names.insert(n.name.clone()) {
+            return Err(invalid(
+                format!("{f}.name"),
+                format!("duplicate device name {:?}", n.name),
+            ));
+        }
+        if let Some(mac) = &n.mac {
+            if !valid_mac(mac) {
+                return Err(invalid(
+                    format!("{f}.mac"),
+                    format!("invalid MAC address {mac:?}"),
+                ));
+            }
+        }
+        if let NicBackend::Tap { ifname } = &n.backend {
+            if !valid_id(ifname) || ifname.len() > 15 {
+                return Err(invalid(
+                    format!("{f}.backend"),
+                    format!("invalid tap name {ifname:?}"),
+                ));
+            }
+        }
+        if let Some(o) = n.boot_order {
+            if o == 0 || !orders.insert(o) {
+                return Err(invalid(
+                    format!("{f}.boot_order"),
+                    format!("boot order {o} is zero or used twice"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds the QEMU arguments (without the program name). `incoming` adds `-incoming defer`.
+pub fn build_argv(cfg: &DomainConfig, accel: &Accelerator, incoming: bool) -> Result<Vec<String>> {
+    validate(cfg)?;
+    let chip = chipset(&cfg.machine)?;
+    let mut a: Vec<String> = Vec::with_capacity(64);
+    let mut push = |args: &[&str]| a.extend(args.iter().map(|s| s.to_string()));
+
+    push(&[
+        "-name",
+        &format!("guest={},debug-threads=on", escape(&cfg.name)),
+    ]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    let mut machine = escape(&cfg.machine);
+    if let Firmware::Uefi {
+        secure_boot: true, ..
+    } = &cfg.firmware
+    {
+        machine.push_str(",smm=on");
+    }
+    push(&["-machine", &machine]);
+    push(&["-accel", accel.kind.as_str()]);
+    let cpu = match (&cfg.cpu.model, accel.kind) {
+        (CpuModel::HostModel | CpuModel::HostPassthrough, AcceleratorKind::Kvm) => {
+            "host".to_string()
+        }
+        // TCG cannot pass the host CPU through; `max` enables everything the emulator offers.
+        (CpuModel::HostModel | CpuModel::HostPassthrough, AcceleratorKind::Tcg) => {
+            "max".to_string()
+        }
+        (CpuModel::Named(m), _) => m.clone(),
+    };
+    push(&["-cpu", &cpu]);
+    push(&[
+        "-smp",
+        &format!(
+            "{},sockets={},cores={},threads={}",
+            cfg.cpu.vcpus(),
+            cfg.cpu.sockets,
+            cfg.cpu.cores,
+            cfg.cpu.threads
+        ),
+    ]);
+    push(&["-m", &format!("{}M", cfg.memory_mib)]);
+    if let Some(uuid) = &cfg.uuid {
+        push(&["-uuid", uuid]);
+    }
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", path(&cfg.qmp_socket)),
+    ]);
+
+    if let Firmware::Uefi {
+        code,
+        vars_path,
+        secure_boot,
+        ..
+    } = &cfg.firmware
+    {
+        push(&[
+            "-drive",
+            &format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                path(code)
+            ),
+        ]);
+        push(&[
+            "-drive",
+            &format!("if=pflash,format=raw,unit=1,file={}", path(vars_path)),
+        ]);
+        if *secure_boot {
+            push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+        }
+    }
+
+    if let Some(kb) = &cfg.kernel_boot {
+        push(&["-kernel", &kb.kernel.to_string_lossy()]);
+        if let Some(initrd) = &kb.initrd {
+            push(&["-initrd", &initrd.to_string_lossy()]);
+        }
+        if !kb.cmdline.is_empty() {
+            push(&["-append", &kb.cmdline]);
+        }
+    }
+
+    // Disks.
+    let mut sata_index = 0u32;
+    let mut scsi_index = 0u32;
+    if cfg.disks.iter().any(|d| d.bus == DiskBus::Scsi) {
+        push(&["-device", "virtio-scsi-pci,id=scsi0"]);
+    }
+    for d in &cfg.disks {
+        let drive_id = format!("drive-ua-{}", d.name);
+        let mut drive = format!(
+            "file={},format={},if=none,id={drive_id}",
+            path(&d.path),
+            d.format.as_str()
+        );
+        if d.device == DiskDevice::Cdrom {
+            drive.push_str(",media=cdrom");
+        }
+        if d.readonly || d.device == DiskDevice::Cdrom {
+            drive.push_str(",readonly=on");
+        }
+        push(&["-drive", &drive]);
+        let mut dev = match (d.bus, d.device) {
+            (DiskBus::Virtio, _) => format!("virtio-blk-pci,drive={drive_id}"),
+            (DiskBus::Sata, kind) => {
+                let model = if kind == DiskDevice::Cdrom {
+                    "ide-cd"
+                } else {
+                    "ide-hd"
+                };
+                let bus = match chip {
+                    Chipset::Q35 => format!("ide.{sata_index}"),
+                    _ => format!("ide.{},unit={}", sata_index / 2, sata_index % 2),
+                };
+                sata_index += 1;
+                format!("{model},bus={bus},drive={drive_id}")
+            }
+            (DiskBus::Scsi, kind) => {
+                let model = if kind == DiskDevice::Cdrom {
+                    "scsi-cd"
+                } else {
+                    "scsi-hd"
+                };
+                let s = format!(
+                    "{model},bus=scsi0.0,channel=0,scsi-id=0,lun={scsi_index},drive={drive_id}"
+                );
+                scsi_index += 1;
+                s
+            }
+        };
+        dev.push_str(&format!(",id=ua-{}", d.name));
+        if let Some(o) = d.boot_order {
+            dev.push_str(&format!(",bootindex={o}"));
+        }
+        if let Some(serial) = &d.serial {
+            if !serial
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || serial.len() > 20
+            {
+                return Err(invalid(
+                    format!("disks.{}.serial", d.name),
+                    "serial must be up to 20 characters [A-Za-z0-9_-]",
+                ));
+            }
+            dev.push_str(&format!(",serial={serial}"));
+        }
+        push(&["-device", &dev]);
+    }
+
+    // NICs.
+    for n in &cfg.nics {
+        let id = format!("netdev-ua-{}", n.name);
+        let netdev = match &n.backend {
+            NicBackend::Tap { ifname } => {
+                format!("tap,id={id},ifname={ifname},script=no,downscript=no,vhost=off")
+            }
+            NicBackend::Passt { socket } => {
+                format!(
+                    "stream,id={id},server=off,addr.type=unix,addr.path={}",
+                    path(socket)
+                )
+            }
+            NicBackend::User { tcp_forwards } => {
+                let mut s = format!("user,id={id}");
+                for (host, guest) in tcp_forwards {
+                    s.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+                }
+                s
+            }
+        };
+        push(&["-netdev", &netdev]);
+        let model = match n.model {
+            NicModel::Virtio => "virtio-net-pci",
+            NicModel::E1000 => "e1000",
+            NicModel::E1000e => "e1000e",
+            NicModel::Rtl8139 => "rtl8139",
+        };
+        let mut dev = format!("{model},netdev={id},id=ua-{}", n.name);
+        if let Some(mac) = &n.mac {
+            dev.push_str(&format!(",mac={mac}"));
+        }
+        match n.boot_order {
+            Some(o) => dev.push_str(&format!(",bootindex={o}")),
+            // Without network boot the option ROM only costs boot time and memory.
+            None => dev.push_str(",romfile="),
+        }
+        push(&["-device", &dev]);
+    }
+
+    if cfg.rng {
+        push(&["-object", "rng-random,id=objrng0,filename=/dev/urandom"]);
+        push(&["-device", "virtio-rng-pci,rng=objrng0,id=rng0"]);
+    }
+
+    if let Some(tpm) = &cfg.tpm {
+        push(&[
+            "-chardev",
+            &format!("socket,id=chrtpm,path={}", path(&tpm.socket)),
+        ]);
+        push(&["-tpmdev", "emulator,id=tpm-tpm0,chardev=chrtpm"]);
+        let model = if chip == Chipset::Q35 {
+            "tpm-crb"
+        } else {
+            "tpm-tis"
+        };
+        push(&["-device", &format!("{model},tpmdev=tpm-tpm0,id=tpm0")]);
+    }
+
+    if let Some(serial) = &cfg.serial {
+        let mut chardev = format!(
+            "socket,id=charserial0,path={},server=on,wait=off",
+            path(&serial.socket)
+        );
+        if let Some(log) = &serial.log_file {
+            chardev.push_str(&format!(",logfile={},logappend=on", path(log)));
+        }
+        push(&["-chardev", &chardev]);
+        push(&["-device", "isa-serial,chardev=charserial0,id=serial0"]);
+    }
+
+    if let Some(vnc) = &cfg.vnc_socket {
+        push(&["-vnc", &format!("unix:{}", path(vnc))]);
+        if chip != Chipset::Microvm {
+            push(&["-device", "VGA,id=video0"]);
+        }
+    }
+
+    if let Some(qga) = &cfg.qga_socket {
+        push(&[
+            "-chardev",
+            &format!("socket,id=charqga0,path={},server=on,wait=off", path(qga)),
+        ]);
+        push(&["-device", "virtio-serial-pci,id=virtio-serial0"]);
+        push(&[
+            "-device",
+            "virtserialport,bus=virtio-serial0.0,nr=1,chardev=charqga0,id=channel0,name=org.qemu.guest_agent.0",
+        ]);
+    }
+
+    if incoming {
+        push(&["-incoming", "defer"]);
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn tcg() -> Accelerator {
+        Accelerator {
+            kind: AcceleratorKind::Tcg,
+            reason: "test".into(),
+        }
+    }
+
+    fn disk(name: &str, bus: DiskBus, device: DiskDevice) -> DiskConfig {
+        DiskConfig {
+            name: name.into(),
+            path: PathBuf::from(format!("/img/{name},x.qcow2")),
+            format: DiskFormat::Qcow2,
+            bus,
+            device,
+            readonly: false,
+            boot_order: None,
+            serial: None,
+        }
+    }
+
+    fn joined(cfg: &DomainConfig) -> String {
+        build_argv(cfg, &tcg(), false).unwrap().join(" ")
+    }
+
+    #[test]
+    fn minimal_config() {
+        let cfg = DomainConfig::new("vm1", 128, "/run/x/qmp.sock");
+        let s = joined(&cfg);
+        assert!(
+            s.contains("-nodefaults -no-user-config -display none"),
+            "{s}"
+        );
+        assert!(s.contains("-accel tcg"));
+        assert!(s.contains("-cpu max"));
+        assert!(s.contains("-smp 1,sockets=1,cores=1,threads=1"));
+        assert!(s.contains("-m 128M"));
+        assert!(s.contains("-qmp unix:/run/x/qmp.sock,server=on,wait=off"));
+    }
+
+    #[test]
+    fn disks_on_every_bus_with_boot_order_and_escaping() {
+        let mut cfg = DomainConfig::new("vm1", 128, "/q");
+        let mut root = disk("root", DiskBus::Virtio, DiskDevice::Disk);
+        root.boot_order = Some(2);
+        let mut cd = disk("cd", DiskBus::Sata, DiskDevice::Cdrom);
+        cd.boot_order = Some(1);
+        cd.format = DiskFormat::Raw;
+        cfg.disks = vec![root, cd, disk("data", DiskBus::Scsi, DiskDevice::Disk)];
+        let a = build_argv(&cfg, &tcg(), false).unwrap();
+        let s = a.join(" ");
+        assert!(
+            s.contains("file=/img/root,,x.qcow2,format=qcow2,if=none,id=drive-ua-root"),
+            "{s}"
+        );
+        assert!(
+            s.contains("virtio-blk-pci,drive=drive-ua-root,id=ua-root,bootindex=2"),
+            "{s}"
+        );
+        assert!(s.contains("media=cdrom,readonly=on"), "{s}");
+        assert!(
+            s.contains("ide-cd,bus=ide.0,drive=drive-ua-cd,id=ua-cd,bootindex=1"),
+            "{s}"
+        );
+        assert!(s.contains("virtio-scsi-pci,id=scsi0"), "{s}");
+        assert!(
+            s.contains("scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=0,drive=drive-ua-data"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn i440fx_sata_uses_units() {
+        let mut cfg = DomainConfig::new("vm1", 128, "/q");
+        cfg.machine = "pc".into();
+        cfg.disks = vec![
+            disk("a", DiskBus::Sata, DiskDevice::Disk),
+            disk("b", DiskBus::Sata, DiskDevice::Disk),
+            disk("c", DiskBus::Sata, DiskDevice::Disk),
+        ];
+        let s = joined(&cfg);
+        assert!(
+            s.contains("ide-hd,bus=ide.0,unit=1,drive=drive-ua-b"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ide-hd,bus=ide.1,unit=0,drive=drive-ua-c"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn devices_and_channels() {
+        let mut cfg = DomainConfig::new("vm1", 256, "/r/qmp.sock");
+        cfg.cpu = CpuConfig {
+            model: CpuModel::Named("Haswell".into()),
+            sockets: 2,
+            cores: 2,
+            threads: 1,
+        };
+        cfg.rng = true;
+        cfg.serial = Some(SerialConfig {
+            socket: "/r/serial.sock".into(),
+            log_file: Some("/r/serial.log".into()),
+        });
+        cfg.vnc_socket = Some("/r/vnc.sock".into());
+        cfg.qga_socket = Some("/r/qga.sock".into());
+        cfg.tpm = Some(TpmConfig {
+            state_dir: "/r/tpm".into(),
+            socket: "/r/swtpm.sock".into(),
+            pid_file: "/r/swtpm.pid".into(),
+        });
+        cfg.firmware = Firmware::Uefi {
+            code: "/fw/code.fd".into(),
+            vars_template: "/fw/vars.fd".into(),
+            vars_path: "/r/vars.fd".into(),
+            secure_boot: true,
+        };
+        cfg.kernel_boot = Some(KernelBoot {
+            kernel: "/k/vmlinuz".into(),
+            initrd: Some("/k/initrd".into()),
+            cmdline: "console=ttyS0 quiet".into(),
+        });
+        cfg.nics = vec![
+            NicConfig {
+                name: "default".into(),
+                model: NicModel::Virtio,
+                mac: Some("52:54:00:12:34:56".into()),
+                backend: NicBackend::Tap {
+                    ifname: "tap0".into(),
+                },
+                boot_order: None,
+            },
+            NicConfig {
+                name: "p".into(),
+                model: NicModel::E1000,
+                mac: None,
+                backend: NicBackend::Passt {
+                    socket: "/r/passt.sock".into(),
+                },
+                boot_order: Some(3),
+            },
+        ];
+        let a = build_argv(&cfg, &tcg(), true).unwrap();
+        let s = a.join(" ");
+        for want in [
+            "-cpu Haswell",
+            "-smp 4,sockets=2,cores=2,threads=1",
+            "-machine q35,smm=on",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/fw/code.fd",
+            "if=pflash,format=raw,unit=1,file=/r/vars.fd",
+            "driver=cfi.pflash01,property=secure,value=on",
+            "-kernel /k/vmlinuz -initrd /k/initrd",
+            "virtio-rng-pci,rng=objrng0",
+            "socket,id=chrtpm,path=/r/swtpm.sock",
+            "tpm-crb,tpmdev=tpm-tpm0",
+            "socket,id=charserial0,path=/r/serial.sock,server=on,wait=off,logfile=/r/serial.log,logappend=on",
+            "-vnc unix:/r/vnc.sock",
+            "name=org.qemu.guest_agent.0",
+            "tap,id=netdev-ua-default,ifname=tap0,script=no,downscript=no,vhost=off",
+            "virtio-net-pci,netdev=netdev-ua-default,id=ua-default,mac=52:54:00:12:34:56,romfile=",
+            "stream,id=netdev-ua-p,server=off,addr.type=unix,addr.path=/r/passt.sock",
+            "e1000,netdev=netdev-ua-p,id=ua-p,bootindex=3",
+            "-incoming defer",
+        ] {
+            assert!(s.contains(want), "missing {want:?} in {s}");
+        }
+        // The kernel command line stays one argument.
+        assert!(a.iter().any(|x| x == "console=ttyS0 quiet"));
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        let base = DomainConfig::new("vm1", 128, "/q");
+        type Mutation = Box<dyn Fn(&mut DomainConfig)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|c| c.memory_mib = 1), "memory_mib"),
+            (Box::new(|c| c.machine = "virt".into()), "machine"),
+            (Box::new(|c| c.cpu.cores = 0), "cpu"),
+            (
+                Box::new(|c| c.disks = vec![disk("x", DiskBus::Virtio, DiskDevice::Cdrom)]),
+                "disks[0].bus",
+            ),
+            (
+                Box::new(|c| {
+                    c.disks = vec![
+                        disk("x", DiskBus::Virtio, DiskDevice::Disk),
+                        disk("x", DiskBus::Virtio, DiskDevice::Disk),
+                    ]
+                }),
+                "disks[1].name",
+            ),
+            (
+                Box::new(|c| c.disks = vec![disk("bad name", DiskBus::Virtio, DiskDevice::Disk)]),
+                "disks[0].name",
+            ),
+            (
+                Box::new(|c| {
+                    c.nics = vec![NicConfig {
+                        name: "n".into(),
+                        model: NicModel::Virtio,
+                        mac: Some("zz".into()),
+                        backend: NicBackend::User {
+                            tcp_forwards: vec![],
+                        },
+                        boot_order: None,
+                    }]
+                }),
+                "nics[0].mac",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut c = base.clone();
+            mutate(&mut c);
+            match validate(&c) {
+                Err(HypervisorError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected error on {field}, got {other:?}"),
+            }
+        }
+    }
+}

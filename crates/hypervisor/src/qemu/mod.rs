@@ -1,0 +1,717 @@
+//! QEMU backend: spawns `qemu-system-x86_64` and drives it over QMP.
+
+pub mod argv;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::accel::{detect_accelerator, Accelerator};
+use crate::config::*;
+use crate::error::{HypervisorError, Result};
+use crate::qmp::{self, EventLog, QmpClient};
+use crate::swtpm::{self, Swtpm};
+use crate::{Domain, Hypervisor};
+
+/// Default emulator binary (looked up in `PATH`).
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// The QEMU hypervisor.
+#[derive(Debug, Clone)]
+pub struct QemuHypervisor {
+    binary: PathBuf,
+    accel: Accelerator,
+}
+
+impl QemuHypervisor {
+    /// Uses `qemu-system-x86_64` and the detected accelerator.
+    pub fn new() -> Self {
+        Self::with_accelerator(detect_accelerator())
+    }
+
+    /// Uses a given accelerator (tests, operator overrides).
+    pub fn with_accelerator(accel: Accelerator) -> Self {
+        QemuHypervisor {
+            binary: PathBuf::from(QEMU_BINARY),
+            accel,
+        }
+    }
+
+    /// Uses another emulator binary.
+    pub fn with_binary(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.binary = binary.into();
+        self
+    }
+
+    /// The command line QEMU would get for `cfg`.
+    pub fn command_line(&self, cfg: &DomainConfig, incoming: bool) -> Result<Vec<String>> {
+        argv::build_argv(cfg, &self.accel, incoming)
+    }
+}
+
+impl Default for QemuHypervisor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hypervisor for QemuHypervisor {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn accelerator(&self) -> &Accelerator {
+        &self.accel
+    }
+
+    fn create_domain(&self, cfg: DomainConfig) -> Result<Box<dyn Domain>> {
+        argv::validate(&cfg)?;
+        Ok(Box::new(QemuDomain {
+            cfg,
+            accel: self.accel.clone(),
+            binary: self.binary.clone(),
+            runtime: Mutex::new(None),
+            shared: Arc::new(Shared::default()),
+        }))
+    }
+}
+
+/// State shared with the reaper thread.
+#[derive(Default)]
+struct Shared {
+    exit: Mutex<Option<ExitInfo>>,
+    exited: Condvar,
+    events: Mutex<Option<Arc<EventLog>>>,
+    swtpm: Mutex<Option<Swtpm>>,
+}
+
+struct Running {
+    pid: u32,
+    qmp: Arc<QmpClient>,
+}
+
+/// A QEMU domain.
+pub struct QemuDomain {
+    cfg: DomainConfig,
+    accel: Accelerator,
+    binary: PathBuf,
+    runtime: Mutex<Option<Running>>,
+    shared: Arc<Shared>,
+}
+
+impl QemuDomain {
+    fn exited(&self) -> bool {
+        self.shared
+            .exit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    fn qmp(&self) -> Result<Arc<QmpClient>> {
+        let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        match rt.as_ref() {
+            Some(r) if !self.exited() => Ok(r.qmp.clone()),
+            _ => Err(HypervisorError::NotRunning {
+                name: self.cfg.name.clone(),
+            }),
+        }
+    }
+
+    fn check_files(&self) -> Result<()> {
+        for d in &self.cfg.disks {
+            if !d.path.exists() {
+                return Err(HypervisorError::MissingFile {
+                    what: "disk image",
+                    path: d.path.clone(),
+                });
+            }
+        }
+        if let Some(kb) = &self.cfg.kernel_boot {
+            if !kb.kernel.exists() {
+                return Err(HypervisorError::MissingFile {
+                    what: "kernel",
+                    path: kb.kernel.clone(),
+                });
+            }
+            if let Some(i) = &kb.initrd {
+                if !i.exists() {
+                    return Err(HypervisorError::MissingFile {
+                        what: "initrd",
+                        path: i.clone(),
+                    });
+                }
+            }
+        }
+        if let Firmware::Uefi {
+            code,
+            vars_template,
+            vars_path,
+            ..
+        } = &self.cfg.firmware
+        {
+            if !code.exists() {
+                return Err(HypervisorError::MissingFile {
+                    what: "UEFI firmware",
+                    path: code.clone(),
+                });
+            }
+            if !vars_path.exists() {
+                if !vars_template.exists() {
+                    return Err(HypervisorError::MissingFile {
+                        what: "UEFI variable store template",
+                        path: vars_template.clone(),
+                    });
+                }
+                std::fs::copy(vars_template, vars_path).map_err(|e| {
+                    HypervisorError::io(format!("creating UEFI vars {}", vars_path.display()), e)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sockets(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.cfg.qmp_socket.clone()];
+        if let Some(s) = &self.cfg.serial {
+            v.push(s.socket.clone());
+        }
+        v.extend(self.cfg.vnc_socket.iter().cloned());
+        v.extend(self.cfg.qga_socket.iter().cloned());
+        v
+    }
+
+    fn launch(&self, incoming: Option<&str>) -> Result<()> {
+        let mut rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        if rt.is_some() {
+            return Err(HypervisorError::InvalidState {
+                name: self.cfg.name.clone(),
+                reason: "already started (a domain is started once)".into(),
+            });
+        }
+        self.check_files()?;
+        let args = argv::build_argv(&self.cfg, &self.accel, incoming.is_some())?;
+        for s in self.sockets() {
+            let _ = std::fs::remove_file(s);
+        }
+        if let Some(tpm) = &self.cfg.tpm {
+            let sw = Swtpm::start(tpm, self.cfg.die_with_parent)?;
+            *self.shared.swtpm.lock().unwrap_or_else(|p| p.into_inner()) = Some(sw);
+        }
+        match self.spawn(&args, incoming) {
+            Ok(r) => {
+                *rt = Some(r);
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(sw) = self
+                    .shared
+                    .swtpm
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    sw.stop();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn(&self, args: &[String], incoming: Option<&str>) -> Result<Running> {
+        let program = self.binary.to_string_lossy().to_string();
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(args).stdin(Stdio::null());
+        let log = match &self.cfg.log_file {
+            Some(p) => {
+                let f = File::options()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| HypervisorError::io(format!("opening {}", p.display()), e))?;
+                let start = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let f2 = f
+                    .try_clone()
+                    .map_err(|e| HypervisorError::io("duplicating log file", e))?;
+                cmd.stdout(f).stderr(f2);
+                Some((p.clone(), start))
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+                None
+            }
+        };
+        let netns: Option<OwnedFd> = match &self.cfg.netns {
+            Some(p) => Some(
+                File::open(p)
+                    .map_err(|e| HypervisorError::io(format!("opening netns {}", p.display()), e))?
+                    .into(),
+            ),
+            None => None,
+        };
+        let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
+        let die_with_parent = self.cfg.die_with_parent;
+        // SAFETY: the closure runs between fork and exec; it only calls setns(2) and prctl(2),
+        // both async-signal-safe, on a descriptor that stays open in the parent until spawn
+        // returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if die_with_parent
+                    && libc::prctl(
+                        libc::PR_SET_PDEATHSIG,
+                        libc::SIGKILL as libc::c_ulong,
+                        0,
+                        0,
+                        0,
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        tracing::debug!(program, ?args, "starting QEMU");
+        let mut child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
+            program: program.clone(),
+            source: e,
+        })?;
+        drop(netns);
+        let pid = child.id();
+        let stderr_pipe = child.stderr.take();
+        let stderr_buf = Arc::new(Mutex::new(String::new()));
+        if let Some(pipe) = stderr_pipe {
+            let buf = stderr_buf.clone();
+            let name = self.cfg.name.clone();
+            let _ = std::thread::Builder::new()
+                .name("qemu-stderr".into())
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    for line in BufReader::new(pipe).lines() {
+                        let Ok(line) = line else { break };
+                        tracing::warn!(domain = %name, "qemu: {line}");
+                        let mut b = buf.lock().unwrap_or_else(|p| p.into_inner());
+                        if b.len() < 8192 {
+                            b.push_str(&line);
+                            b.push('\n');
+                        }
+                    }
+                });
+        }
+        // Reaper: waits for the process, classifies the exit and releases helpers.
+        let shared = self.shared.clone();
+        let socks = self.sockets();
+        std::thread::Builder::new()
+            .name("qemu-reaper".into())
+            .stack_size(128 * 1024)
+            .spawn(move || reap(child, shared, socks))
+            .map_err(|e| HypervisorError::io("spawning reaper thread", e))?;
+
+        let shared = self.shared.clone();
+        let early_exit = |shared: &Shared| -> Result<()> {
+            let exit = shared
+                .exit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            match exit {
+                None => Ok(()),
+                Some(info) => {
+                    // Give the stderr reader a moment to collect the last words.
+                    std::thread::sleep(Duration::from_millis(50));
+                    let stderr = match &log {
+                        Some((p, start)) => read_tail(p, *start),
+                        None => stderr_buf.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                    };
+                    Err(HypervisorError::EarlyExit {
+                        program: program.clone(),
+                        status: format!("{info:?}"),
+                        stderr: stderr.trim().to_string(),
+                    })
+                }
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let connected = QmpClient::connect(&self.cfg.qmp_socket, deadline, || early_exit(&shared));
+        let qmp = match connected {
+            Ok(q) => Arc::new(q),
+            Err(e) => {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                let _ = self.wait_exit(Some(Duration::from_secs(5)));
+                early_exit(&shared)?;
+                return Err(e);
+            }
+        };
+        *self.shared.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(qmp.events());
+        if let Some(uri) = incoming {
+            if let Err(e) = qmp.execute(&qmp::MigrateIncoming {
+                uri: uri.to_string(),
+            }) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                return Err(e);
+            }
+        }
+        tracing::info!(domain = %self.cfg.name, pid, qemu = %qmp.version, accel = self.accel.kind.as_str(), "QEMU started");
+        Ok(Running { pid, qmp })
+    }
+
+    fn signal(&self, sig: Signal) {
+        let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = rt.as_ref() {
+            // The reaper has not collected the process yet, so the pid is still ours.
+            if !self.exited() {
+                let _ = kill(Pid::from_raw(r.pid as i32), sig);
+            }
+        }
+    }
+}
+
+fn read_tail(p: &Path, start: u64) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = File::open(p) {
+        let _ = f.seek(SeekFrom::Start(start));
+        let _ = f.take(8192).read_to_string(&mut s);
+    }
+    s
+}
+
+fn reap(mut child: std::process::Child, shared: Arc<Shared>, sockets: Vec<PathBuf>) {
+    let status = child.wait();
+    // QEMU sends SHUTDOWN before it exits; let the QMP reader see the end of the stream.
+    let events = shared
+        .events
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(ev) = &events {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !ev.is_closed() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let last_shutdown = events.as_ref().and_then(|e| e.last("SHUTDOWN"));
+    let panicked = events
+        .as_ref()
+        .is_some_and(|e| e.last("GUEST_PANICKED").is_some());
+    let info = match status {
+        Ok(st) => {
+            let code = st.code();
+            let signal = st.signal();
+            let reason = if signal.is_some() {
+                ExitReason::Killed
+            } else if code != Some(0) || panicked {
+                ExitReason::Crashed
+            } else if last_shutdown
+                .as_ref()
+                .and_then(|e| e.data.get("guest"))
+                .and_then(Value::as_bool)
+                == Some(true)
+            {
+                ExitReason::GuestShutdown
+            } else {
+                ExitReason::HostRequest
+            };
+            ExitInfo {
+                reason,
+                exit_code: code,
+                signal,
+            }
+        }
+        Err(_) => ExitInfo {
+            reason: ExitReason::Crashed,
+            exit_code: None,
+            signal: None,
+        },
+    };
+    tracing::info!(?info, "QEMU exited");
+    if let Some(sw) = shared
+        .swtpm
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        sw.stop();
+    }
+    for s in sockets {
+        let _ = std::fs::remove_file(s);
+    }
+    *shared.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
+    shared.exited.notify_all();
+}
+
+fn map_status(status: &str) -> DomainState {
+    match status {
+        "running" | "colo" => DomainState::Running,
+        "inmigrate" => DomainState::Incoming,
+        "postmigrate" => DomainState::Migrated,
+        "shutdown" => DomainState::Shutdown,
+        "guest-panicked" | "internal-error" => DomainState::Crashed,
+        // paused, suspended, debug, io-error, watchdog, prelaunch, finish-migrate, save-vm, ...
+        _ => DomainState::Paused,
+    }
+}
+
+fn proc_stats(pid: u32) -> (u64, u64) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0);
+    let cpu_ms = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ut: u64 = f.get(11)?.parse().ok()?;
+            let st: u64 = f.get(12)?.parse().ok()?;
+            // SAFETY: sysconf has no memory-safety preconditions.
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+            Some((ut + st) * 1000 / hz)
+        })
+        .unwrap_or(0);
+    (rss, cpu_ms)
+}
+
+impl Domain for QemuDomain {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn config(&self) -> &DomainConfig {
+        &self.cfg
+    }
+
+    fn start(&self) -> Result<()> {
+        self.launch(None)
+    }
+
+    fn prepare_incoming(&self, uri: &str) -> Result<()> {
+        self.launch(Some(uri))
+    }
+
+    fn pid(&self) -> Option<u32> {
+        if self.exited() {
+            return None;
+        }
+        let rt = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        rt.as_ref().map(|r| r.pid)
+    }
+
+    fn pause(&self) -> Result<()> {
+        self.qmp()?.execute(&qmp::Stop).map(|_| ())
+    }
+
+    fn resume(&self) -> Result<()> {
+        self.qmp()?.execute(&qmp::Cont).map(|_| ())
+    }
+
+    fn acpi_shutdown(&self) -> Result<()> {
+        self.qmp()?.execute(&qmp::SystemPowerdown).map(|_| ())
+    }
+
+    fn stop(&self) -> Result<()> {
+        let started = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if !started || self.exited() {
+            return Ok(());
+        }
+        if let Ok(q) = self.qmp() {
+            // QEMU may close the socket before answering `quit`; the exit is what counts.
+            let _ = q.execute(&qmp::Quit);
+        }
+        if self.wait_exit(Some(Duration::from_secs(5)))?.is_none() {
+            tracing::warn!(domain = %self.cfg.name, "QEMU ignored quit; killing it");
+            self.signal(Signal::SIGKILL);
+            if self.wait_exit(Some(Duration::from_secs(10)))?.is_none() {
+                return Err(HypervisorError::Timeout {
+                    what: format!("QEMU of {} to exit after SIGKILL", self.cfg.name),
+                    seconds: 10.0,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn reset(&self) -> Result<()> {
+        self.qmp()?.execute(&qmp::SystemReset).map(|_| ())
+    }
+
+    fn state(&self) -> Result<DomainState> {
+        if self.exited() {
+            return Ok(DomainState::Exited);
+        }
+        if self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            return Ok(DomainState::Defined);
+        }
+        match self.qmp()?.execute(&qmp::QueryStatus) {
+            Ok(st) => Ok(map_status(&st.status)),
+            Err(_) if self.exited() => Ok(DomainState::Exited),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn stats(&self) -> Result<DomainStats> {
+        let q = self.qmp()?;
+        let cpus = q.execute(&qmp::QueryCpusFast)?;
+        let blocks = q.execute(&qmp::QueryBlockstats)?;
+        let (vmm_rss_kib, vmm_cpu_ms) = self.pid().map(proc_stats).unwrap_or((0, 0));
+        Ok(DomainStats {
+            vcpus: cpus
+                .into_iter()
+                .map(|c| VcpuStats {
+                    index: c.cpu_index,
+                    thread_id: c.thread_id,
+                })
+                .collect(),
+            block: blocks
+                .into_iter()
+                .filter(|b| !b.device.is_empty() || !b.qdev.is_empty())
+                .map(|b| BlockStats {
+                    device: if b.device.is_empty() {
+                        b.qdev
+                    } else {
+                        b.device
+                    },
+                    rd_bytes: b.stats.rd_bytes,
+                    wr_bytes: b.stats.wr_bytes,
+                    rd_operations: b.stats.rd_operations,
+                    wr_operations: b.stats.wr_operations,
+                })
+                .collect(),
+            vmm_rss_kib,
+            vmm_cpu_ms,
+        })
+    }
+
+    fn migrate_out(&self, uri: &str) -> Result<()> {
+        self.qmp()?
+            .execute(&qmp::Migrate {
+                uri: uri.to_string(),
+            })
+            .map(|_| ())
+    }
+
+    fn migration_status(&self) -> Result<MigrationStatus> {
+        let m = self.qmp()?.execute(&qmp::QueryMigrate)?;
+        Ok(MigrationStatus {
+            status: m.status.unwrap_or_else(|| "none".into()),
+            total_time_ms: m.total_time,
+            downtime_ms: m.downtime,
+            ram_transferred: m.ram.as_ref().map(|r| r.transferred),
+            ram_remaining: m.ram.as_ref().map(|r| r.remaining),
+            ram_total: m.ram.as_ref().map(|r| r.total),
+            error: m.error_desc,
+        })
+    }
+
+    fn guest_agent(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let Some(sock) = &self.cfg.qga_socket else {
+            return Err(HypervisorError::InvalidState {
+                name: self.cfg.name.clone(),
+                reason: "no guest agent channel configured".into(),
+            });
+        };
+        if self.pid().is_none() {
+            return Err(HypervisorError::NotRunning {
+                name: self.cfg.name.clone(),
+            });
+        }
+        crate::qga::guest_agent_command(sock, command, arguments, timeout)
+    }
+
+    fn wait_exit(&self, timeout: Option<Duration>) -> Result<Option<ExitInfo>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut g = self.shared.exit.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(info) = g.as_ref() {
+                return Ok(Some(info.clone()));
+            }
+            match deadline {
+                None => {
+                    g = self
+                        .shared
+                        .exited
+                        .wait(g)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(None);
+                    }
+                    g = match self.shared.exited.wait_timeout(g, d - now) {
+                        Ok((g, _)) => g,
+                        Err(p) => p.into_inner().0,
+                    };
+                }
+            }
+        }
+    }
+
+    fn events(&self) -> Vec<DomainEvent> {
+        match self
+            .shared
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(e) => e.snapshot(),
+            None => Vec::new(),
+        }
+    }
+
+    fn wait_event(&self, name: &str, after: usize, timeout: Duration) -> Option<DomainEvent> {
+        let ev = self
+            .shared
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        ev.wait_for(name, after, timeout)
+    }
+}
+
+impl Drop for QemuDomain {
+    fn drop(&mut self) {
+        // A dropped domain must not leave a VMM behind.
+        if self.pid().is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// Kills a left-over swtpm recorded in `pid_file` (after a crash of the supervisor).
+pub fn kill_stale_swtpm(pid_file: &Path) {
+    swtpm::kill_from_pid_file(pid_file);
+}
