@@ -1,1 +1,23 @@
-//! kubevirt-api (see README.md).
+//! kubevirt-api: the `kubevirt.io/v1` API in Rust — types, defaulting, validation and CRDs.
+//!
+//! Pure types and functions: no IO, no clients. See README.md.
+//!
+//! - [`v1`]: `VirtualMachine`, `VirtualMachineInstance`, `VirtualMachineInstanceMigration`,
+//!   `VirtualMachineInstanceReplicaSet` and their parts (kube-rs `CustomResource`s).
+//! - [`admission`]: decode + default + validate with field-path errors; unknown-field listing.
+//! - [`defaults`], [`validation`]: the typed building blocks of admission.
+//! - [`support`]: valid API features this project cannot run yet.
+//! - [`crds`]: CRDs generated from the types.
+//! - [`quantity`]: Kubernetes quantities.
+
+pub mod admission;
+pub mod crds;
+pub mod defaults;
+pub mod quantity;
+pub mod support;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod v1;
+pub mod validation;
+
+pub use quantity::Quantity;
