@@ -1,0 +1,489 @@
+//! The `subresources.kubevirt.io/v1` API at upstream's paths, as an axum Router the API
+//! server mounts (`extra_routes`).
+//!
+//! Each handler parses the request into one typed action and hands it to either the VM
+//! state-change rules (`kubevirt_controller::statechange`, applied through kube-rs) or the
+//! node's launchers ([`LauncherOps`]). Errors are Kubernetes `Status` bodies, so kubectl,
+//! kube-rs and virtctl print them as usual.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use futures::{SinkExt, StreamExt};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use kubevirt_controller::model::{VmView, VmiPhase, VmiView};
+use kubevirt_controller::resources::{vm_resource, vmi_resource};
+use kubevirt_controller::statechange::{self, StateChange};
+use kubevirt_controller::ControllerError;
+
+use crate::agent::vmi_key;
+use crate::ops::{Command, LauncherOps};
+
+/// The websocket subprotocol upstream virtctl speaks for console and VNC.
+pub const PLAIN_PROTOCOL: &str = "plain.kubevirt.io";
+const PREFIX: &str = "/apis/subresources.kubevirt.io/v1";
+
+/// Shared state; the kube client is set once the API server is up.
+pub struct SubresourceState {
+    client: OnceLock<Client>,
+    ops: Arc<dyn LauncherOps>,
+}
+
+impl SubresourceState {
+    pub fn new(ops: Arc<dyn LauncherOps>) -> Arc<Self> {
+        Arc::new(SubresourceState {
+            client: OnceLock::new(),
+            ops,
+        })
+    }
+
+    /// Hands over the client the handlers use (the first call wins).
+    pub fn set_client(&self, client: Client) {
+        let _ = self.client.set(client);
+    }
+
+    fn client(&self) -> Result<Client, ApiError> {
+        self.client.get().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the API is starting",
+            )
+        })
+    }
+}
+
+/// A Kubernetes `Status` error response.
+#[derive(Debug)]
+pub struct ApiError {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(resource: &str, name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{resource}.kubevirt.io \"{name}\" not found"),
+        )
+    }
+
+    fn conflict(resource: &str, name: &str, why: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {resource}.kubevirt.io \"{name}\": {why}"),
+        )
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    }
+
+    fn from_kube(e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(s) => Self::new(
+                StatusCode::from_u16(s.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "InternalError",
+                s.message,
+            ),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": self.message, "reason": self.reason,
+            "code": self.code.as_u16(),
+        });
+        (self.code, Json(body)).into_response()
+    }
+}
+
+type AppState = Arc<SubresourceState>;
+
+/// The router for `/apis/subresources.kubevirt.io/v1/...`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(PREFIX, get(resource_list))
+        .route(&format!("{PREFIX}/version"), get(version))
+        .route(&format!("{PREFIX}/healthz"), get(|| async { "ok" }))
+        .route(
+            &format!("{PREFIX}/namespaces/{{ns}}/virtualmachines/{{name}}/{{action}}"),
+            put(vm_action),
+        )
+        .route(
+            &format!("{PREFIX}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/{{action}}"),
+            put(vmi_action).get(vmi_get),
+        )
+        .with_state(state)
+}
+
+async fn resource_list() -> Json<Value> {
+    let r = |name: &str, verbs: &[&str]| json!({"name": name, "namespaced": true, "kind": "", "verbs": verbs});
+    Json(json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "subresources.kubevirt.io/v1",
+        "resources": [
+            r("virtualmachines/start", &["update"]), r("virtualmachines/stop", &["update"]),
+            r("virtualmachines/restart", &["update"]),
+            r("virtualmachineinstances/pause", &["update"]), r("virtualmachineinstances/unpause", &["update"]),
+            r("virtualmachineinstances/softreboot", &["update"]), r("virtualmachineinstances/reset", &["update"]),
+            r("virtualmachineinstances/console", &["get"]), r("virtualmachineinstances/vnc", &["get"]),
+            r("virtualmachineinstances/guestosinfo", &["get"]),
+        ]
+    }))
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({
+        "gitVersion": concat!("v", env!("CARGO_PKG_VERSION"), "-kubevirt-rs"),
+        "gitCommit": "", "gitTreeState": "clean", "buildDate": "",
+        "goVersion": "", "compiler": "rustc", "platform": "linux/amd64",
+    }))
+}
+
+/// The typed actions the VM subresources accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmAction {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl VmAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "start" => VmAction::Start,
+            "stop" => VmAction::Stop,
+            "restart" => VmAction::Restart,
+            _ => return None,
+        })
+    }
+}
+
+/// Body of `stop` (upstream's StopOptions): an optional grace period override.
+pub fn parse_grace_period(body: &[u8]) -> Result<Option<i64>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("invalid body: {e}"),
+        )
+    })?;
+    match v.get("gracePeriod") {
+        None | Some(Value::Null) => Ok(None),
+        Some(g) => match g.as_i64() {
+            Some(n) if n >= 0 => Ok(Some(n)),
+            _ => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("gracePeriod: Invalid value: {g}: must be a non-negative integer"),
+            )),
+        },
+    }
+}
+
+async fn vm_action(
+    State(state): State<AppState>,
+    Path((ns, name, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let action = VmAction::parse(&action).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("unknown subresource virtualmachines/{action}"),
+        )
+    })?;
+    let grace = if action == VmAction::Stop {
+        parse_grace_period(&body)?
+    } else {
+        None
+    };
+    let client = state.client()?;
+    let vms: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &vm_resource());
+    let vmis: Api<DynamicObject> = Api::namespaced_with(client, &ns, &vmi_resource());
+    for _attempt in 0..5 {
+        let vm = vms
+            .get_opt(&name)
+            .await
+            .map_err(ApiError::from_kube)?
+            .ok_or_else(|| ApiError::not_found("virtualmachines", &name))?;
+        let view = VmView::from_object(&vm).map_err(ApiError::internal)?;
+        let vmi = vmis.get_opt(&name).await.map_err(ApiError::from_kube)?;
+        let vmi_view = vmi
+            .as_ref()
+            .map(VmiView::from_object)
+            .transpose()
+            .map_err(ApiError::internal)?;
+        let decision = match action {
+            VmAction::Start => statechange::start(&view, vmi_view.as_ref()),
+            VmAction::Stop => statechange::stop(&view, vmi_view.as_ref()),
+            VmAction::Restart => statechange::restart(&view, vmi_view.as_ref()),
+        };
+        let change = match decision {
+            Ok(c) => Some(c),
+            // A forced stop of a VM whose VMI is still shutting down only shortens the wait.
+            Err(ControllerError::Conflict { .. })
+                if action == VmAction::Stop && grace.is_some() && vmi.is_some() =>
+            {
+                None
+            }
+            Err(ControllerError::Conflict { message }) => {
+                return Err(ApiError::conflict("virtualmachine", &name, &message))
+            }
+            Err(e) => return Err(ApiError::internal(e)),
+        };
+        if let (Some(g), Some(_)) = (grace, vmi.as_ref()) {
+            let p = json!({"spec": {"terminationGracePeriodSeconds": g}});
+            vmis.patch(&name, &PatchParams::default(), &Patch::Merge(&p))
+                .await
+                .map_err(ApiError::from_kube)?;
+        }
+        match change {
+            None => {}
+            Some(StateChange::PatchSpec(p)) => {
+                vms.patch(&name, &PatchParams::default(), &Patch::Merge(&p))
+                    .await
+                    .map_err(ApiError::from_kube)?;
+            }
+            Some(StateChange::AppendRequests(new)) => {
+                let mut updated = vm.clone();
+                let status = updated.data.get_mut("status");
+                let mut status_value = status.cloned().unwrap_or(Value::Null);
+                statechange::append_requests(&mut status_value, &view.requests, new)
+                    .map_err(|e| ApiError::conflict("virtualmachine", &name, &e.to_string()))?;
+                updated.data["status"] = status_value;
+                match vms
+                    .replace_status(&name, &PostParams::default(), &updated)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                    Err(e) => return Err(ApiError::from_kube(e)),
+                }
+            }
+        }
+        return Ok(StatusCode::ACCEPTED.into_response());
+    }
+    Err(ApiError::conflict(
+        "virtualmachine",
+        &name,
+        "the object keeps changing; retry",
+    ))
+}
+
+async fn running_vmi(
+    state: &SubresourceState,
+    ns: &str,
+    name: &str,
+) -> Result<DynamicObject, ApiError> {
+    let vmis: Api<DynamicObject> = Api::namespaced_with(state.client()?, ns, &vmi_resource());
+    let vmi = vmis
+        .get_opt(name)
+        .await
+        .map_err(ApiError::from_kube)?
+        .ok_or_else(|| ApiError::not_found("virtualmachineinstances", name))?;
+    let view = VmiView::from_object(&vmi).map_err(ApiError::internal)?;
+    if view.phase != VmiPhase::Running {
+        return Err(ApiError::conflict(
+            "virtualmachineinstance",
+            name,
+            "VMI is not running",
+        ));
+    }
+    Ok(vmi)
+}
+
+async fn vmi_action(
+    State(state): State<AppState>,
+    Path((ns, name, action)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let command = match action.as_str() {
+        "pause" => Command::Pause,
+        "unpause" => Command::Unpause,
+        "softreboot" => Command::SoftReboot,
+        "reset" => Command::Reset,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("unknown subresource virtualmachineinstances/{action}"),
+            ))
+        }
+    };
+    let vmi = running_vmi(&state, &ns, &name).await?;
+    let paused = VmiView::from_object(&vmi)
+        .map_err(ApiError::internal)?
+        .is_paused();
+    match (command, paused) {
+        (Command::Pause, true) => {
+            return Err(ApiError::conflict(
+                "virtualmachineinstance",
+                &name,
+                "VMI is already paused",
+            ))
+        }
+        (Command::Unpause, false) => {
+            return Err(ApiError::conflict(
+                "virtualmachineinstance",
+                &name,
+                "VMI is not paused",
+            ))
+        }
+        _ => {}
+    }
+    state
+        .ops
+        .command(&vmi_key(&vmi), command)
+        .await
+        .map_err(|e| ApiError::conflict("virtualmachineinstance", &name, &e.to_string()))?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn vmi_get(
+    State(state): State<AppState>,
+    Path((ns, name, action)): Path<(String, String, String)>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    match action.as_str() {
+        "guestosinfo" => {
+            let vmi = running_vmi(&state, &ns, &name).await?;
+            let info =
+                state.ops.guest_os_info(&vmi_key(&vmi)).await.map_err(|e| {
+                    ApiError::conflict("virtualmachineinstance", &name, &e.to_string())
+                })?;
+            Ok(Json(info).into_response())
+        }
+        "console" | "vnc" => {
+            let ws = ws.map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "console and vnc need a websocket upgrade",
+                )
+            })?;
+            let vmi = running_vmi(&state, &ns, &name).await?;
+            let key = vmi_key(&vmi);
+            let stream = if action == "console" {
+                state.ops.console(&key).await
+            } else {
+                state.ops.vnc(&key).await
+            }
+            .map_err(|e| ApiError::conflict("virtualmachineinstance", &name, &e.to_string()))?;
+            Ok(ws
+                .protocols([PLAIN_PROTOCOL])
+                .on_upgrade(move |socket| bridge(socket, stream)))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("unknown subresource virtualmachineinstances/{action}"),
+        )),
+    }
+}
+
+/// Copies bytes between a websocket (binary frames) and a console/VNC stream until either
+/// side closes.
+async fn bridge(socket: WebSocket, stream: crate::ops::BoxStream) {
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let to_ws = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws_tx
+                        .send(Message::Binary(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = ws_tx.close().await;
+    };
+    let from_ws = async {
+        while let Some(Ok(msg)) = ws_rx.next().await {
+            let data = match msg {
+                Message::Binary(b) => b.to_vec(),
+                Message::Text(t) => t.as_str().as_bytes().to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if wr.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = to_ws => {},
+        _ = from_ws => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_body_grace_period() {
+        assert_eq!(parse_grace_period(b"").unwrap(), None);
+        assert_eq!(parse_grace_period(b"{}").unwrap(), None);
+        assert_eq!(
+            parse_grace_period(br#"{"gracePeriod": 0}"#).unwrap(),
+            Some(0)
+        );
+        let err = parse_grace_period(br#"{"gracePeriod": -3}"#).unwrap_err();
+        assert!(
+            err.message.starts_with("gracePeriod: Invalid value"),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.code, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            parse_grace_period(b"{nope").unwrap_err().code,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn vm_actions_parse() {
+        assert_eq!(VmAction::parse("start"), Some(VmAction::Start));
+        assert_eq!(VmAction::parse("restart"), Some(VmAction::Restart));
+        assert_eq!(VmAction::parse("migrate"), None);
+    }
+}
