@@ -25,9 +25,11 @@ pub struct DomainSpec {
     pub devices: Devices,
     /// `auto` or `shared`.
     pub io_threads_policy: Option<String>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub io_threads: Option<serde_json::Value>,
     pub chassis: Option<Chassis>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub launch_security: Option<serde_json::Value>,
 }
@@ -119,6 +121,7 @@ pub struct Firmware {
     pub bootloader: Option<Bootloader>,
     pub serial: Option<String>,
     pub kernel_boot: Option<KernelBoot>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub acpi: Option<serde_json::Value>,
 }
@@ -453,6 +456,7 @@ pub struct Gpu {
     pub device_name: Option<String>,
     pub claim_name: Option<String>,
     pub request_name: Option<String>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub virtual_gpu_options: Option<serde_json::Value>,
     pub tag: Option<String>,

@@ -90,6 +90,7 @@ pub struct VirtualMachineInstanceMigrationStatus {
     pub conditions: Option<Vec<VirtualMachineInstanceMigrationCondition>>,
     pub phase_transition_timestamps: Option<Vec<MigrationPhaseTransitionTimestamp>>,
     pub migration_state: Option<MigrationState>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_array")]
     pub synchronization_addresses: Option<Vec<serde_json::Value>>,
 }

@@ -169,18 +169,23 @@ pub struct VirtualMachineStatus {
     pub printable_status: Option<VirtualMachinePrintableStatus>,
     pub conditions: Option<Vec<VirtualMachineCondition>>,
     pub state_change_requests: Option<Vec<VirtualMachineStateChangeRequest>>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_array")]
     pub volume_requests: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_array")]
     pub volume_snapshot_statuses: Option<Vec<serde_json::Value>>,
     pub start_failure: Option<VirtualMachineStartFailure>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub memory_dump_request: Option<serde_json::Value>,
     pub observed_generation: Option<i64>,
     pub desired_generation: Option<i64>,
     pub run_strategy: Option<RunStrategy>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub instancetype_ref: Option<serde_json::Value>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub preference_ref: Option<serde_json::Value>,
 }

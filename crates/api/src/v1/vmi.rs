@@ -62,6 +62,7 @@ pub struct VirtualMachineInstanceSpec {
     /// `ClusterFirstWithHostNet`, `ClusterFirst`, `Default`, `None`.
     pub dns_policy: Option<String>,
     pub dns_config: Option<PodDNSConfig>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_array")]
     pub access_credentials: Option<Vec<serde_json::Value>>,
     /// `amd64`, `arm64`, `s390x`.
@@ -255,6 +256,7 @@ pub struct MigrationState {
     /// `PreCopy`, `PostCopy`.
     pub mode: Option<String>,
     pub migration_policy_name: Option<String>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub migration_configuration: Option<serde_json::Value>,
 }
@@ -269,12 +271,16 @@ pub struct VolumeStatus {
     pub reason: Option<String>,
     pub message: Option<String>,
     pub size: Option<i64>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub persistent_volume_claim_info: Option<serde_json::Value>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub hotplug_volume: Option<serde_json::Value>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub memory_dump_volume: Option<serde_json::Value>,
+    #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub container_disk_volume: Option<serde_json::Value>,
 }
