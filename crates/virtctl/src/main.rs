@@ -1,1 +1,271 @@
-fn main() {}
+//! virtctl: the KubeVirt command line, command-compatible with upstream for the commands
+//! this project supports. Talks to the API only through the kubeconfig's server (kube-rs
+//! for REST, a rustls websocket for console/VNC with upstream's `plain.kubevirt.io`).
+
+mod client;
+mod console;
+mod create;
+mod vnc;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use client::Session;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "virtctl",
+    version,
+    about = "virtctl controls virtual machine related operations on your kubernetes cluster."
+)]
+struct Cli {
+    /// Path to the kubeconfig file to use for CLI requests.
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// If present, the namespace scope for this CLI request.
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    /// The name of the kubeconfig context to use.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start a virtual machine.
+    Start {
+        vm: String,
+        /// Start the VM in a paused state (not supported yet; refused).
+        #[arg(long)]
+        paused: bool,
+        /// Only check the request; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop a virtual machine.
+    Stop {
+        vm: String,
+        /// Seconds the guest gets to shut down before it is stopped hard.
+        #[arg(long)]
+        grace_period: Option<i64>,
+        /// Stop at once (with --grace-period 0 by default).
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Restart a virtual machine.
+    Restart {
+        vm: String,
+        #[arg(long)]
+        grace_period: Option<i64>,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Pause a virtual machine (vm) or instance (vmi).
+    Pause {
+        #[arg(value_parser = ["vm", "vmi"])]
+        kind: String,
+        name: String,
+    },
+    /// Unpause a virtual machine (vm) or instance (vmi).
+    Unpause {
+        #[arg(value_parser = ["vm", "vmi"])]
+        kind: String,
+        name: String,
+    },
+    /// Soft reboot a virtual machine instance through its guest agent (ACPI otherwise).
+    SoftReboot { vmi: String },
+    /// Hard reset a virtual machine instance.
+    Reset { vmi: String },
+    /// Connect to a serial console of a virtual machine instance (escape: ^]).
+    Console {
+        vmi: String,
+        /// Minutes to wait for the VMI to be running.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+    /// Open a VNC connection to a virtual machine instance.
+    Vnc {
+        vmi: String,
+        /// Only start the local proxy and print its port as JSON.
+        #[arg(long)]
+        proxy_only: bool,
+        /// Local port for the proxy (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+    },
+    /// Return guest agent info about the operating system.
+    Guestosinfo { vmi: String },
+    /// Create a manifest for a resource (prints YAML).
+    Create {
+        #[command(subcommand)]
+        what: create::CreateCmd,
+    },
+    /// Print the client and server version information.
+    Version {
+        /// Client version only (no server needed).
+        #[arg(long)]
+        client: bool,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let connect = || {
+        Session::connect(
+            cli.kubeconfig.clone(),
+            cli.context.clone(),
+            cli.namespace.clone(),
+        )
+    };
+    match &cli.command {
+        Cmd::Create { what } => {
+            print!("{}", create::render(what)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Version { client: true } => {
+            println!("Client Version: {}", client::client_version_info());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let s = connect().await?;
+    match cli.command {
+        Cmd::Start {
+            vm,
+            paused,
+            dry_run,
+        } => {
+            if paused {
+                anyhow::bail!(
+                    "Error starting VirtualMachine: --paused is not supported by this server"
+                );
+            }
+            let body = serde_json::json!({"dryRun": if dry_run { vec!["All"] } else { vec![] }});
+            s.vm_action(&vm, "start", body)
+                .await
+                .map_err(|e| e.context("Error starting VirtualMachine"))?;
+            println!("VM {vm} was scheduled to start");
+        }
+        Cmd::Stop {
+            vm,
+            grace_period,
+            force,
+            dry_run,
+        } => {
+            let grace = match (force, grace_period) {
+                (_, Some(g)) => Some(g),
+                (true, None) => Some(0),
+                (false, None) => None,
+            };
+            if grace_period.is_some() && !force {
+                anyhow::bail!("Can not set gracePeriod without --force=true");
+            }
+            let mut body =
+                serde_json::json!({"dryRun": if dry_run { vec!["All"] } else { vec![] }});
+            if let Some(g) = grace {
+                body["gracePeriod"] = g.into();
+            }
+            s.vm_action(&vm, "stop", body)
+                .await
+                .map_err(|e| e.context("Error stopping VirtualMachine"))?;
+            println!("VM {vm} was scheduled to stop");
+        }
+        Cmd::Restart {
+            vm,
+            grace_period,
+            force,
+            dry_run,
+        } => {
+            if grace_period.is_some() && !force {
+                anyhow::bail!("Can not set gracePeriod without --force=true");
+            }
+            let mut body =
+                serde_json::json!({"dryRun": if dry_run { vec!["All"] } else { vec![] }});
+            if let Some(g) = grace_period.or(force.then_some(0)) {
+                body["gracePeriodSeconds"] = g.into();
+            }
+            s.vm_action(&vm, "restart", body)
+                .await
+                .map_err(|e| e.context("Error restarting VirtualMachine"))?;
+            println!("VM {vm} was scheduled to restart");
+        }
+        Cmd::Pause { kind, name } => {
+            if kind == "vm" {
+                s.require_vm(&name)
+                    .await
+                    .map_err(|e| e.context("Error pausing VirtualMachine"))?;
+            }
+            s.vmi_action(&name, "pause")
+                .await
+                .map_err(|e| e.context("Error pausing VirtualMachineInstance"))?;
+            println!("VMI {name} was scheduled to pause");
+        }
+        Cmd::Unpause { kind, name } => {
+            if kind == "vm" {
+                s.require_vm(&name)
+                    .await
+                    .map_err(|e| e.context("Error unpausing VirtualMachine"))?;
+            }
+            s.vmi_action(&name, "unpause")
+                .await
+                .map_err(|e| e.context("Error unpausing VirtualMachineInstance"))?;
+            println!("VMI {name} was scheduled to unpause");
+        }
+        Cmd::SoftReboot { vmi } => {
+            s.vmi_action(&vmi, "softreboot")
+                .await
+                .map_err(|e| e.context("Error soft rebooting VirtualMachineInstance"))?;
+            println!("VMI {vmi} was scheduled to softreboot");
+        }
+        Cmd::Reset { vmi } => {
+            s.vmi_action(&vmi, "reset")
+                .await
+                .map_err(|e| e.context("Error resetting VirtualMachineInstance"))?;
+            println!("VMI {vmi} was scheduled to reset");
+        }
+        Cmd::Guestosinfo { vmi } => {
+            let info = s.vmi_get_json(&vmi, "guestosinfo").await?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+        Cmd::Console { vmi, timeout } => {
+            return console::run(&s, &vmi, std::time::Duration::from_secs(timeout * 60)).await;
+        }
+        Cmd::Vnc {
+            vmi,
+            proxy_only,
+            port,
+            address,
+        } => {
+            vnc::run(&s, &vmi, proxy_only, &address, port).await?;
+        }
+        Cmd::Version { .. } => {
+            println!("Client Version: {}", client::client_version_info());
+            let server = s.server_version().await?;
+            println!("Server Version: {server}");
+        }
+        Cmd::Create { .. } => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
