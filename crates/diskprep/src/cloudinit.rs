@@ -200,11 +200,10 @@ pub fn seed_files(
 ) -> Vec<IsoFile> {
     match kind {
         CloudInitKind::NoCloud => {
-            // JSON strings are valid YAML double-quoted scalars: no quoting surprises.
             let meta = format!(
                 "instance-id: {}\nlocal-hostname: {}\n",
-                json_string(&identity.instance_id()),
-                json_string(identity.hostname()),
+                yaml_scalar(&identity.instance_id()),
+                yaml_scalar(identity.hostname()),
             );
             let mut files = vec![
                 // NoCloud wants user-data present even when empty.
@@ -241,8 +240,22 @@ pub fn seed_files(
     }
 }
 
-fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
+/// Names and uids are plain YAML scalars (simple readers, like the test guest's sed, see
+/// them as is); anything else is written as a JSON string, which YAML reads the same way.
+fn yaml_scalar(s: &str) -> String {
+    let plain = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        && s.parse::<f64>().is_err()
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n"
+        );
+    if plain {
+        s.to_owned()
+    } else {
+        serde_json::Value::String(s.to_owned()).to_string()
+    }
 }
 
 /// Validates the source, builds the seed ISO and writes it to `out` atomically
@@ -336,8 +349,12 @@ mod tests {
         let meta = files.iter().find(|f| f.path == "meta-data").unwrap();
         assert_eq!(
             String::from_utf8(meta.data.clone()).unwrap(),
-            "instance-id: \"testvmi.default\"\nlocal-hostname: \"testvmi\"\n"
+            "instance-id: testvmi.default\nlocal-hostname: testvmi\n"
         );
+        assert_eq!(yaml_scalar("123"), "\"123\"");
+        assert_eq!(yaml_scalar("yes"), "\"yes\"");
+        assert_eq!(yaml_scalar("a: b"), "\"a: b\"");
+        assert_eq!(yaml_scalar("6e1c1e5c-0000-4000"), "6e1c1e5c-0000-4000");
         assert!(!files.iter().any(|f| f.path == "network-config"));
 
         let mut id = ident();

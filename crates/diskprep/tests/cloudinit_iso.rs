@@ -69,7 +69,7 @@ fn nocloud_iso_is_readable_by_isoinfo_and_xorriso() {
     assert_eq!(joliet_file(&iso, "/network-config"), network.as_bytes());
     assert_eq!(
         String::from_utf8(joliet_file(&iso, "/meta-data")).unwrap(),
-        "instance-id: \"0b4d8a8e-5d4f-4c6b-9e55-7a8f3c2d1e00\"\nlocal-hostname: \"vmi-nocloud\"\n"
+        "instance-id: 0b4d8a8e-5d4f-4c6b-9e55-7a8f3c2d1e00\nlocal-hostname: vmi-nocloud\n"
     );
     // The plain ISO 9660 tree is there too, for readers without Joliet.
     let primary = String::from_utf8(isoinfo(&["-f"], &iso)).unwrap();
