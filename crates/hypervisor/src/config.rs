@@ -29,6 +29,12 @@ pub struct DomainConfig {
     /// Attach a virtio RNG fed by /dev/urandom.
     #[serde(default)]
     pub rng: bool,
+    /// Attach a virtio memory balloon.
+    #[serde(default)]
+    pub balloon: bool,
+    /// Create the vCPUs stopped (resume with `Domain::resume`).
+    #[serde(default)]
+    pub start_paused: bool,
     #[serde(default)]
     pub tpm: Option<TpmConfig>,
     /// Serial console (ttyS0) on a unix socket, optionally mirrored to a log file.
@@ -71,6 +77,8 @@ impl DomainConfig {
             disks: Vec::new(),
             nics: Vec::new(),
             rng: false,
+            balloon: false,
+            start_paused: false,
             tpm: None,
             serial: None,
             vnc_socket: None,

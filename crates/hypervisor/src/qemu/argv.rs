@@ -387,6 +387,10 @@ pub fn build_argv(cfg: &DomainConfig, accel: &Accelerator, incoming: bool) -> Re
         push(&["-device", "virtio-rng-pci,rng=objrng0,id=rng0"]);
     }
 
+    if cfg.balloon {
+        push(&["-device", "virtio-balloon-pci,id=balloon0"]);
+    }
+
     if let Some(tpm) = &cfg.tpm {
         push(&[
             "-chardev",
@@ -432,6 +436,9 @@ pub fn build_argv(cfg: &DomainConfig, accel: &Accelerator, incoming: bool) -> Re
         ]);
     }
 
+    if cfg.start_paused && !incoming {
+        push(&["-S"]);
+    }
     if incoming {
         push(&["-incoming", "defer"]);
     }
@@ -543,6 +550,7 @@ mod tests {
             threads: 1,
         };
         cfg.rng = true;
+        cfg.balloon = true;
         cfg.serial = Some(SerialConfig {
             socket: "/r/serial.sock".into(),
             log_file: Some("/r/serial.log".into()),
@@ -596,6 +604,7 @@ mod tests {
             "driver=cfi.pflash01,property=secure,value=on",
             "-kernel /k/vmlinuz -initrd /k/initrd",
             "virtio-rng-pci,rng=objrng0",
+            "virtio-balloon-pci,id=balloon0",
             "socket,id=chrtpm,path=/r/swtpm.sock",
             "tpm-crb,tpmdev=tpm-tpm0",
             "socket,id=charserial0,path=/r/serial.sock,server=on,wait=off,logfile=/r/serial.log,logappend=on",

@@ -1,0 +1,173 @@
+//! Runs the volume work a translation asks for, through `kubevirt-diskprep`.
+
+use std::path::{Path, PathBuf};
+
+use kubevirt_diskprep as diskprep;
+use kubevirt_hypervisor::DiskFormat;
+
+use crate::translate::{Translation, VolumePrep};
+
+/// Why a volume could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// diskprep refused or failed (its message names the volume and field).
+    #[error(transparent)]
+    DiskPrep(#[from] diskprep::DiskPrepError),
+    /// Something the translation asked for is not available on this node.
+    #[error("volume {volume}: {reason}")]
+    Unavailable { volume: String, reason: String },
+}
+
+/// Where containerDisks come from.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerDiskConfig {
+    /// Cache directory (blobs by digest, extracted bases).
+    pub cache_dir: PathBuf,
+    /// Registry host as written in images -> registry to contact (`http://` = plain HTTP).
+    pub mirrors: std::collections::HashMap<String, String>,
+    /// Registries reached over plain HTTP.
+    pub insecure: Vec<String>,
+}
+
+fn to_hv(f: diskprep::DiskFormat) -> DiskFormat {
+    match f {
+        diskprep::DiskFormat::Raw => DiskFormat::Raw,
+        diskprep::DiskFormat::Qcow2 => DiskFormat::Qcow2,
+    }
+}
+
+fn set_format(t: &mut Translation, path: &Path, format: DiskFormat) {
+    for d in t.domain.disks.iter_mut().filter(|d| d.path == path) {
+        d.format = format;
+    }
+}
+
+/// Prepares every volume of `t` (creating overlays, empty disks, ISOs, pulling images) and
+/// fixes up the disk formats in `t.domain`. Files created in the run dir are removed with it.
+pub async fn prepare_volumes(
+    t: &mut Translation,
+    containerdisks: &ContainerDiskConfig,
+) -> Result<(), PrepareError> {
+    let mut cache: Option<diskprep::ContainerDiskCache> = None;
+    for prep in t.volumes.clone() {
+        match prep {
+            VolumePrep::Existing { volume, path } => {
+                let d = diskprep::prepare_host_disk(
+                    &volume,
+                    &path,
+                    diskprep::HostDiskType::Disk,
+                    None,
+                )?;
+                set_format(t, &path, to_hv(d.format));
+            }
+            VolumePrep::CreateIfMissing {
+                volume,
+                path,
+                capacity,
+            } => {
+                let d = diskprep::prepare_host_disk(
+                    &volume,
+                    &path,
+                    diskprep::HostDiskType::DiskOrCreate,
+                    Some(&capacity),
+                )?;
+                set_format(t, &path, to_hv(d.format));
+            }
+            VolumePrep::EmptyDisk {
+                volume,
+                target,
+                capacity,
+            } => {
+                let _ = std::fs::remove_file(&target);
+                diskprep::create_empty_disk(
+                    &volume,
+                    &target,
+                    &capacity,
+                    diskprep::DiskFormat::Raw,
+                )?;
+                set_format(t, &target, DiskFormat::Raw);
+            }
+            VolumePrep::Ephemeral {
+                volume,
+                base,
+                target,
+            } => {
+                let format = diskprep::format::detect_format(&volume, &base)?;
+                let _ = std::fs::remove_file(&target);
+                diskprep::create_overlay(&volume, &base, format, &target)?;
+                set_format(t, &target, DiskFormat::Qcow2);
+            }
+            VolumePrep::ContainerDisk {
+                volume,
+                image,
+                pull_policy,
+                target,
+            } => {
+                let cache = cache.get_or_insert_with(|| {
+                    diskprep::ContainerDiskCache::new(
+                        containerdisks.cache_dir.clone(),
+                        diskprep::RegistryConfig {
+                            mirrors: containerdisks.mirrors.clone(),
+                            insecure: containerdisks.insecure.clone(),
+                        },
+                    )
+                });
+                let policy = match pull_policy.as_deref() {
+                    Some(p) => p.parse().map_err(|reason| PrepareError::Unavailable {
+                        volume: volume.clone(),
+                        reason,
+                    })?,
+                    None => diskprep::PullPolicy::default_for(&image),
+                };
+                let vol = volume.clone();
+                let progress = move |p: diskprep::PullProgress| {
+                    tracing::debug!(volume = %vol, done = p.bytes_done, total = p.bytes_total, "containerDisk pull");
+                };
+                let pulled = cache.pull(&volume, &image, policy, &progress).await?;
+                tracing::info!(volume, image, digest = %pulled.manifest_digest, from_cache = pulled.from_cache, "containerDisk ready");
+                let _ = std::fs::remove_file(&target);
+                diskprep::create_overlay(&volume, &pulled.path, pulled.format, &target)?;
+                set_format(t, &target, DiskFormat::Qcow2);
+            }
+            VolumePrep::CloudInit {
+                volume,
+                config_drive,
+                user_data,
+                user_data_base64,
+                user_data_secret,
+                network_data,
+                network_data_base64,
+                network_data_secret,
+                namespace,
+                name,
+                uid,
+                hostname,
+                target,
+            } => {
+                let kind = if config_drive {
+                    diskprep::CloudInitKind::ConfigDrive
+                } else {
+                    diskprep::CloudInitKind::NoCloud
+                };
+                let source = diskprep::CloudInitSource {
+                    user_data,
+                    user_data_base64,
+                    user_data_secret,
+                    network_data,
+                    network_data_base64,
+                    network_data_secret,
+                };
+                let identity = diskprep::InstanceIdentity {
+                    namespace,
+                    name,
+                    uid,
+                    hostname: Some(hostname),
+                };
+                let _ = std::fs::remove_file(&target);
+                diskprep::cloudinit::write_seed_iso(&volume, kind, &source, &identity, &target)?;
+                set_format(t, &target, DiskFormat::Raw);
+            }
+        }
+    }
+    Ok(())
+}
