@@ -77,6 +77,13 @@ pub fn unsupported_features(spec: &VirtualMachineInstanceSpec) -> Vec<Unsupporte
                 &format!("network binding plugins ({:?}) are not implemented", b.name),
             );
         }
+        if iface.passt_binding.is_some() {
+            push(
+                &mut out,
+                format!("{p}.passtBinding"),
+                "passt binding is not implemented; use masquerade",
+            );
+        }
         if iface.slirp.is_some() {
             push(
                 &mut out,

@@ -242,6 +242,18 @@ fn validate_vmi_spec_at(
     validate_resources(&domain, &spec.domain, &mut errs);
     validate_cpu(&domain, &spec.domain, &mut errs);
     validate_firmware(&domain, &spec.domain, &mut errs);
+    check_enum(
+        &format!("{domain}.rebootPolicy"),
+        spec.domain.reboot_policy.as_deref(),
+        &["Reboot", "Terminate"],
+        &mut errs,
+    );
+    check_enum(
+        &format!("{domain}.ioThreadsPolicy"),
+        spec.domain.io_threads_policy.as_deref(),
+        &["shared", "auto", "supplementalPool"],
+        &mut errs,
+    );
     let volumes = validate_volumes(path, spec, &mut errs);
     validate_disks(&domain, spec, &volumes, &mut errs);
     validate_networks(path, spec, &mut errs);
@@ -832,7 +844,7 @@ fn validate_disks(
         check_enum(
             &format!("{p}.io"),
             d.io.as_deref(),
-            &["native", "threads"],
+            &["native", "default", "threads"],
             errs,
         );
         check_enum(
@@ -1041,7 +1053,10 @@ fn validate_networks(path: &str, spec: &VirtualMachineInstanceSpec, errs: &mut V
             }
         }
         if iface.ports.is_some()
-            && !(iface.masquerade.is_some() || iface.slirp.is_some() || iface.passt.is_some())
+            && !(iface.masquerade.is_some()
+                || iface.slirp.is_some()
+                || iface.passt.is_some()
+                || iface.passt_binding.is_some())
         {
             errs.push(FieldError::forbidden(
                 format!("{p}.ports"),
@@ -1103,18 +1118,19 @@ fn validate_devices(domain_path: &str, devices: &Devices, errs: &mut Vec<FieldEr
             &["usb", "virtio"],
             errs,
         );
-        if input.input_type != "tablet" {
+        if !["tablet", "keyboard"].contains(&input.input_type.as_str()) {
             errs.push(FieldError::not_supported(
                 format!("{p}.type"),
                 input.input_type.clone(),
-                &["tablet"],
+                &["tablet", "keyboard"],
             ));
         }
     }
     if let Some(w) = devices.watchdog.as_ref() {
-        if let Some(a) = w.i6300esb.as_ref() {
+        for (model, dev) in [("i6300esb", &w.i6300esb), ("diag288", &w.diag288)] {
+            let Some(a) = dev.as_ref() else { continue };
             check_enum(
-                &format!("{dp}.watchdog.i6300esb.action"),
+                &format!("{dp}.watchdog.{model}.action"),
                 a.action.as_deref(),
                 &["poweroff", "reset", "shutdown"],
                 errs,

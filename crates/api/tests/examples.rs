@@ -239,3 +239,57 @@ fn defaulted_vmis_carry_the_expected_defaults() {
         assert!(req.is_some(), "{label}: no memory request");
     }
 }
+
+/// Removes `null` values (they mean "unset"; typed objects omit them).
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+fn live(file: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/live")
+        .join(file);
+    serde_yaml::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn objects_as_a_cluster_returns_them_round_trip_with_metadata_and_status() {
+    for (file, kind) in [
+        ("vm-get-o-yaml.yaml", "VirtualMachine"),
+        ("vmi-get-o-yaml.yaml", "VirtualMachineInstance"),
+    ] {
+        let v = live(file);
+        assert_eq!(
+            admission::unknown_fields(kind, &v),
+            Vec::<String>::new(),
+            "{file}"
+        );
+        let mut want = v.clone();
+        strip_nulls(&mut want);
+        assert_eq!(roundtrip_kind(kind, &v), want, "{file}");
+        let mut obj = v.clone();
+        admission::admit(kind, Operation::Create, &mut obj, None)
+            .unwrap_or_else(|e| panic!("{file}: {e:?}"));
+        // Status and server-set metadata survive admission.
+        assert_eq!(obj["status"], want["status"], "{file}");
+        assert_eq!(obj["metadata"]["uid"], want["metadata"]["uid"], "{file}");
+    }
+    let vmi: VirtualMachineInstance = serde_json::from_value(live("vmi-get-o-yaml.yaml")).unwrap();
+    let status = vmi.status.unwrap();
+    assert_eq!(
+        status.phase,
+        Some(kubevirt_api::v1::VirtualMachineInstancePhase::Running)
+    );
+    assert_eq!(
+        status.interfaces.unwrap()[0].ip_address.as_deref(),
+        Some("10.244.0.23")
+    );
+    assert_eq!(status.guest_os_info.unwrap().id.as_deref(), Some("cirros"));
+}

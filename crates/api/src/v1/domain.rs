@@ -32,6 +32,8 @@ pub struct DomainSpec {
     #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub launch_security: Option<serde_json::Value>,
+    /// `Reboot` (default) or `Terminate`.
+    pub reboot_policy: Option<String>,
 }
 
 /// Requests, limits and the guest-overhead switch.
@@ -368,6 +370,7 @@ pub struct Disk {
     pub shareable: Option<bool>,
     /// `stop`, `ignore`, `report` or `enospace`.
     pub error_policy: Option<String>,
+    pub changed_block_tracking: Option<bool>,
 }
 
 /// Disk bus (`virtio`, `sata`, `scsi`, `usb`); kept as text so invalid values get a
@@ -425,6 +428,8 @@ pub struct CustomBlockSize {
 pub struct Watchdog {
     pub name: String,
     pub i6300esb: Option<I6300Esb>,
+    /// s390x only.
+    pub diag288: Option<I6300Esb>,
 }
 
 #[skip_serializing_none]
@@ -442,7 +447,7 @@ pub struct Input {
     pub name: String,
     /// `usb` or `virtio`.
     pub bus: Option<String>,
-    /// `tablet`.
+    /// `tablet` or `keyboard`.
     #[serde(rename = "type")]
     pub input_type: String,
 }

@@ -23,6 +23,7 @@ pub struct Interface {
     pub sriov: Option<EmptyObject>,
     pub macvtap: Option<EmptyObject>,
     pub passt: Option<EmptyObject>,
+    pub passt_binding: Option<EmptyObject>,
     pub binding: Option<PluginBinding>,
     pub ports: Option<Vec<Port>>,
     pub mac_address: Option<String>,
@@ -61,6 +62,9 @@ impl Interface {
         }
         if self.passt.is_some() {
             out.push("passt");
+        }
+        if self.passt_binding.is_some() {
+            out.push("passtBinding");
         }
         if self.binding.is_some() {
             out.push("binding");

@@ -128,11 +128,19 @@ pub struct PreferenceMatcher {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeTemplateSpec {
+    /// Accepted for backwards compatibility (upstream ignores it).
+    pub api_version: Option<String>,
+    /// Accepted for backwards compatibility (upstream ignores it).
+    pub kind: Option<String>,
     #[serde(default)]
     #[schemars(schema_with = "super::template_metadata")]
     pub metadata: Option<ObjectMeta>,
     #[schemars(schema_with = "super::preserved_object")]
     pub spec: serde_json::Value,
+    /// Upstream's empty "dummy" status, accepted for backwards compatibility.
+    #[serde(default)]
+    #[schemars(schema_with = "super::preserved_object")]
+    pub status: Option<serde_json::Value>,
 }
 
 /// What `kubectl get vm` shows in STATUS.
@@ -188,6 +196,12 @@ pub struct VirtualMachineStatus {
     #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub preference_ref: Option<serde_json::Value>,
+    #[serde(default)]
+    #[schemars(schema_with = "super::preserved_object")]
+    pub volume_update_state: Option<serde_json::Value>,
+    #[serde(default)]
+    #[schemars(schema_with = "super::preserved_object")]
+    pub changed_block_tracking: Option<serde_json::Value>,
 }
 
 /// A VM condition (`Ready`, `Failure`, `Paused`, `Initialized`, ...).

@@ -46,6 +46,7 @@ pub struct VirtualMachineInstanceSpec {
     pub node_selector: Option<BTreeMap<String, String>>,
     pub affinity: Option<Affinity>,
     pub scheduler_name: Option<String>,
+    pub service_account_name: Option<String>,
     pub tolerations: Option<Vec<Toleration>>,
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
     /// `LiveMigrate`, `LiveMigrateIfPossible`, `None`, `External`.
@@ -68,6 +69,9 @@ pub struct VirtualMachineInstanceSpec {
     /// `amd64`, `arm64`, `s390x`.
     pub architecture: Option<String>,
     pub resource_claims: Option<Vec<PodResourceClaim>>,
+    #[serde(default)]
+    #[schemars(schema_with = "super::preserved_array")]
+    pub utility_volumes: Option<Vec<serde_json::Value>>,
 }
 
 /// A liveness/readiness probe, run against the guest.
@@ -148,7 +152,7 @@ pub struct VirtualMachineInstanceStatus {
     pub volume_status: Option<Vec<VolumeStatus>>,
     pub fs_freeze_status: Option<String>,
     pub virtual_machine_revision_name: Option<String>,
-    pub runtime_user: Option<i64>,
+    pub runtime_user: Option<u64>,
     #[serde(rename = "VSOCKCID")]
     pub vsock_cid: Option<u32>,
     pub selinux_context: Option<String>,
@@ -156,6 +160,18 @@ pub struct VirtualMachineInstanceStatus {
     #[serde(rename = "currentCPUTopology")]
     pub current_cpu_topology: Option<CpuTopology>,
     pub memory: Option<MemoryStatus>,
+    #[serde(default)]
+    #[schemars(schema_with = "super::preserved_object")]
+    pub kernel_boot_status: Option<serde_json::Value>,
+    #[serde(default)]
+    #[schemars(schema_with = "super::preserved_object")]
+    pub topology_hints: Option<serde_json::Value>,
+    #[serde(default)]
+    #[schemars(schema_with = "super::preserved_array")]
+    pub migrated_volumes: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    #[schemars(schema_with = "super::preserved_object")]
+    pub changed_block_tracking: Option<serde_json::Value>,
 }
 
 /// A VMI condition (`Ready`, `LiveMigratable`, `Paused`, `AgentConnected`, `Synchronized`, ...).
