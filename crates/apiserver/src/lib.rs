@@ -1,1 +1,411 @@
-//! kubevirt-apiserver (see README.md).
+//! kubevirt-apiserver: an embedded Kubernetes-compatible API server with a durable
+//! revision-log store (see README.md).
+
+pub mod error;
+mod gc;
+pub mod http;
+pub mod kubevirt;
+pub mod openapi;
+pub mod ops;
+pub mod registry;
+pub mod schema;
+pub mod store;
+pub mod tls;
+pub mod view;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+
+pub use error::{ApiError, Cause};
+pub use ops::{Admission, Operation};
+pub use registry::ExtraApi;
+pub use store::StoreOptions;
+
+/// Server start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("creating data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("installing {what}: {source}")]
+    Bootstrap { what: String, source: ApiError },
+}
+
+pub type Result<T> = std::result::Result<T, ServerError>;
+
+/// How to run the embedded API server.
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Routes merged behind authentication (e.g. `/apis/subresources.kubevirt.io/...`).
+    pub extra_routes: Option<axum::Router>,
+    /// API groups listed in discovery for `extra_routes`.
+    pub extra_apis: Vec<ExtraApi>,
+    /// CustomResourceDefinitions (JSON) installed at start-up (created or updated).
+    pub crds: Vec<Value>,
+    /// In-process admission run on every create/update.
+    pub admission: Vec<Arc<dyn Admission>>,
+    pub store: StoreOptions,
+    /// How often watches with `allowWatchBookmarks` get a BOOKMARK.
+    pub bookmark_interval: Duration,
+}
+
+/// `/var/lib/kubevirt-rs` as root, else `$XDG_DATA_HOME/kubevirt-rs`
+/// (`~/.local/share/kubevirt-rs`).
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/kubevirt-rs");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("kubevirt-rs");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".local/share/kubevirt-rs")
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:6443";
+
+impl ServerConfig {
+    /// The embedded default: kubevirt.io CRDs installed and their admission enabled.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> ServerConfig {
+        let mut cfg = ServerConfig::bare(data_dir, listen);
+        cfg.crds = kubevirt::crds();
+        cfg.admission = vec![Arc::new(kubevirt::KubevirtAdmission)];
+        cfg
+    }
+
+    /// Only the built-in core kinds; no CRDs, no admission.
+    pub fn bare(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            listen,
+            extra_routes: None,
+            extra_apis: Vec::new(),
+            crds: Vec::new(),
+            admission: Vec::new(),
+            store: StoreOptions::default(),
+            bookmark_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Command-line arguments of `kubevirt-rs server` (the API-server part).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Directory for the store, certificates and kubeconfig files.
+    #[arg(long, env = "KUBEVIRT_RS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to serve HTTPS on.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+}
+
+impl ServerArgs {
+    pub fn into_config(self) -> ServerConfig {
+        ServerConfig::new(self.data_dir.unwrap_or_else(default_data_dir), self.listen)
+    }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    pub kubeconfig_path: PathBuf,
+    pub readonly_kubeconfig_path: PathBuf,
+    pub admin_token: String,
+    pub readonly_token: String,
+    pub ca_pem: String,
+    store: Arc<store::Store>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl ServerHandle {
+    /// Stops accepting, ends open connections and closes the store.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
+
+    /// Waits until the server stops (it only stops through `shutdown`).
+    pub async fn wait(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn bootstrap(ops: &ops::Ops, crds: &[Value]) -> Result<()> {
+    let reg = &ops.registry;
+    let crd_def = reg
+        .find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        .ok_or_else(|| ServerError::Bootstrap {
+            what: "the CRD resource".into(),
+            source: ApiError::internal("missing built-in"),
+        })?;
+    for crd in crds {
+        let name = crd
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let what = format!("CustomResourceDefinition {name}");
+        let err = |source| ServerError::Bootstrap {
+            what: what.clone(),
+            source,
+        };
+        match ops.get(&crd_def, None, &name) {
+            Ok(existing) if existing["spec"] == crd["spec"] => {}
+            Ok(_) => {
+                let mut upd = crd.clone();
+                upd["metadata"]["resourceVersion"] = Value::Null;
+                ops.patch(
+                    &crd_def,
+                    None,
+                    &name,
+                    ops::PatchType::Merge,
+                    json!({"spec": null}),
+                    ops::Part::Main,
+                    ops::WriteOpts::default(),
+                )
+                .await
+                .map_err(err)?;
+                ops.patch(
+                    &crd_def,
+                    None,
+                    &name,
+                    ops::PatchType::Merge,
+                    json!({"spec": crd["spec"]}),
+                    ops::Part::Main,
+                    ops::WriteOpts::default(),
+                )
+                .await
+                .map_err(err)?;
+            }
+            Err(_) => {
+                ops.create(&crd_def, None, crd.clone(), ops::WriteOpts::default())
+                    .await
+                    .map_err(err)?;
+            }
+        }
+    }
+    ops.refresh_registry();
+    let ns_def = reg
+        .find("", "v1", "namespaces")
+        .ok_or_else(|| ServerError::Bootstrap {
+            what: "namespaces".into(),
+            source: ApiError::internal("missing built-in"),
+        })?;
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        if ops.get(&ns_def, None, ns).is_err() {
+            ops.create(
+                &ns_def,
+                None,
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                ops::WriteOpts::default(),
+            )
+            .await
+            .map_err(|source| ServerError::Bootstrap {
+                what: format!("namespace {ns}"),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn kubeconfig_server(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("https://{ip}:{}", addr.port())
+}
+
+/// Starts the server: opens the store, installs CRDs and namespaces, writes the
+/// kubeconfig files, and serves HTTPS until `ServerHandle::shutdown`.
+pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
+    let dir = cfg.data_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| ServerError::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let creds = tls::load_or_create(&dir)?;
+    let db = dir.join("store.db");
+    let store_opts = cfg.store.clone();
+    let store = tokio::task::spawn_blocking(move || store::Store::open(&db, store_opts))
+        .await
+        .map_err(|e| ServerError::Bootstrap {
+            what: "store".into(),
+            source: ApiError::internal(e.to_string()),
+        })??;
+    let registry = Arc::new(registry::Registry::new(cfg.extra_apis.clone()));
+    let ops = ops::Ops {
+        store: store.clone(),
+        registry: registry.clone(),
+        admission: cfg.admission.clone(),
+    };
+    ops.refresh_registry();
+    bootstrap(&ops, &cfg.crds).await?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let server = kubeconfig_server(addr);
+    let kubeconfig_path = dir.join("kubeconfig");
+    let readonly_kubeconfig_path = dir.join("kubeconfig-readonly");
+    tls::write_kubeconfig(
+        &kubeconfig_path,
+        &tls::kubeconfig(&server, &creds.ca_pem, "admin", &creds.admin_token),
+    )?;
+    tls::write_kubeconfig(
+        &readonly_kubeconfig_path,
+        &tls::kubeconfig(&server, &creds.ca_pem, "readonly", &creds.readonly_token),
+    )?;
+
+    let app = Arc::new(http::AppState {
+        ops,
+        openapi: openapi::OpenApi::new(),
+        admin_token: creds.admin_token.clone(),
+        readonly_token: creds.readonly_token.clone(),
+        bookmark_interval: cfg.bookmark_interval,
+        max_body: 3 * 1024 * 1024,
+    });
+    let api = axum::Router::new()
+        .fallback(http::handle)
+        .with_state(app.clone());
+    let router = match cfg.extra_routes {
+        Some(extra) => extra.merge(api),
+        None => api,
+    }
+    .layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        http::auth,
+    ));
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(gc::run(store.clone()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(creds.server_config.clone());
+    tasks.spawn(serve(listener, acceptor, router, shutdown_rx));
+    tracing::info!(%addr, kubeconfig = %kubeconfig_path.display(), "API server listening");
+    Ok(ServerHandle {
+        addr,
+        kubeconfig_path,
+        readonly_kubeconfig_path,
+        admin_token: creds.admin_token,
+        readonly_token: creds.readonly_token,
+        ca_pem: creds.ca_pem,
+        store,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        conns.spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(router);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with error");
+            }
+        });
+    }
+    conns.abort_all();
+}
+
+/// Runs the server from command-line arguments until Ctrl-C / SIGTERM.
+pub async fn run_cli(args: ServerArgs) -> Result<()> {
+    let handle = start(args.into_config()).await?;
+    println!(
+        "kubevirt-rs API server on https://{}\nexport KUBECONFIG={}",
+        handle.addr,
+        handle.kubeconfig_path.display()
+    );
+    wait_for_signal().await;
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+/// Path helper for tests and embedders.
+pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("kubeconfig")
+}

@@ -1,0 +1,230 @@
+//! Garbage collection by ownerReferences (background, foreground, orphan) and namespace
+//! cleanup, driven by the store's event stream.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::ops::{self, DeleteOpts, Propagation};
+use crate::store::{EventType, Store};
+
+#[derive(Default)]
+struct Index {
+    /// uid -> key of every live object.
+    uids: HashMap<String, String>,
+    /// owner uid -> dependent keys.
+    dependents: HashMap<String, HashSet<String>>,
+    /// key -> (uid, owner uids), to undo on change.
+    owners_of: HashMap<String, (String, Vec<String>)>,
+}
+
+fn uid(v: &Value) -> Option<String> {
+    v.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn owner_uids(v: &Value) -> Vec<String> {
+    v.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["uid"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn has_finalizer(v: &Value, f: &str) -> bool {
+    v.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(f)))
+}
+
+fn deleting(v: &Value) -> bool {
+    v.pointer("/metadata/deletionTimestamp").is_some()
+}
+
+impl Index {
+    fn remove(&mut self, key: &str) {
+        if let Some((u, owners)) = self.owners_of.remove(key) {
+            self.uids.remove(&u);
+            for o in owners {
+                if let Some(set) = self.dependents.get_mut(&o) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.dependents.remove(&o);
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, key: &str, obj: &Value) {
+        self.remove(key);
+        let Some(u) = uid(obj) else { return };
+        let owners = owner_uids(obj);
+        for o in &owners {
+            self.dependents
+                .entry(o.clone())
+                .or_default()
+                .insert(key.to_string());
+        }
+        self.uids.insert(u.clone(), key.to_string());
+        self.owners_of.insert(key.to_string(), (u, owners));
+    }
+}
+
+/// Parses `group/plural/ns/name` back into its parts.
+fn split_key(key: &str) -> Option<(&str, &str, &str)> {
+    let mut it = key.splitn(4, '/');
+    let group = it.next()?;
+    let plural = it.next()?;
+    let _ns = it.next()?;
+    let name = it.next()?;
+    Some((if group == "core" { "" } else { group }, plural, name))
+}
+
+async fn delete(store: &Store, key: &str, propagation: Propagation) {
+    let Some((group, plural, name)) = split_key(key) else {
+        return;
+    };
+    let opts = DeleteOpts {
+        propagation: Some(propagation),
+        ..Default::default()
+    };
+    match ops::delete_key(store, key.to_string(), plural, group, name, opts).await {
+        Ok(_) => tracing::debug!(key, "garbage collected"),
+        Err(e) if e.reason == "NotFound" => {}
+        Err(e) => tracing::warn!(key, error = %e, "garbage collection delete failed"),
+    }
+}
+
+pub async fn run(store: Arc<Store>) {
+    loop {
+        let (keyed, _rev, mut rx) = store.snapshot_and_watch("");
+        let mut idx = Index::default();
+        for (k, v) in &keyed {
+            idx.insert(k, v);
+        }
+        // Objects left mid-deletion by a previous run.
+        for (k, v) in &keyed {
+            if deleting(v) {
+                handle_deleting(&store, &mut idx, k, v).await;
+            }
+        }
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    match ev.kind {
+                        EventType::Added | EventType::Modified => {
+                            idx.insert(&ev.key, &ev.obj);
+                            if ev.kind == EventType::Added {
+                                let owners = owner_uids(&ev.obj);
+                                if !owners.is_empty()
+                                    && owners.iter().all(|o| !idx.uids.contains_key(o))
+                                {
+                                    // Every owner is gone: a dangling dependent.
+                                    delete(&store, &ev.key, Propagation::Background).await;
+                                    continue;
+                                }
+                            }
+                            if deleting(&ev.obj) {
+                                handle_deleting(&store, &mut idx, &ev.key, &ev.obj).await;
+                            }
+                        }
+                        EventType::Deleted => {
+                            idx.remove(&ev.key);
+                            if let Some(u) = uid(&ev.obj) {
+                                let deps: Vec<String> = idx
+                                    .dependents
+                                    .get(&u)
+                                    .map(|s| s.iter().cloned().collect())
+                                    .unwrap_or_default();
+                                for d in deps {
+                                    let other_owner_alive = idx
+                                        .owners_of
+                                        .get(&d)
+                                        .map(|(_, os)| {
+                                            os.iter().any(|o| *o != u && idx.uids.contains_key(o))
+                                        })
+                                        .unwrap_or(false);
+                                    if other_owner_alive {
+                                        let _ = ops::remove_owner_ref(&store, d.clone(), &u).await;
+                                    } else {
+                                        delete(&store, &d, Propagation::Background).await;
+                                    }
+                                }
+                            }
+                            // A foreground-deleting owner may now have no dependents left.
+                            for o in owner_uids(&ev.obj) {
+                                let Some(okey) = idx.uids.get(&o).cloned() else {
+                                    continue;
+                                };
+                                if let Some(owner) = store.get(&okey) {
+                                    if deleting(&owner) {
+                                        handle_deleting(&store, &mut idx, &okey, &owner).await;
+                                    }
+                                }
+                            }
+                            if ev.key.starts_with("core/namespaces//") {
+                                if let Some(ns) =
+                                    ev.obj.pointer("/metadata/name").and_then(Value::as_str)
+                                {
+                                    clean_namespace(&store, ns).await;
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "garbage collector lagged; resyncing");
+                    break;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+async fn handle_deleting(store: &Store, idx: &mut Index, key: &str, obj: &Value) {
+    let Some(u) = uid(obj) else { return };
+    let deps: Vec<String> = idx
+        .dependents
+        .get(&u)
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default();
+    if has_finalizer(obj, "orphan") {
+        for d in &deps {
+            let _ = ops::remove_owner_ref(store, d.clone(), &u).await;
+        }
+        let _ = ops::remove_finalizer(store, key.to_string(), "orphan").await;
+        return;
+    }
+    if has_finalizer(obj, "foregroundDeletion") {
+        if deps.is_empty() {
+            let _ = ops::remove_finalizer(store, key.to_string(), "foregroundDeletion").await;
+            return;
+        }
+        for d in deps {
+            if let Some(dep) = store.get(&d) {
+                if !deleting(&dep) {
+                    delete(store, &d, Propagation::Foreground).await;
+                }
+            }
+        }
+    }
+}
+
+async fn clean_namespace(store: &Store, ns: &str) {
+    let (keyed, _) = store.list_keyed("");
+    for (k, _) in keyed {
+        let mut parts = k.splitn(4, '/');
+        let (_, _, kns) = (parts.next(), parts.next(), parts.next());
+        if kns == Some(ns) {
+            delete(store, &k, Propagation::Background).await;
+        }
+    }
+}

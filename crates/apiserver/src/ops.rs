@@ -1,0 +1,1026 @@
+//! The verbs, independent of HTTP: create, update, patch, delete, get, list. Every
+//! read-modify-write runs inside the store's writer (see `store`), so the checks
+//! (resourceVersion preconditions, finalizers, admission) see the exact state they change.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Map, Value};
+
+use crate::error::{ApiError, ApiResult, Cause};
+use crate::registry::{Registry, ResourceDef};
+use crate::schema;
+use crate::store::{self, Mutation, Store, Written};
+
+/// Create or update, for admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Update,
+}
+
+/// In-process admission (mutating + validating), run on every create/update of the main
+/// resource. `kubevirt` kinds get the `kubevirt-api` implementation.
+pub trait Admission: Send + Sync {
+    /// Applies defaults to `obj` and validates it. `Err` holds the field causes (422).
+    fn admit(
+        &self,
+        group: &str,
+        kind: &str,
+        op: Operation,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), Vec<Cause>>;
+
+    /// Paths of fields the kind does not know (beyond what the CRD schema finds).
+    fn unknown_fields(&self, _group: &str, _kind: &str, _obj: &Value) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// `fieldValidation` query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+impl FieldValidation {
+    pub fn parse(s: Option<&str>) -> ApiResult<Self> {
+        match s {
+            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn, Strict, got \"{other}\""
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOpts {
+    pub dry_run: bool,
+    pub field_validation: FieldValidation,
+}
+
+impl Default for WriteOpts {
+    fn default() -> Self {
+        WriteOpts {
+            dry_run: false,
+            field_validation: FieldValidation::Warn,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    Background,
+    Foreground,
+    Orphan,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOpts {
+    pub propagation: Option<Propagation>,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchType {
+    Merge,
+    Json,
+    Strategic,
+    Apply,
+}
+
+impl PatchType {
+    pub fn from_content_type(ct: &str) -> ApiResult<Self> {
+        let ct = ct.split(';').next().unwrap_or("").trim();
+        match ct {
+            "application/merge-patch+json" => Ok(PatchType::Merge),
+            "application/json-patch+json" => Ok(PatchType::Json),
+            "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
+            "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchType::Apply),
+            other => Err(ApiError::unsupported_media(format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got \"{other}\")"
+            ))),
+        }
+    }
+}
+
+/// Which part of an object a write addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Main,
+    Status,
+}
+
+/// A successful write: the object and any `Warning` headers.
+#[derive(Debug)]
+pub struct Outcome {
+    pub obj: Arc<Value>,
+    pub warnings: Vec<String>,
+    pub created: bool,
+    pub deleted: bool,
+}
+
+pub struct Ops {
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub admission: Vec<Arc<dyn Admission>>,
+}
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
+    v.get("metadata")?.get(field)?.as_str()
+}
+
+fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
+    if !v.get("metadata").is_some_and(Value::is_object) {
+        v["metadata"] = json!({});
+    }
+    match v.get_mut("metadata") {
+        Some(Value::Object(m)) => m,
+        // The branch above guarantees an object.
+        _ => unreachable!("metadata is an object"),
+    }
+}
+
+/// Everything except metadata and status: a change here bumps `metadata.generation`.
+fn spec_part(v: &Value) -> Value {
+    let mut c = v.clone();
+    if let Some(m) = c.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    c
+}
+
+fn finalizers(v: &Value) -> Vec<String> {
+    v.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// Struct holding what the writer closure needs (cheap clones).
+#[derive(Clone)]
+struct Ctx {
+    def: Arc<ResourceDef>,
+    admission: Vec<Arc<dyn Admission>>,
+    opts: WriteOpts,
+    warnings: Arc<Mutex<Vec<String>>>,
+}
+
+impl Ctx {
+    /// Unknown-field handling per `fieldValidation`: Strict rejects, Warn warns; both prune.
+    fn unknown_fields(&self, obj: &mut Value) -> ApiResult<()> {
+        let mut unknown = Vec::new();
+        if let (Some(schema), true) = (&self.def.schema, self.def.structural) {
+            unknown = schema::unknown_fields(schema, obj, false);
+        }
+        for a in &self.admission {
+            for f in a.unknown_fields(&self.def.group, &self.def.kind, obj) {
+                if !unknown.contains(&f) {
+                    unknown.push(f);
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        match self.opts.field_validation {
+            FieldValidation::Strict => {
+                let list: Vec<String> = unknown
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect();
+                return Err(ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+                    self.def.kind,
+                    self.def.version,
+                    self.def.kind,
+                    list.join(", ")
+                )));
+            }
+            FieldValidation::Warn => {
+                let mut w = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+                for f in &unknown {
+                    w.push(format!("unknown field \"{f}\""));
+                }
+            }
+            FieldValidation::Ignore => {}
+        }
+        if let (Some(schema), true) = (&self.def.schema, self.def.structural) {
+            schema::unknown_fields(schema, obj, true);
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, name: &str, causes: Vec<Cause>) -> ApiError {
+        ApiError::invalid(&self.def.kind, &self.def.group, name, causes)
+    }
+
+    /// Admission + schema validation.
+    fn admit(&self, op: Operation, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
+        let name = meta_str(obj, "name").unwrap_or_default().to_string();
+        let mut causes = Vec::new();
+        if let Some(schema) = &self.def.schema {
+            causes.extend(schema::validate(schema, obj));
+        }
+        if causes.is_empty() {
+            for a in &self.admission {
+                if let Err(c) = a.admit(&self.def.group, &self.def.kind, op, obj, old) {
+                    causes.extend(c);
+                }
+            }
+        }
+        if causes.is_empty() {
+            Ok(())
+        } else {
+            Err(self.invalid(&name, causes))
+        }
+    }
+}
+
+fn validate_name(def: &ResourceDef, name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        &def.kind,
+        &def.group,
+        name,
+        vec![Cause {
+            reason: "FieldValueInvalid".into(),
+            message: format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
+            field: "metadata.name".into(),
+        }],
+    ))
+}
+
+/// The update pipeline shared by PUT, PATCH and server-side apply, run in the writer.
+fn finish_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiResult<Mutation> {
+    let def = &ctx.def;
+    let name = meta_str(old, "name").unwrap_or_default().to_string();
+    if !new.is_object() {
+        return Err(ApiError::bad_request("the object must be a JSON object"));
+    }
+    if let Some(rv) = meta_str(&new, "resourceVersion") {
+        if !rv.is_empty() && Some(rv) != meta_str(old, "resourceVersion") {
+            return Err(ApiError::modified(&def.plural, &def.group, &name));
+        }
+    }
+    if let Some(n) = meta_str(&new, "name") {
+        if n != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
+        }
+    }
+    if part == Part::Status {
+        // The status subresource changes status only.
+        let status = new.get("status").cloned();
+        new = old.clone();
+        match status {
+            Some(s) => new["status"] = s,
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    } else {
+        ctx.unknown_fields(&mut new)?;
+        if def.status_subresource {
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
+    }
+    new["apiVersion"] = json!(def.api_version());
+    new["kind"] = json!(def.kind);
+    {
+        let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
+        let m = meta_mut(&mut new);
+        for f in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "resourceVersion",
+        ] {
+            match old_meta.get(f) {
+                Some(v) => {
+                    m.insert(f.into(), v.clone());
+                }
+                None => {
+                    m.remove(f);
+                }
+            }
+        }
+        m.remove("selfLink");
+        m.remove("managedFields");
+        // Once deletion started, finalizers may only be removed.
+        if old_meta.get("deletionTimestamp").is_some() {
+            let old_f = finalizers(old);
+            if let Some(Value::Array(newf)) = m.get("finalizers") {
+                if let Some(added) = newf
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .find(|f| !old_f.iter().any(|o| o == f))
+                {
+                    return Err(ctx.invalid(
+                        &name,
+                        vec![Cause {
+                            reason: "FieldValueForbidden".into(),
+                            message: format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{\"{added}\"}}"),
+                            field: "metadata.finalizers".into(),
+                        }],
+                    ));
+                }
+            }
+        }
+    }
+    if part == Part::Main {
+        ctx.admit(Operation::Update, &mut new, Some(old))?;
+        if def.group == "apiextensions.k8s.io" {
+            crd_status(&mut new);
+        }
+    }
+    if tracks_generation(def) && spec_part(&new) != spec_part(old) {
+        let gen = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        meta_mut(&mut new).insert("generation".into(), json!(gen + 1));
+    }
+    if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers(&new).is_empty() {
+        if ctx.opts.dry_run {
+            return Ok(Mutation::Noop(new));
+        }
+        return Ok(Mutation::Delete);
+    }
+    if new == *old {
+        return Ok(Mutation::Noop(new));
+    }
+    if ctx.opts.dry_run {
+        return Ok(Mutation::Noop(new));
+    }
+    Ok(Mutation::Put(new))
+}
+
+/// kube-apiserver maintains `metadata.generation` for custom resources and CRDs.
+fn tracks_generation(def: &ResourceDef) -> bool {
+    def.builtin_definition.is_none() || def.group == "apiextensions.k8s.io"
+}
+
+/// Marks a CRD accepted and established, as kube-apiserver's controllers do.
+fn crd_status(crd: &mut Value) {
+    let t = now();
+    let names = crd["spec"]["names"].clone();
+    crd["status"] = json!({
+        "acceptedNames": names,
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+             "message": "no conflicts found", "lastTransitionTime": t},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+             "message": "the initial names have been accepted", "lastTransitionTime": t},
+        ],
+        "storedVersions": crd["spec"]["versions"].as_array().map(|vs| vs.iter()
+            .filter(|v| v["storage"].as_bool() == Some(true))
+            .map(|v| v["name"].clone()).collect::<Vec<_>>()).unwrap_or_default(),
+    });
+}
+
+/// JSON merge patch (RFC 7386).
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// Strategic merge patch, simplified: a JSON merge patch that also understands the
+/// `$patch: delete|replace` and `$retainKeys`/`$setElementOrder` directives by dropping
+/// them. Lists are replaced whole (kubectl sends whole lists for the kinds served here).
+fn strategic_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if p.get("$patch").and_then(Value::as_str) == Some("delete") {
+                *target = Value::Null;
+                return;
+            }
+            if p.get("$patch").and_then(Value::as_str) == Some("replace") {
+                let mut clean = patch.clone();
+                strip_directives(&mut clean);
+                *target = clean;
+                return;
+            }
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if k.starts_with('$') || k.starts_with("$setElementOrder/") {
+                        continue;
+                    }
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        let slot = t.entry(k.clone()).or_insert(Value::Null);
+                        strategic_patch(slot, v);
+                        if slot.is_null() {
+                            t.remove(k);
+                        }
+                    }
+                }
+            }
+        }
+        other => {
+            let mut clean = other.clone();
+            strip_directives(&mut clean);
+            *target = clean;
+        }
+    }
+}
+
+fn strip_directives(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, _| !k.starts_with('$'));
+            for x in m.values_mut() {
+                strip_directives(x);
+            }
+        }
+        Value::Array(a) => {
+            a.retain(|x| {
+                !(x.get("$patch").is_some() && x.as_object().is_some_and(|o| o.len() <= 2))
+            });
+            for x in a {
+                strip_directives(x);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Server-side apply, simplified: the applied configuration is merged into the live object
+/// (fields it names win, fields it omits are kept); no managedFields tracking.
+fn apply_patch(target: &mut Value, applied: &Value) {
+    match applied {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    apply_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+pub fn apply_patch_type(pt: PatchType, cur: &Value, body: &Value) -> ApiResult<Value> {
+    let mut doc = cur.clone();
+    match pt {
+        PatchType::Merge => merge_patch(&mut doc, body),
+        PatchType::Strategic => strategic_patch(&mut doc, body),
+        PatchType::Apply => apply_patch(&mut doc, body),
+        PatchType::Json => {
+            let patch: json_patch::Patch = serde_json::from_value(body.clone())
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            json_patch::patch(&mut doc, &patch).map_err(|e| {
+                ApiError::new(
+                    http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                )
+            })?;
+        }
+    }
+    Ok(doc)
+}
+
+impl Ops {
+    fn ctx(&self, def: &Arc<ResourceDef>, opts: WriteOpts) -> Ctx {
+        Ctx {
+            def: def.clone(),
+            admission: self.admission.clone(),
+            opts,
+            warnings: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> String {
+        store::key(
+            &def.group,
+            &def.plural,
+            if def.namespaced { ns } else { None },
+            name,
+        )
+    }
+
+    /// Objects are stored in one version; answer in the version asked for.
+    pub fn present(def: &ResourceDef, obj: &Value) -> Value {
+        let mut o = obj.clone();
+        if o.is_object() {
+            o["apiVersion"] = json!(def.api_version());
+        }
+        o
+    }
+
+    fn after_write(&self, def: &ResourceDef) {
+        if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
+            self.refresh_registry();
+        }
+    }
+
+    pub fn refresh_registry(&self) {
+        let (crds, _) = self.store.list(&store::resource_prefix(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+        ));
+        self.registry.rebuild(crds.iter().map(|c| c.as_ref()));
+    }
+
+    pub fn get(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+        self.store
+            .get(&Self::key(def, ns, name))
+            .map(|o| Self::present(def, &o))
+            .ok_or_else(|| ApiError::not_found(&def.plural, &def.group, name))
+    }
+
+    fn check_namespace(&self, def: &ResourceDef, ns: Option<&str>) -> ApiResult<()> {
+        if !def.namespaced {
+            return Ok(());
+        }
+        let ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required"))?;
+        if self
+            .store
+            .get(&store::key("", "namespaces", None, ns))
+            .is_none()
+        {
+            return Err(ApiError::not_found("namespaces", "", ns));
+        }
+        Ok(())
+    }
+
+    pub async fn create(
+        &self,
+        def: &Arc<ResourceDef>,
+        ns: Option<&str>,
+        mut obj: Value,
+        opts: WriteOpts,
+    ) -> ApiResult<Outcome> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the object must be a JSON object"));
+        }
+        if let Some(kind) = obj.get("kind").and_then(Value::as_str) {
+            if kind != def.kind {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({}) does not match the expected API version ({})",
+                    obj["apiVersion"].as_str().unwrap_or_default(),
+                    def.api_version()
+                )));
+            }
+        }
+        let ctx = self.ctx(def, opts);
+        {
+            let m = meta_mut(&mut obj);
+            if def.namespaced {
+                match (m.get("namespace").and_then(Value::as_str), ns) {
+                    (Some(a), Some(b)) if !a.is_empty() && a != b => {
+                        return Err(ApiError::bad_request(
+                            "the namespace of the provided object does not match the namespace sent on the request",
+                        ))
+                    }
+                    _ => {}
+                }
+                if let Some(ns) = ns {
+                    m.insert("namespace".into(), json!(ns));
+                }
+            } else {
+                m.remove("namespace");
+            }
+            let name = m.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name.is_empty() {
+                let gen = m
+                    .get("generateName")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if gen.is_empty() {
+                    return Err(ApiError::invalid(
+                        &def.kind,
+                        &def.group,
+                        "",
+                        vec![Cause {
+                            reason: "FieldValueRequired".into(),
+                            message: "Required value: name or generateName is required".into(),
+                            field: "metadata.name".into(),
+                        }],
+                    ));
+                }
+                m.insert("name".into(), json!(format!("{gen}{}", random_suffix())));
+            }
+            m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            m.insert("creationTimestamp".into(), json!(now()));
+            if tracks_generation(def) {
+                m.insert("generation".into(), json!(1));
+            }
+            for f in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+                "managedFields",
+            ] {
+                m.remove(f);
+            }
+        }
+        let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+        validate_name(def, &name)?;
+        self.check_namespace(def, ns)?;
+        obj["apiVersion"] = json!(def.api_version());
+        obj["kind"] = json!(def.kind);
+        ctx.unknown_fields(&mut obj)?;
+        if def.status_subresource && def.builtin_definition.is_none() {
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
+        if def.group.is_empty() && def.plural == "namespaces" {
+            obj["status"] = json!({"phase": "Active"});
+        }
+        if def.group == "apiextensions.k8s.io" {
+            crd_status(&mut obj);
+        }
+        ctx.admit(Operation::Create, &mut obj, None)?;
+        if opts.dry_run {
+            return Ok(Outcome {
+                obj: Arc::new(obj),
+                warnings: take(&ctx.warnings),
+                created: true,
+                deleted: false,
+            });
+        }
+        let key = Self::key(def, ns, &name);
+        let (plural, group) = (def.plural.clone(), def.group.clone());
+        let written = self
+            .store
+            .write(
+                key,
+                Box::new(move |cur| match cur {
+                    Some(_) => Err(ApiError::already_exists(&plural, &group, &name)),
+                    None => Ok(Mutation::Put(obj)),
+                }),
+            )
+            .await?;
+        self.after_write(def);
+        Ok(self.outcome(def, written, &ctx))
+    }
+
+    fn outcome(&self, def: &ResourceDef, w: Written, ctx: &Ctx) -> Outcome {
+        Outcome {
+            obj: Arc::new(Self::present(def, &w.obj)),
+            warnings: take(&ctx.warnings),
+            created: w.created,
+            deleted: w.deleted,
+        }
+    }
+
+    pub async fn update(
+        &self,
+        def: &Arc<ResourceDef>,
+        ns: Option<&str>,
+        name: &str,
+        obj: Value,
+        part: Part,
+        opts: WriteOpts,
+    ) -> ApiResult<Outcome> {
+        let ctx = self.ctx(def, opts);
+        let c2 = ctx.clone();
+        let (plural, group, n) = (def.plural.clone(), def.group.clone(), name.to_string());
+        let written = self
+            .store
+            .write(
+                Self::key(def, ns, name),
+                Box::new(move |cur| match cur {
+                    None => Err(ApiError::not_found(&plural, &group, &n)),
+                    Some(old) => finish_update(&c2, old, obj, part),
+                }),
+            )
+            .await?;
+        self.after_write(def);
+        Ok(self.outcome(def, written, &ctx))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        def: &Arc<ResourceDef>,
+        ns: Option<&str>,
+        name: &str,
+        pt: PatchType,
+        body: Value,
+        part: Part,
+        opts: WriteOpts,
+    ) -> ApiResult<Outcome> {
+        if pt == PatchType::Apply && self.store.get(&Self::key(def, ns, name)).is_none() {
+            {
+                let mut obj = body;
+                meta_mut(&mut obj).insert("name".into(), json!(name));
+                match self.create(def, ns, obj.clone(), opts).await {
+                    Err(e) if e.reason == "AlreadyExists" => {
+                        return Box::pin(self.patch(def, ns, name, pt, obj, part, opts)).await
+                    }
+                    other => return other,
+                }
+            }
+        }
+        let ctx = self.ctx(def, opts);
+        let c2 = ctx.clone();
+        let (plural, group, n) = (def.plural.clone(), def.group.clone(), name.to_string());
+        let written = self
+            .store
+            .write(
+                Self::key(def, ns, name),
+                Box::new(move |cur| match cur {
+                    None => Err(ApiError::not_found(&plural, &group, &n)),
+                    Some(old) => {
+                        let mut new = apply_patch_type(pt, old, &body)?;
+                        // A patch that does not pin a resourceVersion applies to the current one.
+                        if body.pointer("/metadata/resourceVersion").is_none() {
+                            if let Some(rv) = old.pointer("/metadata/resourceVersion") {
+                                meta_mut(&mut new).insert("resourceVersion".into(), rv.clone());
+                            }
+                        }
+                        finish_update(&c2, old, new, part)
+                    }
+                }),
+            )
+            .await?;
+        self.after_write(def);
+        Ok(self.outcome(def, written, &ctx))
+    }
+
+    pub async fn delete(
+        &self,
+        def: &Arc<ResourceDef>,
+        ns: Option<&str>,
+        name: &str,
+        opts: DeleteOpts,
+    ) -> ApiResult<Outcome> {
+        let key = Self::key(def, ns, name);
+        let written = delete_key(&self.store, key, &def.plural, &def.group, name, opts).await?;
+        self.after_write(def);
+        Ok(Outcome {
+            obj: Arc::new(Self::present(def, &written.obj)),
+            warnings: Vec::new(),
+            created: false,
+            deleted: written.deleted,
+        })
+    }
+}
+
+fn take(w: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    std::mem::take(&mut *w.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Deletes one key, honouring finalizers and the propagation policy.
+pub async fn delete_key(
+    store: &Store,
+    key: String,
+    plural: &str,
+    group: &str,
+    name: &str,
+    opts: DeleteOpts,
+) -> ApiResult<Written> {
+    let (plural, group, name) = (plural.to_string(), group.to_string(), name.to_string());
+    store
+        .write(
+            key,
+            Box::new(move |cur| {
+                let Some(cur) = cur else {
+                    return Err(ApiError::not_found(&plural, &group, &name));
+                };
+                if let Some(uid) = &opts.precondition_uid {
+                    if meta_str(cur, "uid") != Some(uid.as_str()) {
+                        return Err(ApiError::conflict(
+                            &plural,
+                            &group,
+                            &name,
+                            &format!(
+                                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                                meta_str(cur, "uid").unwrap_or_default()
+                            ),
+                        ));
+                    }
+                }
+                if let Some(rv) = &opts.precondition_rv {
+                    if meta_str(cur, "resourceVersion") != Some(rv.as_str()) {
+                        return Err(ApiError::conflict(
+                            &plural,
+                            &group,
+                            &name,
+                            &format!(
+                                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                                meta_str(cur, "resourceVersion").unwrap_or_default()
+                            ),
+                        ));
+                    }
+                }
+                let mut fins = finalizers(cur);
+                let mut added = false;
+                let extra = match opts.propagation {
+                    Some(Propagation::Foreground) => Some("foregroundDeletion"),
+                    Some(Propagation::Orphan) => Some("orphan"),
+                    _ => None,
+                };
+                if let Some(f) = extra {
+                    if !fins.iter().any(|x| x == f) {
+                        fins.push(f.to_string());
+                        added = true;
+                    }
+                }
+                if fins.is_empty() {
+                    if opts.dry_run {
+                        return Ok(Mutation::Noop(cur.clone()));
+                    }
+                    return Ok(Mutation::Delete);
+                }
+                let deleting = cur.pointer("/metadata/deletionTimestamp").is_some();
+                if deleting && !added {
+                    return Ok(Mutation::Noop(cur.clone()));
+                }
+                let mut next = cur.clone();
+                let m = meta_mut(&mut next);
+                if !deleting {
+                    m.insert("deletionTimestamp".into(), json!(now()));
+                    m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                }
+                m.insert("finalizers".into(), json!(fins));
+                if opts.dry_run {
+                    return Ok(Mutation::Noop(next));
+                }
+                Ok(Mutation::Put(next))
+            }),
+        )
+        .await
+}
+
+/// Removes one finalizer (used by the garbage collector). Deletes the object if it was the
+/// last one and deletion was requested.
+pub async fn remove_finalizer(store: &Store, key: String, finalizer: &str) -> ApiResult<Written> {
+    let f = finalizer.to_string();
+    store
+        .write(
+            key,
+            Box::new(move |cur| {
+                let Some(cur) = cur else {
+                    return Err(ApiError::not_found("", "", ""));
+                };
+                let fins = finalizers(cur);
+                if !fins.contains(&f) {
+                    return Ok(Mutation::Noop(cur.clone()));
+                }
+                let rest: Vec<String> = fins.into_iter().filter(|x| *x != f).collect();
+                if rest.is_empty() && cur.pointer("/metadata/deletionTimestamp").is_some() {
+                    return Ok(Mutation::Delete);
+                }
+                let mut next = cur.clone();
+                meta_mut(&mut next).insert("finalizers".into(), json!(rest));
+                Ok(Mutation::Put(next))
+            }),
+        )
+        .await
+}
+
+/// Drops the ownerReference to `owner_uid` from an object (orphaning, or an owner of several).
+pub async fn remove_owner_ref(store: &Store, key: String, owner_uid: &str) -> ApiResult<Written> {
+    let uid = owner_uid.to_string();
+    store
+        .write(
+            key,
+            Box::new(move |cur| {
+                let Some(cur) = cur else {
+                    return Err(ApiError::not_found("", "", ""));
+                };
+                let mut next = cur.clone();
+                let m = meta_mut(&mut next);
+                let Some(Value::Array(refs)) = m.get_mut("ownerReferences") else {
+                    return Ok(Mutation::Noop(cur.clone()));
+                };
+                let before = refs.len();
+                refs.retain(|r| r["uid"].as_str() != Some(uid.as_str()));
+                if refs.len() == before {
+                    return Ok(Mutation::Noop(cur.clone()));
+                }
+                if refs.is_empty() {
+                    m.remove("ownerReferences");
+                }
+                Ok(Mutation::Put(next))
+            }),
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_rfc7386() {
+        let mut t = json!({"a": {"b": 1, "c": 2}, "l": [1, 2]});
+        merge_patch(&mut t, &json!({"a": {"b": null, "d": 3}, "l": [3]}));
+        assert_eq!(t, json!({"a": {"c": 2, "d": 3}, "l": [3]}));
+    }
+
+    #[test]
+    fn strategic_patch_drops_directives() {
+        let mut t = json!({"metadata": {"labels": {"a": "1"}}, "data": {"x": "1", "y": "2"}});
+        let p = json!({"$setElementOrder/containers": [], "data": {"y": null, "z": "3"},
+                       "metadata": {"labels": {"$patch": "replace", "b": "2"}}});
+        strategic_patch(&mut t, &p);
+        assert_eq!(
+            t,
+            json!({"metadata": {"labels": {"b": "2"}}, "data": {"x": "1", "z": "3"}})
+        );
+    }
+
+    #[test]
+    fn json_patch_errors_are_422() {
+        let cur = json!({"a": 1});
+        let err = apply_patch_type(
+            PatchType::Json,
+            &cur,
+            &json!([{"op": "test", "path": "/a", "value": 2}]),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, http::StatusCode::UNPROCESSABLE_ENTITY);
+        let ok = apply_patch_type(
+            PatchType::Json,
+            &cur,
+            &json!([{"op": "replace", "path": "/a", "value": 2}]),
+        )
+        .unwrap();
+        assert_eq!(ok, json!({"a": 2}));
+    }
+}
