@@ -4,7 +4,12 @@
 //! VMI: condition `Synchronized=False` with reason [`REASON_UNSUPPORTED`] and a message naming
 //! the fields, plus an event. Admission never rejects them, so a user's manifests apply as-is.
 
-use crate::v1::{VirtualMachineInstance, VirtualMachineInstanceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::v1::{
+    vmi_condition, ConditionStatus, VirtualMachineInstance, VirtualMachineInstanceCondition,
+    VirtualMachineInstanceSpec,
+};
 
 /// Condition reason used when a VMI asks for unsupported features.
 pub const REASON_UNSUPPORTED: &str = "Unsupported";
@@ -234,4 +239,28 @@ pub fn summary(features: &[UnsupportedFeature]) -> String {
         .map(|f| f.to_string())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The condition the node agent sets on a VMI that asks for unsupported features:
+/// `Synchronized=False`, reason `Unsupported`, a message naming every field. `None` when the
+/// VMI asks for nothing unsupported.
+pub fn unsupported_condition(
+    vmi: &VirtualMachineInstance,
+    now: Time,
+) -> Option<VirtualMachineInstanceCondition> {
+    let features = unsupported_vmi_features(vmi);
+    if features.is_empty() {
+        return None;
+    }
+    Some(VirtualMachineInstanceCondition {
+        type_: vmi_condition::SYNCHRONIZED.to_string(),
+        status: ConditionStatus::False,
+        reason: Some(REASON_UNSUPPORTED.to_string()),
+        message: Some(format!(
+            "this VMI asks for features kubevirt-rs cannot run: {}",
+            summary(&features)
+        )),
+        last_probe_time: None,
+        last_transition_time: Some(now),
+    })
 }

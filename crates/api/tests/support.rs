@@ -111,3 +111,19 @@ fn bridge_on_pod_network_is_reported_but_not_on_multus() {
         .collect();
     assert_eq!(f, vec!["spec.networks[1].multus"]);
 }
+
+#[test]
+fn unsupported_condition_names_the_fields() {
+    let now: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time =
+        serde_json::from_value(serde_json::json!("2026-01-01T00:00:00Z")).unwrap();
+    let c = kubevirt_api::support::unsupported_condition(&example_vmi("vmi-gpu.yaml"), now.clone())
+        .expect("gpu is unsupported");
+    assert_eq!(c.type_, "Synchronized");
+    assert_eq!(c.status, kubevirt_api::v1::ConditionStatus::False);
+    assert_eq!(c.reason.as_deref(), Some("Unsupported"));
+    assert!(c.message.unwrap().contains("spec.domain.devices.gpus[0]"));
+    assert!(
+        kubevirt_api::support::unsupported_condition(&example_vmi("vmi-fedora.yaml"), now)
+            .is_none()
+    );
+}

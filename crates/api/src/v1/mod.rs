@@ -5,6 +5,7 @@
 //! with [`crate::admission::unknown_fields`] and rejects or prunes them.
 
 mod domain;
+mod helpers;
 mod migration;
 mod network;
 mod storage;
