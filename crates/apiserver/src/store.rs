@@ -322,10 +322,7 @@ impl Store {
 
     /// Events after `from` (exclusive) still in memory, plus a receiver for everything
     /// later, with no gap. `Err` (410 Expired) when `from` is older than what is kept.
-    pub fn watch_from(
-        &self,
-        from: i64,
-    ) -> ApiResult<WatchStart> {
+    pub fn watch_from(&self, from: i64) -> ApiResult<WatchStart> {
         let st = lock_read(&self.state);
         if from < st.oldest_watchable {
             return Err(ApiError::expired(format!(
@@ -339,10 +336,7 @@ impl Store {
     }
 
     /// Snapshot of a prefix and a receiver for every later event, with no gap.
-    pub fn snapshot_and_watch(
-        &self,
-        prefix: &str,
-    ) -> Snapshot {
+    pub fn snapshot_and_watch(&self, prefix: &str) -> Snapshot {
         let st = lock_read(&self.state);
         let items = st
             .objects
