@@ -1,1 +1,271 @@
-fn main() {}
+//! `kubevirt-rs`: the multi-call binary.
+//!
+//! - `server`: the embedded all-in-one (API server, VM and VMI controllers, node agent,
+//!   subresources) in one process; VMs run in launcher processes that outlive it.
+//! - `launcher`: one VM's supervisor (started by the node agent).
+//! - `crds`: prints the CustomResourceDefinitions for installing on a real cluster.
+//! - `version`.
+
+mod admission;
+mod launchers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::json;
+
+use kubevirt_handler::subresources::{router, SubresourceState};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kubevirt-rs",
+    version,
+    about = "KubeVirt-compatible virtual machines, in Rust"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the API server, controllers and node agent on this machine.
+    Server(ServeArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crds,
+    /// Run one VirtualMachineInstance (started by the node agent; see `launcher --help`).
+    Launcher,
+    /// Print the version.
+    Version,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    api: kubevirt_apiserver::ServerArgs,
+    /// Stop the running VMs (ACPI, then hard after their grace period) when the server exits.
+    /// By default they keep running and the next server adopts them.
+    #[arg(long)]
+    stop_vms_on_exit: bool,
+    /// Name of this node (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Root of the VMs' run directories.
+    #[arg(long, default_value = kubevirt_launcher::DEFAULT_RUN_ROOT)]
+    run_root: PathBuf,
+    /// Registry mapping HOST=TARGET for containerDisks, e.g.
+    /// `registry:5000=http://127.0.0.1:5000` (repeatable).
+    #[arg(long = "registry-mirror")]
+    registry_mirrors: Vec<String>,
+    /// Registry reached over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The launcher forks: it must run before any runtime thread exists.
+    if args.get(1).is_some_and(|a| a == "launcher") {
+        let rest = std::iter::once("kubevirt-rs launcher".into()).chain(args[2..].iter().cloned());
+        let largs = <kubevirt_launcher::LauncherArgs as Parser>::parse_from(rest);
+        init_tracing();
+        kubevirt_launcher::run(largs).map_err(anyhow::Error::from)?;
+        return Ok(());
+    }
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Crds => {
+            print!("{}", kubevirt_api::crds::to_yaml());
+            Ok(())
+        }
+        Cmd::Version => {
+            println!("kubevirt-rs {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Cmd::Launcher => unreachable!("dispatched above"),
+        Cmd::Server(s) => {
+            init_tracing();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("building the runtime")?
+                .block_on(server(s))
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn client_from(path: &std::path::Path) -> anyhow::Result<Client> {
+    let kc = Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+fn subresource_api() -> kubevirt_apiserver::ExtraApi {
+    let r = |name: &str, verbs: &[&str]| json!({"name": name, "singularName": "", "namespaced": true, "kind": "", "verbs": verbs});
+    kubevirt_apiserver::ExtraApi {
+        group: "subresources.kubevirt.io".into(),
+        version: "v1".into(),
+        resources: vec![
+            r("virtualmachines/start", &["update"]),
+            r("virtualmachines/stop", &["update"]),
+            r("virtualmachines/restart", &["update"]),
+            r("virtualmachineinstances/pause", &["update"]),
+            r("virtualmachineinstances/unpause", &["update"]),
+            r("virtualmachineinstances/softreboot", &["update"]),
+            r("virtualmachineinstances/reset", &["update"]),
+            r("virtualmachineinstances/console", &["get"]),
+            r("virtualmachineinstances/vnc", &["get"]),
+            r("virtualmachineinstances/guestosinfo", &["get"]),
+        ],
+    }
+}
+
+async fn server(args: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = args.api.into_config();
+    let data_dir = cfg.data_dir.clone();
+    let node = args
+        .node_name
+        .clone()
+        .unwrap_or_else(kubevirt_handler::node::local_node_name);
+
+    let mut extra = Vec::new();
+    for m in &args.registry_mirrors {
+        extra.push("--registry-mirror".to_string());
+        extra.push(m.clone());
+    }
+    for r in &args.insecure_registries {
+        extra.push("--insecure-registry".to_string());
+        extra.push(r.clone());
+    }
+    extra.push("--cache-dir".into());
+    extra.push(data_dir.join("containerdisks").display().to_string());
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let launchers = Arc::new(launchers::Launchers::new(
+        args.run_root.clone(),
+        data_dir.join("vms"),
+        exe,
+        extra,
+    ));
+    let sub = SubresourceState::new(launchers.clone());
+
+    cfg.extra_routes = Some(router(sub.clone()));
+    cfg.extra_apis = vec![subresource_api()];
+    cfg.crds = kubevirt_api::crds::all()
+        .into_iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()
+        .context("serialising the CRDs")?;
+    cfg.admission = vec![Arc::new(admission::KubevirtAdmission)];
+    let handle = kubevirt_apiserver::start(cfg)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the API server: {e} ({e:?})"))?;
+    let client = client_from(&handle.kubeconfig_path).await?;
+    sub.set_client(client.clone());
+
+    kubevirt_handler::node::register(&client, &node)
+        .await
+        .context("registering the node")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(kubevirt_handler::node::heartbeat_loop(
+        client.clone(),
+        node.clone(),
+    ));
+    tasks.spawn(kubevirt_controller::vm_controller::run(
+        client.clone(),
+        stopped(),
+    ));
+    tasks.spawn(kubevirt_controller::vmi_controller::run(
+        client.clone(),
+        node.clone(),
+        stopped(),
+    ));
+    tasks.spawn(kubevirt_handler::agent::run(
+        client.clone(),
+        node.clone(),
+        launchers.clone(),
+        stopped(),
+    ));
+
+    let addr: SocketAddr = handle.addr;
+    println!(
+        "kubevirt-rs is running: API https://{addr}, node {node}, data in {}\nexport KUBECONFIG={}",
+        data_dir.display(),
+        handle.kubeconfig_path.display()
+    );
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    if args.stop_vms_on_exit {
+        tracing::info!("stopping the VMs");
+        launchers.stop_all(30).await;
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "kubevirt-rs",
+            "server",
+            "--data-dir",
+            "/tmp/x",
+            "--stop-vms-on-exit",
+            "--registry-mirror",
+            "registry:5000=http://127.0.0.1:5000",
+        ])
+        .unwrap();
+        match cli.command {
+            Cmd::Server(s) => {
+                assert!(s.stop_vms_on_exit);
+                assert_eq!(s.registry_mirrors.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
