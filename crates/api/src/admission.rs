@@ -390,6 +390,21 @@ fn decode_error(obj: &Value, err: &serde_path_to_error::Error<serde_json::Error>
             format!("{path} in body must be of type {ty}: {}", type_of(&value)),
         );
     }
+    if let Some(rest) = msg.strip_prefix("invalid value: ") {
+        // e.g. "integer `-1`, expected u32": an out-of-range number.
+        let expected = rest.split(", expected ").nth(1).unwrap_or("");
+        let detail = match expected {
+            "u8" | "u16" | "u32" | "u64" | "usize" if value.as_i64().is_some_and(|v| v < 0) => {
+                "must be greater than or equal to 0".to_string()
+            }
+            "u8" => format!("must be less than or equal to {}", u8::MAX),
+            "u16" => format!("must be less than or equal to {}", u16::MAX),
+            "u32" => format!("must be less than or equal to {}", u32::MAX),
+            "i8" | "i16" | "i32" => format!("must fit in a {}-bit integer", &expected[1..]),
+            _ => msg.clone(),
+        };
+        return FieldError::invalid(render_path(&segs), value, detail);
+    }
     FieldError::invalid(render_path(&segs), value, msg)
 }
 

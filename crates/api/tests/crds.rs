@@ -203,7 +203,10 @@ fn schemas_are_structural() {
             errs.join("\n")
         );
         let props = schema.properties.as_ref().unwrap();
-        assert!(props.contains_key("spec") && props.contains_key("status"));
+        for key in ["apiVersion", "kind", "metadata", "spec", "status"] {
+            assert!(props.contains_key(key), "{}: no {key}", c.spec.names.kind);
+        }
+        assert_eq!(schema.required.clone().unwrap(), vec!["spec"]);
     }
 }
 

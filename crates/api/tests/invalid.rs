@@ -361,6 +361,16 @@ fn cases() -> Vec<Case> {
             &[r#"spec.domain.cpu.cores: Invalid value: "two": spec.domain.cpu.cores in body must be of type integer: "string""#],
         ),
         (
+            "negative unsigned number",
+            "VirtualMachineInstance",
+            || {
+                let mut v = vmi();
+                v["spec"]["domain"]["cpu"] = json!({"sockets": -2});
+                v
+            },
+            &["spec.domain.cpu.sockets: Invalid value: -2: must be greater than or equal to 0"],
+        ),
+        (
             "duplicate boot order",
             "VirtualMachineInstance",
             || {
