@@ -184,7 +184,8 @@ impl ContainerDiskCache {
         })
     }
 
-    /// Pulls (or finds in the cache) the containerDisk `image` for `volume`.
+    /// Pulls (or finds in the cache) the containerDisk `image` for `volume`, following the
+    /// KubeVirt convention: exactly one file under `/disk/`.
     pub async fn pull(
         &self,
         volume: &str,
@@ -192,6 +193,20 @@ impl ContainerDiskCache {
         policy: PullPolicy,
         progress: &ProgressFn,
     ) -> Result<PulledDisk> {
+        self.pull_disk(volume, image, None, policy, progress).await
+    }
+
+    /// Like [`Self::pull`], with `containerDisk.path`: when set, the disk is the regular
+    /// file at that path in the image instead of the single file under `/disk/`.
+    pub async fn pull_disk(
+        &self,
+        volume: &str,
+        image: &str,
+        disk_path: Option<&str>,
+        policy: PullPolicy,
+        progress: &ProgressFn,
+    ) -> Result<PulledDisk> {
+        let selector = Selector::new(volume, disk_path)?;
         let reference = self.resolve_reference(volume, image)?;
         let ctx = PullCtx {
             volume,
@@ -219,7 +234,10 @@ impl ContainerDiskCache {
             }
         };
         let hex_digest = ctx.sha256_hex(&digest)?.to_owned();
-        let disk_dir = self.root.join("disks/sha256").join(&hex_digest);
+        let disk_dir = self
+            .root
+            .join("disks/sha256")
+            .join(format!("{hex_digest}{}", selector.cache_suffix()));
         if let Some(found) = find_disk(&disk_dir) {
             if reference.digest().is_none() {
                 write_ref_record(volume, &ref_record, &reference, &digest)?;
@@ -299,6 +317,7 @@ impl ContainerDiskCache {
             extract_disk(
                 &volume_owned,
                 &image_owned,
+                &selector,
                 &blob_paths,
                 &tmp_root,
                 &disk_dir_owned,
@@ -553,6 +572,65 @@ fn find_disk(dir: &Path) -> Option<(PathBuf, DiskFormat)> {
     None
 }
 
+/// Which file of the image is the disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Selector {
+    /// The single file under `/disk/`.
+    Convention,
+    /// `containerDisk.path`, normalised to a relative path without `.`/`..`.
+    Exact(String),
+}
+
+impl Selector {
+    fn new(volume: &str, path: Option<&str>) -> Result<Selector> {
+        let Some(raw) = path.filter(|p| !p.is_empty()) else {
+            return Ok(Selector::Convention);
+        };
+        let bad = |reason: &str| DiskPrepError::invalid(volume, "containerDisk.path", reason);
+        let rel = raw.trim_start_matches('/');
+        if rel.is_empty() || rel.ends_with('/') {
+            return Err(bad("must name a file, not a directory"));
+        }
+        if rel
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
+            return Err(bad("must not contain empty, '.' or '..' segments"));
+        }
+        if rel.contains('\0') {
+            return Err(bad("contains a NUL byte"));
+        }
+        Ok(Selector::Exact(rel.to_owned()))
+    }
+
+    /// Distinguishes extracted entries of one manifest picked by different paths.
+    fn cache_suffix(&self) -> String {
+        match self {
+            Selector::Convention => String::new(),
+            Selector::Exact(p) => format!("-{}", &hex::encode(Sha256::digest(p.as_bytes()))[..16]),
+        }
+    }
+
+    /// The key under which an entry is collected, or None if the entry is not a candidate.
+    fn matches(&self, path: &Path) -> Option<String> {
+        match self {
+            Selector::Convention => disk_entry_name(path),
+            Selector::Exact(want) => {
+                let text = path.to_str()?;
+                let text = text.trim_start_matches("./").trim_start_matches('/');
+                (text == want).then(|| want.clone())
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Selector::Convention => "/disk/".to_owned(),
+            Selector::Exact(p) => format!("/{p}"),
+        }
+    }
+}
+
 /// Layer paths are untrusted: only `disk/<name>` regular files are considered and the
 /// output name is ours, so nothing in a tar can write outside the temporary directory.
 fn disk_entry_name(path: &Path) -> Option<String> {
@@ -581,6 +659,7 @@ fn open_layer(path: &Path) -> std::io::Result<Box<dyn Read>> {
 fn extract_disk(
     volume: &str,
     image: &str,
+    selector: &Selector,
     layers: &[(PathBuf, OciDescriptor)],
     tmp_root: &Path,
     disk_dir: &Path,
@@ -618,7 +697,7 @@ fn extract_disk(
                 Ok(p) => p.into_owned(),
                 Err(_) => continue,
             };
-            let Some(name) = disk_entry_name(&path) else {
+            let Some(name) = selector.matches(&path) else {
                 continue;
             };
             if !entry.header().entry_type().is_file() {
@@ -640,7 +719,15 @@ fn extract_disk(
         }
     }
     let (name, extracted) = match files.len() {
-        0 => return Err(not_cd("no file under /disk/ in any layer".into())),
+        0 => {
+            return Err(not_cd(match selector {
+                Selector::Convention => "no file under /disk/ in any layer".into(),
+                Selector::Exact(_) => format!(
+                    "no regular file at {} (containerDisk.path) in any layer",
+                    selector.describe()
+                ),
+            }))
+        }
         1 => files
             .into_iter()
             .next()
@@ -655,8 +742,12 @@ fn extract_disk(
     };
     let probe = crate::format::probe_file(volume, &extracted)?;
     if probe.has_backing_file {
+        let shown = match selector {
+            Selector::Convention => format!("/disk/{name}"),
+            Selector::Exact(_) => format!("/{name}"),
+        };
         return Err(not_cd(format!(
-            "/disk/{name} is a qcow2 image with a backing file, which would be read from the host"
+            "{shown} is a qcow2 image with a backing file, which would be read from the host"
         )));
     }
     let staged = work.path().join("entry");
@@ -722,6 +813,30 @@ mod tests {
             PullPolicy::default_for("quay.io/x/y:1.0"),
             PullPolicy::IfNotPresent
         );
+    }
+
+    #[test]
+    fn path_selector() {
+        assert_eq!(Selector::new("v", None).unwrap(), Selector::Convention);
+        assert_eq!(Selector::new("v", Some("")).unwrap(), Selector::Convention);
+        let s = Selector::new("v", Some("/custom/disk.img")).unwrap();
+        assert_eq!(s, Selector::Exact("custom/disk.img".into()));
+        assert_eq!(
+            s.matches(Path::new("./custom/disk.img")).as_deref(),
+            Some("custom/disk.img")
+        );
+        assert_eq!(s.matches(Path::new("custom/disk.img2")), None);
+        assert_ne!(
+            s.cache_suffix(),
+            Selector::new("v", Some("/other")).unwrap().cache_suffix()
+        );
+        for bad in ["/", "/a/../b", "/a//b", "/dir/", "./a"] {
+            let err = Selector::new("v", Some(bad)).unwrap_err();
+            assert!(
+                err.to_string().contains("containerDisk.path"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
