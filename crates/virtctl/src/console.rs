@@ -50,7 +50,12 @@ pub async fn run(s: &Session, vmi: &str, timeout: Duration) -> Result<ExitCode> 
     let ws = loop {
         match s.open_stream(vmi, "console").await {
             Ok(ws) => break ws,
-            Err(e) if Instant::now() < deadline && e.to_string().contains("not running") => {
+            // Like upstream, wait for the VMI to exist and run.
+            Err(e)
+                if Instant::now() < deadline
+                    && (e.to_string().contains("not running")
+                        || e.to_string().contains("not found")) =>
+            {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => return Err(e.context("Can't access VMI ".to_string() + vmi)),

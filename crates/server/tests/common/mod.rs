@@ -1,0 +1,366 @@
+//! End-to-end fixtures: the real `kubevirt-rs server`, real `kubectl`, real `virtctl`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn kubevirt_rs() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kubevirt-rs"))
+}
+
+/// `virtctl` from the same target directory, built on first use.
+pub fn virtctl() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let path = kubevirt_rs().with_file_name("virtctl");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "virtctl"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("running cargo build -p virtctl");
+            assert!(status.success(), "cargo build -p virtctl failed");
+            assert!(path.exists(), "{} missing after build", path.display());
+            path
+        })
+        .clone()
+}
+
+pub struct Server {
+    pub data_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server in a fresh data dir. `extra`: more `server` flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let tmp = tempfile::Builder::new()
+            .prefix("kvrs-e2e")
+            .tempdir()
+            .unwrap();
+        let mut s = Server {
+            data_dir: tmp.path().to_path_buf(),
+            kubeconfig: tmp.path().join("kubeconfig"),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _tmp: Some(tmp),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(kubevirt_rs())
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&self.extra)
+            .env("RUST_LOG", "info,kube_runtime=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.data_dir.join("server.log"))
+                    .unwrap(),
+            ))
+            .spawn()
+            .expect("starting kubevirt-rs server");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            assert!(Instant::now() < deadline, "server did not come up");
+            match lines.next() {
+                Some(Ok(l)) if l.starts_with("export KUBECONFIG=") => break,
+                Some(Ok(_)) => {}
+                _ => panic!("server exited during start-up; log:\n{}", self.log()),
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// kill -9, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid; no memory is touched.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("running kubectl")
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn apply_yaml(&self, yaml: &str) {
+        let mut child = Command::new("kubectl")
+            .args(["apply", "-f", "-"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn virtctl(&self, args: &[&str]) -> Output {
+        Command::new(virtctl())
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("running virtctl")
+    }
+
+    pub fn jsonpath(&self, kind: &str, name: &str, path: &str) -> String {
+        let out = self.kubectl(&["get", kind, name, "-o", &format!("jsonpath={path}")]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until `kubectl get kind name -o jsonpath=path` prints `want`.
+    pub fn wait_for(&self, kind: &str, name: &str, path: &str, want: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            last = self.jsonpath(kind, name, path);
+            if last == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!(
+            "{kind}/{name} {path}: wanted {want:?}, last {last:?}\nserver log tail:\n{}",
+            tail(&self.log(), 40)
+        );
+    }
+
+    pub fn wait_gone(&self, kind: &str, name: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            let out = self.kubectl(&["get", kind, name, "--ignore-not-found", "-o", "name"]);
+            if out.status.success() && out.stdout.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("{kind}/{name} still exists");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Pids of processes whose command line mentions `needle` (e.g. a VMI uid).
+pub fn pids_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let me = std::process::id();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(needle) {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+pub fn qemu_pids(uid: &str) -> Vec<u32> {
+    pids_mentioning(uid)
+        .into_iter()
+        .filter(|(_, c)| c.starts_with("qemu-system"))
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Waits until no process mentions `uid`.
+pub fn wait_no_processes(uid: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        if pids_mentioning(uid).is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("processes left for {uid}: {:?}", pids_mentioning(uid));
+}
+
+/// A VM booting the test guest from a private copy of its qcow2 disk.
+pub fn hostdisk_vm(name: &str, run_strategy: &str, dir: &Path) -> String {
+    let g = kubevirt_testenv::guests();
+    let disk = dir.join(format!("{name}.qcow2"));
+    std::fs::copy(&g.disk_qcow2, &disk).unwrap();
+    format!(
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: {run_strategy}
+  template:
+    spec:
+      domain:
+        devices:
+          disks:
+          - name: root
+            disk:
+              bus: virtio
+        memory:
+          guest: 256Mi
+      terminationGracePeriodSeconds: 30
+      volumes:
+      - name: root
+        hostDisk:
+          path: {}
+          type: Disk
+"#,
+        disk.display()
+    )
+}
+
+/// Runs `virtctl console` in the background, collecting its output.
+pub struct ConsoleCapture {
+    child: Child,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl ConsoleCapture {
+    pub fn start(server: &Server, vmi: &str) -> ConsoleCapture {
+        let mut child = Command::new(virtctl())
+            .args(["console", vmi])
+            .env("KUBECONFIG", &server.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        ConsoleCapture { child, output }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    pub fn send(&mut self, s: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(s.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn wait_for(&self, needle: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            if self.text().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("console never showed {needle:?}; got:\n{}", self.text());
+    }
+}
+
+impl Drop for ConsoleCapture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
