@@ -23,8 +23,8 @@ pub use dhcp::{DhcpConfig, DhcpServer};
 pub use error::{PodNetError, Result};
 pub use mac::MacAddr;
 pub use masquerade::{
-    MasqueradeConfig, PodNetwork, PodNetworkConfig, PodNetworkHandle, GUEST_GATEWAY, GUEST_IP,
-    GUEST_PREFIX_LEN, NETNS_BRIDGE, POD_IFACE, TAP_NAME,
+    MasqueradeConfig, PodMode, PodNetwork, PodNetworkConfig, PodNetworkHandle, GUEST_GATEWAY,
+    GUEST_IP, GUEST_PREFIX_LEN, NETNS_BRIDGE, POD_IFACE, TAP_NAME,
 };
 pub use netns::{enter_netns_for_child, run_in_netns};
-pub use passt::{Passt, PasstConfig};
+pub use passt::{Passt, PasstConfig, DYNAMIC_LOADER};

@@ -61,7 +61,18 @@ impl Default for PodNetworkConfig {
     }
 }
 
-/// One VM's masquerade interface.
+/// What lives inside the pod namespace besides `eth0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum PodMode {
+    /// `k6t-eth0`, `tap0` and the NAT rules: the guest is 10.0.2.2 behind the pod IP.
+    #[default]
+    Masquerade,
+    /// Only the pod (`eth0` with the pod IP): [`crate::Passt`] runs in it and gives the
+    /// guest the pod IP itself.
+    Passt,
+}
+
+/// One VM's pod interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MasqueradeConfig {
     /// Stable identity (the VMI uid, or namespace/name); names the namespace and the IP lease.
@@ -74,6 +85,8 @@ pub struct MasqueradeConfig {
     pub ports: Vec<PortForward>,
     /// MTU of every link on the path and of the guest (DHCP option 26).
     pub mtu: u16,
+    /// Masquerade (default) or a bare pod for passt.
+    pub mode: PodMode,
 }
 
 impl MasqueradeConfig {
@@ -84,6 +97,7 @@ impl MasqueradeConfig {
             mac: None,
             ports: Vec::new(),
             mtu: 1500,
+            mode: PodMode::Masquerade,
         }
     }
 }
@@ -113,6 +127,7 @@ pub struct PodNetworkHandle {
     pub ports: Vec<PortForward>,
     pub dns: Vec<Ipv4Addr>,
     pub state_dir: PathBuf,
+    pub mode: PodMode,
 }
 
 impl PodNetworkHandle {
@@ -142,7 +157,8 @@ impl PodNetworkHandle {
         crate::DhcpServer::bind_in_netns(&self.netns_path, &self.netns_bridge, self.dhcp_config())
     }
 
-    /// QEMU arguments for this NIC; QEMU must run inside `netns_path`.
+    /// QEMU arguments for this NIC ([`PodMode::Masquerade`]); QEMU must run inside
+    /// `netns_path`.
     pub fn qemu_args(&self, id: &str) -> Vec<String> {
         vec![
             "-netdev".into(),
@@ -468,6 +484,7 @@ impl PodNetwork {
             ports: cfg.ports,
             dns: host_dns(&resolv),
             state_dir: self.cfg.state_dir.clone(),
+            mode: cfg.mode,
             vm_id: cfg.vm_id,
             vm_name: cfg.vm_name,
         };
@@ -537,6 +554,9 @@ impl PodNetwork {
             &["route", "add", "default", "via", &gw, "dev", &h.pod_iface],
         )?;
 
+        if h.mode == PodMode::Passt {
+            return Ok(());
+        }
         let guest_gw = format!("{}/{}", h.guest_gateway, h.guest_prefix_len);
         ip_in(
             ns,
@@ -603,7 +623,7 @@ impl PodNetwork {
         if !h.netns_path.exists() {
             return Err(not_found(format!("{} is gone", h.netns_path.display())));
         }
-        if !link_exists(Some(&h.netns_name), &h.tap_name) {
+        if h.mode == PodMode::Masquerade && !link_exists(Some(&h.netns_name), &h.tap_name) {
             return Err(not_found(format!("{} has no {}", h.netns_name, h.tap_name)));
         }
         if !link_exists(None, &h.host_veth) {
@@ -677,6 +697,7 @@ mod tests {
             ports: vec![],
             dns: vec![],
             state_dir: "/tmp/x".into(),
+            mode: PodMode::Masquerade,
         };
         assert_eq!(
             h.qemu_args("net0"),

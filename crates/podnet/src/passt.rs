@@ -23,7 +23,28 @@ pub struct PasstConfig {
     pub ports: Vec<PortForward>,
     /// MTU announced by DHCP (passt's default is 65520).
     pub mtu: Option<u16>,
+    /// Run passt's portable build instead of its AVX2 build (see [`DYNAMIC_LOADER`]).
+    pub portable_build: bool,
 }
+
+impl PasstConfig {
+    pub fn new(netns: Option<PathBuf>, socket_dir: PathBuf) -> Self {
+        PasstConfig {
+            netns,
+            socket_dir,
+            ports: Vec::new(),
+            mtu: None,
+            portable_build: true,
+        }
+    }
+}
+
+/// Debian 12's passt (0.0~git20230309) segfaults in its AVX2 build (`passt.avx2`, which
+/// `passt` re-execs from `/proc/self/exe` + ".avx2" when the CPU has AVX2) on the first
+/// inbound TCP connection. Started through the dynamic loader, `/proc/self/exe` is the
+/// loader, the `.avx2` sibling is not found, and the portable build keeps running.
+pub const DYNAMIC_LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+const PASST: &str = "/usr/bin/passt";
 
 /// A running passt, stopped (killed) on [`Passt::stop`] or drop. It also exits by itself
 /// when QEMU disconnects (`--one-off`).
@@ -79,7 +100,13 @@ impl Passt {
             source,
         })?;
 
-        let mut cmd = Command::new("passt");
+        let mut cmd = if cfg.portable_build && Path::new(DYNAMIC_LOADER).exists() {
+            let mut c = Command::new(DYNAMIC_LOADER);
+            c.arg(PASST);
+            c
+        } else {
+            Command::new(PASST)
+        };
         cmd.args(["--foreground", "--stderr", "--one-off", "--socket"])
             .arg(&socket_path)
             .args(["-t", &port_list(&cfg.ports, Protocol::Tcp)])

@@ -109,3 +109,69 @@ pub fn assert_gone(h: &PodNetworkHandle) {
         h.state_dir.display()
     );
 }
+
+/// A QEMU running the test guest; killed on drop.
+pub struct Qemu {
+    pub child: std::process::Child,
+    pub console: kubevirt_testenv::Console,
+    pub dir: tempfile::TempDir,
+}
+
+impl Qemu {
+    /// Boots the test guest under TCG with `net_args`, inside `netns` if given.
+    pub fn boot(netns: Option<&std::path::Path>, net_args: &[String]) -> Qemu {
+        let g = kubevirt_testenv::guests();
+        let dir = tempfile::tempdir().unwrap();
+        let serial = dir.path().join("serial.sock");
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+        ])
+        .args(["-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&g.vmlinux)
+        .arg("-initrd")
+        .arg(&g.initramfs)
+        .args(["-append", g.kernel_cmdline])
+        .arg("-serial")
+        .arg(format!("unix:{},server=on,wait=off", serial.display()))
+        .args(net_args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("qemu.log")).unwrap());
+        if let Some(ns) = netns {
+            kubevirt_podnet::enter_netns_for_child(&mut cmd, ns).unwrap();
+        }
+        let child = cmd.spawn().unwrap();
+        let console =
+            kubevirt_testenv::Console::connect(&serial, std::time::Duration::from_secs(30))
+                .unwrap_or_else(|e| {
+                    let log =
+                        std::fs::read_to_string(dir.path().join("qemu.log")).unwrap_or_default();
+                    panic!("{e:#}\nqemu log: {log}")
+                });
+        Qemu {
+            child,
+            console,
+            dir,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
