@@ -103,7 +103,128 @@ pub struct PulledDisk {
 pub struct ContainerDiskCache {
     root: PathBuf,
     config: RegistryConfig,
+    /// `config.insecure` plus mirror targets given as `http://`.
+    insecure: Vec<String>,
+    /// Shared by anonymous pulls; pulls with credentials get their own client, because the
+    /// client remembers the first credentials it saw per registry.
     client: oci_client::Client,
+}
+
+fn new_client(insecure: Vec<String>) -> oci_client::Client {
+    oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(insecure),
+        platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+        ..ClientConfig::default()
+    })
+}
+
+/// Registry credentials from an `imagePullSecret` (resolved by the caller).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl RegistryCredentials {
+    /// Picks the entry for `image`'s registry (as written, before mapping) out of a
+    /// `kubernetes.io/dockerconfigjson` secret's `.dockerconfigjson` (or the older
+    /// `.dockercfg` shape without `auths`). `Ok(None)` when the secret has no entry for it.
+    pub fn from_docker_config(
+        volume: &str,
+        image: &str,
+        config_json: &[u8],
+    ) -> Result<Option<RegistryCredentials>> {
+        let field = "containerDisk.imagePullSecret";
+        let bad = |reason: String| DiskPrepError::invalid(volume, field, reason);
+        let reference: Reference =
+            image
+                .parse()
+                .map_err(|e| DiskPrepError::InvalidImageReference {
+                    volume: volume.to_owned(),
+                    image: image.to_owned(),
+                    reason: format!("{e}"),
+                })?;
+        let doc: serde_json::Value = serde_json::from_slice(config_json)
+            .map_err(|e| bad(format!("secret is not docker config JSON: {e}")))?;
+        let auths = doc.get("auths").unwrap_or(&doc);
+        let Some(auths) = auths.as_object() else {
+            return Err(bad("secret has no \"auths\" object".into()));
+        };
+        let wanted = normalize_registry_host(reference.registry());
+        for (key, entry) in auths {
+            if normalize_registry_host(key) != wanted {
+                continue;
+            }
+            let user = entry.get("username").and_then(|v| v.as_str());
+            let pass = entry.get("password").and_then(|v| v.as_str());
+            if let (Some(u), Some(p)) = (user, pass) {
+                return Ok(Some(RegistryCredentials {
+                    username: u.to_owned(),
+                    password: p.to_owned(),
+                }));
+            }
+            let auth = entry.get("auth").and_then(|v| v.as_str()).ok_or_else(|| {
+                bad(format!(
+                    "entry {key:?} has neither username/password nor auth"
+                ))
+            })?;
+            use base64::Engine as _;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .map_err(|e| bad(format!("entry {key:?}: auth is not base64: {e}")))?;
+            let text = String::from_utf8(decoded)
+                .map_err(|_| bad(format!("entry {key:?}: auth is not UTF-8")))?;
+            let (u, p) = text
+                .split_once(':')
+                .ok_or_else(|| bad(format!("entry {key:?}: auth is not user:password")))?;
+            return Ok(Some(RegistryCredentials {
+                username: u.to_owned(),
+                password: p.to_owned(),
+            }));
+        }
+        Ok(None)
+    }
+}
+
+/// `https://index.docker.io/v1/`, `docker.io`, `registry-1.docker.io` all mean Docker Hub;
+/// otherwise the host[:port] without scheme or path.
+fn normalize_registry_host(key: &str) -> String {
+    let host = key
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".to_owned(),
+        _ => host,
+    }
+}
+
+/// Everything about one containerDisk pull.
+#[derive(Debug, Clone, Copy)]
+pub struct PullRequest<'a> {
+    /// Volume name, for messages.
+    pub volume: &'a str,
+    /// `containerDisk.image` as written in the manifest (mapping is applied here).
+    pub image: &'a str,
+    /// `containerDisk.path`.
+    pub path: Option<&'a str>,
+    pub policy: PullPolicy,
+    /// From `containerDisk.imagePullSecret`. Note: like a kubelet with `IfNotPresent`, a
+    /// cached image is served without asking the registry again.
+    pub credentials: Option<&'a RegistryCredentials>,
 }
 
 impl std::fmt::Debug for ContainerDiskCache {
@@ -134,14 +255,11 @@ impl ContainerDiskCache {
                 insecure.push(host.trim_end_matches('/').to_owned());
             }
         }
-        let client = oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(insecure),
-            platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
-            ..ClientConfig::default()
-        });
+        let client = new_client(insecure.clone());
         ContainerDiskCache {
             root: root.into(),
             config,
+            insecure,
             client,
         }
     }
@@ -206,12 +324,51 @@ impl ContainerDiskCache {
         policy: PullPolicy,
         progress: &ProgressFn,
     ) -> Result<PulledDisk> {
+        self.pull_with(
+            PullRequest {
+                volume,
+                image,
+                path: disk_path,
+                policy,
+                credentials: None,
+            },
+            progress,
+        )
+        .await
+    }
+
+    /// The general form of [`Self::pull`].
+    pub async fn pull_with(
+        &self,
+        request: PullRequest<'_>,
+        progress: &ProgressFn,
+    ) -> Result<PulledDisk> {
+        let PullRequest {
+            volume,
+            image,
+            path: disk_path,
+            policy,
+            credentials,
+        } = request;
         let selector = Selector::new(volume, disk_path)?;
         let reference = self.resolve_reference(volume, image)?;
+        let own_client;
+        let (client, auth) = match credentials {
+            Some(c) => {
+                own_client = new_client(self.insecure.clone());
+                (
+                    &own_client,
+                    RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+                )
+            }
+            None => (&self.client, RegistryAuth::Anonymous),
+        };
         let ctx = PullCtx {
             volume,
             image,
             reference: &reference,
+            client,
+            auth,
         };
         let ref_record = self.root.join("refs").join(format!(
             "{}.json",
@@ -342,8 +499,8 @@ impl ContainerDiskCache {
     }
 
     async fn fetch_manifest(&self, ctx: &PullCtx<'_>) -> Result<(OciImageManifest, String)> {
-        self.client
-            .pull_image_manifest(ctx.reference, &RegistryAuth::Anonymous)
+        ctx.client
+            .pull_image_manifest(ctx.reference, &ctx.auth)
             .await
             .map_err(|e| ctx.registry_error(e))
     }
@@ -398,7 +555,7 @@ impl ContainerDiskCache {
             }
         }
         let mut tmp = crate::fsutil::tempfile_in(volume, &self.root.join("tmp"))?;
-        let mut stream = self
+        let mut stream = ctx
             .client
             .pull_blob_stream(ctx.reference, layer)
             .await
@@ -459,6 +616,8 @@ struct PullCtx<'a> {
     volume: &'a str,
     image: &'a str,
     reference: &'a Reference,
+    client: &'a oci_client::Client,
+    auth: RegistryAuth,
 }
 
 impl PullCtx<'_> {
@@ -506,6 +665,14 @@ impl PullCtx<'_> {
             OciDistributionError::ServerError { code, .. } => *code == 404,
             _ => false,
         };
+        if let OciDistributionError::UnauthorizedError { .. } = &e {
+            return DiskPrepError::Unauthorized {
+                volume: self.volume.to_owned(),
+                image: self.image.to_owned(),
+                registry,
+                with_credentials: !matches!(self.auth, RegistryAuth::Anonymous),
+            };
+        }
         if not_found {
             return DiskPrepError::ImageNotFound {
                 volume: self.volume.to_owned(),
@@ -837,6 +1004,33 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn docker_config_credentials() {
+        let cfg = br#"{"auths":{"registry:5000":{"auth":"dXNlcjpwYTpzcw=="},
+            "https://index.docker.io/v1/":{"username":"hub","password":"secret"}}}"#;
+        let c = RegistryCredentials::from_docker_config("v", "registry:5000/a/b:c", cfg)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("user", "pa:ss")
+        );
+        assert!(!format!("{c:?}").contains("pa:ss"));
+        let c = RegistryCredentials::from_docker_config("v", "library/busybox", cfg)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.username, "hub");
+        assert_eq!(
+            RegistryCredentials::from_docker_config("v", "quay.io/x/y", cfg).unwrap(),
+            None
+        );
+        let err = RegistryCredentials::from_docker_config("v", "quay.io/x/y", b"[1]").unwrap_err();
+        assert!(
+            err.to_string().contains("containerDisk.imagePullSecret"),
+            "{err}"
+        );
     }
 
     #[test]

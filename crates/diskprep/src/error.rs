@@ -97,6 +97,15 @@ pub enum DiskPrepError {
         registry: String,
     },
 
+    /// The registry wants (other) credentials.
+    #[error("volume {volume}: registry {registry} refused access to {image} ({})", if *with_credentials { "the imagePullSecret credentials were rejected" } else { "it needs credentials: set containerDisk.imagePullSecret" })]
+    Unauthorized {
+        volume: String,
+        image: String,
+        registry: String,
+        with_credentials: bool,
+    },
+
     /// Talking to the registry failed (network, HTTP status, protocol).
     #[error("volume {volume}: pulling {image} from registry {registry}")]
     Registry {

@@ -19,7 +19,10 @@ mod qemu_img;
 pub mod quantity;
 
 pub use cloudinit::{CloudInitKind, CloudInitSource, InstanceIdentity};
-pub use containerdisk::{ContainerDiskCache, PullPolicy, PullProgress, PulledDisk, RegistryConfig};
+pub use containerdisk::{
+    ContainerDiskCache, PullPolicy, PullProgress, PullRequest, PulledDisk, RegistryConfig,
+    RegistryCredentials,
+};
 pub use emptydisk::create_empty_disk;
 pub use error::{DiskPrepError, Result};
 pub use format::DiskFormat;

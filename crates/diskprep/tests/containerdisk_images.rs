@@ -246,3 +246,177 @@ async fn images_that_are_not_container_disks_are_refused() {
         .next()
         .is_none());
 }
+
+/// docker-registry with htpasswd (bcrypt) authentication; the shared fixture has none.
+struct AuthRegistry {
+    host: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl AuthRegistry {
+    fn start(user: &str, password: &str) -> AuthRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        // glibc's crypt (libxcrypt) makes bcrypt hashes; no extra package needed.
+        let out = Command::new("python3")
+            .args([
+                "-W",
+                "ignore",
+                "-c",
+                "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+                password,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hash = String::from_utf8(out.stdout).unwrap();
+        std::fs::write(
+            dir.path().join("htpasswd"),
+            format!("{user}:{}\n", hash.trim()),
+        )
+        .unwrap();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: {host}\nauth:\n  htpasswd:\n    realm: test\n    path: {pw}\n",
+                root = dir.path().join("data").display(),
+                pw = dir.path().join("htpasswd").display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(&host).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "registry did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        AuthRegistry {
+            host,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for AuthRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_secret_credentials_are_used() {
+    use kubevirt_diskprep::containerdisk::{PullRequest, RegistryCredentials};
+    let registry = AuthRegistry::start("kubevirt", "s3cret");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pusher = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    });
+    let reference: Reference = format!("{}/private/disk:v1", registry.host)
+        .parse()
+        .unwrap();
+    let disk = vec![0x42u8; 2048];
+    pusher
+        .push(
+            &reference,
+            &[ImageLayer::oci_v1(
+                tar_of(&[("disk/disk.img", &disk)]),
+                None,
+            )],
+            Config::oci_v1(b"{}".to_vec(), None),
+            &RegistryAuth::Basic("kubevirt".into(), "s3cret".into()),
+            None,
+        )
+        .await
+        .unwrap();
+
+    // What the upstream manifest says, mapped; the secret names the registry as written.
+    let mut mirrors = std::collections::HashMap::new();
+    mirrors.insert(
+        "registry:5000".to_owned(),
+        format!("http://{}", registry.host),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ContainerDiskCache::new(
+        dir.path(),
+        RegistryConfig {
+            mirrors,
+            insecure: Vec::new(),
+        },
+    );
+    let image = "registry:5000/private/disk:v1";
+    let request = |credentials| PullRequest {
+        volume: "private",
+        image,
+        path: None,
+        policy: PullPolicy::Always,
+        credentials,
+    };
+
+    let err = cache.pull_with(request(None), &|_| {}).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DiskPrepError::Unauthorized {
+                with_credentials: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("imagePullSecret"), "{err}");
+
+    let wrong = RegistryCredentials {
+        username: "kubevirt".into(),
+        password: "nope".into(),
+    };
+    let err = cache
+        .pull_with(request(Some(&wrong)), &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DiskPrepError::Unauthorized {
+                with_credentials: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let secret = format!(r#"{{"auths":{{"registry:5000":{{"auth":"{}"}}}}}}"#, {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("kubevirt:s3cret")
+    });
+    let creds = RegistryCredentials::from_docker_config("private", image, secret.as_bytes())
+        .unwrap()
+        .unwrap();
+    let pulled = cache
+        .pull_with(request(Some(&creds)), &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&pulled.path).unwrap(), disk);
+}
