@@ -1,0 +1,67 @@
+//! kill -9 of the server while VMs run: they keep running; after a restart statuses are
+//! right and no VM runs twice. A SIGTERM without --stop-vms-on-exit also leaves them running.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn vms_survive_server_crash_and_are_adopted() {
+    let mut server = Server::start(&[]);
+    let names = ["crash-a", "crash-b"];
+    for n in names {
+        server.apply_yaml(&hostdisk_vm(n, "Always", &server.data_dir));
+    }
+    let mut before = Vec::new();
+    for n in names {
+        server.wait_for("vm", n, "{.status.printableStatus}", "Running");
+        let uid = server.jsonpath("vmi", n, "{.metadata.uid}");
+        let pids = qemu_pids(&uid);
+        assert_eq!(pids.len(), 1, "{n}: one QEMU");
+        before.push((n, uid, pids[0]));
+    }
+
+    server.kill9();
+    for (n, uid, pid) in &before {
+        assert_eq!(
+            qemu_pids(uid),
+            vec![*pid],
+            "{n}: QEMU survives the server's death"
+        );
+    }
+
+    server.restart();
+    // A graceful stop (no --stop-vms-on-exit) then another restart: still the same VMs.
+    server.stop();
+    for (n, uid, pid) in &before {
+        assert_eq!(
+            qemu_pids(uid),
+            vec![*pid],
+            "{n}: QEMU survives a server stop"
+        );
+    }
+    server.restart();
+    for (n, uid, pid) in &before {
+        server.wait_for("vm", n, "{.status.printableStatus}", "Running");
+        server.wait_for("vmi", n, "{.status.phase}", "Running");
+        assert_eq!(
+            &server.jsonpath("vmi", n, "{.metadata.uid}"),
+            uid,
+            "{n}: same VMI"
+        );
+        // Give the agent a few reconcile rounds: it must adopt, never start a second QEMU.
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        assert_eq!(qemu_pids(uid), vec![*pid], "{n}: adopted, not restarted");
+    }
+
+    // The adopted VMs are fully controllable.
+    let console = ConsoleCapture::start(&server, "crash-a");
+    let mut console = console;
+    console.send("echo adopted-$((6*7))\r");
+    console.wait_for("adopted-42");
+    drop(console);
+    for (n, uid, _) in &before {
+        server.kubectl_ok(&["delete", "vm", n, "--wait=true", "--timeout=120s"]);
+        wait_no_processes(uid);
+    }
+}
