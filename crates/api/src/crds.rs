@@ -5,14 +5,24 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps,
 };
 use kube::CustomResourceExt;
+use serde_json::json;
 
 use crate::v1::{
     VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration,
     VirtualMachineInstanceReplicaSet,
 };
 
-/// Every CRD this crate defines, VM first.
+/// Every CRD the API server serves: the four kinds this project runs ([`core`]) followed by
+/// the kubevirt kinds it only stores ([`storage_only`]), so that a repository of upstream
+/// manifests applies as-is.
 pub fn all() -> Vec<CustomResourceDefinition> {
+    let mut crds = core();
+    crds.extend(storage_only());
+    crds
+}
+
+/// The CRDs of the kinds this project runs, generated from the types, VM first.
+pub fn core() -> Vec<CustomResourceDefinition> {
     let mut crds = vec![
         VirtualMachine::crd(),
         VirtualMachineInstance::crd(),
@@ -89,4 +99,149 @@ pub fn to_yaml() -> String {
         }
     }
     out
+}
+
+/// Upstream kubevirt kinds that are accepted and stored but not acted upon yet
+/// (instancetypes and preferences, pools, migration policies, the deprecated VMI presets).
+/// Their schemas keep `spec` and `status` as free-form objects.
+pub fn storage_only() -> Vec<CustomResourceDefinition> {
+    struct Def {
+        group: &'static str,
+        versions: &'static [&'static str],
+        kind: &'static str,
+        plural: &'static str,
+        short: &'static [&'static str],
+        namespaced: bool,
+        status: bool,
+    }
+    let defs = [
+        Def {
+            group: "instancetype.kubevirt.io",
+            versions: &["v1beta1"],
+            kind: "VirtualMachineInstancetype",
+            plural: "virtualmachineinstancetypes",
+            short: &["vminstancetype", "vminstancetypes", "vmf", "vmfs"],
+            namespaced: true,
+            status: false,
+        },
+        Def {
+            group: "instancetype.kubevirt.io",
+            versions: &["v1beta1"],
+            kind: "VirtualMachineClusterInstancetype",
+            plural: "virtualmachineclusterinstancetypes",
+            short: &[
+                "vmclusterinstancetype",
+                "vmclusterinstancetypes",
+                "vmcf",
+                "vmcfs",
+            ],
+            namespaced: false,
+            status: false,
+        },
+        Def {
+            group: "instancetype.kubevirt.io",
+            versions: &["v1beta1"],
+            kind: "VirtualMachinePreference",
+            plural: "virtualmachinepreferences",
+            short: &["vmpref", "vmprefs", "vmp", "vmps"],
+            namespaced: true,
+            status: false,
+        },
+        Def {
+            group: "instancetype.kubevirt.io",
+            versions: &["v1beta1"],
+            kind: "VirtualMachineClusterPreference",
+            plural: "virtualmachineclusterpreferences",
+            short: &["vmcp", "vmcps"],
+            namespaced: false,
+            status: false,
+        },
+        Def {
+            group: "pool.kubevirt.io",
+            versions: &["v1beta1", "v1alpha1"],
+            kind: "VirtualMachinePool",
+            plural: "virtualmachinepools",
+            short: &["vmpool", "vmpools"],
+            namespaced: true,
+            status: true,
+        },
+        Def {
+            group: "migrations.kubevirt.io",
+            versions: &["v1alpha1"],
+            kind: "MigrationPolicy",
+            plural: "migrationpolicies",
+            short: &[],
+            namespaced: false,
+            status: true,
+        },
+        Def {
+            group: "kubevirt.io",
+            versions: &["v1"],
+            kind: "VirtualMachineInstancePreset",
+            plural: "virtualmachineinstancepresets",
+            short: &["vmipreset", "vmipresets"],
+            namespaced: true,
+            status: false,
+        },
+    ];
+    defs.iter()
+        .filter_map(|d| {
+            let free = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+            let schema = json!({"openAPIV3Schema": {
+                "type": "object",
+                "description": format!("{} (stored by kubevirt-rs; not acted upon yet)", d.kind),
+                "properties": {
+                    "apiVersion": {"type": "string", "description": API_VERSION_DOC},
+                    "kind": {"type": "string", "description": KIND_DOC},
+                    "metadata": {"type": "object"},
+                    "spec": free,
+                    "status": free,
+                },
+            }});
+            let versions: Vec<_> = d
+                .versions
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let mut ver = json!({
+                        "name": v,
+                        "served": true,
+                        "storage": i == 0,
+                        "schema": schema,
+                        "additionalPrinterColumns": [
+                            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+                        ],
+                    });
+                    if d.status {
+                        ver["subresources"] = json!({"status": {}});
+                    }
+                    ver
+                })
+                .collect();
+            let singular = d.kind.to_ascii_lowercase();
+            let crd = json!({
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {
+                    "name": format!("{}.{}", d.plural, d.group),
+                    "labels": {"app.kubernetes.io/part-of": "kubevirt-rs"},
+                },
+                "spec": {
+                    "group": d.group,
+                    "names": {
+                        "kind": d.kind,
+                        "listKind": format!("{}List", d.kind),
+                        "plural": d.plural,
+                        "singular": singular,
+                        "shortNames": d.short,
+                    },
+                    "scope": if d.namespaced { "Namespaced" } else { "Cluster" },
+                    "versions": versions,
+                },
+            });
+            // Building from constant data: a failure here is a programming error caught by
+            // the tests, never a runtime condition; skip rather than panic.
+            serde_json::from_value(crd).ok()
+        })
+        .collect()
 }

@@ -7,7 +7,7 @@ use kubevirt_api::crds;
 use serde::Deserialize;
 
 fn crd(kind: &str) -> CustomResourceDefinition {
-    crds::all()
+    crds::core()
         .into_iter()
         .find(|c| c.spec.names.kind == kind)
         .unwrap_or_else(|| panic!("no CRD for {kind}"))
@@ -206,7 +206,9 @@ fn schemas_are_structural() {
         for key in ["apiVersion", "kind", "metadata", "spec", "status"] {
             assert!(props.contains_key(key), "{}: no {key}", c.spec.names.kind);
         }
-        assert_eq!(schema.required.clone().unwrap(), vec!["spec"]);
+        if crds::core().contains(&c) {
+            assert_eq!(schema.required.clone().unwrap(), vec!["spec"]);
+        }
     }
 }
 
@@ -244,12 +246,70 @@ fn yaml_is_multi_document_and_parses_back() {
     let docs: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&yaml)
         .map(|d| CustomResourceDefinition::deserialize(d).unwrap())
         .collect();
-    assert_eq!(docs.len(), 4);
+    assert_eq!(docs.len(), crds::all().len());
     assert_eq!(docs, crds::all());
+    assert_eq!(crds::core().len(), 4);
+    assert_eq!(crds::all().len(), 4 + crds::storage_only().len());
     for d in &docs {
+        assert!(d.metadata.name.as_deref().unwrap().ends_with("kubevirt.io"));
+    }
+}
+
+#[test]
+fn storage_only_kinds_cover_the_other_upstream_kinds() {
+    let kinds: Vec<(String, String, String)> = crds::storage_only()
+        .into_iter()
+        .flat_map(|c| {
+            let group = c.spec.group.clone();
+            let kind = c.spec.names.kind.clone();
+            c.spec
+                .versions
+                .iter()
+                .map(move |v| (group.clone(), v.name.clone(), kind.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        crds::storage_only().len(),
+        7,
+        "every stored kind built from its constant data"
+    );
+    for want in [
+        (
+            "instancetype.kubevirt.io",
+            "v1beta1",
+            "VirtualMachineInstancetype",
+        ),
+        (
+            "instancetype.kubevirt.io",
+            "v1beta1",
+            "VirtualMachineClusterInstancetype",
+        ),
+        (
+            "instancetype.kubevirt.io",
+            "v1beta1",
+            "VirtualMachinePreference",
+        ),
+        (
+            "instancetype.kubevirt.io",
+            "v1beta1",
+            "VirtualMachineClusterPreference",
+        ),
+        ("pool.kubevirt.io", "v1beta1", "VirtualMachinePool"),
+        ("migrations.kubevirt.io", "v1alpha1", "MigrationPolicy"),
+        ("kubevirt.io", "v1", "VirtualMachineInstancePreset"),
+    ] {
+        assert!(
+            kinds.contains(&(want.0.into(), want.1.into(), want.2.into())),
+            "{want:?} missing"
+        );
+    }
+    // Exactly one storage version each; names are plural.group.
+    for c in crds::storage_only() {
+        assert_eq!(c.spec.versions.iter().filter(|v| v.storage).count(), 1);
         assert_eq!(
-            d.metadata.name.as_deref().unwrap().split('.').nth(1),
-            Some("kubevirt")
+            c.metadata.name.clone().unwrap(),
+            format!("{}.{}", c.spec.names.plural, c.spec.group)
         );
     }
 }
