@@ -1,7 +1,7 @@
 //! The launcher process: from a VMI file to a supervised QEMU and back to a clean run dir.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -257,8 +257,9 @@ impl Readiness {
 /// Forks; the parent waits for the child's readiness message and exits with it. The child
 /// starts a new session, detaches stdio (logging to `launcher.log`) and carries on.
 fn daemonize(run_dir: &RunDir) -> Result<OwnedFd, LauncherError> {
-    use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe, setsid, ForkResult};
-    let (rx, tx) = pipe().map_err(|e| LauncherError::Daemon {
+    use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid, ForkResult};
+    // CLOEXEC: QEMU and helpers must not inherit the write end, or the parent never sees EOF.
+    let (rx, tx) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LauncherError::Daemon {
         message: format!("pipe: {e}"),
     })?;
     // SAFETY: no other thread exists yet (the runtime is created after this), so the child
@@ -270,7 +271,7 @@ fn daemonize(run_dir: &RunDir) -> Result<OwnedFd, LauncherError> {
         Ok(ForkResult::Parent { child }) => {
             drop(tx);
             let mut msg = String::new();
-            let _ = std::fs::File::from(rx).read_to_string(&mut msg);
+            let _ = std::io::BufReader::new(std::fs::File::from(rx)).read_line(&mut msg);
             if msg.trim() == "ok" {
                 println!("{}", child.as_raw());
                 std::process::exit(0);

@@ -1,0 +1,191 @@
+//! Helpers shared by the launcher tests: start the real launcher binary on a VMI, talk to it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kubevirt_launcher::{FinalState, LauncherClient, RunDir};
+use kubevirt_testenv::Console;
+
+pub const T: Duration = Duration::from_secs(90);
+
+pub fn launcher_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kubevirt-launcher")
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A VM run by a real launcher in a temp dir.
+pub struct TestVm {
+    pub dir: tempfile::TempDir,
+    pub run_dir: RunDir,
+    pub client: LauncherClient,
+}
+
+impl TestVm {
+    pub fn vmi_path(&self) -> PathBuf {
+        self.dir.path().join("vmi.json")
+    }
+
+    pub fn launcher_pid(&self) -> Option<u32> {
+        kubevirt_launcher::live_pid(&self.run_dir.pid_file())
+    }
+
+    pub fn serial_log(&self) -> String {
+        std::fs::read_to_string(self.run_dir.serial_log()).unwrap_or_default()
+    }
+
+    /// Waits until the serial log contains `needle` `count` times.
+    pub fn wait_serial(&self, needle: &str, count: usize) -> String {
+        let deadline = Instant::now() + T;
+        loop {
+            let log = self.serial_log();
+            if log.matches(needle).count() >= count {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} x{count} not seen; serial log:\n{log}\nlauncher log:\n{}",
+                std::fs::read_to_string(self.run_dir.launcher_log()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the launcher to exit and returns its final state.
+    pub fn wait_final(&self) -> FinalState {
+        let deadline = Instant::now() + T;
+        while self.launcher_pid().is_some() {
+            assert!(Instant::now() < deadline, "launcher did not exit");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let text = std::fs::read_to_string(self.run_dir.final_state()).unwrap_or_else(|e| {
+            panic!(
+                "no final state ({e}); launcher log:\n{}",
+                std::fs::read_to_string(self.run_dir.launcher_log()).unwrap_or_default()
+            )
+        });
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Files left in the run dir besides what the node agent reads afterwards.
+    pub fn leftovers(&self) -> Vec<String> {
+        let keep = [
+            "vmi.json",
+            "final-state.json",
+            "serial.log",
+            "qemu.log",
+            "launcher.log",
+        ];
+        std::fs::read_dir(self.run_dir.path())
+            .map(|it| {
+                it.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !keep.contains(&n.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Writes the VMI and runs `kubevirt-launcher` (daemon mode); returns once the VM runs.
+pub fn launch(vmi: serde_json::Value, extra: &[String]) -> TestVm {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = RunDir::new(dir.path().join("run"));
+    let vm = TestVm {
+        client: LauncherClient::for_run_dir(&run_dir),
+        run_dir,
+        dir,
+    };
+    std::fs::write(vm.vmi_path(), serde_json::to_vec(&vmi).unwrap()).unwrap();
+    let out = Command::new(launcher_bin())
+        .args(launcher_args(&vm))
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "launcher failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(vm.run_dir.launcher_log()).unwrap_or_default()
+    );
+    vm
+}
+
+pub fn launcher_args(vm: &TestVm) -> Vec<String> {
+    vec![
+        "--vmi".into(),
+        vm.vmi_path().display().to_string(),
+        "--run-dir".into(),
+        vm.run_dir.path().display().to_string(),
+        "--persistent-dir".into(),
+        vm.dir.path().join("persist").display().to_string(),
+        "--cache-dir".into(),
+        vm.dir.path().join("cache").display().to_string(),
+    ]
+}
+
+/// A VMI skeleton: 1 vCPU, 192 MiB, no pod network.
+pub fn vmi(
+    name: &str,
+    devices: serde_json::Value,
+    volumes: serde_json::Value,
+) -> serde_json::Value {
+    let mut devices = devices;
+    devices["autoattachPodInterface"] = false.into();
+    serde_json::json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {"name": name, "namespace": "tests", "uid": format!("uid-{name}")},
+        "spec": {
+            "terminationGracePeriodSeconds": 30,
+            "domain": {"cpu": {"cores": 1}, "memory": {"guest": "192Mi"}, "devices": devices},
+            "volumes": volumes
+        }
+    })
+}
+
+pub fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .unwrap_or("X");
+    state != "Z" && state != "X"
+}
+
+pub fn wait_dead(pid: u32) {
+    let deadline = Instant::now() + T;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} still alive");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The launcher's console stream as a testenv `Console` (bridged through a socketpair).
+pub fn console(rt: &tokio::runtime::Runtime, client: &LauncherClient) -> Console {
+    let stream = rt.block_on(client.console()).unwrap();
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    b.set_nonblocking(true).unwrap();
+    rt.spawn(async move {
+        let mut stream = stream;
+        let mut b = tokio::net::UnixStream::from_std(b).unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut stream, &mut b).await;
+    });
+    Console::from_stream(a).unwrap()
+}
+
+pub fn copy_to(src: &Path, dir: &Path, name: &str) -> PathBuf {
+    let dst = dir.join(name);
+    std::fs::copy(src, &dst).unwrap();
+    dst
+}
