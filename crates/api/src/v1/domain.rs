@@ -15,11 +15,17 @@ use crate::quantity::Quantity;
 pub struct DomainSpec {
     /// Resources requested/limited for the VMI's pod (and guest memory when `memory` is unset).
     pub resources: Option<ResourceRequirements>,
+    /// CPU topology, model and placement.
     pub cpu: Option<Cpu>,
+    /// Guest memory size and backing.
     pub memory: Option<Memory>,
+    /// Emulated machine type (default q35).
     pub machine: Option<Machine>,
+    /// Firmware: BIOS/EFI, SMBIOS UUID and serial, kernel boot.
     pub firmware: Option<Firmware>,
+    /// Guest clock offset and timers.
     pub clock: Option<Clock>,
+    /// Platform features: ACPI, APIC, Hyper-V, SMM, ...
     pub features: Option<Features>,
     /// Devices attached to the guest. Required upstream; an empty object is fine.
     pub devices: Devices,
@@ -28,6 +34,7 @@ pub struct DomainSpec {
     #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
     pub io_threads: Option<serde_json::Value>,
+    /// SMBIOS chassis information.
     pub chassis: Option<Chassis>,
     #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
@@ -322,27 +329,37 @@ pub struct EmptyObject {}
 pub struct Devices {
     pub use_virtio_transitional: Option<bool>,
     pub disable_hotplug: Option<bool>,
+    /// Disks, CD-ROMs and LUNs attached to the guest.
     pub disks: Option<Vec<Disk>>,
     pub watchdog: Option<Watchdog>,
+    /// Network interfaces of the guest.
     pub interfaces: Option<Vec<super::Interface>>,
+    /// Input devices (tablet, keyboard).
     pub inputs: Option<Vec<Input>>,
+    /// Attach the pod network when no interfaces are given (default true).
     pub autoattach_pod_interface: Option<bool>,
+    /// Attach a graphics device; VNC needs it (default true).
     pub autoattach_graphics_device: Option<bool>,
+    /// Attach a serial console (default true).
     pub autoattach_serial_console: Option<bool>,
     pub autoattach_mem_balloon: Option<bool>,
     pub autoattach_input_device: Option<bool>,
     #[serde(rename = "autoattachVSOCK")]
     pub autoattach_vsock: Option<bool>,
+    /// Attach a virtio RNG fed from the host.
     pub rng: Option<EmptyObject>,
     pub block_multi_queue: Option<bool>,
     pub network_interface_multiqueue: Option<bool>,
+    /// GPUs passed through to the guest.
     pub gpus: Option<Vec<Gpu>>,
     pub downward_metrics: Option<EmptyObject>,
     pub panic_devices: Option<Vec<PanicDevice>>,
     pub filesystems: Option<Vec<Filesystem>>,
+    /// Host devices passed through to the guest.
     pub host_devices: Option<Vec<HostDevice>>,
     pub client_passthrough: Option<EmptyObject>,
     pub sound: Option<SoundDevice>,
+    /// Emulated TPM 2.0.
     pub tpm: Option<Tpm>,
     pub log_serial_console: Option<bool>,
     pub video: Option<Video>,
@@ -354,9 +371,13 @@ pub struct Devices {
 #[serde(rename_all = "camelCase")]
 pub struct Disk {
     pub name: String,
+    /// Attach the volume as a disk (default).
     pub disk: Option<DiskTarget>,
+    /// Attach the volume as a SCSI LUN.
     pub lun: Option<LunTarget>,
+    /// Attach the volume as a CD-ROM.
     pub cdrom: Option<CdRomTarget>,
+    /// Boot priority (lower first); unique across disks and interfaces.
     pub boot_order: Option<u32>,
     pub serial: Option<String>,
     #[serde(rename = "dedicatedIOThread")]
@@ -381,6 +402,7 @@ pub type DiskBus = String;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DiskTarget {
+    /// Bus to emulate: virtio, sata, scsi or usb.
     pub bus: Option<DiskBus>,
     pub readonly: Option<bool>,
     pub pci_address: Option<String>,
@@ -390,6 +412,7 @@ pub struct DiskTarget {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LunTarget {
+    /// Bus to emulate: virtio, sata, scsi or usb.
     pub bus: Option<DiskBus>,
     pub readonly: Option<bool>,
     pub reservation: Option<bool>,
@@ -399,6 +422,7 @@ pub struct LunTarget {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CdRomTarget {
+    /// Bus to emulate: virtio, sata, scsi or usb.
     pub bus: Option<DiskBus>,
     pub readonly: Option<bool>,
     /// `open` or `closed`.

@@ -17,15 +17,20 @@ pub struct Interface {
     pub name: String,
     /// `virtio`, `e1000`, `e1000e`, `igb`, `ne2k_pci`, `pcnet`, `rtl8139`.
     pub model: Option<String>,
+    /// Connect through a Linux bridge.
     pub bridge: Option<EmptyObject>,
     pub slirp: Option<EmptyObject>,
+    /// Connect through NAT (the pod network's default here).
     pub masquerade: Option<EmptyObject>,
+    /// Pass through an SR-IOV virtual function.
     pub sriov: Option<EmptyObject>,
     pub macvtap: Option<EmptyObject>,
     pub passt: Option<EmptyObject>,
     pub passt_binding: Option<EmptyObject>,
     pub binding: Option<PluginBinding>,
+    /// Ports forwarded to the guest (masquerade).
     pub ports: Option<Vec<Port>>,
+    /// MAC address, e.g. de:ad:00:00:be:af.
     pub mac_address: Option<String>,
     pub boot_order: Option<u32>,
     pub pci_address: Option<String>,
@@ -116,7 +121,9 @@ pub struct DhcpPrivateOption {
 #[serde(rename_all = "camelCase")]
 pub struct Network {
     pub name: String,
+    /// The pod network.
     pub pod: Option<PodNetwork>,
+    /// A Multus secondary network.
     pub multus: Option<MultusNetwork>,
 }
 

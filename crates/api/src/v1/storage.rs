@@ -15,15 +15,25 @@ use crate::quantity::Quantity;
 #[serde(rename_all = "camelCase")]
 pub struct Volume {
     pub name: String,
+    /// A disk image shipped in a container image.
     pub container_disk: Option<ContainerDiskSource>,
+    /// A copy-on-write layer over a PVC, discarded when the VMI stops.
     pub ephemeral: Option<EphemeralVolumeSource>,
+    /// A PersistentVolumeClaim in the VMI's namespace.
     pub persistent_volume_claim: Option<PersistentVolumeClaimVolumeSource>,
+    /// A CDI DataVolume (and its PVC) in the VMI's namespace.
     pub data_volume: Option<DataVolumeSource>,
+    /// Cloud-init NoCloud data, attached as a `cidata` disk.
     pub cloud_init_no_cloud: Option<CloudInitSource>,
+    /// Cloud-init ConfigDrive data, attached as a `config-2` disk.
     pub cloud_init_config_drive: Option<CloudInitSource>,
+    /// A blank sparse disk that lives as long as the VMI.
     pub empty_disk: Option<EmptyDiskSource>,
+    /// A disk image file on the node.
     pub host_disk: Option<HostDisk>,
+    /// A ConfigMap attached as a disk.
     pub config_map: Option<ConfigMapVolumeSource>,
+    /// A Secret attached as a disk.
     pub secret: Option<SecretVolumeSource>,
     pub service_account: Option<ServiceAccountVolumeSource>,
     pub sysprep: Option<SysprepSource>,

@@ -34,10 +34,13 @@ pub struct VirtualMachineSpec {
     /// Deprecated: use `runStrategy`. Mutually exclusive with it.
     pub running: Option<bool>,
     pub run_strategy: Option<RunStrategy>,
+    /// An instancetype providing CPU and memory for the template.
     pub instancetype: Option<InstancetypeMatcher>,
+    /// A preference providing defaults for the template.
     pub preference: Option<PreferenceMatcher>,
     /// The VMI to create when the VM runs.
     pub template: VirtualMachineInstanceTemplateSpec,
+    /// DataVolumes created for and owned by the VM.
     pub data_volume_templates: Option<Vec<DataVolumeTemplateSpec>>,
     /// `Replacement` or `Migration`.
     pub update_volumes_strategy: Option<String>,
@@ -172,10 +175,15 @@ pub enum VirtualMachinePrintableStatus {
 pub struct VirtualMachineStatus {
     pub snapshot_in_progress: Option<String>,
     pub restore_in_progress: Option<String>,
+    /// True when the VMI exists.
     pub created: Option<bool>,
+    /// True when the VMI is running and ready.
     pub ready: Option<bool>,
+    /// Human-readable status (what `kubectl get vm` shows).
     pub printable_status: Option<VirtualMachinePrintableStatus>,
+    /// Conditions of the VM (Ready, Failure, Paused, ...).
     pub conditions: Option<Vec<VirtualMachineCondition>>,
+    /// Pending start/stop requests.
     pub state_change_requests: Option<Vec<VirtualMachineStateChangeRequest>>,
     #[serde(default)]
     #[schemars(schema_with = "super::preserved_array")]

@@ -41,34 +41,53 @@ use super::{ConditionStatus, DomainSpec, EmptyObject, Network, Volume};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineInstanceSpec {
+    /// If specified, indicates the VMI's priority (a PriorityClass name).
     pub priority_class_name: Option<String>,
+    /// Specification of the desired behavior of the VirtualMachineInstance on the host.
     pub domain: DomainSpec,
+    /// Labels a node must have for the VMI to be scheduled on it.
     pub node_selector: Option<BTreeMap<String, String>>,
+    /// If specified, the VMI's scheduling constraints.
     pub affinity: Option<Affinity>,
+    /// If specified, the VMI is dispatched by this scheduler.
     pub scheduler_name: Option<String>,
+    /// Name of the ServiceAccount the VMI's launcher runs as.
     pub service_account_name: Option<String>,
+    /// If specified, the VMI's tolerations.
     pub tolerations: Option<Vec<Toleration>>,
+    /// How a group of VMIs is spread across topology domains.
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
     /// `LiveMigrate`, `LiveMigrateIfPossible`, `None`, `External`.
     pub eviction_strategy: Option<String>,
     /// `Paused`.
     pub start_strategy: Option<String>,
+    /// Grace period after the stop signal before the VMI is force terminated (default 30).
     pub termination_grace_period_seconds: Option<i64>,
+    /// Volumes that can be mounted by disks belonging to the VMI.
     pub volumes: Option<Vec<Volume>>,
+    /// Periodic probe of the VMI's liveness; the VMI is stopped if it fails.
     pub liveness_probe: Option<Probe>,
+    /// Periodic probe of the VMI's readiness to serve.
     pub readiness_probe: Option<Probe>,
+    /// Hostname of the guest (default: the VMI name, if DHCP or cloud-init sets it).
     pub hostname: Option<String>,
+    /// If specified, the fully qualified hostname is <hostname>.<subdomain>.<namespace>.svc.<cluster domain>.
     pub subdomain: Option<String>,
+    /// Networks that guest interfaces can be attached to.
     pub networks: Option<Vec<Network>>,
     /// `ClusterFirstWithHostNet`, `ClusterFirst`, `Default`, `None`.
     pub dns_policy: Option<String>,
+    /// DNS parameters merged into the generated configuration.
     pub dns_config: Option<PodDNSConfig>,
+    /// Credentials (SSH keys, passwords) to inject into the guest.
     #[serde(default)]
     #[schemars(schema_with = "super::preserved_array")]
     pub access_credentials: Option<Vec<serde_json::Value>>,
     /// `amd64`, `arm64`, `s390x`.
     pub architecture: Option<String>,
+    /// Dynamic resource allocation claims (alpha upstream).
     pub resource_claims: Option<Vec<PodResourceClaim>>,
+    /// Volumes mounted into the launcher without a disk (operational workflows).
     #[serde(default)]
     #[schemars(schema_with = "super::preserved_array")]
     pub utility_volumes: Option<Vec<serde_json::Value>>,
@@ -133,11 +152,16 @@ impl VirtualMachineInstancePhase {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineInstanceStatus {
+    /// Node the VMI is running on.
     pub node_name: Option<String>,
+    /// A brief CamelCase reason for the VMI's state.
     pub reason: Option<String>,
+    /// Conditions of the VMI (Ready, LiveMigratable, Paused, AgentConnected, ...).
     pub conditions: Option<Vec<VirtualMachineInstanceCondition>>,
+    /// Lifecycle phase of the VMI.
     pub phase: Option<VirtualMachineInstancePhase>,
     pub phase_transition_timestamps: Option<Vec<PhaseTransitionTimestamp>>,
+    /// Guest network interfaces as observed.
     pub interfaces: Option<Vec<VirtualMachineInstanceNetworkInterface>>,
     #[serde(rename = "guestOSInfo")]
     pub guest_os_info: Option<GuestOsInfo>,
@@ -182,6 +206,7 @@ pub struct VirtualMachineInstanceCondition {
     #[serde(rename = "type")]
     pub type_: String,
     pub status: ConditionStatus,
+    /// A brief CamelCase reason for the VMI's state.
     pub reason: Option<String>,
     pub message: Option<String>,
     pub last_probe_time: Option<Time>,
@@ -211,6 +236,7 @@ pub mod vmi_condition {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PhaseTransitionTimestamp {
+    /// Lifecycle phase of the VMI.
     pub phase: Option<VirtualMachineInstancePhase>,
     pub phase_transition_timestamp: Option<Time>,
 }
@@ -284,6 +310,7 @@ pub struct VolumeStatus {
     pub name: String,
     pub target: Option<String>,
     pub phase: Option<String>,
+    /// A brief CamelCase reason for the VMI's state.
     pub reason: Option<String>,
     pub message: Option<String>,
     pub size: Option<i64>,
