@@ -97,6 +97,20 @@ async fn masquerade_guest_gets_dhcp_reaches_host_and_is_reached_through_pod_ip()
         .unwrap();
     let got = request(SocketAddr::from((h.pod_ip, 8080)), CMD);
     assert_eq!(got.trim(), "guest-says-hi");
+    console.wait_for("hello-from-host", CMD).unwrap();
+    // Inbound connections reach the guest from the gateway (SNAT), as in KubeVirt.
+    let rules = common::ok(&format!(
+        "ip netns exec {} nft list table ip kubevirt_masq",
+        h.netns_name
+    ));
+    let snat = rules
+        .lines()
+        .find(|l| l.contains("snat to 10.0.2.1"))
+        .unwrap_or_else(|| panic!("{rules}"));
+    assert!(
+        !snat.contains("packets 0 "),
+        "SNAT rule never matched: {snat}"
+    );
 
     vm.stop();
     dhcp.abort();
