@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt as _;
+use nix::fcntl::FlockArg;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
@@ -417,7 +418,15 @@ impl ContainerDiskCache {
             std::fs::create_dir_all(&p)
                 .map_err(|e| DiskPrepError::io(volume, "creating cache directory", &p, e))?;
         }
-        let _lock = self.lock(volume, &hex_digest).await?;
+        // Shared: many pulls at once; `prune` takes it exclusively.
+        let _global = self.lock(volume, GLOBAL_LOCK, FlockArg::LockShared).await?;
+        let _lock = self
+            .lock(
+                volume,
+                &format!("{hex_digest}.lock"),
+                FlockArg::LockExclusive,
+            )
+            .await?;
         // Someone else may have finished while we waited for the lock.
         if let Some(found) = find_disk(&disk_dir) {
             if reference.digest().is_none() {
@@ -508,9 +517,10 @@ impl ContainerDiskCache {
     async fn lock(
         &self,
         volume: &str,
-        hex_digest: &str,
+        name: &str,
+        mode: FlockArg,
     ) -> Result<nix::fcntl::Flock<std::fs::File>> {
-        let path = self.root.join("locks").join(format!("{hex_digest}.lock"));
+        let path = self.root.join("locks").join(name);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -519,11 +529,9 @@ impl ContainerDiskCache {
             .map_err(|e| DiskPrepError::io(volume, "opening lock file", &path, e))?;
         let volume_owned = volume.to_owned();
         tokio::task::spawn_blocking(move || {
-            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
-                |(_, errno)| {
-                    DiskPrepError::io(&volume_owned, "locking", &path, std::io::Error::from(errno))
-                },
-            )
+            nix::fcntl::Flock::lock(file, mode).map_err(|(_, errno)| {
+                DiskPrepError::io(&volume_owned, "locking", &path, std::io::Error::from(errno))
+            })
         })
         .await
         .map_err(|e| DiskPrepError::Task {
@@ -919,6 +927,13 @@ fn extract_disk(
     }
     let staged = work.path().join("entry");
     std::fs::create_dir(&staged).map_err(|e| DiskPrepError::io(volume, "creating", &staged, e))?;
+    let layer_digests: Vec<&str> = layers.iter().map(|(_, d)| d.digest.as_str()).collect();
+    let layers_file = staged.join(LAYERS_FILE);
+    std::fs::write(
+        &layers_file,
+        serde_json::to_vec(&layer_digests).unwrap_or_default(),
+    )
+    .map_err(|e| DiskPrepError::io(volume, "writing", &layers_file, e))?;
     let disk_path = staged.join(format!("disk.{}", probe.format));
     std::fs::rename(&extracted, &disk_path)
         .map_err(|e| DiskPrepError::io(volume, "renaming", &extracted, e))?;
@@ -934,12 +949,164 @@ fn extract_disk(
     ))
 }
 
+/// Lock file held shared by every downloading pull and exclusively by [`ContainerDiskCache::prune`].
+const GLOBAL_LOCK: &str = "cache.lock";
+/// Written beside each extracted disk: the layer digests it came from (for pruning blobs).
+const LAYERS_FILE: &str = "layers.json";
+/// Stands in for a volume name in errors of cache-wide operations.
+const CACHE_SUBJECT: &str = "<containerDisk cache>";
+
+/// What [`ContainerDiskCache::prune`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneStats {
+    pub disks_removed: usize,
+    pub blobs_removed: usize,
+    pub bytes_freed: u64,
+}
+
+impl ContainerDiskCache {
+    /// Removes every extracted disk whose manifest digest is not in `keep` (the images of
+    /// VMs that exist on this node), the blobs no remaining disk came from, and tag records
+    /// pointing at removed digests. Waits for running downloads to finish first.
+    pub async fn prune(&self, keep: &std::collections::HashSet<String>) -> Result<PruneStats> {
+        let v = CACHE_SUBJECT;
+        let mut stats = PruneStats::default();
+        if !self.root.join("disks/sha256").is_dir() {
+            return Ok(stats);
+        }
+        std::fs::create_dir_all(self.root.join("locks")).map_err(|e| {
+            DiskPrepError::io(v, "creating cache directory", self.root.join("locks"), e)
+        })?;
+        let _global = self.lock(v, GLOBAL_LOCK, FlockArg::LockExclusive).await?;
+        let mut referenced = std::collections::HashSet::new();
+        for (dir, digest) in list_dir(v, &self.root.join("disks/sha256"))?
+            .into_iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?.to_owned();
+                Some((p, format!("sha256:{}", name.get(..64)?)))
+            })
+        {
+            if keep.contains(&digest) {
+                let layers: Vec<String> = std::fs::read(dir.join(LAYERS_FILE))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                referenced.extend(layers);
+                continue;
+            }
+            stats.bytes_freed += dir_size(&dir);
+            std::fs::remove_dir_all(&dir).map_err(|e| DiskPrepError::io(v, "removing", &dir, e))?;
+            stats.disks_removed += 1;
+        }
+        for blob in list_dir(v, &self.root.join("blobs/sha256"))? {
+            let name = blob
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if referenced.contains(&format!("sha256:{name}")) {
+                continue;
+            }
+            stats.bytes_freed += std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(&blob).map_err(|e| DiskPrepError::io(v, "removing", &blob, e))?;
+            stats.blobs_removed += 1;
+        }
+        for rec in list_dir(v, &self.root.join("refs"))? {
+            if read_ref_record(&rec).is_some_and(|d| !keep.contains(&d)) {
+                std::fs::remove_file(&rec)
+                    .map_err(|e| DiskPrepError::io(v, "removing", &rec, e))?;
+            }
+        }
+        tracing::info!(?stats, "pruned containerDisk cache");
+        Ok(stats)
+    }
+}
+
+fn list_dir(volume: &str, dir: &Path) -> Result<Vec<PathBuf>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(rd.flatten().map(|e| e.path()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(DiskPrepError::io(volume, "listing", dir, e)),
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Shared handle type for callers that keep one cache per node agent.
 pub type SharedCache = Arc<ContainerDiskCache>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn extract_bytes(layer: &[u8]) -> Result<(PathBuf, DiskFormat)> {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = dir.path().join("blob");
+        std::fs::write(&blob, layer).unwrap();
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
+        let desc = OciDescriptor {
+            digest: "sha256:00".into(),
+            ..Default::default()
+        };
+        extract_disk(
+            "v",
+            "img",
+            &Selector::Convention,
+            &[(blob, desc)],
+            &dir.path().join("tmp"),
+            &dir.path().join("out"),
+        )
+        .map(|(p, f)| (p.file_name().map(PathBuf::from).unwrap_or_default(), f))
+    }
+
+    #[test]
+    fn whole_tar_extracts() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2048);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "disk/disk.img", &[7u8; 2048][..])
+            .unwrap();
+        let full = b.into_inner().unwrap();
+        let r = extract_bytes(&full);
+        assert!(r.is_ok(), "{r:?}");
+        // Without the end-of-archive blocks the entry is still complete (GNU tar agrees).
+        assert!(extract_bytes(&full[..2560]).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Layers are untrusted bytes: garbage, truncated tars and gzip never panic.
+        #[test]
+        fn arbitrary_layers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096), gz in any::<bool>()) {
+            let mut data = bytes;
+            if gz {
+                data.splice(0..0, [0x1f, 0x8b]);
+            }
+            let _ = extract_bytes(&data);
+        }
+
+        #[test]
+        fn truncated_tar_is_an_error_not_a_panic(cut in 0usize..2560) {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(2048);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, "disk/disk.img", &[7u8; 2048][..]).unwrap();
+            let full = b.into_inner().unwrap();
+            let res = extract_bytes(&full[..cut]);
+            prop_assert!(res.is_err());
+        }
+    }
 
     #[test]
     fn mapping_and_defaults() {

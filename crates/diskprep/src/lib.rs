@@ -20,8 +20,8 @@ pub mod quantity;
 
 pub use cloudinit::{CloudInitKind, CloudInitSource, InstanceIdentity};
 pub use containerdisk::{
-    ContainerDiskCache, PullPolicy, PullProgress, PullRequest, PulledDisk, RegistryConfig,
-    RegistryCredentials,
+    ContainerDiskCache, PruneStats, PullPolicy, PullProgress, PullRequest, PulledDisk,
+    RegistryConfig, RegistryCredentials,
 };
 pub use emptydisk::create_empty_disk;
 pub use error::{DiskPrepError, Result};

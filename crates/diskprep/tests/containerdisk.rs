@@ -292,6 +292,11 @@ async fn concurrent_pulls_share_one_cache_entry() {
         sha256_file(&results[0].path),
         sha256_file(&guests().disk_qcow2)
     );
-    assert_eq!(files_under(&cache_dir.path().join("disks")).len(), 1);
+    assert_eq!(
+        std::fs::read_dir(cache_dir.path().join("disks/sha256"))
+            .unwrap()
+            .count(),
+        1
+    );
     assert!(files_under(&cache_dir.path().join("tmp")).is_empty());
 }

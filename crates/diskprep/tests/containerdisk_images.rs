@@ -420,3 +420,61 @@ async fn pull_secret_credentials_are_used() {
         .unwrap();
     assert_eq!(std::fs::read(&pulled.path).unwrap(), disk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_what_is_in_use() {
+    let registry = Registry::start().unwrap();
+    let shared = tar_of(&[("etc/os-release", b"ID=test\n")]);
+    for (name, byte) in [("keep", 0x01u8), ("drop", 0x02u8)] {
+        push(
+            &registry,
+            &format!("test/{name}:v1"),
+            vec![
+                ImageLayer::oci_v1(shared.clone(), None),
+                ImageLayer::oci_v1_gzip(gzip(&tar_of(&[("disk/disk.img", &[byte; 4096])])), None),
+            ],
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_for(&registry, dir.path());
+    let keep_img = format!("{}/test/keep:v1", registry.host());
+    let drop_img = format!("{}/test/drop:v1", registry.host());
+    let kept = cache
+        .pull("a", &keep_img, PullPolicy::IfNotPresent, &|_| {})
+        .await
+        .unwrap();
+    let dropped = cache
+        .pull("b", &drop_img, PullPolicy::IfNotPresent, &|_| {})
+        .await
+        .unwrap();
+    let blobs = || {
+        std::fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(blobs(), 3, "shared layer stored once");
+
+    let keep: std::collections::HashSet<String> = [kept.manifest_digest.clone()].into();
+    let stats = cache.prune(&keep).await.unwrap();
+    assert_eq!(stats.disks_removed, 1);
+    assert_eq!(
+        stats.blobs_removed, 1,
+        "only the dropped image's own layer goes"
+    );
+    assert!(stats.bytes_freed > 4096);
+    assert!(!dropped.path.exists());
+    assert_eq!(blobs(), 2);
+
+    drop(registry);
+    let again = cache
+        .pull("a", &keep_img, PullPolicy::Never, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(again.path, kept.path);
+    let err = cache
+        .pull("b", &drop_img, PullPolicy::Never, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DiskPrepError::NotCached { .. }), "{err:?}");
+}
