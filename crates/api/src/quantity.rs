@@ -580,6 +580,21 @@ impl<'de> Deserialize<'de> for Quantity {
     }
 }
 
+impl TryFrom<&k8s_openapi::apimachinery::pkg::api::resource::Quantity> for Quantity {
+    type Error = QuantityError;
+    fn try_from(
+        q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+    ) -> Result<Self, Self::Error> {
+        Self::parse(q.0.trim())
+    }
+}
+
+impl From<&Quantity> for k8s_openapi::apimachinery::pkg::api::resource::Quantity {
+    fn from(q: &Quantity) -> Self {
+        Self(q.as_str())
+    }
+}
+
 impl schemars::JsonSchema for Quantity {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "Quantity".into()
@@ -700,6 +715,16 @@ mod tests {
         assert_eq!(v.value(), 2);
         let err = serde_json::from_str::<Quantity>("\"abc\"").unwrap_err();
         assert!(err.to_string().contains("quantities must match"), "{err}");
+    }
+
+    #[test]
+    fn converts_to_and_from_k8s_openapi() {
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
+        let k = K8sQuantity("2Gi".into());
+        let q = Quantity::try_from(&k).unwrap();
+        assert_eq!(q.to_bytes(), 2 << 30);
+        assert_eq!(K8sQuantity::from(&q), k);
+        assert!(Quantity::try_from(&K8sQuantity("x".into())).is_err());
     }
 
     #[test]

@@ -38,7 +38,13 @@ pub fn validate_vm(vm: &VirtualMachine) -> Vec<FieldError> {
     match spec.template.spec.as_ref() {
         None => errs.push(FieldError::required("spec.template.spec", "")),
         Some(tspec) => {
-            errs.extend(validate_vmi_spec_at("spec.template.spec", tspec, false));
+            // With an instancetype, memory comes from it; otherwise the template needs some.
+            let require_memory = spec.instancetype.is_none();
+            errs.extend(validate_vmi_spec_at(
+                "spec.template.spec",
+                tspec,
+                require_memory,
+            ));
             validate_data_volume_templates(spec, tspec, &mut errs);
         }
     }
@@ -77,6 +83,19 @@ fn validate_data_volume_templates(
             errs.push(FieldError::forbidden(
                 format!("{path}.spec"),
                 "pvc and storage are mutually exclusive",
+            ));
+        }
+        let has = |k: &str| dvt.spec.get(k).is_some_and(|v| !v.is_null());
+        let externally_populated = ["pvc", "storage"].iter().any(|t| {
+            let target = &dvt.spec[*t];
+            ["dataSource", "dataSourceRef"]
+                .iter()
+                .any(|k| target.get(*k).is_some_and(|v| !v.is_null()))
+        });
+        if !has("source") && !has("sourceRef") && !externally_populated {
+            errs.push(FieldError::required(
+                format!("{path}.spec.source"),
+                "a DataVolume needs a source, a sourceRef, or to be externally populated",
             ));
         }
         let referenced = tspec.volumes.iter().flatten().any(|v| {
@@ -169,7 +188,7 @@ pub fn validate_replicaset(rs: &VirtualMachineInstanceReplicaSet) -> Vec<FieldEr
     }
     match rs.spec.template.spec.as_ref() {
         None => errs.push(FieldError::required("spec.template.spec", "")),
-        Some(tspec) => errs.extend(validate_vmi_spec_at("spec.template.spec", tspec, false)),
+        Some(tspec) => errs.extend(validate_vmi_spec_at("spec.template.spec", tspec, true)),
     }
     let labels = rs
         .spec
@@ -234,11 +253,11 @@ pub fn selector_matches(
 fn validate_vmi_spec_at(
     path: &str,
     spec: &VirtualMachineInstanceSpec,
-    standalone: bool,
+    require_memory: bool,
 ) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let domain = format!("{path}.domain");
-    validate_memory(path, spec, standalone, &mut errs);
+    validate_memory(path, spec, require_memory, &mut errs);
     validate_resources(&domain, &spec.domain, &mut errs);
     validate_cpu(&domain, &spec.domain, &mut errs);
     validate_firmware(&domain, &spec.domain, &mut errs);
@@ -334,7 +353,7 @@ fn check_enum(path: &str, value: Option<&str>, allowed: &[&str], errs: &mut Vec<
 fn validate_memory(
     path: &str,
     spec: &VirtualMachineInstanceSpec,
-    standalone: bool,
+    require_memory: bool,
     errs: &mut Vec<FieldError>,
 ) {
     let domain = &spec.domain;
@@ -349,7 +368,7 @@ fn validate_memory(
         .as_ref()
         .and_then(|r| r.limits.as_ref())
         .and_then(|r| r.get("memory"));
-    if standalone && guest.is_none() && request.is_none() && limit.is_none() {
+    if require_memory && guest.is_none() && request.is_none() && limit.is_none() {
         errs.push(FieldError::required(
             format!("{path}.domain.memory.guest"),
             "at least one of 'guest', 'requests.memory' or 'limits.memory' must be set",

@@ -395,6 +395,48 @@ fn cases() -> Vec<Case> {
             &[r#"spec.dataVolumeTemplates[0].metadata.name: Invalid value: "dv1": must be referenced by a dataVolume or persistentVolumeClaim volume in spec.template.spec.volumes"#],
         ),
         (
+            "data volume template without a source",
+            "VirtualMachine",
+            || {
+                let mut v = vm();
+                v["spec"]["dataVolumeTemplates"] = json!([{
+                    "metadata": {"name": "containerdisk"},
+                    "spec": {"storage": {"resources": {"requests": {"storage": "1Gi"}}}}
+                }]);
+                v["spec"]["template"]["spec"]["volumes"][0] =
+                    json!({"name": "containerdisk", "dataVolume": {"name": "containerdisk"}});
+                v
+            },
+            &["spec.dataVolumeTemplates[0].spec.source: Required value: a DataVolume needs a source, a sourceRef, or to be externally populated"],
+        ),
+        (
+            "VM template without memory or instancetype",
+            "VirtualMachine",
+            || {
+                let mut v = vm();
+                v["spec"]["template"]["spec"]["domain"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("memory");
+                v
+            },
+            &["spec.template.spec.domain.memory.guest: Required value: at least one of 'guest', 'requests.memory' or 'limits.memory' must be set"],
+        ),
+        (
+            "VM template without memory but with an instancetype",
+            "VirtualMachine",
+            || {
+                let mut v = vm();
+                v["spec"]["template"]["spec"]["domain"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("memory");
+                v["spec"]["instancetype"] = json!({"name": "u1.small"});
+                v
+            },
+            &[],
+        ),
+        (
             "negative grace period",
             "VirtualMachineInstance",
             || {
