@@ -1,0 +1,61 @@
+//! Upstream KubeVirt example manifests applied unchanged: their `registry:5000/...`
+//! containerDisks come from a local registry holding the test guest under those names.
+
+mod common;
+
+use common::*;
+
+const EXAMPLES: &str = "/work/shared/compat/kubevirt-examples";
+
+fn example(file: &str) -> String {
+    let dir = std::env::var("KUBEVIRT_EXAMPLES").unwrap_or_else(|_| EXAMPLES.into());
+    std::fs::read_to_string(format!("{dir}/{file}")).unwrap_or_else(|e| panic!("{dir}/{file}: {e}"))
+}
+
+#[test]
+fn upstream_examples_run_as_is() {
+    let registry = kubevirt_testenv::Registry::start().unwrap();
+    for image in [
+        "kubevirt/cirros-container-disk-demo:devel",
+        "kubevirt/fedora-with-test-tooling-container-disk:devel",
+    ] {
+        registry.push_guest_containerdisk(image).unwrap();
+    }
+    let mirror = format!("registry:5000=http://{}", registry.host());
+    let server = Server::start(&["--stop-vms-on-exit", "--registry-mirror", &mirror]);
+
+    // vm-cirros: Halted; start it and read its cloud-init output on the console.
+    server.apply_yaml(&example("vm-cirros.yaml"));
+    server.wait_for("vm", "vm-cirros", "{.status.printableStatus}", "Stopped");
+    let mut console = ConsoleCapture::start(&server, "vm-cirros");
+    let out = server.virtctl(&["start", "vm-cirros"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.wait_for("vm", "vm-cirros", "{.status.printableStatus}", "Running");
+    console.wait_for(kubevirt_testenv::READY_MARKER);
+    // The NoCloud disk carries the manifest's user data: read it from the guest's shell.
+    console.send(
+        "mkdir -p /mnt/ci && mount -t iso9660 -o ro /dev/vdb /mnt/ci && cat /mnt/ci/user-data\r",
+    );
+    console.wait_for("echo 'printed from cloud-init userdata'");
+    drop(console);
+    let uid = server.jsonpath("vmi", "vm-cirros", "{.metadata.uid}");
+    server.kubectl_ok(&["delete", "vm", "vm-cirros", "--wait=true", "--timeout=120s"]);
+    wait_no_processes(&uid);
+
+    // Bare VMIs: scheduled, run, deleted.
+    for (file, name) in [
+        ("vmi-nocloud.yaml", "vmi-nocloud"),
+        ("vmi-masquerade.yaml", "vmi-masquerade"),
+    ] {
+        server.apply_yaml(&example(file));
+        server.wait_for("vmi", name, "{.status.phase}", "Running");
+        let uid = server.jsonpath("vmi", name, "{.metadata.uid}");
+        assert_eq!(qemu_pids(&uid).len(), 1, "{file}: one QEMU");
+        server.kubectl_ok(&["delete", "vmi", name, "--wait=true", "--timeout=120s"]);
+        wait_no_processes(&uid);
+    }
+}
