@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::discovery::ApiResource;
 use serde_json::json;
 
@@ -72,7 +74,8 @@ async fn main() -> anyhow::Result<()> {
                 if i >= count {
                     return Ok::<(), kube::Error>(());
                 }
-                vms.create(&PostParams::default(), &vm(&format!("vm-{i:05}"))).await?;
+                vms.create(&PostParams::default(), &vm(&format!("vm-{i:05}")))
+                    .await?;
             }
         }));
     }
@@ -89,10 +92,19 @@ async fn main() -> anyhow::Result<()> {
 
     let t = Instant::now();
     let list = vms.list(&ListParams::default()).await?;
-    println!("list {} VirtualMachines: {} ms", list.items.len(), t.elapsed().as_millis());
+    println!(
+        "list {} VirtualMachines: {} ms",
+        list.items.len(),
+        t.elapsed().as_millis()
+    );
     let t = Instant::now();
-    let list = vms.list(&ListParams::default().labels("bench=yes").limit(500)).await?;
-    println!("list first page of 500 (label selector): {} ms", t.elapsed().as_millis());
+    let list = vms
+        .list(&ListParams::default().labels("bench=yes").limit(500))
+        .await?;
+    println!(
+        "list first page of 500 (label selector): {} ms",
+        t.elapsed().as_millis()
+    );
     let rv = list.metadata.resource_version.clone().unwrap_or_default();
 
     // Watch fan-out: `watchers` watches, then updates; count delivered events.
@@ -104,7 +116,10 @@ async fn main() -> anyhow::Result<()> {
         let vms = vms.clone();
         let received = received.clone();
         let rv = rv.clone();
-        let mut stream = vms.watch(&WatchParams::default().timeout(290), &rv).await?.boxed();
+        let mut stream = vms
+            .watch(&WatchParams::default().timeout(290), &rv)
+            .await?
+            .boxed();
         ws.push(tokio::spawn(async move {
             let mut mine = 0;
             while let Some(ev) = stream.next().await {
@@ -131,7 +146,12 @@ async fn main() -> anyhow::Result<()> {
                     return Ok::<(), kube::Error>(());
                 }
                 let p = json!({"metadata": {"labels": {"touched": i.to_string()}}});
-                vms.patch(&format!("vm-{i:05}"), &PatchParams::default(), &Patch::Merge(p)).await?;
+                vms.patch(
+                    &format!("vm-{i:05}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(p),
+                )
+                .await?;
             }
         }));
     }

@@ -479,7 +479,7 @@ async fn resource(
                 LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?;
             let fs =
                 FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
-            let prefix = store::prefix(&def.group, &def.plural, ns_ref);
+            let prefix = store::prefix(crate::convert::storage_group(&def), &def.plural, ns_ref);
             let (items, _) = ops.store.list(&prefix);
             let mut deleted = Vec::new();
             for it in items.iter().filter(|o| ls.matches(o) && fs.matches(o)) {
@@ -639,7 +639,7 @@ fn list(
         None => None,
     };
     let prefix = store::prefix(
-        &def.group,
+        crate::convert::storage_group(def),
         &def.plural,
         if def.namespaced { ns } else { None },
     );
@@ -739,7 +739,7 @@ fn watch_response(
 ) -> ApiResult<Response> {
     let filter = WatchFilter {
         prefix: store::prefix(
-            &def.group,
+            crate::convert::storage_group(&def),
             &def.plural,
             if def.namespaced { ns.as_deref() } else { None },
         ),

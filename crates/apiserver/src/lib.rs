@@ -1,6 +1,7 @@
 //! kubevirt-apiserver: an embedded Kubernetes-compatible API server with a durable
 //! revision-log store (see README.md).
 
+pub mod convert;
 pub mod error;
 mod gc;
 pub mod http;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Map, Value};
 
+use crate::convert;
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::registry::{Registry, ResourceDef};
 use crate::schema;
@@ -412,6 +413,26 @@ fn finish_update(ctx: &Ctx, old: &Value, mut new: Value, part: Part) -> ApiResul
     Ok(Mutation::Put(new))
 }
 
+/// Runs `finish_update` in the resource's own shape when it is stored in another one.
+fn stored_update(
+    ctx: &Ctx,
+    stored: &Value,
+    make_new: impl FnOnce(&Value) -> ApiResult<Value>,
+    part: Part,
+) -> ApiResult<Mutation> {
+    if !convert::is_events_v1(&ctx.def) {
+        let new = make_new(stored)?;
+        return finish_update(ctx, stored, new, part);
+    }
+    let old = convert::core_to_events_v1(stored);
+    let new = make_new(&old)?;
+    Ok(match finish_update(ctx, &old, new, part)? {
+        Mutation::Put(v) => Mutation::Put(convert::events_v1_to_core(&v)),
+        Mutation::Noop(v) => Mutation::Noop(convert::events_v1_to_core(&v)),
+        Mutation::Delete => Mutation::Delete,
+    })
+}
+
 /// kube-apiserver maintains `metadata.generation` for custom resources and CRDs.
 fn tracks_generation(def: &ResourceDef) -> bool {
     def.builtin_definition.is_none() || def.group == "apiextensions.k8s.io"
@@ -571,7 +592,7 @@ impl Ops {
 
     fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> String {
         store::key(
-            &def.group,
+            convert::storage_group(def),
             &def.plural,
             if def.namespaced { ns } else { None },
             name,
@@ -580,6 +601,9 @@ impl Ops {
 
     /// Objects are stored in one version; answer in the version asked for.
     pub fn present(def: &ResourceDef, obj: &Value) -> Value {
+        if convert::is_events_v1(def) {
+            return convert::core_to_events_v1(obj);
+        }
         let mut o = obj.clone();
         if o.is_object() {
             o["apiVersion"] = json!(def.api_version());
@@ -721,6 +745,9 @@ impl Ops {
                 deleted: false,
             });
         }
+        if convert::is_events_v1(def) {
+            obj = convert::events_v1_to_core(&obj);
+        }
         let key = Self::key(def, ns, &name);
         let (plural, group) = (def.plural.clone(), def.group.clone());
         let written = self
@@ -764,7 +791,7 @@ impl Ops {
                 Self::key(def, ns, name),
                 Box::new(move |cur| match cur {
                     None => Err(ApiError::not_found(&plural, &group, &n)),
-                    Some(old) => finish_update(&c2, old, obj, part),
+                    Some(old) => stored_update(&c2, old, |_| Ok(obj), part),
                 }),
             )
             .await?;
@@ -804,16 +831,21 @@ impl Ops {
                 Self::key(def, ns, name),
                 Box::new(move |cur| match cur {
                     None => Err(ApiError::not_found(&plural, &group, &n)),
-                    Some(old) => {
-                        let mut new = apply_patch_type(pt, old, &body)?;
-                        // A patch that does not pin a resourceVersion applies to the current one.
-                        if body.pointer("/metadata/resourceVersion").is_none() {
-                            if let Some(rv) = old.pointer("/metadata/resourceVersion") {
-                                meta_mut(&mut new).insert("resourceVersion".into(), rv.clone());
+                    Some(old) => stored_update(
+                        &c2,
+                        old,
+                        |old| {
+                            let mut new = apply_patch_type(pt, old, &body)?;
+                            // A patch that does not pin a resourceVersion applies to the current one.
+                            if body.pointer("/metadata/resourceVersion").is_none() {
+                                if let Some(rv) = old.pointer("/metadata/resourceVersion") {
+                                    meta_mut(&mut new).insert("resourceVersion".into(), rv.clone());
+                                }
                             }
-                        }
-                        finish_update(&c2, old, new, part)
-                    }
+                            Ok(new)
+                        },
+                        part,
+                    ),
                 }),
             )
             .await?;

@@ -140,15 +140,19 @@ pub struct Store {
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Storage key of an object: `group/plural/namespace/name` (group `core` for the legacy group).
+/// Storage key of an object: `group/plural/namespace/name` (group `core` for the legacy
+/// group, empty namespace for cluster-scoped objects).
 pub fn key(group: &str, plural: &str, ns: Option<&str>, name: &str) -> String {
-    format!("{}/{}", prefix(group, plural, ns), name)
+    let g = if group.is_empty() { "core" } else { group };
+    format!("{g}/{plural}/{}/{name}", ns.unwrap_or(""))
 }
 
-/// Key prefix of a collection (ending in `/`).
+/// Key prefix of a collection: one namespace, or (None) every namespace / cluster scope.
 pub fn prefix(group: &str, plural: &str, ns: Option<&str>) -> String {
-    let g = if group.is_empty() { "core" } else { group };
-    format!("{g}/{plural}/{}", ns.unwrap_or(""))
+    match ns {
+        Some(ns) => format!("{}{ns}/", resource_prefix(group, plural)),
+        None => resource_prefix(group, plural),
+    }
 }
 
 /// Prefix of all objects of a resource in every namespace.

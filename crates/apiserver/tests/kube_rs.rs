@@ -498,3 +498,61 @@ async fn table_output() {
     assert_eq!(t["rows"][0]["cells"][0], "testvm");
     assert_eq!(t["rows"][0]["object"]["kind"], "VirtualMachine");
 }
+
+#[tokio::test]
+async fn recorder_events_show_in_kubectl_describe() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    use kube::Resource;
+    let s = TestServer::start();
+    let client = s.client().await;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
+    let vm: VirtualMachine = serde_yaml::from_str(VM_YAML).unwrap();
+    let vm = vms.create(&PostParams::default(), &vm).await.unwrap();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "test-ctl".into(),
+            instance: None,
+        },
+    );
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "SuccessfulCreate".into(),
+        note: Some("Created virtual machine instance testvm".into()),
+        action: "Create".into(),
+        secondary: None,
+    };
+    let reference = vm.object_ref(&());
+    recorder.publish(&ev, &reference).await.unwrap();
+    // A repeat becomes a series (merge patch of the events.k8s.io/v1 Event).
+    recorder.publish(&ev, &reference).await.unwrap();
+    // Core v1 Events see the same objects, selectable by involvedObject.
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, "default");
+    let uid = vm.metadata.uid.clone().unwrap();
+    let list = core
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.name=testvm,involvedObject.namespace=default,involvedObject.uid={uid}"
+        )))
+        .await
+        .unwrap();
+    let all = core.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1, "{:?}", all.items);
+    assert_eq!(
+        list.items[0].message.as_deref(),
+        Some("Created virtual machine instance testvm")
+    );
+    let out = common::kubectl_with(&s.kubeconfig, &["describe", "vm", "testvm"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = text.split("Events:").nth(1).unwrap_or_default();
+    assert!(events.contains("SuccessfulCreate"), "{text}");
+    assert!(
+        events.contains("Created virtual machine instance testvm"),
+        "{text}"
+    );
+    assert!(events.contains("test-ctl"), "{text}");
+}
