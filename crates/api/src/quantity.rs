@@ -144,7 +144,7 @@ impl Quantity {
 
     /// The value expressed in units of `10^target`, rounded up away from zero, saturating.
     fn scaled(&self, target: i32) -> i64 {
-        let diff = self.scale - target;
+        let diff = i64::from(self.scale) - i64::from(target);
         let result = if diff >= 0 {
             pow10(diff).and_then(|p| self.mantissa.checked_mul(p))
         } else {
@@ -243,7 +243,7 @@ impl Quantity {
         if self.scale >= 0 {
             pow10(self.scale).and_then(|p| self.mantissa.checked_mul(p))
         } else {
-            let p = pow10(-self.scale)?;
+            let p = pow10(-i64::from(self.scale))?;
             if self.mantissa % p == 0 {
                 Some(self.mantissa / p)
             } else {
@@ -269,7 +269,8 @@ fn si_suffix(exponent: i32) -> Option<&'static str> {
     })
 }
 
-fn pow10(e: i32) -> Option<i128> {
+fn pow10(e: impl Into<i64>) -> Option<i128> {
+    let e: i64 = e.into();
     if !(0..=38).contains(&e) {
         return None;
     }
@@ -293,10 +294,11 @@ fn remove_factors(value: i128, base: i128) -> (i128, i32) {
 
 /// Compares a*10^sa with b*10^sb exactly (falling back to floats only beyond i128 range).
 fn compare(a: i128, sa: i32, b: i128, sb: i32) -> Ordering {
+    let (sa64, sb64) = (i64::from(sa), i64::from(sb));
     let (a2, b2) = if sa >= sb {
-        (pow10(sa - sb).and_then(|p| a.checked_mul(p)), Some(b))
+        (pow10(sa64 - sb64).and_then(|p| a.checked_mul(p)), Some(b))
     } else {
-        (Some(a), pow10(sb - sa).and_then(|p| b.checked_mul(p)))
+        (Some(a), pow10(sb64 - sa64).and_then(|p| b.checked_mul(p)))
     };
     match (a2, b2) {
         (Some(x), Some(y)) => x.cmp(&y),
@@ -461,7 +463,7 @@ fn parse_value(s: &str) -> Result<(i128, i32, QuantityFormat), QuantityError> {
     }
     // Round up (away from zero) to nano units.
     if scale < NANO {
-        let drop = NANO - scale;
+        let drop = i64::from(NANO) - i64::from(scale);
         mantissa = match pow10(drop) {
             Some(p) => {
                 let q = mantissa / p;

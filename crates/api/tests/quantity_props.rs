@@ -97,6 +97,16 @@ proptest! {
         }
     }
 
+    /// Extreme exponents never panic (and never overflow the accessors).
+    #[test]
+    fn extreme_exponents(n in -1000i64..1000, e in any::<i32>(), upper in any::<bool>()) {
+        let text = format!("{n}{}{e}", if upper { "E" } else { "e" });
+        if let Ok(q) = Quantity::parse(&text) {
+            let _ = (q.value(), q.milli_value(), q.to_bytes(), q.as_f64(), q.canonical());
+            let _ = q.cmp(&Quantity::parse("1").unwrap());
+        }
+    }
+
     /// Arbitrary text never panics.
     #[test]
     fn anything_never_panics(s in "\\PC{0,24}") {
