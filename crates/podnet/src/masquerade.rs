@@ -424,8 +424,13 @@ impl PodNetwork {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
-            if let Some(h) = read_record(&path)? {
-                out.push(h);
+            match read_record(&path) {
+                Ok(Some(h)) => out.push(h),
+                Ok(None) => {}
+                Err(PodNetError::StateCorrupt { path, source }) => {
+                    tracing::warn!(path = %path.display(), error = %source, "skipping a corrupt pod network record");
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
@@ -451,7 +456,18 @@ impl PodNetwork {
         let netns_name = format!("{}{short}", self.cfg.netns_prefix);
         let netns_path = Path::new(NETNS_DIR).join(&netns_name);
 
-        if let Some(old) = read_record(&record_path(&self.cfg.state_dir, &cfg.vm_id))? {
+        let record = record_path(&self.cfg.state_dir, &cfg.vm_id);
+        let previous = match read_record(&record) {
+            Err(PodNetError::StateCorrupt { path, source }) => {
+                // Torn write or manual damage: build() below removes a namespace and veth of
+                // this name anyway, and the IP lease is found again by VM id.
+                tracing::warn!(path = %path.display(), error = %source, "discarding a corrupt pod network record");
+                fs::remove_file(&path).map_err(|source| PodNetError::State { path, source })?;
+                None
+            }
+            other => other?,
+        };
+        if let Some(old) = previous {
             if old.netns_path.exists() {
                 return Err(PodNetError::AlreadySetUp {
                     vm_id: cfg.vm_id,

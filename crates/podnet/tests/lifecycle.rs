@@ -143,3 +143,32 @@ fn leftovers_of_a_crashed_setup_are_cleaned_by_the_next_setup() {
     again.teardown().unwrap();
     assert_gone(&again);
 }
+
+#[test]
+fn a_corrupt_record_does_not_block_the_vm_forever() {
+    let t = TestNet::new(14);
+    let h = t
+        .net
+        .setup(MasqueradeConfig::new(t.vm_id("a"), "a"))
+        .unwrap();
+    let record = std::fs::read_dir(t.state.path().join("vms"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&record, b"{ torn").unwrap();
+    assert_eq!(t.net.list().unwrap(), vec![]);
+    match t.net.adopt(&h.vm_id) {
+        Err(PodNetError::StateCorrupt { .. }) => {}
+        other => panic!("expected StateCorrupt, got {other:?}"),
+    }
+    let again = t
+        .net
+        .setup(MasqueradeConfig::new(t.vm_id("a"), "a"))
+        .unwrap();
+    assert_eq!(again.pod_ip, h.pod_ip);
+    assert_eq!(t.net.adopt(&h.vm_id).unwrap(), again);
+    again.teardown().unwrap();
+    assert_gone(&again);
+}
