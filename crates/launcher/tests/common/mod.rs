@@ -95,6 +95,19 @@ impl TestVm {
     }
 }
 
+impl Drop for TestVm {
+    /// A failed test must not leave a VM behind: SIGKILL the launcher (QEMU and swtpm die
+    /// with it through their parent-death signal).
+    fn drop(&mut self) {
+        if let Some(pid) = self.launcher_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Writes the VMI and runs `kubevirt-launcher` (daemon mode); returns once the VM runs.
 pub fn launch(vmi: serde_json::Value, extra: &[String]) -> TestVm {
     let dir = tempfile::tempdir().unwrap();
