@@ -138,7 +138,7 @@ pub fn validate_vmi_update(
     if new.spec != old.spec {
         vec![FieldError::forbidden(
             "spec",
-            "update of VMI object is restricted: the spec of a VirtualMachineInstance is immutable",
+            "update of VMI object is restricted",
         )]
     } else {
         Vec::new()

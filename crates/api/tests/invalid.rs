@@ -538,6 +538,10 @@ fn vmi_spec_is_immutable_but_metadata_and_status_are_not() {
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].field, "spec");
     assert_eq!(errs[0].reason(), "FieldValueForbidden");
+    assert_eq!(
+        errs[0].to_string(),
+        "spec: Forbidden: update of VMI object is restricted"
+    );
 
     let mut relabelled = old.clone();
     relabelled["metadata"]["labels"] = json!({"a": "b"});
