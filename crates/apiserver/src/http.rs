@@ -388,8 +388,13 @@ async fn read_body(req: Request, max: usize) -> ApiResult<(Value, String)> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok((Value::Null, ct));
     }
-    if ct.contains("protobuf") || ct.contains("cbor") {
-        // Clients fall back to JSON on 415.
+    if ct.contains("protobuf") {
+        // kubectl's typed commands; anything else gets 415 and falls back to JSON.
+        let v =
+            crate::proto::decode(&bytes).map_err(|e| ApiError::unsupported_media(e.to_string()))?;
+        return Ok((v, "application/json".into()));
+    }
+    if ct.contains("cbor") {
         return Err(ApiError::unsupported_media(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got \"{ct}\")"
         )));

@@ -8,6 +8,7 @@ pub mod http;
 pub mod kubevirt;
 pub mod openapi;
 pub mod ops;
+pub mod proto;
 pub mod registry;
 pub mod schema;
 pub mod store;

@@ -733,6 +733,16 @@ impl Ops {
         if def.group.is_empty() && def.plural == "namespaces" {
             obj["status"] = json!({"phase": "Active"});
         }
+        if def.group.is_empty()
+            && def.plural == "secrets"
+            && obj
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
+        {
+            obj["type"] = json!("Opaque");
+        }
         if def.group == "apiextensions.k8s.io" {
             crd_status(&mut obj);
         }

@@ -317,3 +317,61 @@ fn finalizers_and_cascading_delete() {
     // Background GC removes the dependent.
     s.ok(&["wait", "--for=delete", "cm/child", "--timeout=60s"]);
 }
+
+#[test]
+fn typed_create_commands_and_namespace_cleanup() {
+    // kubectl's typed `create` commands send protobuf.
+    let s = TestServer::start();
+    assert_eq!(
+        s.ok(&["create", "namespace", "team"]).trim(),
+        "namespace/team created"
+    );
+    s.ok(&[
+        "create",
+        "configmap",
+        "c1",
+        "--from-literal=a=b",
+        "-n",
+        "team",
+    ]);
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s1",
+        "--from-literal=p=q",
+        "-n",
+        "team",
+    ]);
+    assert_eq!(
+        s.ok(&["get", "cm", "c1", "-n", "team", "-o", "jsonpath={.data.a}"]),
+        "b"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "secret",
+            "s1",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.type} {.data.p}"
+        ]),
+        "Opaque cQ=="
+    );
+    let secrets = s.ok(&["get", "secrets", "-n", "team"]);
+    assert!(secrets.contains("s1     Opaque   1"), "{secrets}");
+    s.ok(&["delete", "namespace", "team", "--wait", "--timeout=60s"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = s.ok(&["get", "cm,secret", "-n", "team", "-o", "name"]);
+        if left.trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "namespace contents not cleaned: {left}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
