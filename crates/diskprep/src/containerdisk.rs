@@ -106,15 +106,23 @@ pub struct ContainerDiskCache {
     config: RegistryConfig,
     /// `config.insecure` plus mirror targets given as `http://`.
     insecure: Vec<String>,
+    extra_roots_pem: Vec<Vec<u8>>,
     /// Shared by anonymous pulls; pulls with credentials get their own client, because the
     /// client remembers the first credentials it saw per registry.
     client: oci_client::Client,
 }
 
-fn new_client(insecure: Vec<String>) -> oci_client::Client {
+fn new_client(insecure: Vec<String>, extra_roots_pem: &[Vec<u8>]) -> oci_client::Client {
     oci_client::Client::new(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(insecure),
         platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+        extra_root_certificates: extra_roots_pem
+            .iter()
+            .map(|pem| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: pem.clone(),
+            })
+            .collect(),
         ..ClientConfig::default()
     })
 }
@@ -256,13 +264,22 @@ impl ContainerDiskCache {
                 insecure.push(host.trim_end_matches('/').to_owned());
             }
         }
-        let client = new_client(insecure.clone());
+        let client = new_client(insecure.clone(), &[]);
         ContainerDiskCache {
             root: root.into(),
             config,
             insecure,
+            extra_roots_pem: Vec::new(),
             client,
         }
+    }
+
+    /// Trusts these PEM CA certificates for HTTPS registries, besides the system's
+    /// (a registry with a private CA).
+    pub fn with_extra_root_certificates(mut self, pems: Vec<Vec<u8>>) -> Self {
+        self.client = new_client(self.insecure.clone(), &pems);
+        self.extra_roots_pem = pems;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -356,7 +373,7 @@ impl ContainerDiskCache {
         let own_client;
         let (client, auth) = match credentials {
             Some(c) => {
-                own_client = new_client(self.insecure.clone());
+                own_client = new_client(self.insecure.clone(), &self.extra_roots_pem);
                 (
                     &own_client,
                     RegistryAuth::Basic(c.username.clone(), c.password.clone()),

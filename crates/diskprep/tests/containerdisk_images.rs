@@ -478,3 +478,104 @@ async fn prune_keeps_what_is_in_use() {
         .unwrap_err();
     assert!(matches!(err, DiskPrepError::NotCached { .. }), "{err:?}");
 }
+
+/// HTTPS is what real registries speak: a TLS docker-registry with a private CA, pulled
+/// through rustls with the ring provider this crate installs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_registry_with_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+    // A private CA and a leaf for 127.0.0.1 signed by it (webpki refuses a CA as the leaf).
+    let st = Command::new("bash")
+        .arg("-ec")
+        .arg(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem
+             openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr
+             printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > ext.cnf
+             openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out cert.pem",
+        )
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host = format!("127.0.0.1:{port}");
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n  tls:\n    certificate: {}\n    key: {}\n",
+            dir.path().join("data").display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&host).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "registry did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    let result = async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pusher = oci_client::Client::new(ClientConfig {
+            extra_root_certificates: vec![oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: ca.clone(),
+            }],
+            ..ClientConfig::default()
+        });
+        let reference: Reference = format!("{host}/tls/disk:v1").parse().unwrap();
+        pusher
+            .push(
+                &reference,
+                &[ImageLayer::oci_v1(
+                    tar_of(&[("disk/disk.img", &[9u8; 1024])]),
+                    None,
+                )],
+                Config::oci_v1(b"{}".to_vec(), None),
+                &RegistryAuth::Anonymous,
+                None,
+            )
+            .await
+            .unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let image = format!("{host}/tls/disk:v1");
+        // Without the CA the certificate is rejected...
+        let untrusted = ContainerDiskCache::new(cache_dir.path(), RegistryConfig::default());
+        let err = untrusted
+            .pull("tls", &image, PullPolicy::Always, &|_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DiskPrepError::Registry { .. }), "{err:?}");
+        // ...with it the pull works.
+        let trusted = ContainerDiskCache::new(cache_dir.path(), RegistryConfig::default())
+            .with_extra_root_certificates(vec![ca.clone()]);
+        let pulled = trusted
+            .pull("tls", &image, PullPolicy::Always, &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&pulled.path).unwrap(), vec![9u8; 1024]);
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
