@@ -46,7 +46,7 @@ fn main() {
     let n = rounds * objs.len();
     let per = start.elapsed() / n as u32;
     println!(
-        "admit: {n} objects ({} kinds VM/VMI), {ok} accepted, {per:?} per object",
+        "admit: {n} admissions of {} example VMs/VMIs, {ok} accepted, {per:?} per object",
         objs.len()
     );
     let start = Instant::now();
