@@ -29,6 +29,39 @@ pub struct ContainerDiskConfig {
     pub insecure: Vec<String>,
 }
 
+fn new_cache(c: &ContainerDiskConfig) -> diskprep::ContainerDiskCache {
+    diskprep::ContainerDiskCache::new(
+        c.cache_dir.clone(),
+        diskprep::RegistryConfig {
+            mirrors: c.mirrors.clone(),
+            insecure: c.insecure.clone(),
+        },
+    )
+}
+
+async fn pull(
+    cache: &diskprep::ContainerDiskCache,
+    volume: &str,
+    image: &str,
+    path: Option<&str>,
+    pull_policy: Option<&str>,
+) -> Result<diskprep::PulledDisk, PrepareError> {
+    let policy = match pull_policy {
+        Some(p) => p.parse().map_err(|reason| PrepareError::Unavailable {
+            volume: volume.to_string(),
+            reason,
+        })?,
+        None => diskprep::PullPolicy::default_for(image),
+    };
+    let vol = volume.to_string();
+    let progress = move |p: diskprep::PullProgress| {
+        tracing::debug!(volume = %vol, done = p.bytes_done, total = p.bytes_total, "image pull");
+    };
+    Ok(cache
+        .pull_disk(volume, image, path, policy, &progress)
+        .await?)
+}
+
 fn to_hv(f: diskprep::DiskFormat) -> DiskFormat {
     match f {
         diskprep::DiskFormat::Raw => DiskFormat::Raw,
@@ -97,33 +130,52 @@ pub async fn prepare_volumes(
                 diskprep::create_overlay(&volume, &base, format, &target)?;
                 set_format(t, &target, DiskFormat::Qcow2);
             }
+            VolumePrep::KernelBoot {
+                volume,
+                image,
+                kernel_path,
+                initrd_path,
+                pull_policy,
+            } => {
+                let cache = cache.get_or_insert_with(|| new_cache(containerdisks));
+                let kernel = pull(
+                    cache,
+                    &volume,
+                    &image,
+                    Some(&kernel_path),
+                    pull_policy.as_deref(),
+                )
+                .await?;
+                let initrd = match &initrd_path {
+                    Some(p) => Some(
+                        pull(cache, &volume, &image, Some(p), pull_policy.as_deref())
+                            .await?
+                            .path,
+                    ),
+                    None => None,
+                };
+                if let Some(kb) = t.domain.kernel_boot.as_mut() {
+                    // Read-only cache files: QEMU only reads the kernel and initrd.
+                    kb.kernel = kernel.path;
+                    kb.initrd = initrd;
+                }
+            }
             VolumePrep::ContainerDisk {
                 volume,
                 image,
+                path,
                 pull_policy,
                 target,
             } => {
-                let cache = cache.get_or_insert_with(|| {
-                    diskprep::ContainerDiskCache::new(
-                        containerdisks.cache_dir.clone(),
-                        diskprep::RegistryConfig {
-                            mirrors: containerdisks.mirrors.clone(),
-                            insecure: containerdisks.insecure.clone(),
-                        },
-                    )
-                });
-                let policy = match pull_policy.as_deref() {
-                    Some(p) => p.parse().map_err(|reason| PrepareError::Unavailable {
-                        volume: volume.clone(),
-                        reason,
-                    })?,
-                    None => diskprep::PullPolicy::default_for(&image),
-                };
-                let vol = volume.clone();
-                let progress = move |p: diskprep::PullProgress| {
-                    tracing::debug!(volume = %vol, done = p.bytes_done, total = p.bytes_total, "containerDisk pull");
-                };
-                let pulled = cache.pull(&volume, &image, policy, &progress).await?;
+                let cache = cache.get_or_insert_with(|| new_cache(containerdisks));
+                let pulled = pull(
+                    cache,
+                    &volume,
+                    &image,
+                    path.as_deref(),
+                    pull_policy.as_deref(),
+                )
+                .await?;
                 tracing::info!(volume, image, digest = %pulled.manifest_digest, from_cache = pulled.from_cache, "containerDisk ready");
                 let _ = std::fs::remove_file(&target);
                 diskprep::create_overlay(&volume, &pulled.path, pulled.format, &target)?;

@@ -132,3 +132,80 @@ fn post_raw(vm: &TestVm, path: &str, body: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// kernelBoot from a container image (kernel and initrd pulled from a local registry),
+/// soft reboot through the guest agent, reset, and a guest that ignores the power button
+/// being hard-stopped when the grace period runs out.
+#[test]
+fn kernel_boot_soft_reboot_reset_and_grace_period_hard_stop() {
+    let g = guests();
+    let registry = kubevirt_testenv::Registry::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layout = oci_layout(
+        work.path(),
+        &[
+            ("boot/vmlinuz", g.vmlinuz.as_path()),
+            ("boot/initramfs.cpio.gz", g.initramfs.as_path()),
+        ],
+    );
+    registry
+        .push_oci_layout(&layout, "kubevirt-rs/kernel-boot:devel")
+        .unwrap();
+    let mut v = vmi("kernelboot", json!({"disks": []}), json!([]));
+    v["spec"]["domain"]["firmware"] = json!({
+        "kernelBoot": {
+            "kernelArgs": g.kernel_cmdline,
+            "container": {
+                "image": "registry:5000/kubevirt-rs/kernel-boot:devel",
+                "kernelPath": "/boot/vmlinuz",
+                "initrdPath": "/boot/initramfs.cpio.gz"
+            }
+        }
+    });
+    let vm = launch(
+        v,
+        &[
+            "--registry-mirror".into(),
+            format!("registry:5000=http://{}", registry.host()),
+        ],
+    );
+    let rt = rt();
+    vm.wait_serial(READY_MARKER, 1);
+    // Wait for the agent before asking it to reboot the guest.
+    let deadline = std::time::Instant::now() + T;
+    while rt.block_on(vm.client.guest_osinfo()).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "guest agent never answered"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    rt.block_on(vm.client.soft_reboot()).unwrap();
+    vm.wait_serial(READY_MARKER, 2);
+    rt.block_on(vm.client.reset()).unwrap();
+    vm.wait_serial(READY_MARKER, 3);
+    assert_eq!(
+        rt.block_on(vm.client.state()).unwrap().phase,
+        Phase::Running
+    );
+
+    // The guest stops listening to the power button: the grace period decides.
+    let mut con = console(&rt, &vm.client);
+    let out = con.run("killall acpid; echo acpid-gone", T).unwrap();
+    assert!(out.contains("acpid-gone"), "{out}");
+    let started = std::time::Instant::now();
+    rt.block_on(vm.client.stop(Some(3))).unwrap();
+    assert_eq!(
+        rt.block_on(vm.client.state()).unwrap().phase,
+        Phase::ShuttingDown
+    );
+    // Operations during shutdown are refused with a conflict.
+    let err = rt.block_on(vm.client.pause()).unwrap_err().to_string();
+    assert!(err.contains("409"), "{err}");
+    let fin = vm.wait_final();
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(fin.phase, Phase::Succeeded, "{fin:?}");
+    assert!(fin.reason.contains("stopped on request"), "{fin:?}");
+    assert!(!vm.serial_log().contains("ACPI power button"));
+    assert_eq!(vm.leftovers(), Vec::<String>::new());
+}

@@ -138,8 +138,18 @@ pub enum VolumePrep {
     ContainerDisk {
         volume: String,
         image: String,
+        /// `containerDisk.path`: the disk file in the image (default: the one under /disk/).
+        path: Option<String>,
         pull_policy: Option<String>,
         target: PathBuf,
+    },
+    /// kernelBoot: pull `image` and use the files at `kernel_path` / `initrd_path` in it.
+    KernelBoot {
+        volume: String,
+        image: String,
+        kernel_path: String,
+        initrd_path: Option<String>,
+        pull_policy: Option<String>,
     },
     /// Generate a NoCloud (`cidata`) or ConfigDrive (`config-2`) ISO at `target`.
     /// Secret references are already resolved to their content.
@@ -169,6 +179,7 @@ impl VolumePrep {
             | VolumePrep::EmptyDisk { volume, .. }
             | VolumePrep::Ephemeral { volume, .. }
             | VolumePrep::ContainerDisk { volume, .. }
+            | VolumePrep::KernelBoot { volume, .. }
             | VolumePrep::CloudInit { volume, .. } => volume,
         }
     }
@@ -248,9 +259,10 @@ pub fn translate(
     cpu(spec, &mut dom, &mut is);
     memory(spec, &mut dom, &mut is);
     features(spec, &mut is);
-    firmware(spec, env, &mut dom, &mut is);
+    let kernel_boot = firmware(spec, env, &mut dom, &mut is);
     devices(spec, env, &mut dom, &mut is);
-    let volumes = disks_and_volumes(vmi, env, &mut dom, &mut is);
+    let mut volumes = disks_and_volumes(vmi, env, &mut dom, &mut is);
+    volumes.extend(kernel_boot);
     let networks = interfaces(spec, &mut dom, &mut is);
 
     if is.0.is_empty() {
@@ -481,9 +493,9 @@ fn firmware(
     env: &LauncherEnv,
     dom: &mut DomainConfig,
     is: &mut Issues,
-) {
+) -> Option<VolumePrep> {
     let Some(fw) = &spec.domain.firmware else {
-        return;
+        return None;
     };
     dom.uuid = fw.uuid.clone().filter(|u| !u.is_empty());
     is.unsupported(
@@ -551,20 +563,32 @@ fn firmware(
                         "Required value: path of the kernel inside the image",
                     );
                 }
-                // The kernel and initrd are extracted into the run dir before start
-                // (see `kernel_boot_files`); the domain points at those copies.
+                if c.image.trim().is_empty() {
+                    is.add(format!("{field}.container.image"), "Required value");
+                }
+                is.unsupported(
+                    &format!("{field}.container.imagePullSecret"),
+                    &c.image_pull_secret,
+                    "registry credentials",
+                );
+                // Placeholders: `prepare` pulls the image and points these at the files.
+                let initrd_path = c.initrd_path.clone().filter(|p| !p.is_empty());
                 dom.kernel_boot = Some(KernelBoot {
-                    kernel: env.run_dir.path().join("kernel-boot/kernel"),
-                    initrd: c
-                        .initrd_path
-                        .as_ref()
-                        .filter(|p| !p.is_empty())
-                        .map(|_| env.run_dir.path().join("kernel-boot/initrd")),
+                    kernel: PathBuf::from(&kernel),
+                    initrd: initrd_path.as_ref().map(PathBuf::from),
                     cmdline: kb.kernel_args.clone().unwrap_or_default(),
+                });
+                return Some(VolumePrep::KernelBoot {
+                    volume: "kernelBoot".into(),
+                    image: c.image.clone(),
+                    kernel_path: kernel,
+                    initrd_path,
+                    pull_policy: c.image_pull_policy.clone(),
                 });
             }
         }
     }
+    None
 }
 
 fn devices(
@@ -1004,11 +1028,6 @@ fn disks_and_volumes(
                 )
             }
             Some(VolumeSource::ContainerDisk(c)) => {
-                is.unsupported(
-                    &format!("{vf}.containerDisk.path"),
-                    &c.path,
-                    "a disk path other than the /disk/ convention",
-                );
                 if let Some(p) = c.image_pull_policy.as_deref() {
                     if !matches!(p, "Always" | "IfNotPresent" | "Never") {
                         is.add(
@@ -1032,6 +1051,7 @@ fn disks_and_volumes(
                     VolumePrep::ContainerDisk {
                         volume: vol.name.clone(),
                         image: c.image.clone(),
+                        path: c.path.clone().filter(|p| !p.is_empty()),
                         pull_policy: c.image_pull_policy.clone(),
                         target,
                     },

@@ -202,3 +202,55 @@ pub fn copy_to(src: &Path, dir: &Path, name: &str) -> PathBuf {
     std::fs::copy(src, &dst).unwrap();
     dst
 }
+
+/// Builds an OCI image layout (tag `devel`) with `files` (path in image -> host file) in one
+/// uncompressed tar layer, the way `scripts/build-guests.sh` builds the containerDisk.
+pub fn oci_layout(dir: &Path, files: &[(&str, &Path)]) -> PathBuf {
+    let root = dir.join("rootfs");
+    for (inner, src) in files {
+        let dst = root.join(inner);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(src, &dst).unwrap();
+    }
+    let layer = dir.join("layer.tar");
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(&layer)
+        .arg("-C")
+        .arg(&root)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let oci = dir.join("oci");
+    let st = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import hashlib, json, os, sys
+oci, layer = sys.argv[1:3]
+os.makedirs(os.path.join(oci, "blobs", "sha256"), exist_ok=True)
+def blob(data):
+    d = hashlib.sha256(data).hexdigest()
+    open(os.path.join(oci, "blobs", "sha256", d), "wb").write(data)
+    return "sha256:" + d, len(data)
+ld, ls = blob(open(layer, "rb").read())
+cfg = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [ld]}, "config": {}}).encode()
+cd, cs = blob(cfg)
+m = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+  "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+  "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]}).encode()
+md, ms = blob(m)
+json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+  "digest": md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "devel"}}]},
+  open(os.path.join(oci, "index.json"), "w"))
+json.dump({"imageLayoutVersion": "1.0.0"}, open(os.path.join(oci, "oci-layout"), "w"))
+"#,
+        )
+        .arg(&oci)
+        .arg(&layer)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    oci
+}
