@@ -66,8 +66,12 @@ pub(crate) fn reply(cfg: &DhcpConfig, req: &Message) -> Option<(Message, SocketA
     if req.opcode() != Opcode::BootRequest {
         return None;
     }
-    if req.chaddr().get(..6) != Some(&cfg.client_mac.0[..]) {
-        tracing::debug!(chaddr = ?req.chaddr(), "DHCP request from another MAC, ignored");
+    // dhcproto's `chaddr()` slices by the untrusted `hlen` and panics above 16: check first.
+    if req.hlen() != 6 || req.chaddr() != &cfg.client_mac.0[..] {
+        tracing::debug!(
+            hlen = req.hlen(),
+            "DHCP request from another client, ignored"
+        );
         return None;
     }
     let server_id = match req.opts().get(OptionCode::ServerIdentifier) {
@@ -215,7 +219,11 @@ impl DhcpServer {
                     continue;
                 }
             };
-            let Some((resp, dest)) = reply(&self.cfg, &req) else {
+            // reply() reads fields through dhcproto accessors; never let one take the
+            // server down.
+            let answer =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reply(&self.cfg, &req)));
+            let Ok(Some((resp, dest))) = answer else {
                 continue;
             };
             let mut out = Vec::with_capacity(576);
@@ -406,6 +414,17 @@ mod tests {
         // Rapid commit (80) must be empty; with a payload dhcproto's debug_assert fires.
         bytes.splice(end..end, [80u8, 1, 0x41]);
         assert!(decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn oversized_hardware_length_is_ignored_not_a_panic() {
+        let mut bytes = Vec::new();
+        request(MessageType::Discover, MAC, &[])
+            .encode(&mut Encoder::new(&mut bytes))
+            .unwrap();
+        bytes[2] = 200; // hlen: dhcproto's chaddr() would slice 200 of 16 bytes
+        let m = decode(&bytes).unwrap();
+        assert!(reply(&cfg(), &m).is_none());
     }
 
     #[test]
