@@ -55,13 +55,20 @@ fn rename(v: &Value, to_core: bool) -> Value {
 
 pub fn events_v1_to_core(v: &Value) -> Value {
     let mut c = rename(v, true);
-    c["apiVersion"] = Value::String("v1".into());
+    if let Some(m) = c.as_object_mut() {
+        m.insert("apiVersion".into(), Value::String("v1".into()));
+    }
     c
 }
 
 pub fn core_to_events_v1(v: &Value) -> Value {
     let mut c = rename(v, false);
-    c["apiVersion"] = Value::String("events.k8s.io/v1".into());
+    if let Some(m) = c.as_object_mut() {
+        m.insert(
+            "apiVersion".into(),
+            Value::String("events.k8s.io/v1".into()),
+        );
+    }
     c
 }
 

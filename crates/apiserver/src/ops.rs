@@ -142,14 +142,23 @@ fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
     v.get("metadata")?.get(field)?.as_str()
 }
 
+/// `metadata` as a mutable map, created if missing. A non-object `v` is replaced by an
+/// empty object first (callers reject non-objects before; this keeps untrusted input from
+/// ever reaching a panicking index).
 fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
-    if !v.get("metadata").is_some_and(Value::is_object) {
-        v["metadata"] = json!({});
+    if !v.is_object() {
+        *v = json!({});
     }
-    match v.get_mut("metadata") {
-        Some(Value::Object(m)) => m,
-        // The branch above guarantees an object.
-        _ => unreachable!("metadata is an object"),
+    let Value::Object(obj) = v else {
+        unreachable!("replaced by an object above")
+    };
+    let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+    if !meta.is_object() {
+        *meta = json!({});
+    }
+    match meta {
+        Value::Object(m) => m,
+        _ => unreachable!("replaced by an object above"),
     }
 }
 
@@ -820,6 +829,9 @@ impl Ops {
         part: Part,
         opts: WriteOpts,
     ) -> ApiResult<Outcome> {
+        if !body.is_object() && pt != PatchType::Json {
+            return Err(ApiError::bad_request("the patch must be a JSON object"));
+        }
         if pt == PatchType::Apply && self.store.get(&Self::key(def, ns, name)).is_none() {
             {
                 let mut obj = body;

@@ -253,12 +253,14 @@ impl Store {
                 objects.insert(k, Arc::new(v));
             }
         }
-        tracing::info!(path = %p, revision = rev, objects = objects.len(), "store opened");
+        let (ring, oldest_watchable) =
+            hydrate_ring(&conn, rev, opts.ring_size).map_err(open_err)?;
+        tracing::info!(path = %p, revision = rev, objects = objects.len(), events = ring.len(), "store opened");
         let state = Arc::new(RwLock::new(State {
             objects,
             rev,
-            ring: VecDeque::new(),
-            oldest_watchable: rev,
+            ring,
+            oldest_watchable,
         }));
         let (events, _) = broadcast::channel(65_536);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -364,6 +366,82 @@ impl Store {
             let _ = h.join();
         }
     }
+}
+
+/// Rebuilds the ring of recent events from the log, so watches resuming from a
+/// resourceVersion seen before a restart continue instead of getting 410.
+fn hydrate_ring(
+    conn: &Connection,
+    rev: i64,
+    ring_size: usize,
+) -> rusqlite::Result<(VecDeque<Arc<Event>>, i64)> {
+    let compacted: i64 = conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'compact_rev'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let start = (rev - ring_size as i64).max(compacted).max(0);
+    let mut ring = VecDeque::new();
+    let mut latest: HashMap<String, Arc<Value>> = HashMap::new();
+    let mut stmt = conn.prepare(
+        "SELECT id, key, created, deleted, prev_revision, value FROM log WHERE id > ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![start], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, Vec<u8>>(5)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, key, created, deleted, prev_rev, value) = row?;
+        let Ok(mut obj) = serde_json::from_slice::<Value>(&value) else {
+            continue;
+        };
+        set_rv(&mut obj, id);
+        let prev = match latest.get(&key) {
+            Some(p) => Some(p.clone()),
+            None if prev_rev > 0 => conn
+                .query_row(
+                    "SELECT value FROM log WHERE id = ?1",
+                    params![prev_rev],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )
+                .optional()?
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .map(|mut v| {
+                    set_rv(&mut v, prev_rev);
+                    Arc::new(v)
+                }),
+            None => None,
+        };
+        let obj = Arc::new(obj);
+        let kind = if deleted != 0 {
+            latest.remove(&key);
+            EventType::Deleted
+        } else {
+            latest.insert(key.clone(), obj.clone());
+            if created != 0 {
+                EventType::Added
+            } else {
+                EventType::Modified
+            }
+        };
+        ring.push_back(Arc::new(Event {
+            rev: id,
+            key,
+            kind,
+            obj,
+            prev,
+        }));
+    }
+    Ok((ring, start))
 }
 
 struct Writer {
@@ -665,6 +743,12 @@ mod tests {
         drop(conn);
         let store = Store::open(&path, opts).unwrap();
         assert_eq!(store.revision(), 12);
+        // The ring is rebuilt from the log: resuming a watch from before the restart works.
+        let (backlog, _rx) = store.watch_from(11).unwrap();
+        assert_eq!(backlog.len(), 1);
+        assert_eq!(backlog[0].kind, EventType::Deleted);
+        assert_eq!(backlog[0].key, "core/configmaps/default/b");
+        assert!(store.watch_from(1).is_err());
         let a = store.get("core/configmaps/default/a").unwrap();
         assert_eq!(a["data"]["i"], "9");
         assert_eq!(a["metadata"]["resourceVersion"], "10");

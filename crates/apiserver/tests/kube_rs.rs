@@ -556,3 +556,87 @@ async fn recorder_events_show_in_kubectl_describe() {
     );
     assert!(events.contains("test-ctl"), "{text}");
 }
+
+#[tokio::test]
+async fn bad_input_is_a_4xx_status_never_a_crash() {
+    let s = TestServer::start();
+    let client = s.client().await;
+    let send = |method: &str, uri: &str, ct: &str, body: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("Content-Type", ct)
+            .body(body.as_bytes().to_vec())
+            .unwrap()
+    };
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let cases = [
+        send("POST", cms, "application/json", "not json"),
+        send("POST", cms, "application/json", "[1,2]"),
+        send(
+            "POST",
+            cms,
+            "application/json",
+            r#"{"metadata":{"name":"Bad_Name"}}"#,
+        ),
+        send("POST", cms, "application/json", r#"{"metadata":{}}"#),
+        send(
+            "POST",
+            cms,
+            "application/vnd.kubernetes.protobuf",
+            "k8s\0\u{1}",
+        ),
+        send(
+            "POST",
+            "/apis/kubevirt.io/v1/namespaces/default/virtualmachines",
+            "application/json",
+            r#"{"metadata":{"name":"x"},"spec":{"template":"nope"}}"#,
+        ),
+        send(
+            "GET",
+            &format!("{cms}?labelSelector=a%20b"),
+            "application/json",
+            "",
+        ),
+        send(
+            "GET",
+            &format!("{cms}?continue=%%%"),
+            "application/json",
+            "",
+        ),
+        send(
+            "GET",
+            &format!("{cms}?watch=true&resourceVersion=abc"),
+            "application/json",
+            "",
+        ),
+    ];
+    for req in cases {
+        let uri = req.uri().to_string();
+        let err = client.request_text(req).await.unwrap_err();
+        let st = api_err(err);
+        assert!((400..500).contains(&st.code), "{uri}: {st:?}");
+        assert!(!st.message.is_empty(), "{uri}");
+    }
+    cms_ok(&client).await;
+    // Patches that are not objects, or invalid JSON patches.
+    let cmapi: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for (ct, body) in [
+        ("application/merge-patch+json", "\"str\""),
+        ("application/json-patch+json", r#"{"op":"add"}"#),
+        ("application/apply-patch+yaml", "[1]"),
+        ("text/plain", "{}"),
+    ] {
+        let req = send("PATCH", &format!("{cms}/ok"), ct, body);
+        let st = api_err(client.request_text(req).await.unwrap_err());
+        assert!((400..500).contains(&st.code), "{ct} {body}: {st:?}");
+    }
+    assert_eq!(cmapi.get("ok").await.unwrap().data.unwrap()["k"], "v");
+}
+
+async fn cms_ok(client: &kube::Client) {
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    cms.create(&PostParams::default(), &cm("ok", &[]))
+        .await
+        .unwrap();
+}
