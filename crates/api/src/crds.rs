@@ -12,7 +12,7 @@ use crate::v1::{
     VirtualMachineInstanceReplicaSet,
 };
 
-/// Every CRD the API server serves: the four kinds this project runs ([`core`]) followed by
+/// Every CRD the API server serves: the four kinds this project runs ([`core()`]) followed by
 /// the kubevirt kinds it only stores ([`storage_only`]), so that a repository of upstream
 /// manifests applies as-is.
 pub fn all() -> Vec<CustomResourceDefinition> {

@@ -313,3 +313,25 @@ fn storage_only_kinds_cover_the_other_upstream_kinds() {
         );
     }
 }
+
+#[test]
+fn kube_resource_metadata_matches_the_crds() {
+    use kube::Resource;
+    use kubevirt_api::v1::*;
+    assert_eq!(VirtualMachine::plural(&()), "virtualmachines");
+    assert_eq!(VirtualMachine::api_version(&()), "kubevirt.io/v1");
+    assert_eq!(VirtualMachineInstance::kind(&()), "VirtualMachineInstance");
+    assert_eq!(
+        VirtualMachineInstanceMigration::plural(&()),
+        "virtualmachineinstancemigrations"
+    );
+    assert_eq!(VirtualMachineInstanceReplicaSet::group(&()), "kubevirt.io");
+    assert_eq!(
+        VirtualMachineInstance::url_path(&(), Some("default")),
+        "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances"
+    );
+    // Serialising a typed object writes apiVersion and kind.
+    let v = serde_json::to_value(VirtualMachine::new("x", Default::default())).unwrap();
+    assert_eq!(v["apiVersion"], "kubevirt.io/v1");
+    assert_eq!(v["kind"], "VirtualMachine");
+}

@@ -71,7 +71,7 @@ pub struct VirtualMachineInstanceSpec {
     pub readiness_probe: Option<Probe>,
     /// Hostname of the guest (default: the VMI name, if DHCP or cloud-init sets it).
     pub hostname: Option<String>,
-    /// If specified, the fully qualified hostname is <hostname>.<subdomain>.<namespace>.svc.<cluster domain>.
+    /// If specified, the fully qualified hostname is `<hostname>.<subdomain>.<namespace>.svc.<cluster domain>`.
     pub subdomain: Option<String>,
     /// Networks that guest interfaces can be attached to.
     pub networks: Option<Vec<Network>>,
