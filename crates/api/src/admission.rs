@@ -428,7 +428,7 @@ fn json_type_name(expected: &str) -> &'static str {
         "boolean"
     } else if e.starts_with('i') || e.starts_with('u') || e.contains("integer") {
         "integer"
-    } else if e.contains("string") || e.contains("quantity") {
+    } else if e.contains("string") || e.contains("quantity") || e.contains("variant") {
         "string"
     } else if e.contains("f64") || e.contains("f32") || e.contains("number") {
         "number"

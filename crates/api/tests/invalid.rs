@@ -371,6 +371,26 @@ fn cases() -> Vec<Case> {
             &["spec.domain.cpu.sockets: Invalid value: -2: must be greater than or equal to 0"],
         ),
         (
+            "enum given a number",
+            "VirtualMachine",
+            || {
+                let mut v = vm();
+                v["spec"]["runStrategy"] = 3.into();
+                v
+            },
+            &["spec.runStrategy: Invalid value: 3: spec.runStrategy in body must be of type string: \"number\""],
+        ),
+        (
+            "labels given a list",
+            "VirtualMachineInstance",
+            || {
+                let mut v = vmi();
+                v["metadata"]["labels"] = json!(["a"]);
+                v
+            },
+            &["metadata.labels: Invalid value: [\"a\"]: metadata.labels in body must be of type object: \"array\""],
+        ),
+        (
             "duplicate boot order",
             "VirtualMachineInstance",
             || {
