@@ -16,7 +16,7 @@ const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
 
 /// Definitions of the built-in kinds and everything they reference, keyed by the
 /// Kubernetes definition name, with `$ref`s into `#/components/schemas/`.
-fn builtin_definitions() -> Map<String, Value> {
+pub(crate) fn builtin_definitions() -> Map<String, Value> {
     let mut gen = schemars::generate::SchemaSettings::openapi3().into_generator();
     gen.subschema_for::<core::Namespace>();
     gen.subschema_for::<core::ConfigMap>();
@@ -272,6 +272,80 @@ impl OpenApi {
     }
 }
 
+/// A built-in kind's schema with `$ref`s inlined (to `depth`), for unknown-field detection.
+/// Free-form objects (`type: object` without properties) and cut-off references accept
+/// anything.
+fn inline(defs: &Map<String, Value>, v: &Value, depth: usize) -> Value {
+    match v {
+        Value::Object(m) => {
+            let target = m
+                .get("$ref")
+                .or_else(|| {
+                    m.get("allOf")
+                        .and_then(Value::as_array)
+                        .filter(|a| a.len() == 1)
+                        .and_then(|a| a[0].get("$ref"))
+                })
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("#/components/schemas/"));
+            if let Some(name) = target {
+                return match defs.get(name) {
+                    Some(d) if depth > 0 => inline(defs, d, depth - 1),
+                    _ => json!({"x-kubernetes-preserve-unknown-fields": true}),
+                };
+            }
+            let mut out = Map::new();
+            for (k, x) in m {
+                let keep = match k.as_str() {
+                    "properties" => {
+                        let props: Map<String, Value> = x
+                            .as_object()
+                            .map(|p| {
+                                p.iter()
+                                    .map(|(pk, pv)| (pk.clone(), inline(defs, pv, depth)))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        Value::Object(props)
+                    }
+                    "items" | "additionalProperties" if x.is_object() => inline(defs, x, depth),
+                    _ => x.clone(),
+                };
+                out.insert(k.clone(), keep);
+            }
+            let free_form = out.get("type").and_then(Value::as_str) == Some("object")
+                && !out.contains_key("properties")
+                && !out.contains_key("additionalProperties");
+            if free_form {
+                out.insert("x-kubernetes-preserve-unknown-fields".into(), json!(true));
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    }
+}
+
+/// Inlined schemas of the built-in kinds, by definition name (computed once).
+pub fn builtin_field_schema(definition: &str) -> Option<std::sync::Arc<Value>> {
+    static SCHEMAS: std::sync::OnceLock<BTreeMap<String, std::sync::Arc<Value>>> =
+        std::sync::OnceLock::new();
+    SCHEMAS
+        .get_or_init(|| {
+            let defs = builtin_definitions();
+            crate::registry::builtins()
+                .iter()
+                .filter(|d| d.group != "apiextensions.k8s.io")
+                .filter_map(|d| d.builtin_definition.clone())
+                .filter_map(|name| {
+                    let s = defs.get(&name)?;
+                    Some((name, std::sync::Arc::new(inline(&defs, s, 8))))
+                })
+                .collect()
+        })
+        .get(definition)
+        .cloned()
+}
+
 /// A small stable hash for the `?hash=` cache key.
 fn fxhash(s: &str) -> u64 {
     s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
@@ -314,5 +388,27 @@ mod tests {
             .iter()
             .any(|p| p["name"] == "fieldValidation"));
         assert!(doc["components"]["schemas"][OBJECT_META].is_object());
+    }
+}
+
+#[cfg(test)]
+mod field_schema_tests {
+    use super::*;
+    use crate::schema;
+
+    #[test]
+    fn builtin_unknown_fields() {
+        let cm = builtin_field_schema("io.k8s.api.core.v1.ConfigMap").unwrap();
+        let mut o = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "labels": {"x": "y"}},
+            "data": {"k": "v"}, "dta": {}});
+        assert_eq!(schema::unknown_fields(&cm, &mut o, false), vec!["dta"]);
+        let pod = builtin_field_schema("io.k8s.api.core.v1.Pod").unwrap();
+        let mut p = json!({"spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicy": "Always",
+            "resources": {"limits": {"cpu": "1"}}, "ports": [{"containerPort": 80}], "typo": 1}]}});
+        assert_eq!(
+            schema::unknown_fields(&pod, &mut p, false),
+            vec!["spec.containers[0].typo"]
+        );
     }
 }

@@ -207,7 +207,14 @@ impl Ctx {
     /// Unknown-field handling per `fieldValidation`: Strict rejects, Warn warns; both prune.
     fn unknown_fields(&self, obj: &mut Value) -> ApiResult<()> {
         let mut unknown = Vec::new();
+        let builtin = self
+            .def
+            .builtin_definition
+            .as_deref()
+            .and_then(crate::openapi::builtin_field_schema);
         if let (Some(schema), true) = (&self.def.schema, self.def.structural) {
+            unknown = schema::unknown_fields(schema, obj, false);
+        } else if let Some(schema) = &builtin {
             unknown = schema::unknown_fields(schema, obj, false);
         }
         for a in &self.admission {
@@ -243,6 +250,8 @@ impl Ctx {
             FieldValidation::Ignore => {}
         }
         if let (Some(schema), true) = (&self.def.schema, self.def.structural) {
+            schema::unknown_fields(schema, obj, true);
+        } else if let Some(schema) = &builtin {
             schema::unknown_fields(schema, obj, true);
         }
         Ok(())

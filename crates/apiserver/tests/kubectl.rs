@@ -361,6 +361,17 @@ fn typed_create_commands_and_namespace_cleanup() {
     );
     let secrets = s.ok(&["get", "secrets", "-n", "team"]);
     assert!(secrets.contains("s1     Opaque   1"), "{secrets}");
+    // Strict field validation covers built-in kinds too.
+    let out = s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo, namespace: team}\ndta: {a: b}\n",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"dta\""),
+        "{err}"
+    );
     s.ok(&["delete", "namespace", "team", "--wait", "--timeout=60s"]);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
