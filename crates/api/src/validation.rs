@@ -331,6 +331,31 @@ fn validate_vmi_spec_at(
             "must provide at least one DNS nameserver when `dnsPolicy` is None",
         ));
     }
+    if spec.start_strategy.as_deref() == Some("Paused") && spec.liveness_probe.is_some() {
+        errs.push(FieldError::forbidden(
+            format!("{path}.startStrategy"),
+            "pausing a VMI with a livenessProbe is not supported",
+        ));
+    }
+    if spec.architecture.as_deref() == Some("arm64")
+        && spec
+            .domain
+            .cpu
+            .as_ref()
+            .and_then(|c| c.threads)
+            .unwrap_or(1)
+            > 1
+    {
+        errs.push(FieldError::invalid(
+            format!("{path}.domain.cpu.threads"),
+            spec.domain
+                .cpu
+                .as_ref()
+                .and_then(|c| c.threads)
+                .unwrap_or(1),
+            "must not be greater than 1 when the architecture is arm64",
+        ));
+    }
     for (field, probe) in [
         ("livenessProbe", &spec.liveness_probe),
         ("readinessProbe", &spec.readiness_probe),
@@ -481,6 +506,33 @@ fn validate_cpu(domain_path: &str, domain: &DomainSpec, errs: &mut Vec<FieldErro
             &["force", "require", "optional", "disable", "forbid"],
             errs,
         );
+    }
+    let dedicated = cpu.dedicated_cpu_placement == Some(true);
+    if cpu
+        .numa
+        .as_ref()
+        .is_some_and(|n| n.guest_mapping_passthrough.is_some())
+    {
+        if !dedicated {
+            errs.push(FieldError::forbidden(
+                format!("{path}.numa.guestMappingPassthrough"),
+                "requires dedicatedCpuPlacement: true",
+            ));
+        }
+        if domain
+            .memory
+            .as_ref()
+            .and_then(|m| m.hugepages.as_ref())
+            .is_none()
+        {
+            errs.push(FieldError::required(
+                format!("{domain_path}.memory.hugepages"),
+                "hugepages must be requested when a NUMA topology strategy is set",
+            ));
+        }
+    }
+    if dedicated {
+        validate_dedicated_cpus(domain_path, domain, errs);
     }
     if cpu.isolate_emulator_thread == Some(true) && cpu.dedicated_cpu_placement != Some(true) {
         errs.push(FieldError::forbidden(
@@ -875,6 +927,35 @@ fn validate_disks(
         if let Some(bo) = d.boot_order {
             check_boot_order(&format!("{p}.bootOrder"), bo, &mut boot_orders, errs);
         }
+        if let Some(vol) = volumes
+            .get(&d.name)
+            .and_then(|i| spec.volumes.as_ref()?.get(*i))
+        {
+            if d.lun.is_some() && vol.persistent_volume_claim.is_none() && vol.data_volume.is_none()
+            {
+                errs.push(FieldError::invalid(
+                    format!("{p}.lun"),
+                    d.name.clone(),
+                    "can only be mapped to a DataVolume or PersistentVolumeClaim volume",
+                ));
+            }
+            if vol.downward_metrics.is_some() {
+                match d.disk.as_ref() {
+                    None => errs.push(FieldError::required(
+                        format!("{p}.disk"),
+                        "DownwardMetrics volume must be mapped to a disk",
+                    )),
+                    Some(t) if t.bus.as_deref().is_some_and(|b| b != "virtio") => {
+                        errs.push(FieldError::not_supported(
+                            format!("{p}.disk.bus"),
+                            t.bus.clone().unwrap_or_default(),
+                            &["virtio"],
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
         if d.dedicated_io_thread == Some(true)
             && d.disk.as_ref().and_then(|t| t.bus.as_deref()) != Some("virtio")
         {
@@ -980,6 +1061,7 @@ fn validate_networks(path: &str, spec: &VirtualMachineInstanceSpec, errs: &mut V
         ));
     }
     let mut seen = HashSet::new();
+    let mut pod_interfaces = 0;
     for (i, iface) in interfaces.iter().enumerate() {
         let p = format!("{ipath}[{i}]");
         if iface.name.is_empty() {
@@ -1012,6 +1094,16 @@ fn validate_networks(path: &str, spec: &VirtualMachineInstanceSpec, errs: &mut V
             )),
         }
         let on_pod = net.is_some_and(|n| n.pod.is_some());
+        if on_pod {
+            pod_interfaces += 1;
+            if pod_interfaces == 2 {
+                errs.push(
+                    FieldError::duplicate(format!("{p}.name"), iface.name.clone()).with_message(
+                        format!("more than one interface is connected to a pod network in {ipath}"),
+                    ),
+                );
+            }
+        }
         let on_multus = net.is_some_and(|n| n.multus.is_some());
         if iface.masquerade.is_some() && on_multus {
             errs.push(FieldError::forbidden(
@@ -1264,5 +1356,66 @@ mod tests {
         assert!(is_mac("02:00:00:00:00:01"));
         assert!(!is_mac("02:00:00:00:00"));
         assert!(!is_mac("zz:00:00:00:00:01"));
+    }
+}
+
+/// Upstream's rules for `dedicatedCpuPlacement: true`.
+fn validate_dedicated_cpus(domain_path: &str, domain: &DomainSpec, errs: &mut Vec<FieldError>) {
+    let res = domain.resources.clone().unwrap_or_default();
+    let get = |list: &Option<BTreeMap<String, Quantity>>, k: &str| {
+        list.as_ref().and_then(|l| l.get(k).cloned())
+    };
+    let (req_mem, lim_mem) = (get(&res.requests, "memory"), get(&res.limits, "memory"));
+    let (req_cpu, lim_cpu) = (get(&res.requests, "cpu"), get(&res.limits, "cpu"));
+    let rpath = format!("{domain_path}.resources");
+    if req_mem.is_none() && lim_mem.is_none() {
+        errs.push(FieldError::required(
+            format!("{rpath}.limits.memory"),
+            "requests.memory or limits.memory must be provided when dedicatedCpuPlacement is true",
+        ));
+    }
+    if let (Some(r), Some(l)) = (&req_mem, &lim_mem) {
+        if r != l {
+            errs.push(FieldError::invalid(
+                format!("{rpath}.requests.memory"),
+                r.as_str(),
+                format!(
+                    "must be equal to limits.memory ({}) when dedicatedCpuPlacement is true",
+                    l.as_str()
+                ),
+            ));
+        }
+    }
+    for (kind, q) in [("requests", &req_cpu), ("limits", &lim_cpu)] {
+        if let Some(q) = q {
+            if q.milli_value() % 1000 != 0 {
+                errs.push(FieldError::invalid(
+                    format!("{rpath}.{kind}.cpu"),
+                    q.as_str(),
+                    "must be an integer when dedicatedCpuPlacement is true",
+                ));
+            }
+        }
+    }
+    if let (Some(r), Some(l)) = (&req_cpu, &lim_cpu) {
+        if r != l {
+            errs.push(FieldError::invalid(
+                format!("{rpath}.requests.cpu"),
+                r.as_str(),
+                format!(
+                    "must be equal to limits.cpu ({}) when dedicatedCpuPlacement is true",
+                    l.as_str()
+                ),
+            ));
+        }
+    }
+    if let Some(t) = domain.cpu.as_ref().and_then(|c| c.threads) {
+        if t > 2 {
+            errs.push(FieldError::invalid(
+                format!("{domain_path}.cpu.threads"),
+                t,
+                "must not be greater than 2 when dedicatedCpuPlacement is true",
+            ));
+        }
     }
 }

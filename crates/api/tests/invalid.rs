@@ -391,6 +391,70 @@ fn cases() -> Vec<Case> {
             &["metadata.labels: Invalid value: [\"a\"]: metadata.labels in body must be of type object: \"array\""],
         ),
         (
+            "LUN on a container disk",
+            "VirtualMachineInstance",
+            || {
+                let mut v = vmi();
+                v["spec"]["domain"]["devices"]["disks"][0] =
+                    json!({"name": "containerdisk", "lun": {}});
+                v
+            },
+            &[r#"spec.domain.devices.disks[0].lun: Invalid value: "containerdisk": can only be mapped to a DataVolume or PersistentVolumeClaim volume"#],
+        ),
+        (
+            "two interfaces on the pod network",
+            "VirtualMachineInstance",
+            || {
+                let mut v = vmi();
+                v["spec"]["networks"] = json!([{"name": "default", "pod": {}}, {"name": "second", "pod": {}}]);
+                v["spec"]["domain"]["devices"]["interfaces"] =
+                    json!([{"name": "default", "masquerade": {}}, {"name": "second", "masquerade": {}}]);
+                v
+            },
+            &[
+                "spec.networks[1].pod: Forbidden: more than one pod network is not allowed",
+                r#"spec.domain.devices.interfaces[1].name: Duplicate value: "second": more than one interface is connected to a pod network in spec.domain.devices.interfaces"#,
+            ],
+        ),
+        (
+            "paused start with a liveness probe",
+            "VirtualMachineInstance",
+            || {
+                let mut v = vmi();
+                v["spec"]["startStrategy"] = "Paused".into();
+                v["spec"]["livenessProbe"] = json!({"guestAgentPing": {}});
+                v
+            },
+            &["spec.startStrategy: Forbidden: pausing a VMI with a livenessProbe is not supported"],
+        ),
+        (
+            "dedicated CPUs with a fractional CPU request",
+            "VirtualMachineInstance",
+            || {
+                let mut v = vmi();
+                v["spec"]["domain"]["cpu"] = json!({"dedicatedCpuPlacement": true, "threads": 4});
+                v["spec"]["domain"]["resources"] = json!({"requests": {"cpu": "1500m"}});
+                v
+            },
+            &[
+                r#"spec.domain.resources.requests.cpu: Invalid value: "1500m": must be an integer when dedicatedCpuPlacement is true"#,
+                "spec.domain.cpu.threads: Invalid value: 4: must not be greater than 2 when dedicatedCpuPlacement is true",
+            ],
+        ),
+        (
+            "NUMA passthrough without dedicated CPUs or hugepages",
+            "VirtualMachineInstance",
+            || {
+                let mut v = vmi();
+                v["spec"]["domain"]["cpu"] = json!({"numa": {"guestMappingPassthrough": {}}});
+                v
+            },
+            &[
+                "spec.domain.cpu.numa.guestMappingPassthrough: Forbidden: requires dedicatedCpuPlacement: true",
+                "spec.domain.memory.hugepages: Required value: hugepages must be requested when a NUMA topology strategy is set",
+            ],
+        ),
+        (
             "duplicate boot order",
             "VirtualMachineInstance",
             || {
