@@ -371,6 +371,27 @@ async fn runtime_watcher_sees_changes() {
         }
     }
     assert_eq!(seen, vec!["apply new", "delete pre"]);
+    // The streaming-list strategy (watch with sendInitialEvents and the initial-events-end
+    // bookmark) sees the same state.
+    let mut streaming = watcher(
+        cms.clone(),
+        watcher::Config::default().labels("app=w").streaming_lists(),
+    )
+    .boxed();
+    let mut initial = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(90), streaming.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            watcher::Event::InitApply(o) => initial.push(o.metadata.name.unwrap()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(initial, vec!["new"]);
 }
 
 fn owned_by(name: &str, owner: &ConfigMap) -> ConfigMap {
