@@ -1330,35 +1330,6 @@ pub fn dns1123_subdomain(v: &str) -> Vec<String> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dns_rules() {
-        assert!(dns1123_label("containerdisk").is_empty());
-        assert!(dns1123_label("host-disk").is_empty());
-        assert!(!dns1123_label("Root").is_empty());
-        assert!(!dns1123_label("-a").is_empty());
-        assert!(dns1123_subdomain("vmi.fedora").is_empty());
-        assert!(!dns1123_subdomain("a..b").is_empty());
-    }
-
-    #[test]
-    fn base64_check() {
-        assert!(base64_check::is_base64("aGVsbG8="));
-        assert!(base64_check::is_base64("aGVsbG8"));
-        assert!(!base64_check::is_base64("not base64!"));
-    }
-
-    #[test]
-    fn macs() {
-        assert!(is_mac("02:00:00:00:00:01"));
-        assert!(!is_mac("02:00:00:00:00"));
-        assert!(!is_mac("zz:00:00:00:00:01"));
-    }
-}
-
 /// Upstream's rules for `dedicatedCpuPlacement: true`.
 fn validate_dedicated_cpus(domain_path: &str, domain: &DomainSpec, errs: &mut Vec<FieldError>) {
     let res = domain.resources.clone().unwrap_or_default();
@@ -1417,5 +1388,34 @@ fn validate_dedicated_cpus(domain_path: &str, domain: &DomainSpec, errs: &mut Ve
                 "must not be greater than 2 when dedicatedCpuPlacement is true",
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_rules() {
+        assert!(dns1123_label("containerdisk").is_empty());
+        assert!(dns1123_label("host-disk").is_empty());
+        assert!(!dns1123_label("Root").is_empty());
+        assert!(!dns1123_label("-a").is_empty());
+        assert!(dns1123_subdomain("vmi.fedora").is_empty());
+        assert!(!dns1123_subdomain("a..b").is_empty());
+    }
+
+    #[test]
+    fn base64_check() {
+        assert!(base64_check::is_base64("aGVsbG8="));
+        assert!(base64_check::is_base64("aGVsbG8"));
+        assert!(!base64_check::is_base64("not base64!"));
+    }
+
+    #[test]
+    fn macs() {
+        assert!(is_mac("02:00:00:00:00:01"));
+        assert!(!is_mac("02:00:00:00:00"));
+        assert!(!is_mac("zz:00:00:00:00:01"));
     }
 }
