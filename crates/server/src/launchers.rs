@@ -65,6 +65,23 @@ pub fn guest_os_info_to_status(info: &Value) -> Value {
     Value::Object(out)
 }
 
+/// The reason in a failed launcher's stderr: its `Error:` line, else a panic message, else
+/// the last line.
+pub fn launcher_failure_message(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("Error: "))
+        .or_else(|| lines.iter().find(|l| l.contains("panicked at")).copied())
+        .or_else(|| lines.last().copied())
+        .unwrap_or("launcher exited during start-up")
+        .to_string()
+}
+
 pub fn report_from_state(s: &LauncherState) -> DomainReport {
     let state = match s.phase {
         Phase::Starting => DomainState::Starting,
@@ -220,13 +237,7 @@ impl Launchers {
                 Ok(out) if out.status.success() => {}
                 Ok(out) => {
                     let stderr = String::from_utf8_lossy(&out.stderr);
-                    let msg = stderr
-                        .lines()
-                        .rev()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("launcher exited during start-up")
-                        .trim()
-                        .to_string();
+                    let msg = launcher_failure_message(&stderr);
                     tracing::error!(vmi = %name, %msg, "launcher failed to start the VM");
                     lock(&failures).insert(uid, msg);
                 }
@@ -336,6 +347,20 @@ impl LauncherOps for Launchers {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn failure_message_prefers_the_error_line() {
+        let stderr = "INFO starting\nError: volume root: path x: not accepted\n\nStack backtrace:\n  20: _start\n";
+        assert_eq!(
+            launcher_failure_message(stderr),
+            "volume root: path x: not accepted"
+        );
+        assert_eq!(launcher_failure_message("a\nb\n"), "b");
+        assert_eq!(
+            launcher_failure_message(""),
+            "launcher exited during start-up"
+        );
+    }
 
     #[test]
     fn guest_os_info_keys_are_camel_cased() {

@@ -1,0 +1,124 @@
+//! The VMI subresources through virtctl: guestosinfo, vnc (RFB through the proxy), reset,
+//! soft-reboot, and their errors.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn vmi_subresources_through_virtctl() {
+    let server = Server::start(&["--stop-vms-on-exit"]);
+    let name = "subres";
+    server.apply_yaml(&hostdisk_vm(name, "Always", &server.data_dir));
+    server.wait_for("vm", name, "{.status.printableStatus}", "Running");
+    server.wait_for("vmi", name, "{.status.guestOSInfo.id}", "kubevirt-rs-guest");
+
+    // guestosinfo prints the agent's answer in upstream's casing.
+    let out = server.virtctl(&["guestosinfo", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["id"], "kubevirt-rs-guest");
+    assert!(
+        info["kernelRelease"]
+            .as_str()
+            .is_some_and(|k| !k.is_empty()),
+        "{info}"
+    );
+
+    // vnc --proxy-only prints the local port; a client there speaks RFB with the guest's VNC.
+    let mut vnc = Command::new(virtctl())
+        .args(["vnc", name, "--proxy-only"])
+        .env("KUBECONFIG", &server.kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(vnc.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = serde_json::from_str::<serde_json::Value>(&line).unwrap()["port"]
+        .as_u64()
+        .unwrap();
+    let mut tcp = TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut banner = [0u8; 12];
+    tcp.read_exact(&mut banner).unwrap();
+    assert!(
+        banner.starts_with(b"RFB 003."),
+        "{:?}",
+        String::from_utf8_lossy(&banner)
+    );
+    drop(tcp);
+    let _ = vnc.kill();
+    let _ = vnc.wait();
+
+    // reset and soft-reboot: the guest boots again (its marker shows up once more).
+    let uid = server.jsonpath("vmi", name, "{.metadata.uid}");
+    let qemu = qemu_pids(&uid);
+    let mut console = ConsoleCapture::start(&server, name);
+    // The guest booted already: ask its shell for a prompt to know the console is attached.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !console.text().contains("guest#") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no shell prompt: {}",
+            console.text()
+        );
+        console.send("\r");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let before = console
+        .text()
+        .matches(kubevirt_testenv::READY_MARKER)
+        .count();
+    let out = server.virtctl(&["reset", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_count(&console, kubevirt_testenv::READY_MARKER, before + 1);
+    server.wait_for("vmi", name, "{.status.guestOSInfo.id}", "kubevirt-rs-guest");
+    let out = server.virtctl(&["soft-reboot", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_count(&console, kubevirt_testenv::READY_MARKER, before + 2);
+    assert_eq!(qemu_pids(&uid), qemu, "reset and reboot keep the same QEMU");
+    assert_eq!(server.jsonpath("vmi", name, "{.metadata.uid}"), uid);
+    drop(console);
+
+    // Errors name the object.
+    let out = server.virtctl(&["pause", "vmi", "missing"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"missing\" not found"));
+    let out = server.virtctl(&["unpause", "vmi", name]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VMI is not paused"));
+
+    server.kubectl_ok(&["delete", "vm", name, "--wait=true", "--timeout=120s"]);
+    wait_no_processes(&uid);
+}
+
+fn wait_count(console: &ConsoleCapture, needle: &str, count: usize) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        if console.text().matches(needle).count() >= count {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{needle:?} never seen {count} times:\n{}", console.text());
+}
