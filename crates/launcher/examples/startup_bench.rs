@@ -182,11 +182,12 @@ fn main() {
     // Interleave so machine load affects both sides alike.
     for i in 0..runs {
         let b = bare_run(&disk, &rt);
-        let (l, lr, qr) = launcher_run(&bin, &disk, &rt);
+        let (l, lr, la, qr) = launcher_run(&bin, &disk, &rt);
         println!(
-            "run {}: bare {b:.3}s  launcher {l:.3}s  launcher RSS {lr} KiB  QEMU RSS {qr} KiB",
+            "run {}: bare {b:.3}s  launcher {l:.3}s  launcher RSS {lr} KiB (anon {la} KiB)  QEMU RSS {qr} KiB",
             i + 1
         );
+        lanon.push(la as f64);
         bare.push(b);
         launched.push(l);
         lrss.push(lr as f64);
