@@ -169,6 +169,12 @@ pub async fn run(store: Arc<Store>) {
                                     }
                                 }
                             }
+                            if ev
+                                .key
+                                .starts_with("apiextensions.k8s.io/customresourcedefinitions//")
+                            {
+                                delete_custom_resources(&store, &ev.obj).await;
+                            }
                             if ev.key.starts_with("core/namespaces//") {
                                 if let Some(ns) =
                                     ev.obj.pointer("/metadata/name").and_then(Value::as_str)
@@ -215,6 +221,25 @@ async fn handle_deleting(store: &Store, idx: &mut Index, key: &str, obj: &Value)
                 }
             }
         }
+    }
+}
+
+/// A deleted CRD takes its custom resources with it.
+async fn delete_custom_resources(store: &Store, crd: &Value) {
+    let group = crd
+        .pointer("/spec/group")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let plural = crd
+        .pointer("/spec/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if group.is_empty() || plural.is_empty() {
+        return;
+    }
+    let (keyed, _) = store.list_keyed(&crate::store::resource_prefix(group, plural));
+    for (k, _) in keyed {
+        delete(store, &k, Propagation::Background).await;
     }
 }
 

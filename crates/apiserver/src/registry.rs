@@ -25,6 +25,10 @@ pub enum ColumnSource {
     Age,
     /// Number of keys in `data` plus `binaryData`.
     DataCount,
+    /// An Event's last occurrence (series, lastTimestamp, eventTime or firstTimestamp), as an age.
+    EventLastSeen,
+    /// An Event's object as `kind/name`.
+    EventObject,
 }
 
 /// One served resource in one version.
@@ -220,7 +224,7 @@ pub fn builtins() -> Vec<ResourceDef> {
                 col(
                     "Last Seen",
                     "string",
-                    path(".lastTimestamp"),
+                    ColumnSource::EventLastSeen,
                     0,
                     "Time of the last occurrence",
                 ),
@@ -235,7 +239,7 @@ pub fn builtins() -> Vec<ResourceDef> {
                 col(
                     "Object",
                     "string",
-                    path(".involvedObject.name"),
+                    ColumnSource::EventObject,
                     0,
                     "The object this event is about",
                 ),

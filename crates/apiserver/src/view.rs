@@ -365,6 +365,30 @@ fn cell(def_type: &str, source: &ColumnSource, obj: &Value) -> Value {
             obj.pointer("/metadata/creationTimestamp")
                 .and_then(Value::as_str),
         ),
+        ColumnSource::EventLastSeen => {
+            let ts = [
+                "/series/lastObservedTime",
+                "/lastTimestamp",
+                "/eventTime",
+                "/firstTimestamp",
+                "/metadata/creationTimestamp",
+            ]
+            .iter()
+            .find_map(|p| {
+                obj.pointer(p)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+            });
+            age_of(ts)
+        }
+        ColumnSource::EventObject => {
+            let o = &obj["involvedObject"];
+            Value::String(format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap_or_default().to_lowercase(),
+                o["name"].as_str().unwrap_or_default()
+            ))
+        }
         ColumnSource::DataCount => {
             let n = obj["data"].as_object().map_or(0, |m| m.len())
                 + obj["binaryData"].as_object().map_or(0, |m| m.len());
@@ -521,6 +545,22 @@ mod tests {
         assert_eq!(jsonpath(&o, ".metadata.labels['a.b/c']"), vec![json!("v")]);
         assert_eq!(jsonpath(&o, ".status.conditions[*].type").len(), 2);
         assert!(jsonpath(&o, ".status.nothing").is_empty());
+    }
+
+    #[test]
+    fn event_columns() {
+        let def = crate::registry::builtins()
+            .into_iter()
+            .find(|d| d.group.is_empty() && d.plural == "events")
+            .unwrap();
+        let ev = json!({"metadata": {"name": "e1"}, "type": "Normal", "reason": "Started",
+            "involvedObject": {"kind": "VirtualMachine", "name": "vm1"}, "message": "hi",
+            "eventTime": chrono::Utc::now().to_rfc3339()});
+        let t = table(&def, &[&ev], IncludeObject::None, true, json!({}));
+        let cells = t["rows"][0]["cells"].as_array().unwrap();
+        assert_eq!(cells[2], "Normal");
+        assert_eq!(cells[4], "virtualmachine/vm1");
+        assert!(cells[1].as_str().unwrap().ends_with('s'), "{cells:?}");
     }
 
     #[test]

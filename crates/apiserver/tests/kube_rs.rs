@@ -576,6 +576,15 @@ async fn recorder_events_show_in_kubectl_describe() {
         "{text}"
     );
     assert!(events.contains("test-ctl"), "{text}");
+    let out = common::kubectl_with(&s.kubeconfig, &["get", "events"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.contains("Normal")
+            && row.contains("SuccessfulCreate")
+            && row.contains("virtualmachine/testvm"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -386,3 +386,75 @@ fn typed_create_commands_and_namespace_cleanup() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn user_crd_is_served_and_its_deletion_removes_its_objects() {
+    let s = TestServer::start();
+    s.apply_yaml(
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            description: The widget's desired state.
+            properties:
+              size: {type: integer, description: How big the widget is.}
+          status: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#,
+    );
+    s.apply_yaml(
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n",
+    );
+    let out = s.ok(&["get", "wd"]);
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..2], &["w1", "3"], "{out}");
+    // Schema validation: wrong type is 422 with the field path.
+    let err = s.fails(&[
+        "patch",
+        "widget",
+        "w1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"size":"big"}}"#,
+    ]);
+    assert!(err.contains("spec.size: Invalid value: \"big\": spec.size in body must be of type integer: \"string\""), "{err}");
+    let e = s.ok(&["explain", "widget.spec.size"]);
+    assert!(e.contains("How big the widget is."), "{e}");
+    s.ok(&["delete", "crd", "widgets.example.com"]);
+    let err = s.fails(&["get", "widgets.example.com"]);
+    assert!(
+        err.contains("the server doesn't have a resource type"),
+        "{err}"
+    );
+    // Recreating the CRD does not bring the old objects back.
+    s.apply_yaml(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.example.com}\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {plural: widgets, singular: widget, kind: Widget}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = s.ok(&["get", "widgets.example.com", "-o", "name"]);
+        if out.trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "old widgets still there: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
