@@ -209,3 +209,52 @@ fn kernel_boot_soft_reboot_reset_and_grace_period_hard_stop() {
     assert!(!vm.serial_log().contains("ACPI power button"));
     assert_eq!(vm.leftovers(), Vec::<String>::new());
 }
+
+/// The pod network (masquerade): the guest gets 10.0.2.2 from the launcher's DHCP server,
+/// the state reports the pod IP, and the network is gone after the VM stops.
+#[test]
+fn masquerade_pod_network_dhcp_and_teardown() {
+    let g = guests();
+    let images = tempfile::tempdir().unwrap();
+    let root = copy_to(&g.disk_qcow2, images.path(), "root.qcow2");
+    let mut v = vmi(
+        "podnet",
+        json!({
+            "disks": [{"name": "root", "disk": {"bus": "virtio"}}],
+            "interfaces": [{"name": "default", "masquerade": {}}]
+        }),
+        json!([{"name": "root", "hostDisk": {"path": root, "type": "Disk"}}]),
+    );
+    v["spec"]["networks"] = json!([{"name": "default", "pod": {}}]);
+    let vm = launch(v, &[]);
+    let rt = rt();
+    let log = vm.wait_serial("guest-ip: ", 1);
+    assert!(log.contains("guest-ip: 10.0.2.2"), "{log}");
+    let st = rt.block_on(vm.client.state()).unwrap();
+    assert_eq!(st.interfaces.len(), 1, "{st:?}");
+    let iface = &st.interfaces[0];
+    assert_eq!(iface.binding, "masquerade");
+    assert!(
+        iface
+            .ip_address
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("10.244."),
+        "{iface:?}"
+    );
+    let pods = || {
+        kubevirt_podnet::PodNetwork::new(kubevirt_podnet::PodNetworkConfig::default())
+            .unwrap()
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|h| h.vm_id == "uid-podnet")
+            .count()
+    };
+    assert_eq!(pods(), 1);
+    rt.block_on(vm.client.stop(Some(30))).unwrap();
+    let fin = vm.wait_final();
+    assert_eq!(fin.phase, Phase::Succeeded, "{fin:?}");
+    assert_eq!(pods(), 0, "pod network torn down");
+    assert_eq!(vm.leftovers(), Vec::<String>::new());
+}
