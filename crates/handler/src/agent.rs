@@ -60,11 +60,25 @@ pub fn vmi_key(vmi: &DynamicObject) -> VmiKey {
     }
 }
 
+/// Annotation the `stop --grace-period` subresource puts on a VMI to shorten its grace
+/// period (the VMI spec itself is immutable after creation).
+pub const STOP_GRACE_ANNOTATION: &str = "kubevirt-rs.io/stop-grace-period-seconds";
+
+/// The grace period to stop a VMI with: a `stop --grace-period` override, else the spec's
+/// `terminationGracePeriodSeconds`, else upstream's default.
 pub fn grace_seconds(vmi: &DynamicObject) -> u64 {
-    vmi.data
+    let spec = vmi
+        .data
         .pointer("/spec/terminationGracePeriodSeconds")
         .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_GRACE_SECONDS)
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    let over = vmi
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(STOP_GRACE_ANNOTATION))
+        .and_then(|v| v.parse::<u64>().ok());
+    over.map_or(spec, |o| o.min(spec))
 }
 
 fn api_err(action: &'static str, key: &VmiKey) -> impl FnOnce(kube::Error) -> HandlerError {
@@ -298,4 +312,34 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vmi(grace: Option<u64>, annotation: Option<&str>) -> DynamicObject {
+        let mut o = DynamicObject::new("v", &vmi_resource());
+        if let Some(g) = grace {
+            o.data = json!({"spec": {"terminationGracePeriodSeconds": g}});
+        }
+        if let Some(a) = annotation {
+            o.metadata.annotations =
+                Some([(STOP_GRACE_ANNOTATION.to_string(), a.to_string())].into());
+        }
+        o
+    }
+
+    #[test]
+    fn grace_period_sources() {
+        assert_eq!(grace_seconds(&vmi(None, None)), DEFAULT_GRACE_SECONDS);
+        assert_eq!(grace_seconds(&vmi(Some(30), None)), 30);
+        assert_eq!(grace_seconds(&vmi(Some(30), Some("0"))), 0);
+        assert_eq!(
+            grace_seconds(&vmi(Some(30), Some("100"))),
+            30,
+            "an override never lengthens"
+        );
+        assert_eq!(grace_seconds(&vmi(Some(30), Some("junk"))), 30);
+    }
 }

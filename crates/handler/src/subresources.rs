@@ -265,7 +265,9 @@ async fn vm_action(
             Err(e) => return Err(ApiError::internal(e)),
         };
         if let (Some(g), Some(_)) = (grace, vmi.as_ref()) {
-            let p = json!({"spec": {"terminationGracePeriodSeconds": g}});
+            let p = json!({"metadata": {"annotations": {
+                crate::agent::STOP_GRACE_ANNOTATION: g.to_string()
+            }}});
             vmis.patch(&name, &PatchParams::default(), &Patch::Merge(&p))
                 .await
                 .map_err(ApiError::from_kube)?;

@@ -99,6 +99,21 @@ fn vm_lifecycle_through_kubectl_and_virtctl() {
     assert!(server.virtctl(&["unpause", "vmi", name]).status.success());
     server.wait_for("vm", name, "{.status.printableStatus}", "Running");
 
+    // A forced stop with no grace period: Stopped, QEMU gone.
+    let out = server.virtctl(&["stop", name, "--force", "--grace-period", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.wait_for("vm", name, "{.status.printableStatus}", "Stopped");
+    wait_no_processes(&uid3);
+    let out = server.virtctl(&["stop", name, "--grace-period", "5"]);
+    assert!(
+        !out.status.success(),
+        "--grace-period needs --force, as upstream"
+    );
+
     // Delete: nothing left.
     server.kubectl_ok(&["delete", "vm", name, "--wait=true", "--timeout=120s"]);
     server.wait_gone("vmi", name);
