@@ -12,6 +12,8 @@
 //! | POST   | `/v1/reset`         | -> 204                                          |
 //! | POST   | `/v1/soft-reboot`   | -> 204 (guest agent reboot, else ACPI reboot)   |
 //! | GET    | `/v1/guest-osinfo`  | -> guest agent `guest-get-osinfo` answer        |
+//! | POST   | `/v1/migrate`       | [`MigrateRequest`] -> 202 (outgoing live migration) |
+//! | GET    | `/v1/migration`     | -> `kubevirt_hypervisor::MigrationStatus`       |
 //! | GET    | `/v1/console`       | `Upgrade: console` -> 101, raw serial stream     |
 //! | GET    | `/v1/vnc`           | `Upgrade: vnc` -> 101, raw RFB stream            |
 //!
@@ -87,6 +89,29 @@ pub struct StopRequest {
     /// terminationGracePeriodSeconds). 0 means hard stop at once.
     #[serde(default)]
     pub grace_seconds: Option<u64>,
+}
+
+/// Body of `POST /v1/migrate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// `tcp:HOST:PORT` or `unix:PATH` where the target launcher (`--incoming`) listens.
+    pub uri: String,
+}
+
+/// Migration URIs the launcher accepts: QEMU also knows `exec:` (runs a shell command),
+/// which must never be reachable through the API.
+pub fn valid_migration_uri(uri: &str) -> Result<(), String> {
+    let ok = (uri.starts_with("tcp:") || uri.starts_with("unix:"))
+        && uri.len() < 4096
+        && !uri.chars().any(|c| c.is_control() || c == ',');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "migration URI {uri:?} must be tcp:HOST:PORT or unix:PATH"
+        ))
+    }
 }
 
 /// Error body.

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 
-use crate::api::{ApiError, FinalState, LauncherState, StopRequest, VmiRef};
+use crate::api::{ApiError, FinalState, LauncherState, MigrateRequest, StopRequest, VmiRef};
 use crate::rundir::RunDir;
 
 /// Errors talking to a launcher.
@@ -174,6 +174,26 @@ impl LauncherClient {
         self.call::<serde_json::Value>(Method::POST, "/v1/soft-reboot", None)
             .await
             .map(|_| ())
+    }
+
+    /// Starts an outgoing live migration to a launcher started with `--incoming uri`.
+    pub async fn migrate(&self, uri: &str) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(&MigrateRequest {
+            uri: uri.to_string(),
+        })
+        .map_err(|e| ClientError::Decode {
+            reason: e.to_string(),
+        })?;
+        self.call::<serde_json::Value>(Method::POST, "/v1/migrate", Some(body))
+            .await
+            .map(|_| ())
+    }
+
+    /// Progress of the current migration.
+    pub async fn migration_status(
+        &self,
+    ) -> Result<kubevirt_hypervisor::MigrationStatus, ClientError> {
+        Self::need(self.call(Method::GET, "/v1/migration", None).await?)
     }
 
     /// The guest agent's `guest-get-osinfo` answer.

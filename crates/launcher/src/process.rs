@@ -58,6 +58,10 @@ pub struct LauncherArgs {
     /// JSON file `{secretName: {key: base64}}` with the secrets cloud-init refers to.
     #[arg(long)]
     pub secrets_file: Option<PathBuf>,
+    /// Wait for an incoming live migration on this URI (`tcp:HOST:PORT` or `unix:PATH`)
+    /// instead of booting the guest.
+    #[arg(long)]
+    pub incoming: Option<String>,
     /// State directory of the pod network allocator.
     #[arg(long, default_value = "/run/kubevirt-rs/podnet")]
     pub podnet_state_dir: PathBuf,
@@ -206,6 +210,9 @@ pub fn run(args: LauncherArgs) -> Result<(), LauncherError> {
         insecure: args.insecure_registries.clone(),
     };
 
+    if let Some(uri) = &args.incoming {
+        crate::api::valid_migration_uri(uri).map_err(|reason| LauncherError::Input { reason })?;
+    }
     let ready = if args.foreground {
         None
     } else {
@@ -226,6 +233,7 @@ pub fn run(args: LauncherArgs) -> Result<(), LauncherError> {
         grace,
         accel,
         args.podnet_state_dir.clone(),
+        args.incoming.clone(),
         &mut ready,
     ));
     if let Err(e) = &result {
@@ -313,6 +321,7 @@ async fn supervise(
     grace: u64,
     accel: kubevirt_hypervisor::Accelerator,
     podnet_state_dir: PathBuf,
+    incoming: Option<String>,
     ready: &mut Readiness,
 ) -> Result<(), LauncherError> {
     std::fs::write(run_dir.pid_file(), format!("{}\n", std::process::id()))
@@ -325,7 +334,11 @@ async fn supervise(
     let hv = QemuHypervisor::with_accelerator(accel.clone());
     let domain: Arc<dyn Domain> = Arc::from(hv.create_domain(translation.domain.clone())?);
     // Started on this (the main) thread: QEMU's parent-death signal follows this thread.
-    if let Err(e) = domain.start() {
+    let started = match &incoming {
+        Some(uri) => domain.prepare_incoming(uri),
+        None => domain.start(),
+    };
+    if let Err(e) = started {
         net.teardown();
         return Err(e.into());
     }

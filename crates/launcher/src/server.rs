@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::api::{ApiError, StopRequest};
+use crate::api::{valid_migration_uri, ApiError, MigrateRequest, StopRequest};
 use crate::vm::{Vm, VmError};
 
 type Resp = Response<Full<Bytes>>;
@@ -143,6 +143,23 @@ async fn handle(vm: Arc<Vm>, req: Request<Incoming>) -> Result<Resp, Infallible>
         },
         (Method::POST, "/v1/soft-reboot") => match vm.soft_reboot().await {
             Ok(()) => empty(StatusCode::NO_CONTENT),
+            Err(e) => vm_error(e),
+        },
+        (Method::POST, "/v1/migrate") => match read_body(req).await {
+            Err(r) => r,
+            Ok(body) => match serde_json::from_slice::<MigrateRequest>(&body) {
+                Err(e) => error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+                Ok(m) => match valid_migration_uri(&m.uri) {
+                    Err(reason) => error(StatusCode::BAD_REQUEST, format!("uri: {reason}")),
+                    Ok(()) => match vm.migrate(&m.uri) {
+                        Ok(()) => empty(StatusCode::ACCEPTED),
+                        Err(e) => vm_error(e),
+                    },
+                },
+            },
+        },
+        (Method::GET, "/v1/migration") => match vm.migration_status() {
+            Ok(m) => json(StatusCode::OK, &m),
             Err(e) => vm_error(e),
         },
         (Method::GET, "/v1/guest-osinfo") => match vm.guest_osinfo().await {

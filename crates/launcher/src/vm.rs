@@ -93,6 +93,10 @@ impl Vm {
             Ok(DomainState::Paused) => Phase::Paused,
             Ok(DomainState::Running) => Phase::Running,
             Ok(DomainState::Shutdown) => Phase::ShuttingDown,
+            // Waiting for an incoming migration: not running yet.
+            Ok(DomainState::Incoming) => Phase::Starting,
+            // The guest moved away; the source's vCPUs stay stopped until it is stopped.
+            Ok(DomainState::Migrated) => Phase::Paused,
             _ => phase,
         }
     }
@@ -135,6 +139,18 @@ impl Vm {
         self.require_live("unpause")?;
         self.domain.resume()?;
         Ok(())
+    }
+
+    /// Starts a live migration to `uri` (`tcp:HOST:PORT` or `unix:PATH`).
+    pub fn migrate(&self, uri: &str) -> Result<(), VmError> {
+        self.require_live("migrate")?;
+        self.domain.migrate_out(uri)?;
+        Ok(())
+    }
+
+    /// Progress of the current migration (outgoing or incoming).
+    pub fn migration_status(&self) -> Result<kubevirt_hypervisor::MigrationStatus, VmError> {
+        Ok(self.domain.migration_status()?)
     }
 
     pub fn reset(&self) -> Result<(), VmError> {

@@ -263,3 +263,64 @@ fn cdrom_boot_configdrive_tpm_and_launcher_kill9() {
     assert_eq!(fin.phase, Phase::Succeeded, "{fin:?}");
     assert_eq!(vm.leftovers(), Vec::<String>::new());
 }
+
+/// Live migration between two launchers on this host (shared hostDisk): the target waits
+/// with `--incoming`, the source migrates through the API, the guest's memory moves.
+#[test]
+fn live_migration_between_launchers() {
+    let g = guests();
+    let images = tempfile::tempdir().unwrap();
+    let root = copy_to(&g.disk_qcow2, images.path(), "shared.qcow2");
+    let v = vmi(
+        "migrate",
+        json!({"disks": [{"name": "root", "disk": {"bus": "virtio"}}]}),
+        json!([{"name": "root", "hostDisk": {"path": root, "type": "Disk"}}]),
+    );
+    let src = launch(v.clone(), &[]);
+    let rt = rt();
+    src.wait_serial(READY_MARKER, 1);
+    let mut con = console(&rt, &src.client);
+    con.run("echo memory-$((5*5)) > /tmp/state", T).unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let uri = format!("tcp:127.0.0.1:{port}");
+    let dst = launch(v, &["--incoming".into(), uri.clone()]);
+    assert_eq!(
+        rt.block_on(dst.client.state()).unwrap().phase,
+        Phase::Starting
+    );
+    // exec: URIs would run a shell command in QEMU: refused.
+    let err = rt.block_on(src.client.migrate("exec:true")).unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+
+    rt.block_on(src.client.migrate(&uri)).unwrap();
+    let deadline = std::time::Instant::now() + T;
+    let status = loop {
+        let s = rt.block_on(src.client.migration_status()).unwrap();
+        if s.is_finished() || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.status, "completed", "{status:?}");
+    let deadline = std::time::Instant::now() + T;
+    while rt.block_on(dst.client.state()).unwrap().phase != Phase::Running {
+        assert!(std::time::Instant::now() < deadline, "target never ran");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(con);
+    let mut dcon = console(&rt, &dst.client);
+    let out = dcon.run("cat /tmp/state", T).unwrap();
+    assert!(out.contains("memory-25"), "{out}");
+
+    rt.block_on(src.client.stop(Some(0))).unwrap();
+    assert_eq!(src.wait_final().phase, Phase::Succeeded);
+    rt.block_on(dst.client.stop(Some(0))).unwrap();
+    assert_eq!(dst.wait_final().phase, Phase::Succeeded);
+    assert_eq!(src.leftovers(), Vec::<String>::new());
+    assert_eq!(dst.leftovers(), Vec::<String>::new());
+}
