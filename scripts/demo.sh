@@ -12,7 +12,7 @@ data=$demo/data
 # DEMO_PROFILE=dev uses debug builds (faster to build, slower to run).
 profile=${DEMO_PROFILE:-release}
 echo "== building $profile binaries (kubevirt-rs, virtctl)"
-cargo build --profile "$profile" -p kubevirt-rs -p virtctl
+cargo build --profile "$profile" -p kubevirt-rs
 bin=$repo/target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 echo "== building the test guest"
 bash scripts/build-guests.sh

@@ -36,11 +36,10 @@ fn upstream_examples_run_as_is() {
     );
     server.wait_for("vm", "vm-cirros", "{.status.printableStatus}", "Running");
     console.wait_for(kubevirt_testenv::READY_MARKER);
-    // The NoCloud disk carries the manifest's user data: read it from the guest's shell.
-    console.send(
-        "mkdir -p /mnt/ci && mount -t iso9660 -o ro /dev/vdb /mnt/ci && cat /mnt/ci/user-data\r",
-    );
-    console.wait_for("echo 'printed from cloud-init userdata'");
+    // The guest ran the manifest's NoCloud user data at boot; its output is in the guest's
+    // cloud-init log (the console may have attached after it was printed).
+    console.send("cat /var/log/cloud-init-output.log\r");
+    console.wait_for("\nprinted from cloud-init userdata");
     drop(console);
     let uid = server.jsonpath("vmi", "vm-cirros", "{.metadata.uid}");
     server.kubectl_ok(&["delete", "vm", "vm-cirros", "--wait=true", "--timeout=120s"]);

@@ -4,7 +4,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const TIMEOUT: Duration = Duration::from_secs(120);
@@ -13,23 +12,9 @@ pub fn kubevirt_rs() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kubevirt-rs"))
 }
 
-/// `virtctl` from the same target directory, built on first use.
+/// `virtctl`, built by cargo with this package (its binary lives here).
 pub fn virtctl() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let path = kubevirt_rs().with_file_name("virtctl");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "virtctl"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("running cargo build -p virtctl");
-            assert!(status.success(), "cargo build -p virtctl failed");
-            assert!(path.exists(), "{} missing after build", path.display());
-            path
-        })
-        .clone()
+    PathBuf::from(env!("CARGO_BIN_EXE_virtctl"))
 }
 
 pub struct Server {
