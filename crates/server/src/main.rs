@@ -6,7 +6,6 @@
 //! - `crds`: prints the CustomResourceDefinitions for installing on a real cluster.
 //! - `version`.
 
-mod admission;
 mod launchers;
 
 use std::net::SocketAddr;
@@ -164,12 +163,6 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
 
     cfg.extra_routes = Some(router(sub.clone()));
     cfg.extra_apis = vec![subresource_api()];
-    cfg.crds = kubevirt_api::crds::all()
-        .into_iter()
-        .map(serde_json::to_value)
-        .collect::<Result<_, _>>()
-        .context("serialising the CRDs")?;
-    cfg.admission = vec![Arc::new(admission::KubevirtAdmission)];
     let handle = kubevirt_apiserver::start(cfg)
         .await
         .map_err(|e| anyhow::anyhow!("starting the API server: {e} ({e:?})"))?;
