@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Demo: build the release binaries and the test guest, start `kubevirt-rs server`, apply
-# examples/demo-vm.yaml with kubectl, wait for Running and show the guest's console through
-# `virtctl console`. The server is started with --stop-vms-on-exit, so exiting the demo stops
+# Demo: install the host packages, build the release binaries and the test guest, start
+# `kubevirt-rs server`, apply examples/demo-vm.yaml with kubectl, wait for Running and show
+# the guest's console through `virtctl console`. The server is started with --stop-vms-on-exit, so exiting the demo stops
 # the VM. Run as root (QEMU, network namespaces). Usage: scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 demo=/tmp/kubevirt-rs-demo
 data=$demo/data
+
+echo "== installing host packages (QEMU, OVMF, swtpm, passt, ...)"
+bash scripts/install-host-deps.sh
 
 # DEMO_PROFILE=dev uses debug builds (faster to build, slower to run).
 profile=${DEMO_PROFILE:-release}
