@@ -49,6 +49,10 @@ impl Server {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", "127.0.0.1:0"])
+            // Each server its own launcher run root: a test run never adopts (or is
+            // disturbed by) the VMs of another run on the same machine.
+            .arg("--run-root")
+            .arg(self.data_dir.join("r"))
             .args(&self.extra)
             .env("RUST_LOG", "info,kube_runtime=warn")
             .stdout(Stdio::piped())
