@@ -39,32 +39,13 @@ impl VirtualMachineInstance {
 impl VirtualMachineInstanceStatus {
     /// Adds or replaces the condition of `cond.type_`. The transition time is kept when the
     /// status did not change (like upstream's condition manager) and set to `now` otherwise.
-    pub fn set_condition(&mut self, mut cond: VirtualMachineInstanceCondition, now: Time) {
-        let conds = self.conditions.get_or_insert_with(Vec::new);
-        match conds.iter_mut().find(|c| c.type_ == cond.type_) {
-            Some(existing) => {
-                cond.last_transition_time = if existing.status == cond.status {
-                    existing.last_transition_time.clone()
-                } else {
-                    Some(now)
-                };
-                *existing = cond;
-            }
-            None => {
-                cond.last_transition_time.get_or_insert(now);
-                conds.push(cond);
-            }
-        }
+    pub fn set_condition(&mut self, cond: VirtualMachineInstanceCondition, now: Time) {
+        set_condition_in(&mut self.conditions, cond, now)
     }
 
     /// Removes the condition of the given type; true if one was removed.
     pub fn remove_condition(&mut self, type_: &str) -> bool {
-        let Some(conds) = self.conditions.as_mut() else {
-            return false;
-        };
-        let before = conds.len();
-        conds.retain(|c| c.type_ != type_);
-        before != conds.len()
+        remove_condition_in(&mut self.conditions, type_)
     }
 }
 
@@ -88,33 +69,66 @@ impl VirtualMachine {
 impl VirtualMachineStatus {
     /// Adds or replaces the condition of `cond.type_`, keeping the transition time when the
     /// status did not change.
-    pub fn set_condition(&mut self, mut cond: VirtualMachineCondition, now: Time) {
-        let conds = self.conditions.get_or_insert_with(Vec::new);
-        match conds.iter_mut().find(|c| c.type_ == cond.type_) {
-            Some(existing) => {
-                cond.last_transition_time = if existing.status == cond.status {
-                    existing.last_transition_time.clone()
-                } else {
-                    Some(now)
-                };
-                *existing = cond;
-            }
-            None => {
-                cond.last_transition_time.get_or_insert(now);
-                conds.push(cond);
-            }
-        }
+    pub fn set_condition(&mut self, cond: VirtualMachineCondition, now: Time) {
+        set_condition_in(&mut self.conditions, cond, now)
     }
 
     /// Removes the condition of the given type; true if one was removed.
     pub fn remove_condition(&mut self, type_: &str) -> bool {
-        let Some(conds) = self.conditions.as_mut() else {
-            return false;
-        };
-        let before = conds.len();
-        conds.retain(|c| c.type_ != type_);
-        before != conds.len()
+        remove_condition_in(&mut self.conditions, type_)
     }
+}
+
+/// What the condition-list bookkeeping needs from VM and VMI conditions alike.
+trait ConditionEntry {
+    fn type_(&self) -> &str;
+    fn status(&self) -> &ConditionStatus;
+    fn last_transition_time(&mut self) -> &mut Option<Time>;
+}
+
+macro_rules! condition_entry {
+    ($t:ty) => {
+        impl ConditionEntry for $t {
+            fn type_(&self) -> &str {
+                &self.type_
+            }
+            fn status(&self) -> &ConditionStatus {
+                &self.status
+            }
+            fn last_transition_time(&mut self) -> &mut Option<Time> {
+                &mut self.last_transition_time
+            }
+        }
+    };
+}
+condition_entry!(VirtualMachineCondition);
+condition_entry!(VirtualMachineInstanceCondition);
+
+fn set_condition_in<C: ConditionEntry>(conds: &mut Option<Vec<C>>, mut cond: C, now: Time) {
+    let conds = conds.get_or_insert_with(Vec::new);
+    match conds.iter_mut().find(|c| c.type_() == cond.type_()) {
+        Some(existing) => {
+            *cond.last_transition_time() = if existing.status() == cond.status() {
+                existing.last_transition_time().clone()
+            } else {
+                Some(now)
+            };
+            *existing = cond;
+        }
+        None => {
+            cond.last_transition_time().get_or_insert(now);
+            conds.push(cond);
+        }
+    }
+}
+
+fn remove_condition_in<C: ConditionEntry>(conds: &mut Option<Vec<C>>, type_: &str) -> bool {
+    let Some(conds) = conds.as_mut() else {
+        return false;
+    };
+    let before = conds.len();
+    conds.retain(|c| c.type_() != type_);
+    before != conds.len()
 }
 
 #[cfg(test)]
