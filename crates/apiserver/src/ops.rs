@@ -264,6 +264,9 @@ impl Ctx {
     /// Admission + schema validation.
     fn admit(&self, op: Operation, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
         let name = meta_str(obj, "name").unwrap_or_default().to_string();
+        if self.def.group.is_empty() && self.def.kind == "Secret" {
+            fold_secret_string_data(obj);
+        }
         let mut causes = Vec::new();
         if let Some(schema) = &self.def.schema {
             causes.extend(schema::validate(schema, obj));
@@ -279,6 +282,36 @@ impl Ctx {
             Ok(())
         } else {
             Err(self.invalid(&name, causes))
+        }
+    }
+}
+
+/// A Secret's `stringData` is write-only: kube-apiserver merges it into `data` (base64,
+/// overriding keys of the same name) and never stores it.
+fn fold_secret_string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    // Malformed input is left alone for schema validation to report with its field path.
+    let data_ok = map.get("data").is_none_or(Value::is_object);
+    if !data_ok || !map.get("stringData").is_some_and(Value::is_object) {
+        return;
+    }
+    let Some(Value::Object(string_data)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map
+        .entry("data")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(data) = data.as_object_mut() {
+        for (key, value) in string_data {
+            let text = value
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+            data.insert(key, Value::String(encoded));
         }
     }
 }
@@ -1085,5 +1118,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok, json!({"a": 2}));
+    }
+
+    #[test]
+    fn secret_string_data_is_folded_into_data() {
+        let mut secret =
+            json!({"data": {"a": "YQ==", "b": "b2xk"}, "stringData": {"b": "new", "c": "x y"}});
+        fold_secret_string_data(&mut secret);
+        assert_eq!(
+            secret,
+            json!({"data": {"a": "YQ==", "b": "bmV3", "c": "eCB5"}})
+        );
+        // A malformed `data` is left for schema validation to report.
+        let mut bad = json!({"data": "oops", "stringData": {"c": "x"}});
+        fold_secret_string_data(&mut bad);
+        assert_eq!(bad, json!({"data": "oops", "stringData": {"c": "x"}}));
     }
 }
