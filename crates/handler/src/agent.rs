@@ -230,8 +230,17 @@ pub async fn reconcile(vmi: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
                         vmi: key.to_string(),
                         reason: format!("serialising the VMI: {e}"),
                     })?;
+                    let secrets = match cloud_init_secrets(&ctx.client, &key.namespace, &body).await
+                    {
+                        Ok(s) => s,
+                        Err(e) => {
+                            publish(&ctx, &vmi, EventType::Warning, "SyncFailed", &e.to_string())
+                                .await;
+                            return Err(e);
+                        }
+                    };
                     lock(&ctx.started).insert(key.uid.clone(), Instant::now());
-                    if let Err(e) = ctx.ops.start(&key, &body).await {
+                    if let Err(e) = ctx.ops.start(&key, &body, &secrets).await {
                         lock(&ctx.started).remove(&key.uid);
                         publish(&ctx, &vmi, EventType::Warning, "SyncFailed", &e.to_string()).await;
                         return Err(e);
@@ -312,6 +321,47 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The Secrets the VMI's cloud-init volumes refer to (`secretRef`, `networkDataSecretRef`),
+/// read from the VMI's namespace, as `{name: {key: base64}}` for the launcher: the launcher
+/// never talks to the API.
+pub async fn cloud_init_secrets(client: &Client, namespace: &str, vmi: &Value) -> Result<Value> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
+    let mut out = serde_json::Map::new();
+    for name in cloud_init_secret_names(vmi) {
+        let secret = api.get(&name).await.map_err(|source| HandlerError::Api {
+            action: "reading the cloud-init",
+            kind: "Secret",
+            namespace: namespace.to_string(),
+            name: name.clone(),
+            source: Box::new(source),
+        })?;
+        let data = serde_json::to_value(secret.data.unwrap_or_default()).unwrap_or_default();
+        out.insert(name, data);
+    }
+    Ok(Value::Object(out))
+}
+
+/// Names of the Secrets referenced by `spec.volumes[*].cloudInitNoCloud|cloudInitConfigDrive`.
+pub fn cloud_init_secret_names(vmi: &Value) -> Vec<String> {
+    let mut names = Vec::new();
+    let volumes = vmi["spec"]["volumes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for volume in volumes {
+        for source in ["cloudInitNoCloud", "cloudInitConfigDrive"] {
+            for reference in ["secretRef", "networkDataSecretRef"] {
+                if let Some(name) = volume[source][reference]["name"].as_str() {
+                    if !names.iter().any(|n| n == name) {
+                        names.push(name.to_string());
+                    }
+                }
+            }
+        }
+    }
+    names
 }
 
 #[cfg(test)]

@@ -92,9 +92,15 @@ pub trait LauncherOps: Send + Sync + 'static {
     /// The domain of `key`: None when no launcher for this VMI uid ran on this node (or its
     /// record was forgotten); a final state when it ran and exited.
     fn report<'a>(&'a self, key: &'a VmiKey) -> BoxFuture<'a, Result<Option<DomainReport>>>;
-    /// Starts a launcher for the VMI (its full JSON). Must not start a second launcher for
-    /// a uid that already has one.
-    fn start<'a>(&'a self, key: &'a VmiKey, vmi: &'a Value) -> BoxFuture<'a, Result<()>>;
+    /// Starts a launcher for the VMI (its full JSON), with the Secrets its cloud-init
+    /// volumes refer to (`{name: {key: base64}}`). Must not start a second launcher for a
+    /// uid that already has one.
+    fn start<'a>(
+        &'a self,
+        key: &'a VmiKey,
+        vmi: &'a Value,
+        secrets: &'a Value,
+    ) -> BoxFuture<'a, Result<()>>;
     /// Asks the launcher to stop: ACPI power-off, hard stop after `grace_seconds`.
     fn stop<'a>(&'a self, key: &'a VmiKey, grace_seconds: u64) -> BoxFuture<'a, Result<()>>;
     fn command<'a>(&'a self, key: &'a VmiKey, command: Command) -> BoxFuture<'a, Result<()>>;

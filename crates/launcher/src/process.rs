@@ -178,6 +178,8 @@ pub fn run(args: LauncherArgs) -> Result<(), LauncherError> {
             });
         }
     }
+    // Read before the run directory is cleaned: the node agent may leave the file there.
+    let secrets = read_secrets(&args.secrets_file)?;
     // Left-overs of a launcher that was killed -9.
     kubevirt_hypervisor::qemu::kill_stale_swtpm(&run_dir.path().join("swtpm.pid"));
     run_dir.clean_runtime_files();
@@ -193,7 +195,7 @@ pub fn run(args: LauncherArgs) -> Result<(), LauncherError> {
         .into_iter()
         .map(|(k, v)| (k, PathBuf::from(v)))
         .collect();
-    env.secrets = read_secrets(&args.secrets_file)?;
+    env.secrets = secrets;
     let translation = translate(&vmi, &env)?;
     let grace = args
         .grace_period

@@ -6,6 +6,8 @@
 //! `launcher.pid` plus the socket while it runs, `final-state.json` after it ended.
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -194,7 +196,7 @@ impl Launchers {
         Ok(fin.as_ref().map(report_from_final))
     }
 
-    async fn start_inner(&self, key: &VmiKey, vmi: &Value) -> Result<()> {
+    async fn start_inner(&self, key: &VmiKey, vmi: &Value, secrets: &Value) -> Result<()> {
         let rd = self.run_dir(key);
         if live_pid(&rd.pid_file()).is_some() {
             return Ok(());
@@ -226,6 +228,23 @@ impl Launchers {
             .stderr(Stdio::piped())
             // Keep Ctrl-C on the server's terminal away from the launcher.
             .process_group(0);
+        if secrets.as_object().is_some_and(|m| !m.is_empty()) {
+            // Readable by root only; removed with the run directory.
+            let secrets_file = rd.path().join("secrets.json");
+            let body = serde_json::to_vec(secrets).map_err(|e| launcher_err(key, e))?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&secrets_file)
+                .and_then(|mut f| f.write_all(&body))
+                .map_err(|source| HandlerError::Io {
+                    path: secrets_file.clone(),
+                    source,
+                })?;
+            cmd.arg("--secrets-file").arg(&secrets_file);
+        }
         let child = cmd
             .spawn()
             .map_err(|e| launcher_err(key, format!("spawning {}: {e}", self.exe.display())))?;
@@ -274,8 +293,13 @@ impl LauncherOps for Launchers {
         Box::pin(self.report_inner(key))
     }
 
-    fn start<'a>(&'a self, key: &'a VmiKey, vmi: &'a Value) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.start_inner(key, vmi))
+    fn start<'a>(
+        &'a self,
+        key: &'a VmiKey,
+        vmi: &'a Value,
+        secrets: &'a Value,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.start_inner(key, vmi, secrets))
     }
 
     fn stop<'a>(&'a self, key: &'a VmiKey, grace_seconds: u64) -> BoxFuture<'a, Result<()>> {
