@@ -21,6 +21,8 @@ echo "== building the test guest"
 bash scripts/build-guests.sh
 guests=${KUBEVIRT_RS_GUESTS:-$repo/.cache/guests}
 
+# Every demo starts from an empty store, so what it shows is what a first run does.
+rm -rf "$data"
 mkdir -p "$data"
 cp "$guests/disk.qcow2" "$demo/demo-disk.qcow2"
 
