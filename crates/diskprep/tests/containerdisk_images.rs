@@ -247,94 +247,49 @@ async fn images_that_are_not_container_disks_are_refused() {
         .is_none());
 }
 
-/// docker-registry with htpasswd (bcrypt) authentication; the shared fixture has none.
-struct AuthRegistry {
-    host: String,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl AuthRegistry {
-    fn start(user: &str, password: &str) -> AuthRegistry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let host = format!("127.0.0.1:{port}");
-        // glibc's crypt (libxcrypt) makes bcrypt hashes; no extra package needed.
-        let out = Command::new("python3")
-            .args([
-                "-W",
-                "ignore",
-                "-c",
-                "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
-                password,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let hash = String::from_utf8(out.stdout).unwrap();
-        std::fs::write(
-            dir.path().join("htpasswd"),
-            format!("{user}:{}\n", hash.trim()),
-        )
+/// docker-registry with htpasswd (bcrypt) authentication, and the directory holding the
+/// password file (it must outlive the registry).
+fn auth_registry(user: &str, password: &str) -> (Registry, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    // glibc's crypt (libxcrypt) makes bcrypt hashes; no extra package needed.
+    let out = Command::new("python3")
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+            password,
+        ])
+        .output()
         .unwrap();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: {host}\nauth:\n  htpasswd:\n    realm: test\n    path: {pw}\n",
-                root = dir.path().join("data").display(),
-                pw = dir.path().join("htpasswd").display(),
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(&host).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "registry did not listen"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        AuthRegistry {
-            host,
-            child,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for AuthRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = String::from_utf8(out.stdout).unwrap();
+    std::fs::write(
+        dir.path().join("htpasswd"),
+        format!("{user}:{}\n", hash.trim()),
+    )
+    .unwrap();
+    let auth = format!(
+        "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+        dir.path().join("htpasswd").display()
+    );
+    (Registry::start_with("", &auth).unwrap(), dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_secret_credentials_are_used() {
     use kubevirt_diskprep::containerdisk::{PullRequest, RegistryCredentials};
-    let registry = AuthRegistry::start("kubevirt", "s3cret");
+    let (registry, _auth_dir) = auth_registry("kubevirt", "s3cret");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let pusher = oci_client::Client::new(ClientConfig {
         protocol: ClientProtocol::Http,
         ..ClientConfig::default()
     });
-    let reference: Reference = format!("{}/private/disk:v1", registry.host)
+    let reference: Reference = format!("{}/private/disk:v1", registry.host())
         .parse()
         .unwrap();
     let disk = vec![0x42u8; 2048];
@@ -356,7 +311,7 @@ async fn pull_secret_credentials_are_used() {
     let mut mirrors = std::collections::HashMap::new();
     mirrors.insert(
         "registry:5000".to_owned(),
-        format!("http://{}", registry.host),
+        format!("http://{}", registry.host()),
     );
     let dir = tempfile::tempdir().unwrap();
     let cache = ContainerDiskCache::new(
@@ -500,40 +455,15 @@ async fn https_registry_with_private_ca() {
         .status()
         .unwrap();
     assert!(st.success());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let host = format!("127.0.0.1:{port}");
-    let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n  tls:\n    certificate: {}\n    key: {}\n",
-            dir.path().join("data").display(),
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(&host).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "registry did not listen"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let tls = format!(
+        "  tls:\n    certificate: {}\n    key: {}\n",
+        cert.display(),
+        key.display()
+    );
+    let registry = Registry::start_with(&tls, "").unwrap();
+    let host = registry.host();
     let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
-    let result = async {
+    async {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let pusher = oci_client::Client::new(ClientConfig {
             extra_root_certificates: vec![oci_client::client::Certificate {
@@ -575,7 +505,4 @@ async fn https_registry_with_private_ca() {
         assert_eq!(std::fs::read(&pulled.path).unwrap(), vec![9u8; 1024]);
     }
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    result
 }

@@ -19,8 +19,16 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Starts a registry on a free loopback port and waits until it answers `/v2/`.
+    /// Starts a registry on a free loopback port and waits until it answers `/v2/` with 200.
     pub fn start() -> Result<Registry> {
+        Self::start_with("", "")
+    }
+
+    /// Starts a registry with more configuration: `http_extra` is YAML placed under `http:`
+    /// (indented by two spaces, e.g. a `tls:` block), `sections` is top-level YAML (e.g. an
+    /// `auth:` block). Files those name must outlive the registry. A configured registry is
+    /// ready once it answers HTTP at all (401 with auth, 400 for plain HTTP to TLS).
+    pub fn start_with(http_extra: &str, sections: &str) -> Result<Registry> {
         let storage = tempfile::tempdir().context("registry storage dir")?;
         // Ask the kernel for a free port, then hand it to the registry.
         let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
@@ -28,7 +36,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{http_extra}{sections}",
                 storage.path().join("data").display()
             ),
         )?;
@@ -39,6 +47,7 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .context("starting docker-registry (scripts/install-host-deps.sh installs it)")?;
+        let plain = http_extra.is_empty() && sections.is_empty();
         let mut registry = Registry {
             addr,
             child,
@@ -46,8 +55,10 @@ impl Registry {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if registry.http_status("/v2/").ok() == Some(200) {
-                return Ok(registry);
+            match registry.http_status("/v2/") {
+                Ok(200) => return Ok(registry),
+                Ok(_) if !plain => return Ok(registry),
+                _ => {}
             }
             if let Some(status) = registry.child.try_wait()? {
                 bail!("docker-registry exited at start: {status}");
