@@ -246,7 +246,12 @@ pub fn admit(
             obj,
             old,
             op,
-            defaults::set_vmi_defaults,
+            |vmi: &mut VirtualMachineInstance| {
+                defaults::set_vmi_defaults(vmi);
+                if op == Operation::Create {
+                    defaults::add_vmi_finalizer(vmi);
+                }
+            },
             validation::validate_vmi,
             validation::validate_vmi_update,
         ),
@@ -274,7 +279,7 @@ fn admit_typed<T: DeserializeOwned + Serialize>(
     obj: &mut Value,
     old: Option<&Value>,
     op: Operation,
-    default: fn(&mut T),
+    default: impl Fn(&mut T),
     validate: fn(&T) -> Vec<FieldError>,
     validate_update: fn(&T, &T) -> Vec<FieldError>,
 ) -> Result<(), Vec<FieldError>> {

@@ -325,6 +325,18 @@ pub fn guest_memory(spec: &VirtualMachineInstanceSpec) -> Option<Quantity> {
         })
 }
 
+/// What upstream's VMI mutating webhook adds on creation: the finalizer that keeps a VMI
+/// until no launcher pod of it is left.
+pub fn add_vmi_finalizer(vmi: &mut VirtualMachineInstance) {
+    let finalizers = vmi.metadata.finalizers.get_or_insert_with(Vec::new);
+    if !finalizers
+        .iter()
+        .any(|f| f == crate::v1::well_known::VMI_FINALIZER)
+    {
+        finalizers.push(crate::v1::well_known::VMI_FINALIZER.into());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

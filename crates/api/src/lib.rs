@@ -6,6 +6,8 @@
 //!   `VirtualMachineInstanceReplicaSet` and their parts (kube-rs `CustomResource`s).
 //! - [`admission`]: decode + default + validate with field-path errors; unknown-field listing.
 //! - [`defaults`], [`validation`]: the typed building blocks of admission.
+//! - [`statechange`]: the VM `start`/`stop`/`restart` subresources' rules (virt-api's).
+//! - [`launcher_pod`]: the virt-launcher Pod of a VMI, as virt-controller renders it.
 //! - [`support`]: valid API features this project cannot run yet.
 //! - [`crds`]: CRDs generated from the types.
 //! - [`quantity`]: Kubernetes quantities.
@@ -13,7 +15,9 @@
 pub mod admission;
 pub mod crds;
 pub mod defaults;
+pub mod launcher_pod;
 pub mod quantity;
+pub mod statechange;
 pub mod support;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -35,6 +35,15 @@ pub fn validate_vm(vm: &VirtualMachine) -> Vec<FieldError> {
             "running and runStrategy are mutually exclusive",
         ));
     }
+    if spec.run_strategy == Some(RunStrategy::WaitAsReceiver) {
+        // Upstream accepts it only with the DecentralizedLiveMigration feature gate, which
+        // kubevirt-rs does not implement.
+        errs.push(FieldError::invalid(
+            "spec.runStrategy",
+            RunStrategy::WaitAsReceiver.as_str(),
+            "Invalid RunStrategy (WaitAsReceiver), DecentralizedLiveMigration feature gate is not enabled in kubevirt resource",
+        ));
+    }
     match spec.template.spec.as_ref() {
         None => errs.push(FieldError::required("spec.template.spec", "")),
         Some(tspec) => {

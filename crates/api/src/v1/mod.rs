@@ -11,6 +11,7 @@ mod network;
 mod storage;
 mod vm;
 mod vmi;
+pub mod well_known;
 
 pub use domain::*;
 pub use migration::*;

@@ -228,8 +228,7 @@ pub mod vmi_condition {
     /// Reason used with `Synchronized=False` when the spec asks for a feature this project
     /// cannot run yet (see [`crate::support`]).
     pub const REASON_UNSUPPORTED: &str = "Unsupported";
-    /// Condition type this project sets when the guest runs under software emulation (TCG).
-    pub const SOFTWARE_EMULATION: &str = "SoftwareEmulation";
+    pub const POD_SCHEDULED: &str = "PodScheduled";
 }
 
 #[skip_serializing_none]
