@@ -290,6 +290,10 @@ async fn handle_inner(app: Arc<AppState>, req: Request) -> ApiResult<Response> {
                     resources.push(json!({"name": format!("{}/status", d.plural), "singularName": "",
                         "namespaced": d.namespaced, "kind": d.kind, "verbs": ["get", "patch", "update"]}));
                 }
+                if d.group.is_empty() && d.plural == "pods" {
+                    resources.push(json!({"name": "pods/binding", "singularName": "",
+                        "namespaced": true, "kind": "Binding", "verbs": ["create"]}));
+                }
             }
             for e in reg
                 .extra()
@@ -351,6 +355,7 @@ async fn handle_inner(app: Arc<AppState>, req: Request) -> ApiResult<Response> {
             let part = match sub.as_deref() {
                 None => Part::Main,
                 Some("status") if def.status_subresource => Part::Status,
+                Some("binding") if def.group.is_empty() && def.plural == "pods" => Part::Binding,
                 Some(_) => return Ok(not_found_route()),
             };
             resource(app.clone(), def, ns, name, part, q, req).await
@@ -461,6 +466,21 @@ async fn resource(
     let method = req.method().clone();
     let table = wants_table(req.headers());
     let ns_ref = ns.as_deref();
+    if part == Part::Binding {
+        return match (method, name, ns_ref) {
+            (Method::POST, Some(name), Some(ns)) => {
+                let (body, _) = read_body(req, app.max_body).await?;
+                ops.bind(&def, ns, &name, body).await?;
+                Ok(json_response(
+                    StatusCode::CREATED,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                ))
+            }
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
+        };
+    }
     match (method, name) {
         (Method::GET, None) => {
             let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
@@ -593,8 +613,20 @@ fn delete_opts(q: &HashMap<String, String>, body: Value) -> ApiResult<DeleteOpts
         .and_then(Value::as_array)
         .is_some_and(|a| a.iter().any(|x| x == "All"))
         || q.get("dryRun").is_some_and(|d| d == "All");
+    let grace_period = match body.get("gracePeriodSeconds") {
+        Some(Value::Null) | None => q.get("gracePeriodSeconds").map(|g| {
+            g.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("gracePeriodSeconds: invalid value {g:?}"))
+            })
+        }),
+        Some(v) => Some(v.as_i64().ok_or_else(|| {
+            ApiError::bad_request(format!("gracePeriodSeconds: invalid value {v}"))
+        })),
+    }
+    .transpose()?;
     Ok(DeleteOpts {
         propagation,
+        grace_period,
         precondition_uid: body
             .pointer("/preconditions/uid")
             .and_then(Value::as_str)

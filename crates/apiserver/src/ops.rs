@@ -84,6 +84,9 @@ pub enum Propagation {
 #[derive(Debug, Clone, Default)]
 pub struct DeleteOpts {
     pub propagation: Option<Propagation>,
+    /// `gracePeriodSeconds`: how long a pod bound to a node gets to stop (default: its
+    /// `terminationGracePeriodSeconds`); 0 deletes at once.
+    pub grace_period: Option<i64>,
     pub precondition_uid: Option<String>,
     pub precondition_rv: Option<String>,
     pub dry_run: bool,
@@ -117,6 +120,8 @@ impl PatchType {
 pub enum Part {
     Main,
     Status,
+    /// `pods/binding`: the scheduler assigns a pod to a node.
+    Binding,
 }
 
 /// A successful write: the object and any `Warning` headers.
@@ -753,7 +758,10 @@ impl Ops {
                         }],
                     ));
                 }
-                m.insert("name".into(), json!(format!("{gen}{}", random_suffix())));
+                // Like apiserver's name generator: the prefix is cut to leave room for the
+                // 5-character suffix within 63 characters.
+                let base: String = gen.chars().take(58).collect();
+                m.insert("name".into(), json!(format!("{base}{}", random_suffix())));
             }
             m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
             m.insert("creationTimestamp".into(), json!(now()));
@@ -917,6 +925,84 @@ impl Ops {
         Ok(self.outcome(def, written, &ctx))
     }
 
+    /// `POST pods/NAME/binding`: sets `spec.nodeName` (once) and the `PodScheduled`
+    /// condition, as kube-apiserver's binding storage does.
+    pub async fn bind(
+        &self,
+        def: &Arc<ResourceDef>,
+        ns: &str,
+        name: &str,
+        body: Value,
+    ) -> ApiResult<()> {
+        let target = body
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "Binding",
+                    "",
+                    name,
+                    vec![Cause {
+                        reason: "FieldValueRequired".into(),
+                        message: "Required value".into(),
+                        field: "target.name".into(),
+                    }],
+                )
+            })?
+            .to_string();
+        let n = name.to_string();
+        self.store
+            .write(
+                Self::key(def, Some(ns), name),
+                Box::new(move |cur| {
+                    let Some(cur) = cur else {
+                        return Err(ApiError::not_found("pods", "", &n));
+                    };
+                    let conflict =
+                        |why: String| Err(ApiError::conflict("pods/binding", "", &n, &why));
+                    if cur.pointer("/metadata/deletionTimestamp").is_some() {
+                        return conflict(format!(
+                            "pod {n} is being deleted, cannot be assigned to a host"
+                        ));
+                    }
+                    if let Some(node) = cur
+                        .pointer("/spec/nodeName")
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                    {
+                        return conflict(format!("pod {n} is already assigned to node \"{node}\""));
+                    }
+                    let mut next = cur.clone();
+                    next["spec"]["nodeName"] = json!(target);
+                    let status = next
+                        .as_object_mut()
+                        .expect("stored objects are JSON objects")
+                        .entry("status")
+                        .or_insert_with(|| json!({}));
+                    if !status.is_object() {
+                        *status = json!({});
+                    }
+                    let conditions = status
+                        .as_object_mut()
+                        .expect("checked above")
+                        .entry("conditions")
+                        .or_insert_with(|| json!([]));
+                    if !conditions.is_array() {
+                        *conditions = json!([]);
+                    }
+                    let list = conditions.as_array_mut().expect("checked above");
+                    list.retain(|c| c["type"] != "PodScheduled");
+                    list.push(json!({"type": "PodScheduled", "status": "True",
+                        "lastProbeTime": null, "lastTransitionTime": now()}));
+                    Ok(Mutation::Put(next))
+                }),
+            )
+            .await?;
+        self.after_write(def);
+        Ok(())
+    }
+
     pub async fn delete(
         &self,
         def: &Arc<ResourceDef>,
@@ -983,6 +1069,34 @@ pub async fn delete_key(
                         ));
                     }
                 }
+                // Pods running on a node end gracefully, as kube-apiserver's pod strategy
+                // decides: marked with the time they will be gone and their grace period;
+                // the node's agent deletes them (grace 0) once their containers stopped.
+                let grace = if group.is_empty() && plural == "pods" {
+                    pod_grace_period(cur, opts.grace_period)
+                } else {
+                    0
+                };
+                if grace > 0 {
+                    let current = cur
+                        .pointer("/metadata/deletionGracePeriodSeconds")
+                        .and_then(Value::as_i64);
+                    if current.is_some_and(|c| c <= grace) {
+                        return Ok(Mutation::Noop(cur.clone()));
+                    }
+                    let mut next = cur.clone();
+                    let at = chrono::Utc::now() + chrono::Duration::seconds(grace);
+                    let m = meta_mut(&mut next);
+                    m.insert(
+                        "deletionTimestamp".into(),
+                        json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    );
+                    m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                    if opts.dry_run {
+                        return Ok(Mutation::Noop(next));
+                    }
+                    return Ok(Mutation::Put(next));
+                }
                 let mut fins = finalizers(cur);
                 let mut added = false;
                 let extra = match opts.propagation {
@@ -1020,6 +1134,30 @@ pub async fn delete_key(
             }),
         )
         .await
+}
+
+/// The grace period a pod gets when deleted: 0 (at once) when it never reached a node or has
+/// finished, else the request's `gracePeriodSeconds` or its own
+/// `terminationGracePeriodSeconds` (default 30).
+fn pod_grace_period(pod: &Value, requested: Option<i64>) -> i64 {
+    let bound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    if !bound || finished {
+        return 0;
+    }
+    requested
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30)
+        .max(0)
 }
 
 /// Removes one finalizer (used by the garbage collector). Deletes the object if it was the
