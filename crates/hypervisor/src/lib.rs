@@ -21,6 +21,10 @@ pub use config::*;
 pub use error::{HypervisorError, Result};
 pub use qemu::QemuHypervisor;
 
+/// Called after each lifecycle event of a domain (and when its VMM exits), on the VMM's
+/// event thread: it should only wake up whoever reads [`Domain::events_since`].
+pub type EventHook = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// A virtualisation backend able to create domains.
 pub trait Hypervisor: Send + Sync {
     /// Short backend name, e.g. `qemu`.
@@ -76,4 +80,9 @@ pub trait Domain: Send + Sync {
     fn events(&self) -> Vec<DomainEvent>;
     /// Blocks until an event named `name` arrives after index `after` of [`Domain::events`].
     fn wait_event(&self, name: &str, after: usize, timeout: Duration) -> Option<DomainEvent>;
+    /// Events from absolute index `after` on, and the index the next event will have: how a
+    /// supervisor follows the domain without polling.
+    fn events_since(&self, after: usize) -> (Vec<DomainEvent>, usize);
+    /// Calls `hook` after each event from now on and when the VMM exits.
+    fn set_event_hook(&self, hook: EventHook);
 }

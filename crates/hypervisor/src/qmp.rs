@@ -187,11 +187,21 @@ pub struct MigrationRam {
 }
 
 /// Asynchronous events, shared between the reader thread and callers.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct EventLog {
     inner: Mutex<EventLogInner>,
     cond: Condvar,
     closed: AtomicBool,
+    hook: Mutex<Option<crate::EventHook>>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("len", &self.len())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -212,12 +222,37 @@ impl EventLog {
         }
         g.events.push(ev);
         self.cond.notify_all();
+        drop(g);
+        self.call_hook();
     }
 
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        let _g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         self.cond.notify_all();
+        drop(g);
+        self.call_hook();
+    }
+
+    fn call_hook(&self) {
+        let hook = self.hook.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(h) = hook {
+            h();
+        }
+    }
+
+    /// Calls `hook` after each event and when the connection ends (replacing any earlier
+    /// hook). Runs on the reader thread: it must only wake someone up.
+    pub fn set_hook(&self, hook: crate::EventHook) {
+        *self.hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// Events with absolute index >= `after`, and the index the next event will have.
+    pub fn since(&self, after: usize) -> (Vec<DomainEvent>, usize) {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let start = after.saturating_sub(g.dropped);
+        let events = g.events.iter().skip(start).cloned().collect();
+        (events, g.dropped + g.events.len())
     }
 
     /// True once the connection ended (the VMM exited or closed QMP).

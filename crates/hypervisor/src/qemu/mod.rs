@@ -91,6 +91,8 @@ struct Shared {
     exit: Mutex<Option<ExitInfo>>,
     exited: Condvar,
     events: Mutex<Option<Arc<EventLog>>>,
+    /// Installed on the event log once QMP is up.
+    hook: Mutex<Option<crate::EventHook>>,
     swtpm: Mutex<Option<Swtpm>>,
 }
 
@@ -355,7 +357,17 @@ impl QemuDomain {
                 return Err(e);
             }
         };
-        *self.shared.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(qmp.events());
+        let events = qmp.events();
+        if let Some(hook) = self
+            .shared
+            .hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            events.set_hook(hook);
+        }
+        *self.shared.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(events);
         if let Some(uri) = incoming {
             if let Err(e) = qmp.execute(&qmp::MigrateIncoming {
                 uri: uri.to_string(),
@@ -699,6 +711,32 @@ impl Domain for QemuDomain {
             .unwrap_or_else(|p| p.into_inner())
             .clone()?;
         ev.wait_for(name, after, timeout)
+    }
+
+    fn events_since(&self, after: usize) -> (Vec<DomainEvent>, usize) {
+        match self
+            .shared
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(e) => e.since(after),
+            None => (Vec::new(), after),
+        }
+    }
+
+    fn set_event_hook(&self, hook: crate::EventHook) {
+        *self.shared.hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook.clone());
+        if let Some(e) = self
+            .shared
+            .events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            e.set_hook(hook);
+        }
     }
 }
 
