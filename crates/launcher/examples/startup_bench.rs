@@ -125,7 +125,7 @@ fn launcher_run(bin: &Path, disk: &Path, rt: &tokio::runtime::Runtime) -> (f64, 
     std::fs::write(&vmi_path, serde_json::to_vec(&vmi(disk)).unwrap()).unwrap();
     let rd = RunDir::new(dir.path().join("run"));
     let start = Instant::now();
-    let status = Command::new(bin)
+    let mut child = Command::new(bin)
         .arg("--vmi")
         .arg(&vmi_path)
         .arg("--run-dir")
@@ -133,21 +133,21 @@ fn launcher_run(bin: &Path, disk: &Path, rt: &tokio::runtime::Runtime) -> (f64, 
         .arg("--persistent-dir")
         .arg(dir.path().join("p"))
         .stdout(Stdio::null())
-        .status()
+        .stderr(Stdio::null())
+        .spawn()
         .unwrap();
-    assert!(status.success(), "launcher failed");
-    wait_marker(&rd.serial_log(), start + Duration::from_secs(120)).unwrap();
+    if let Err(e) = wait_marker(&rd.serial_log(), start + Duration::from_secs(120)) {
+        let _ = child.kill();
+        panic!("launcher run failed: {e}");
+    }
     let took = start.elapsed().as_secs_f64();
     let client = LauncherClient::for_run_dir(&rd);
-    let st = rt.block_on(client.state()).unwrap();
+    let st = rt.block_on(client.status()).unwrap();
     let launcher_rss = rss_kib(st.launcher_pid);
     let launcher_anon = pss_anon_kib(st.launcher_pid);
     let qemu_rss = st.qemu_pid.map(rss_kib).unwrap_or(0);
     rt.block_on(client.stop(Some(0))).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while kubevirt_launcher::live_pid(&rd.pid_file()).is_some() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _ = child.wait();
     (took, launcher_rss, launcher_anon, qemu_rss)
 }
 

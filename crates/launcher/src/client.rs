@@ -1,18 +1,18 @@
-//! Async client of a launcher's local API, and discovery of running launchers.
+//! Async client of a launcher's local API (what the node agent and the tests use), beside
+//! the protocol it speaks ([`crate::protocol`]).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use bytes::Bytes;
+use futures::Stream;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::net::UnixStream;
 
-use crate::api::{ApiError, FinalState, LauncherState, MigrateRequest, StopRequest, VmiRef};
+use crate::protocol::{ApiError, LauncherStatus, MigrateRequest, StopRequest, SyncRequest};
 use crate::rundir::RunDir;
 
 /// Errors talking to a launcher.
@@ -33,12 +33,10 @@ pub enum ClientError {
     Status { status: u16, message: String },
     #[error("unexpected launcher answer: {reason}")]
     Decode { reason: String },
-    #[error("launcher did not answer within {seconds}s")]
-    Timeout { seconds: u64 },
 }
 
 /// A bidirectional byte stream (console or VNC) proxied by the launcher.
-pub type Stream = TokioIo<hyper::upgrade::Upgraded>;
+pub type ByteStream = TokioIo<hyper::upgrade::Upgraded>;
 
 /// Client for one launcher socket. Every call opens a fresh connection.
 #[derive(Debug, Clone)]
@@ -85,12 +83,11 @@ impl LauncherClient {
             .map_err(|source| ClientError::Http { source })
     }
 
-    async fn call<T: DeserializeOwned>(
-        &self,
+    fn request(
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<Option<T>, ClientError> {
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
         let mut b = Request::builder()
             .method(method)
             .uri(path)
@@ -98,28 +95,43 @@ impl LauncherClient {
         if body.is_some() {
             b = b.header(CONTENT_TYPE, "application/json");
         }
-        let req = b
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        b.body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Decode {
                 reason: e.to_string(),
-            })?;
-        let resp = self.send(req).await?;
+            })
+    }
+
+    async fn error_of(resp: hyper::Response<hyper::body::Incoming>) -> ClientError {
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let message = serde_json::from_slice::<ApiError>(&bytes)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        ClientError::Status { status, message }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Option<T>, ClientError> {
+        let resp = self.send(Self::request(method, path, body)?).await?;
         let status = resp.status();
+        if !status.is_success() {
+            return Err(Self::error_of(resp).await);
+        }
         let bytes = resp
             .into_body()
             .collect()
             .await
             .map_err(|source| ClientError::Http { source })?
             .to_bytes();
-        if !status.is_success() {
-            let message = serde_json::from_slice::<ApiError>(&bytes)
-                .map(|e| e.message)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(ClientError::Status {
-                status: status.as_u16(),
-                message,
-            });
-        }
         if status == StatusCode::NO_CONTENT || bytes.is_empty() {
             return Ok(None);
         }
@@ -130,63 +142,102 @@ impl LauncherClient {
             })
     }
 
+    async fn post(&self, path: &str, body: Option<Vec<u8>>) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>(Method::POST, path, body)
+            .await
+            .map(|_| ())
+    }
+
     fn need<T>(v: Option<T>) -> Result<T, ClientError> {
         v.ok_or_else(|| ClientError::Decode {
             reason: "empty answer".into(),
         })
     }
 
-    pub async fn state(&self) -> Result<LauncherState, ClientError> {
-        Self::need(self.call(Method::GET, "/v1/state", None).await?)
+    fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ClientError> {
+        serde_json::to_vec(v).map_err(|e| ClientError::Decode {
+            reason: e.to_string(),
+        })
+    }
+
+    pub async fn status(&self) -> Result<LauncherStatus, ClientError> {
+        Self::need(self.call(Method::GET, "/v1/status", None).await?)
+    }
+
+    /// The launcher's status now and after every change, until it exits (the stream ends).
+    pub async fn watch(
+        &self,
+    ) -> Result<impl Stream<Item = Result<LauncherStatus, ClientError>> + Send + use<>, ClientError>
+    {
+        let resp = self
+            .send(Self::request(Method::GET, "/v1/watch", None)?)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(Self::error_of(resp).await);
+        }
+        let body = resp.into_body();
+        Ok(futures::stream::unfold(
+            (body, Vec::<u8>::new()),
+            |(mut body, mut buf)| async move {
+                loop {
+                    if let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=end).collect();
+                        let item = serde_json::from_slice(&line).map_err(|e| ClientError::Decode {
+                            reason: e.to_string(),
+                        });
+                        return Some((item, (body, buf)));
+                    }
+                    match body.frame().await? {
+                        Ok(frame) => {
+                            if let Ok(data) = frame.into_data() {
+                                buf.extend_from_slice(&data);
+                            }
+                        }
+                        Err(source) => {
+                            return Some((Err(ClientError::Http { source }), (body, buf)))
+                        }
+                    }
+                }
+            },
+        ))
+    }
+
+    /// Hands the launcher the VMI to run (it starts it once).
+    pub async fn sync(&self, request: &SyncRequest) -> Result<(), ClientError> {
+        self.post("/v1/sync", Some(Self::encode(request)?)).await
     }
 
     /// Graceful stop: ACPI, then hard stop after `grace_seconds` (None: the VMI's).
     pub async fn stop(&self, grace_seconds: Option<u64>) -> Result<(), ClientError> {
-        let body = serde_json::to_vec(&StopRequest { grace_seconds }).map_err(|e| {
-            ClientError::Decode {
-                reason: e.to_string(),
-            }
-        })?;
-        self.call::<serde_json::Value>(Method::POST, "/v1/stop", Some(body))
-            .await
-            .map(|_| ())
+        self.post(
+            "/v1/stop",
+            Some(Self::encode(&StopRequest { grace_seconds })?),
+        )
+        .await
     }
 
     pub async fn pause(&self) -> Result<(), ClientError> {
-        self.call::<serde_json::Value>(Method::POST, "/v1/pause", None)
-            .await
-            .map(|_| ())
+        self.post("/v1/pause", None).await
     }
 
     pub async fn unpause(&self) -> Result<(), ClientError> {
-        self.call::<serde_json::Value>(Method::POST, "/v1/unpause", None)
-            .await
-            .map(|_| ())
+        self.post("/v1/unpause", None).await
     }
 
     pub async fn reset(&self) -> Result<(), ClientError> {
-        self.call::<serde_json::Value>(Method::POST, "/v1/reset", None)
-            .await
-            .map(|_| ())
+        self.post("/v1/reset", None).await
     }
 
     pub async fn soft_reboot(&self) -> Result<(), ClientError> {
-        self.call::<serde_json::Value>(Method::POST, "/v1/soft-reboot", None)
-            .await
-            .map(|_| ())
+        self.post("/v1/soft-reboot", None).await
     }
 
     /// Starts an outgoing live migration to a launcher started with `--incoming uri`.
     pub async fn migrate(&self, uri: &str) -> Result<(), ClientError> {
-        let body = serde_json::to_vec(&MigrateRequest {
+        let body = Self::encode(&MigrateRequest {
             uri: uri.to_string(),
-        })
-        .map_err(|e| ClientError::Decode {
-            reason: e.to_string(),
         })?;
-        self.call::<serde_json::Value>(Method::POST, "/v1/migrate", Some(body))
-            .await
-            .map(|_| ())
+        self.post("/v1/migrate", Some(body)).await
     }
 
     /// Progress of the current migration.
@@ -201,7 +252,7 @@ impl LauncherClient {
         Self::need(self.call(Method::GET, "/v1/guest-osinfo", None).await?)
     }
 
-    async fn upgrade(&self, path: &str, proto: &str) -> Result<Stream, ClientError> {
+    async fn upgrade(&self, path: &str, proto: &str) -> Result<ByteStream, ClientError> {
         let req = Request::builder()
             .method(Method::GET)
             .uri(path)
@@ -214,17 +265,7 @@ impl LauncherClient {
             })?;
         let resp = self.send(req).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            return Err(ClientError::Status {
-                status,
-                message: String::from_utf8_lossy(&bytes).into_owned(),
-            });
+            return Err(Self::error_of(resp).await);
         }
         let upgraded = hyper::upgrade::on(resp)
             .await
@@ -233,35 +274,13 @@ impl LauncherClient {
     }
 
     /// The serial console as a byte stream.
-    pub async fn console(&self) -> Result<Stream, ClientError> {
+    pub async fn console(&self) -> Result<ByteStream, ClientError> {
         self.upgrade("/v1/console", "console").await
     }
 
     /// The VNC (RFB) server as a byte stream.
-    pub async fn vnc(&self) -> Result<Stream, ClientError> {
+    pub async fn vnc(&self) -> Result<ByteStream, ClientError> {
         self.upgrade("/v1/vnc", "vnc").await
-    }
-}
-
-/// A launcher found in a run root.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LauncherInfo {
-    pub run_dir: RunDir,
-    /// From `vmi.json`.
-    pub vmi: Option<VmiRef>,
-    /// Launcher pid from `launcher.pid`, if that process is alive.
-    pub pid: Option<u32>,
-    /// Answer of the launcher's API, if it answered.
-    pub state: Option<LauncherState>,
-    /// Present when the VM has ended (the launcher wrote it before exiting).
-    pub final_state: Option<FinalState>,
-}
-
-impl LauncherInfo {
-    /// A live launcher that answers: adopt it.
-    pub fn is_running(&self) -> bool {
-        self.pid.is_some() && self.state.is_some()
     }
 }
 
@@ -277,53 +296,8 @@ pub fn live_pid(pid_file: &Path) -> Option<u32> {
     (state != "Z" && state != "X").then_some(pid)
 }
 
-/// Finds launchers (running or finished) under `run_root` (e.g. `/run/kubevirt-rs/vms`),
-/// for a node agent that restarted. Each live one is asked for its state (2 s timeout).
-pub async fn discover(run_root: &Path) -> Vec<LauncherInfo> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(run_root) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        if !e.path().is_dir() {
-            continue;
-        }
-        let rd = RunDir::new(e.path());
-        let vmi = std::fs::read(rd.vmi_file())
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .map(|v| VmiRef {
-                namespace: v["metadata"]["namespace"]
-                    .as_str()
-                    .unwrap_or("default")
-                    .to_string(),
-                name: v["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                uid: v["metadata"]["uid"].as_str().unwrap_or("").to_string(),
-            });
-        let final_state = std::fs::read(rd.final_state())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let pid = live_pid(&rd.pid_file());
-        let state = if pid.is_some() {
-            let c = LauncherClient::for_run_dir(&rd);
-            tokio::time::timeout(Duration::from_secs(2), c.state())
-                .await
-                .ok()
-                .and_then(Result::ok)
-        } else {
-            None
-        };
-        if vmi.is_none() && pid.is_none() && final_state.is_none() {
-            continue;
-        }
-        out.push(LauncherInfo {
-            run_dir: rd,
-            vmi,
-            pid,
-            state,
-            final_state,
-        });
-    }
-    out.sort_by(|a, b| a.run_dir.path().cmp(b.run_dir.path()));
-    out
+/// The status a launcher left in `final-state.json` when it exited.
+pub fn final_status(run_dir: &RunDir) -> Option<LauncherStatus> {
+    let bytes = std::fs::read(run_dir.final_state()).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }

@@ -1,22 +1,27 @@
 //! kubevirt-launcher: one supervising process per VM (see README.md).
 //!
 //! - [`translate()`]: VirtualMachineInstance -> hypervisor `DomainConfig` + volume/network work.
-//! - [`run`]: the launcher process (daemonises, prepares disks, starts QEMU, serves the local
-//!   API on `launcher.sock`, reaps QEMU, records the final state, cleans up).
-//! - [`LauncherClient`] and [`discover`]: what the node agent uses.
+//! - [`run`]: the launcher process (gets the VMI, prepares disks, starts QEMU, reports its
+//!   status as it changes on `launcher.sock`, reaps QEMU, records the final status, cleans up).
+//! - [`protocol`] and [`LauncherClient`]: the launcher's API and its client, for the node
+//!   agent.
 
-pub mod api;
 pub mod client;
 mod network;
 pub mod prepare;
 mod process;
+pub mod protocol;
 pub mod rundir;
 mod server;
+mod status;
 pub mod translate;
-pub mod vm;
+mod vm;
 
-pub use api::{FinalState, InterfaceStatus, LauncherState, Phase, StopRequest, VmiRef};
-pub use client::{discover, live_pid, ClientError, LauncherClient, LauncherInfo};
-pub use process::{run, LauncherArgs, LauncherError};
+pub use client::{final_status, live_pid, ByteStream, ClientError, LauncherClient};
+pub use process::{run, ExitCode, LauncherArgs, LauncherError};
+pub use protocol::{
+    FailedStep, InterfaceStatus, LauncherStatus, Stage, StartFailure, StopRequest, SyncRequest,
+    VmiRef,
+};
 pub use rundir::{RunDir, DEFAULT_RUN_ROOT};
-pub use translate::{translate, LauncherEnv, TranslateError, Translation};
+pub use translate::{translate, LauncherEnv, TranslateError};

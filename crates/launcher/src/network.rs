@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use kubevirt_hypervisor::NicBackend;
 use kubevirt_podnet as podnet;
 
-use crate::api::{InterfaceStatus, VmiRef};
 use crate::process::LauncherError;
+use crate::protocol::{InterfaceStatus, VmiRef};
 use crate::rundir::RunDir;
 use crate::translate::{NetPrep, Translation};
 

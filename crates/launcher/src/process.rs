@@ -1,18 +1,27 @@
-//! The launcher process: from a VMI file to a supervised QEMU and back to a clean run dir.
+//! The launcher process: binds its socket, gets the VMI (from `--vmi`, or from the node
+//! agent's `POST /v1/sync`), prepares disks and network, starts QEMU, follows it and reports
+//! every change, reaps it, records the final status and cleans up.
+//!
+//! It runs in the foreground: the node agent (or a kubelet, in a pod) is its parent and
+//! reads its exit code; the node agent starts it in its own process group so it outlives
+//! the agent.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use kubevirt_api::v1::VirtualMachineInstance;
-use kubevirt_hypervisor::{detect_accelerator, Domain, Hypervisor, QemuHypervisor};
+use kubevirt_hypervisor::{
+    detect_accelerator, Accelerator, Domain, ExitReason, Hypervisor, QemuHypervisor,
+};
+use tokio::sync::oneshot;
 
-use crate::api::VmiRef;
 use crate::client::live_pid;
 use crate::prepare::{prepare_volumes, ContainerDiskConfig, PrepareError};
+use crate::protocol::{FailedStep, LauncherStatus, Stage, StartFailure, SyncRequest, VmiRef};
 use crate::rundir::{RunDir, DEFAULT_RUN_ROOT};
+use crate::server::Shared;
+use crate::status::StatusCell;
 use crate::translate::{translate, LauncherEnv, TranslateError};
 use crate::vm::Vm;
 
@@ -23,13 +32,23 @@ use crate::vm::Vm;
     about = "Runs one VirtualMachineInstance under QEMU"
 )]
 pub struct LauncherArgs {
-    /// The VirtualMachineInstance as JSON.
+    /// Start this VirtualMachineInstance (a JSON file) at once instead of waiting for the
+    /// node agent to send it.
     #[arg(long)]
-    pub vmi: PathBuf,
-    /// Run directory of this VM (default: <run-root>/<ns>_<name>_<uid>).
+    pub vmi: Option<PathBuf>,
+    /// Namespace of the VMI this launcher is for (from the launcher pod).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Name of the VMI this launcher is for.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// UID of the VMI this launcher is for: a sync for another VMI is refused.
+    #[arg(long)]
+    pub uid: Option<String>,
+    /// Run directory of this launcher (socket, logs, overlays; default: <run-root>/<uid>).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
-    /// Root of the run directories.
+    /// Root of the run directories (used when --run-dir is not given).
     #[arg(long, default_value = DEFAULT_RUN_ROOT)]
     pub run_root: PathBuf,
     /// Directory for persistent EFI variables and TPM state
@@ -38,11 +57,8 @@ pub struct LauncherArgs {
     pub persistent_dir: Option<PathBuf>,
     /// Seconds to wait for the guest after ACPI shutdown before a hard stop
     /// (default: the VMI's terminationGracePeriodSeconds).
-    #[arg(long)]
+    #[arg(long, alias = "grace-period-seconds")]
     pub grace_period: Option<u64>,
-    /// Stay attached (no fork, no new session): for running inside a pod.
-    #[arg(long)]
-    pub foreground: bool,
     /// containerDisk cache directory.
     #[arg(long, default_value = "/var/lib/kubevirt-rs/containerdisks")]
     pub cache_dir: PathBuf,
@@ -55,7 +71,8 @@ pub struct LauncherArgs {
     /// Disk image for a PVC or DataVolume: NAME=PATH (repeatable).
     #[arg(long = "claim")]
     pub claims: Vec<String>,
-    /// JSON file `{secretName: {key: base64}}` with the secrets cloud-init refers to.
+    /// With --vmi: JSON file `{secretName: {key: base64}}` with the secrets cloud-init
+    /// refers to.
     #[arg(long)]
     pub secrets_file: Option<PathBuf>,
     /// Wait for an incoming live migration on this URI (`tcp:HOST:PORT` or `unix:PATH`)
@@ -78,7 +95,7 @@ pub enum LauncherError {
         #[source]
         source: std::io::Error,
     },
-    #[error("a launcher (pid {pid}) already runs this VM in {run_dir}")]
+    #[error("a launcher (pid {pid}) already runs in {run_dir}")]
     AlreadyRunning { pid: u32, run_dir: PathBuf },
     #[error(transparent)]
     Translate(#[from] TranslateError),
@@ -88,8 +105,29 @@ pub enum LauncherError {
     Hypervisor(#[from] kubevirt_hypervisor::HypervisorError),
     #[error("pod network: {reason}")]
     Network { reason: String },
-    #[error("launcher start-up failed: {message}")]
-    Daemon { message: String },
+}
+
+impl LauncherError {
+    /// The structured record of this failure for the status.
+    pub fn to_failure(&self) -> StartFailure {
+        let step = match self {
+            LauncherError::Input { .. }
+            | LauncherError::Io { .. }
+            | LauncherError::AlreadyRunning { .. } => FailedStep::Input,
+            LauncherError::Translate(_) => FailedStep::Translate,
+            LauncherError::Prepare(_) => FailedStep::Volumes,
+            LauncherError::Network { .. } => FailedStep::Network,
+            LauncherError::Hypervisor(_) => FailedStep::Hypervisor,
+        };
+        StartFailure {
+            step,
+            message: self.to_string(),
+            fields: match self {
+                LauncherError::Translate(t) => t.issues().to_vec(),
+                _ => Vec::new(),
+            },
+        }
+    }
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LauncherError {
@@ -111,18 +149,12 @@ fn parse_pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>, La
         .collect()
 }
 
-fn read_secrets(
-    path: &Option<PathBuf>,
-) -> Result<BTreeMap<String, BTreeMap<String, Vec<u8>>>, LauncherError> {
+type Secrets = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+fn decode_secrets(
+    raw: BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<Secrets, LauncherError> {
     use base64::Engine;
-    let Some(path) = path else {
-        return Ok(BTreeMap::new());
-    };
-    let text = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
-    let raw: BTreeMap<String, BTreeMap<String, String>> =
-        serde_json::from_slice(&text).map_err(|e| LauncherError::Input {
-            reason: format!("{}: {e}", path.display()),
-        })?;
     let mut out = BTreeMap::new();
     for (name, keys) in raw {
         let mut m = BTreeMap::new();
@@ -139,14 +171,169 @@ fn read_secrets(
     Ok(out)
 }
 
-/// Runs the launcher. Without `--foreground` the calling process returns (exit 0) once the VM
-/// runs and the API answers, or fails with the reason; the VM keeps running in a detached
-/// daemon (own session), so the caller dying does not affect it.
-pub fn run(args: LauncherArgs) -> Result<(), LauncherError> {
-    let text = std::fs::read(&args.vmi).map_err(io(format!("reading {}", args.vmi.display())))?;
+fn read_sync_file(args: &LauncherArgs, path: &PathBuf) -> Result<SyncRequest, LauncherError> {
+    let text = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
+    let vmi = serde_json::from_slice(&text).map_err(|e| LauncherError::Input {
+        reason: format!("{}: not JSON: {e}", path.display()),
+    })?;
+    let secrets = match &args.secrets_file {
+        None => BTreeMap::new(),
+        Some(p) => {
+            let text = std::fs::read(p).map_err(io(format!("reading {}", p.display())))?;
+            serde_json::from_slice(&text).map_err(|e| LauncherError::Input {
+                reason: format!("{}: {e}", p.display()),
+            })?
+        }
+    };
+    Ok(SyncRequest { vmi, secrets })
+}
+
+fn identity(args: &LauncherArgs) -> Option<VmiRef> {
+    Some(VmiRef {
+        namespace: args.namespace.clone()?,
+        name: args.name.clone()?,
+        uid: args.uid.clone().unwrap_or_default(),
+    })
+}
+
+/// How the launcher ended: 0 when the VM ended as asked (guest power-off, requested stop)
+/// or never had to start, 1 when it crashed or could not start.
+pub type ExitCode = i32;
+
+/// Runs the launcher until the VM ended; returns the process exit code.
+pub fn run(args: LauncherArgs) -> Result<ExitCode, LauncherError> {
+    let run_dir = match (&args.run_dir, &args.uid) {
+        (Some(d), _) => RunDir::new(d.clone()),
+        (None, Some(uid)) if !uid.is_empty() => RunDir::for_uid(&args.run_root, uid),
+        _ => {
+            return Err(LauncherError::Input {
+                reason: "--run-dir (or --uid) is required".into(),
+            })
+        }
+    };
+    std::fs::create_dir_all(run_dir.path())
+        .map_err(io(format!("creating {}", run_dir.path().display())))?;
+    if let Some(pid) = live_pid(&run_dir.pid_file()) {
+        if pid != std::process::id() {
+            return Err(LauncherError::AlreadyRunning {
+                pid,
+                run_dir: run_dir.path().to_path_buf(),
+            });
+        }
+    }
+    // Left-overs of a launcher that was killed -9.
+    kubevirt_hypervisor::qemu::kill_stale_swtpm(&run_dir.path().join("swtpm.pid"));
+    run_dir.clean_runtime_files();
+    let _ = std::fs::remove_file(run_dir.final_state());
+    std::fs::write(run_dir.pid_file(), format!("{}\n", std::process::id()))
+        .map_err(io("writing launcher.pid"))?;
+    if let Some(uri) = &args.incoming {
+        crate::protocol::valid_migration_uri(uri)
+            .map_err(|reason| LauncherError::Input { reason })?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("building the runtime"))?;
+    let code = rt.block_on(supervise(args, run_dir.clone()));
+    // Blocking threads (QMP reader, stale agent calls) must not keep the process alive.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    run_dir.clean_runtime_files();
+    code
+}
+
+async fn supervise(args: LauncherArgs, run_dir: RunDir) -> Result<ExitCode, LauncherError> {
+    let accel = detect_accelerator();
+    let status = Arc::new(StatusCell::new(LauncherStatus::new(identity(&args))));
+    status.update(|s| s.accelerator = Some(accel.clone()));
+    let listener =
+        crate::server::bind(&run_dir.launcher_socket()).map_err(io("binding launcher.sock"))?;
+    let (sync_tx, sync_rx) = oneshot::channel();
+    let shared = Arc::new(Shared::new(status.clone(), args.uid.clone(), sync_tx));
+    let server = tokio::spawn(crate::server::serve(listener, shared.clone()));
+    let (term_tx, mut term_rx) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("termination signal");
+            let _ = term_tx.send(true);
+        }
+    });
+
+    let request = match &args.vmi {
+        Some(path) => Some(read_sync_file(&args, path)),
+        None => {
+            tracing::info!(accel = accel.kind.as_str(), "launcher waiting for the VMI");
+            tokio::select! {
+                r = sync_rx => r.ok().map(Ok),
+                _ = term_rx.wait_for(|t| *t) => None,
+            }
+        }
+    };
+    let code = match request {
+        // Terminated before it had anything to run.
+        None => {
+            status.update(|s| {
+                s.stop_requested = true;
+                s.stage = Stage::Exited;
+            });
+            0
+        }
+        Some(request) => match start(&args, &run_dir, &status, &accel, request).await {
+            Err(e) => {
+                tracing::error!(error = %e, "the VM could not start");
+                status.update(|s| {
+                    s.failure = Some(e.to_failure());
+                    s.stage = Stage::Exited;
+                });
+                1
+            }
+            Ok(running) => {
+                let _ = shared.vm.set(running.vm.clone());
+                follow(running, &status, term_rx).await
+            }
+        },
+    };
+    let last = status.get();
+    let json = serde_json::to_vec_pretty(&last).unwrap_or_default();
+    std::fs::write(run_dir.final_state(), json).map_err(io("writing final-state.json"))?;
+    // Let watchers read the last status before the socket goes.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    signals.abort();
+    server.abort();
+    let _ = std::fs::remove_file(run_dir.launcher_socket());
+    Ok(code)
+}
+
+/// A started VM and what must be torn down after it.
+struct Running {
+    vm: Arc<Vm>,
+    net: crate::network::NetState,
+    net_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Translates the VMI, prepares its volumes and network, and starts QEMU.
+async fn start(
+    args: &LauncherArgs,
+    run_dir: &RunDir,
+    status: &Arc<StatusCell>,
+    accel: &Accelerator,
+    request: Result<SyncRequest, LauncherError>,
+) -> Result<Running, LauncherError> {
+    let request = request?;
     let mut vmi: VirtualMachineInstance =
-        serde_json::from_slice(&text).map_err(|e| LauncherError::Input {
-            reason: format!("{}: not a VirtualMachineInstance: {e}", args.vmi.display()),
+        serde_json::from_value(request.vmi.clone()).map_err(|e| LauncherError::Input {
+            reason: format!("not a VirtualMachineInstance: {e}"),
         })?;
     kubevirt_api::defaults::set_vmi_defaults(&mut vmi);
     let vref = VmiRef {
@@ -163,47 +350,34 @@ pub fn run(args: LauncherArgs) -> Result<(), LauncherError> {
             reason: "metadata.name: Required value".into(),
         });
     }
-    let run_dir = RunDir::new(args.run_dir.clone().unwrap_or_else(|| {
-        RunDir::for_vmi(&args.run_root, &vref.namespace, &vref.name, &vref.uid)
-            .path()
-            .to_path_buf()
-    }));
-    std::fs::create_dir_all(run_dir.path())
-        .map_err(io(format!("creating {}", run_dir.path().display())))?;
-    if let Some(pid) = live_pid(&run_dir.pid_file()) {
-        if pid != std::process::id() {
-            return Err(LauncherError::AlreadyRunning {
-                pid,
-                run_dir: run_dir.path().to_path_buf(),
-            });
-        }
-    }
-    // Read before the run directory is cleaned: the node agent may leave the file there.
-    let secrets = read_secrets(&args.secrets_file)?;
-    // Left-overs of a launcher that was killed -9.
-    kubevirt_hypervisor::qemu::kill_stale_swtpm(&run_dir.path().join("swtpm.pid"));
-    run_dir.clean_runtime_files();
-    let _ = std::fs::remove_file(run_dir.final_state());
-    std::fs::write(run_dir.vmi_file(), &text).map_err(io("writing vmi.json"))?;
+    status.update(|s| {
+        s.vmi = Some(vref.clone());
+        s.stage = Stage::Preparing;
+    });
+    std::fs::write(
+        run_dir.vmi_file(),
+        serde_json::to_vec(&request.vmi).unwrap_or_default(),
+    )
+    .map_err(io("writing vmi.json"))?;
+    tracing::info!(vmi = %vref, accel = accel.kind.as_str(), reason = %accel.reason, "starting the VM");
 
     let persistent_dir = args.persistent_dir.clone().unwrap_or_else(|| {
         PathBuf::from("/var/lib/kubevirt-rs/vms").join(format!("{}_{}", vref.namespace, vref.name))
     });
-    let accel = detect_accelerator();
     let mut env = LauncherEnv::new(run_dir.clone(), accel.clone(), persistent_dir);
     env.claims = parse_pairs(&args.claims, "--claim")?
         .into_iter()
         .map(|(k, v)| (k, PathBuf::from(v)))
         .collect();
-    env.secrets = secrets;
-    let translation = translate(&vmi, &env)?;
+    env.secrets = decode_secrets(request.secrets)?;
+    let mut translation = translate(&vmi, &env)?;
     let grace = args
         .grace_period
         .or(vmi
             .spec
             .termination_grace_period_seconds
             .map(|g| g.max(0) as u64))
-        .unwrap_or(30);
+        .unwrap_or(kubevirt_api::defaults::DEFAULT_GRACE_PERIOD_SECONDS as u64);
     let containerdisks = ContainerDiskConfig {
         cache_dir: args.cache_dir.clone(),
         mirrors: parse_pairs(&args.registry_mirrors, "--registry-mirror")?
@@ -212,131 +386,18 @@ pub fn run(args: LauncherArgs) -> Result<(), LauncherError> {
         insecure: args.insecure_registries.clone(),
     };
 
-    if let Some(uri) = &args.incoming {
-        crate::api::valid_migration_uri(uri).map_err(|reason| LauncherError::Input { reason })?;
-    }
-    let ready = if args.foreground {
-        None
-    } else {
-        // Fork before any thread exists (the tokio runtime is built in the child).
-        Some(daemonize(&run_dir)?)
-    };
-    let mut ready = Readiness(ready);
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(io("building the runtime"))?;
-    let result = rt.block_on(supervise(
-        vref,
-        run_dir.clone(),
-        translation,
-        containerdisks,
-        grace,
-        accel,
-        args.podnet_state_dir.clone(),
-        args.incoming.clone(),
-        &mut ready,
-    ));
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "launcher failed");
-        ready.notify(Err(e.to_string()));
-        run_dir.clean_runtime_files();
-    }
-    // Blocking threads (QMP reader, stale agent calls) must not keep the process alive.
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    result
-}
-
-/// The write end of the start-up pipe to the parent that waits for us.
-struct Readiness(Option<OwnedFd>);
-
-impl Readiness {
-    fn notify(&mut self, r: Result<(), String>) {
-        if let Some(fd) = self.0.take() {
-            let mut f = std::fs::File::from(fd);
-            let msg = match r {
-                Ok(()) => "ok\n".to_string(),
-                Err(e) => format!("error: {e}\n"),
-            };
-            let _ = f.write_all(msg.as_bytes());
-        }
-    }
-}
-
-/// Forks; the parent waits for the child's readiness message and exits with it. The child
-/// starts a new session, detaches stdio (logging to `launcher.log`) and carries on.
-fn daemonize(run_dir: &RunDir) -> Result<OwnedFd, LauncherError> {
-    use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid, ForkResult};
-    // CLOEXEC: QEMU and helpers must not inherit the write end, or the parent never sees EOF.
-    let (rx, tx) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| LauncherError::Daemon {
-        message: format!("pipe: {e}"),
-    })?;
-    // SAFETY: no other thread exists yet (the runtime is created after this), so the child
-    // may run arbitrary code after fork.
-    match unsafe { fork() } {
-        Err(e) => Err(LauncherError::Daemon {
-            message: format!("fork: {e}"),
-        }),
-        Ok(ForkResult::Parent { child }) => {
-            drop(tx);
-            let mut msg = String::new();
-            let _ = std::io::BufReader::new(std::fs::File::from(rx)).read_line(&mut msg);
-            if msg.trim() == "ok" {
-                println!("{}", child.as_raw());
-                std::process::exit(0);
-            }
-            let message = msg.trim().trim_start_matches("error: ").to_string();
-            let log = std::fs::read_to_string(run_dir.launcher_log()).unwrap_or_default();
-            Err(LauncherError::Daemon {
-                message: if message.is_empty() {
-                    format!("launcher exited during start-up; log:\n{log}")
-                } else {
-                    message
-                },
-            })
-        }
-        Ok(ForkResult::Child) => {
-            drop(rx);
-            let _ = setsid();
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(run_dir.launcher_log())
-                .map_err(io("opening launcher.log"))?;
-            let null = std::fs::File::open("/dev/null").map_err(io("opening /dev/null"))?;
-            let _ = dup2_stdin(&null);
-            let _ = dup2_stdout(&log);
-            let _ = dup2_stderr(&log);
-            let _ = tx.as_raw_fd();
-            Ok(tx)
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn supervise(
-    vref: VmiRef,
-    run_dir: RunDir,
-    mut translation: crate::translate::Translation,
-    containerdisks: ContainerDiskConfig,
-    grace: u64,
-    accel: kubevirt_hypervisor::Accelerator,
-    podnet_state_dir: PathBuf,
-    incoming: Option<String>,
-    ready: &mut Readiness,
-) -> Result<(), LauncherError> {
-    std::fs::write(run_dir.pid_file(), format!("{}\n", std::process::id()))
-        .map_err(io("writing launcher.pid"))?;
-    tracing::info!(vmi = %format!("{}/{}", vref.namespace, vref.name), accel = accel.kind.as_str(), reason = %accel.reason, "launcher starting");
-
     prepare_volumes(&mut translation, &containerdisks).await?;
-    let net = crate::network::setup(&vref, &run_dir, &mut translation, &podnet_state_dir)?;
-
+    let net = crate::network::setup(&vref, run_dir, &mut translation, &args.podnet_state_dir)?;
     let hv = QemuHypervisor::with_accelerator(accel.clone());
-    let domain: Arc<dyn Domain> = Arc::from(hv.create_domain(translation.domain.clone())?);
+    let domain: Arc<dyn Domain> = match hv.create_domain(translation.domain.clone()) {
+        Ok(d) => Arc::from(d),
+        Err(e) => {
+            net.teardown();
+            return Err(e.into());
+        }
+    };
     // Started on this (the main) thread: QEMU's parent-death signal follows this thread.
-    let started = match &incoming {
+    let started = match &args.incoming {
         Some(uri) => domain.prepare_incoming(uri),
         None => domain.start(),
     };
@@ -344,75 +405,78 @@ async fn supervise(
         net.teardown();
         return Err(e.into());
     }
-    let listener = match crate::server::bind(&run_dir.launcher_socket()) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = domain.stop();
-            net.teardown();
-            return Err(io("binding launcher.sock")(e));
-        }
-    };
-    let vm = Vm::new(
-        vref,
-        accel,
-        domain.clone(),
-        grace,
-        run_dir.clone(),
-        net.interfaces(),
-    );
-    let server = tokio::spawn(crate::server::serve(listener, vm.clone()));
+    let vm = Vm::new(domain.clone(), grace, status.clone());
     let net_tasks = net.spawn_tasks();
-    ready.notify(Ok(()));
+    let state = domain.state().ok();
+    status.update(|s| {
+        s.stage = Stage::Started;
+        s.domain = state;
+        s.qemu_pid = domain.pid();
+        s.interfaces = net.interfaces();
+    });
     tracing::info!(pid = ?domain.pid(), "VM running");
+    Ok(Running { vm, net, net_tasks })
+}
 
-    // SIGTERM/SIGINT: graceful stop with the default grace period.
-    let sig_vm = vm.clone();
-    let signals = tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
+/// Follows the running VM until QEMU exits: events from the VMM update the status as they
+/// happen, a termination signal stops the guest gracefully. Returns the exit code.
+async fn follow(
+    running: Running,
+    status: &Arc<StatusCell>,
+    mut term_rx: tokio::sync::watch::Receiver<bool>,
+) -> ExitCode {
+    let Running { vm, net, net_tasks } = running;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let hook_wake = wake.clone();
+    vm.domain
+        .set_event_hook(Arc::new(move || hook_wake.notify_one()));
+    let events_vm = vm.clone();
+    let events = tokio::spawn(async move {
+        let mut next = 0;
         loop {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+            let (evs, after) = events_vm.domain.events_since(next);
+            next = after;
+            for ev in &evs {
+                events_vm.on_event(ev).await;
             }
-            tracing::info!("termination signal");
-            sig_vm.request_stop(None);
+            wake.notified().await;
         }
     });
-    // Learn the guest OS once the agent answers (for the VMI status).
-    let info_vm = vm.clone();
-    let osinfo = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-            if info_vm.guest_osinfo().await.is_ok() {
-                return;
-            }
+    let stop_vm = vm.clone();
+    let stopper = tokio::spawn(async move {
+        if term_rx.wait_for(|t| *t).await.is_ok() {
+            stop_vm.request_stop(None);
         }
     });
-
-    let d = domain.clone();
+    let d = vm.domain.clone();
     let exit = tokio::task::spawn_blocking(move || d.wait_exit(None))
         .await
         .ok()
         .and_then(Result::ok)
         .flatten();
-    let final_state = vm.finish(exit);
-    tracing::info!(phase = ?final_state.phase, reason = %final_state.reason, "VM ended");
-    osinfo.abort();
-    signals.abort();
-    server.abort();
+    events.abort();
+    stopper.abort();
     for t in net_tasks {
         t.abort();
     }
     net.teardown();
-    let _ = std::fs::remove_file(run_dir.launcher_socket());
-    let json = serde_json::to_vec_pretty(&final_state).unwrap_or_default();
-    std::fs::write(run_dir.final_state(), json).map_err(io("writing final-state.json"))?;
-    run_dir.clean_runtime_files();
-    Ok(())
+    let stop_requested = status.get().stop_requested;
+    let clean = exit.as_ref().is_some_and(|e| {
+        matches!(
+            e.reason,
+            ExitReason::GuestShutdown | ExitReason::HostRequest
+        ) || stop_requested
+    });
+    tracing::info!(?exit, stop_requested, "VM ended");
+    status.update(|s| {
+        s.stage = Stage::Exited;
+        s.domain = None;
+        s.qemu_pid = None;
+        s.exit = exit;
+    });
+    if clean {
+        0
+    } else {
+        1
+    }
 }

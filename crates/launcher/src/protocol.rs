@@ -1,55 +1,86 @@
-//! The launcher's local API: HTTP/1.1 on `launcher.sock` (hyper on both ends).
+//! The launcher's local API: HTTP/1.1 on `launcher.sock` (hyper on both ends), and the
+//! types on it. [`crate::client::LauncherClient`] is its client, beside it.
 //!
 //! HTTP rather than line-delimited JSON so the node agent can proxy console/VNC streams with
 //! a standard `Upgrade` handshake and so `curl --unix-socket` works for debugging.
 //!
-//! | method | path                | body / answer                                   |
-//! |--------|---------------------|-------------------------------------------------|
-//! | GET    | `/v1/state`         | -> [`LauncherState`]                            |
-//! | POST   | `/v1/stop`          | [`StopRequest`] -> 202; ACPI, then hard stop    |
-//! | POST   | `/v1/pause`         | -> 204                                          |
-//! | POST   | `/v1/unpause`       | -> 204                                          |
-//! | POST   | `/v1/reset`         | -> 204                                          |
-//! | POST   | `/v1/soft-reboot`   | -> 204 (guest agent reboot, else ACPI reboot)   |
-//! | GET    | `/v1/guest-osinfo`  | -> guest agent `guest-get-osinfo` answer        |
-//! | POST   | `/v1/migrate`       | [`MigrateRequest`] -> 202 (outgoing live migration) |
-//! | GET    | `/v1/migration`     | -> `kubevirt_hypervisor::MigrationStatus`       |
-//! | GET    | `/v1/console`       | `Upgrade: console` -> 101, raw serial stream     |
-//! | GET    | `/v1/vnc`           | `Upgrade: vnc` -> 101, raw RFB stream            |
+//! | method | path                | body / answer                                          |
+//! |--------|---------------------|--------------------------------------------------------|
+//! | GET    | `/v1/status`        | -> [`LauncherStatus`]                                  |
+//! | GET    | `/v1/watch`         | -> [`LauncherStatus`] now, then one JSON line per change, until the launcher exits |
+//! | POST   | `/v1/sync`          | [`SyncRequest`] -> 202; prepares and starts the VM (once) |
+//! | POST   | `/v1/stop`          | [`StopRequest`] -> 202; ACPI, then hard stop           |
+//! | POST   | `/v1/pause`         | -> 204                                                 |
+//! | POST   | `/v1/unpause`       | -> 204                                                 |
+//! | POST   | `/v1/reset`         | -> 204                                                 |
+//! | POST   | `/v1/soft-reboot`   | -> 204 (guest agent reboot, else reset)                |
+//! | GET    | `/v1/guest-osinfo`  | -> guest agent `guest-get-osinfo` answer               |
+//! | POST   | `/v1/migrate`       | [`MigrateRequest`] -> 202 (outgoing live migration)    |
+//! | GET    | `/v1/migration`     | -> `kubevirt_hypervisor::MigrationStatus`              |
+//! | GET    | `/v1/console`       | `Upgrade: console` -> 101, raw serial stream           |
+//! | GET    | `/v1/vnc`           | `Upgrade: vnc` -> 101, raw RFB stream                  |
 //!
-//! Errors: a status code and [`ApiError`] JSON.
+//! The status is facts, not a verdict: where the launcher is ([`Stage`]), the domain state
+//! the hypervisor reports, how QEMU exited, whether a stop was requested, and a structured
+//! [`StartFailure`] if the VM could not start. The node agent maps these to the VMI's phase
+//! and conditions, in one place. Errors: a status code and [`ApiError`] JSON.
 
-use kubevirt_hypervisor::{Accelerator, ExitInfo};
+use std::collections::BTreeMap;
+
+use kubevirt_hypervisor::{Accelerator, DomainState, ExitInfo};
 use serde::{Deserialize, Serialize};
 
-/// Phase of the VM as the launcher sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Phase {
-    /// Preparing disks/network or booting QEMU.
-    Starting,
-    Running,
-    Paused,
-    /// A stop was requested; waiting for the guest (grace period).
-    ShuttingDown,
-    /// The guest powered off or was stopped on request.
-    Succeeded,
-    /// QEMU crashed or was killed without a stop request.
-    Failed,
-}
-
-impl Phase {
-    /// True when the VM will not run again.
-    pub fn is_final(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::Failed)
-    }
-}
-
 /// Identity of the VMI a launcher runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmiRef {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+}
+
+impl std::fmt::Display for VmiRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Where the launcher is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stage {
+    /// Up, waiting for the node agent to send the VMI (`POST /v1/sync`).
+    WaitingForSync,
+    /// Preparing disks and network, starting QEMU.
+    Preparing,
+    /// QEMU runs (see `domain` for running/paused).
+    Started,
+    /// QEMU is gone (see `exit`, `failure`); the launcher is about to exit.
+    Exited,
+}
+
+/// Why the VM could not start: which step, the message, and for a VMI this launcher cannot
+/// run, each field path with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartFailure {
+    pub step: FailedStep,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<crate::translate::FieldIssue>,
+}
+
+/// The start-up step that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailedStep {
+    /// The VMI or the launcher's arguments are not usable.
+    Input,
+    /// The VMI asks for something this launcher cannot build.
+    Translate,
+    /// A disk could not be prepared (pull, overlay, cloud-init ISO, ...).
+    Volumes,
+    /// The pod network could not be built.
+    Network,
+    /// QEMU would not start.
+    Hypervisor,
 }
 
 /// One guest interface as reported to the VMI status.
@@ -64,21 +95,64 @@ pub struct InterfaceStatus {
     pub binding: String,
 }
 
-/// Answer of `GET /v1/state`.
+/// What a launcher reports (`GET /v1/status`, each line of `GET /v1/watch`, and
+/// `final-state.json` after it exited).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LauncherState {
-    pub vmi: VmiRef,
-    pub phase: Phase,
-    pub accelerator: Accelerator,
+pub struct LauncherStatus {
+    /// The VMI, once known (from `--vmi` or the sync request).
+    pub vmi: Option<VmiRef>,
+    pub stage: Stage,
     pub launcher_pid: u32,
+    /// Bumped on every change, so a watcher can tell repeats from news.
+    pub revision: u64,
+    /// The accelerator QEMU uses, and why.
+    pub accelerator: Option<Accelerator>,
+    /// The domain as the hypervisor reports it, while QEMU runs.
+    pub domain: Option<DomainState>,
     pub qemu_pid: Option<u32>,
+    /// The guest agent has its channel open.
+    pub agent_connected: bool,
     /// `guest-get-osinfo` answer, once the agent answered.
     pub guest_os_info: Option<serde_json::Value>,
     pub interfaces: Vec<InterfaceStatus>,
-    /// Set once QEMU exited.
+    /// A stop (or delete) was requested: an exit after it is not a crash.
+    pub stop_requested: bool,
+    /// How QEMU exited.
     pub exit: Option<ExitInfo>,
-    pub reason: Option<String>,
+    /// Why the VM could not start.
+    pub failure: Option<StartFailure>,
+}
+
+impl LauncherStatus {
+    pub fn new(vmi: Option<VmiRef>) -> Self {
+        LauncherStatus {
+            vmi,
+            stage: Stage::WaitingForSync,
+            launcher_pid: std::process::id(),
+            revision: 0,
+            accelerator: None,
+            domain: None,
+            qemu_pid: None,
+            agent_connected: false,
+            guest_os_info: None,
+            interfaces: Vec::new(),
+            stop_requested: false,
+            exit: None,
+            failure: None,
+        }
+    }
+}
+
+/// Body of `POST /v1/sync`: the VMI to run and what the node agent resolved for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SyncRequest {
+    /// The VirtualMachineInstance as the API server has it.
+    pub vmi: serde_json::Value,
+    /// Secrets its cloud-init volumes name: `{secret: {key: base64}}`.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Body of `POST /v1/stop`.
@@ -118,16 +192,4 @@ pub fn valid_migration_uri(uri: &str) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     pub message: String,
-}
-
-/// Written to `final-state.json` when the VM ended, for the node agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FinalState {
-    pub vmi: VmiRef,
-    pub phase: Phase,
-    pub reason: String,
-    pub exit: Option<ExitInfo>,
-    /// RFC 3339.
-    pub finished_at: String,
 }

@@ -1,4 +1,6 @@
-//! The per-VM run directory: `/run/kubevirt-rs/vms/<ns>_<name>_<uid>/`.
+//! The per-launcher run directory: `/run/kubevirt-rs/vms/<uid>/` (the launcher pod's UID when
+//! the node agent starts it). Only the UID, so socket paths stay well under the 108 bytes a
+//! unix socket address allows.
 //!
 //! Holds the launcher's socket and pid file, QEMU's sockets and logs, overlays and generated
 //! ISOs, and — after the VM ended — `final-state.json` for the node agent. Everything except
@@ -20,9 +22,9 @@ impl RunDir {
         RunDir(path.into())
     }
 
-    /// `<root>/<ns>_<name>_<uid>`.
-    pub fn for_vmi(root: &Path, namespace: &str, name: &str, uid: &str) -> Self {
-        RunDir(root.join(format!("{namespace}_{name}_{uid}")))
+    /// `<root>/<uid>`.
+    pub fn for_uid(root: &Path, uid: &str) -> Self {
+        RunDir(root.join(uid))
     }
 
     pub fn path(&self) -> &Path {
@@ -63,7 +65,8 @@ impl RunDir {
     }
 
     /// Removes everything the VM used at run time, keeping `vmi.json`, `final-state.json`
-    /// and the logs for the node agent. Persistent state lives elsewhere.
+    /// and the logs for the node agent. Persistent state lives elsewhere. The pid file goes
+    /// last: whoever sees it gone finds the rest already cleaned.
     pub fn clean_runtime_files(&self) {
         let keep = [
             "vmi.json",
@@ -71,6 +74,7 @@ impl RunDir {
             "serial.log",
             "qemu.log",
             "launcher.log",
+            "launcher.pid",
         ];
         let Ok(entries) = std::fs::read_dir(&self.0) else {
             return;
@@ -90,5 +94,6 @@ impl RunDir {
                 tracing::warn!(path = %p.display(), %err, "cannot remove run-dir entry");
             }
         }
+        let _ = std::fs::remove_file(self.pid_file());
     }
 }

@@ -1,13 +1,13 @@
-//! HTTP/1.1 server on the launcher's unix socket. Parses requests into calls on [`Vm`];
-//! knows nothing about QEMU. See [`crate::api`] for the routes.
+//! HTTP/1.1 server on the launcher's unix socket. Parses requests into calls on [`Vm`] or
+//! the status; knows nothing about QEMU. See [`crate::protocol`] for the routes.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -15,17 +15,52 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::oneshot;
 
-use crate::api::{valid_migration_uri, ApiError, MigrateRequest, StopRequest};
+use crate::protocol::{valid_migration_uri, ApiError, MigrateRequest, StopRequest, SyncRequest};
+use crate::status::StatusCell;
 use crate::vm::{Vm, VmError};
 
-type Resp = Response<Full<Bytes>>;
+type Body = BoxBody<Bytes, Infallible>;
+type Resp = Response<Body>;
 
-const MAX_BODY: usize = 64 * 1024;
+const MAX_BODY: usize = 4 << 20;
+
+/// What the API serves from: the status, the VM once started, the one-shot sync channel.
+pub struct Shared {
+    pub status: Arc<StatusCell>,
+    pub vm: OnceLock<Arc<Vm>>,
+    /// The VMI UID this launcher was started for (its pod's), if any.
+    expected_uid: Option<String>,
+    sync: Mutex<Option<oneshot::Sender<SyncRequest>>>,
+}
+
+impl Shared {
+    pub fn new(
+        status: Arc<StatusCell>,
+        expected_uid: Option<String>,
+        sync: oneshot::Sender<SyncRequest>,
+    ) -> Self {
+        Shared {
+            status,
+            vm: OnceLock::new(),
+            expected_uid,
+            sync: Mutex::new(Some(sync)),
+        }
+    }
+
+    fn vm(&self) -> Option<&Arc<Vm>> {
+        self.vm.get()
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
 
 fn json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
     let body = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -43,15 +78,19 @@ fn error(status: StatusCode, message: impl Into<String>) -> Resp {
     )
 }
 
+fn not_running() -> Resp {
+    error(StatusCode::CONFLICT, "the VM is not running")
+}
+
 fn empty(status: StatusCode) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = status;
     r
 }
 
 fn vm_error(e: VmError) -> Resp {
     let status = match &e {
-        VmError::WrongPhase { .. } => StatusCode::CONFLICT,
+        VmError::WrongStage { .. } => StatusCode::CONFLICT,
         VmError::Hypervisor(kubevirt_hypervisor::HypervisorError::GuestAgent { .. }) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -63,7 +102,14 @@ fn vm_error(e: VmError) -> Resp {
     error(status, e.to_string())
 }
 
-/// Binds `path` (replacing a stale socket) and serves until the task is dropped.
+fn done(r: Result<(), VmError>, ok: StatusCode) -> Resp {
+    match r {
+        Ok(()) => empty(ok),
+        Err(e) => vm_error(e),
+    }
+}
+
+/// Binds `path` (replacing a stale socket), readable by its owner only.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path)?;
@@ -73,7 +119,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Accept loop.
-pub async fn serve(listener: UnixListener, vm: Arc<Vm>) {
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -83,9 +129,9 @@ pub async fn serve(listener: UnixListener, vm: Arc<Vm>) {
                 continue;
             }
         };
-        let vm = vm.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(vm.clone(), req));
+            let svc = service_fn(move |req| handle(shared.clone(), req));
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades()
@@ -107,11 +153,78 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
     }
 }
 
-async fn handle(vm: Arc<Vm>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// `GET /v1/watch`: the status now, then one line per change, until the launcher exits.
+fn watch(shared: &Shared) -> Resp {
+    let rx = shared.status.subscribe();
+    let lines = futures::stream::unfold((rx, true), |(mut rx, first)| async move {
+        if !first {
+            rx.changed().await.ok()?;
+        }
+        let st = rx.borrow_and_update().clone();
+        let mut line = serde_json::to_vec(&st).unwrap_or_default();
+        line.push(b'\n');
+        Some((
+            Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
+            (rx, false),
+        ))
+    });
+    let mut r = Response::new(StreamBody::new(lines).boxed());
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/jsonl"),
+    );
+    r
+}
+
+fn sync(shared: &Shared, body: &[u8]) -> Resp {
+    let req: SyncRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    let uid = req
+        .vmi
+        .pointer("/metadata/uid")
+        .and_then(|u| u.as_str())
+        .unwrap_or("");
+    if let Some(expected) = shared.expected_uid.as_deref().filter(|e| !e.is_empty()) {
+        if uid != expected {
+            return error(
+                StatusCode::CONFLICT,
+                format!("this launcher runs VMI {expected}, not {uid}"),
+            );
+        }
+    }
+    let sender = shared.sync.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match sender {
+        Some(tx) => {
+            let _ = tx.send(req);
+            empty(StatusCode::ACCEPTED)
+        }
+        None => {
+            // Already synced: the same VMI again is fine, another one is not.
+            let running = shared.status.get().vmi.map(|v| v.uid).unwrap_or_default();
+            if running == uid {
+                empty(StatusCode::ACCEPTED)
+            } else {
+                error(
+                    StatusCode::CONFLICT,
+                    format!("this launcher already runs VMI {running}"),
+                )
+            }
+        }
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let resp = match (method, path.as_str()) {
-        (Method::GET, "/v1/state") => json(StatusCode::OK, &vm.state()),
+        (Method::GET, "/v1/status") => json(StatusCode::OK, &shared.status.get()),
+        (Method::GET, "/v1/watch") => watch(&shared),
+        (Method::POST, "/v1/sync") => match read_body(req).await {
+            Err(r) => r,
+            Ok(body) => sync(&shared, &body),
+        },
         (Method::POST, "/v1/stop") => match read_body(req).await {
             Err(r) => r,
             Ok(body) => {
@@ -120,64 +233,73 @@ async fn handle(vm: Arc<Vm>, req: Request<Incoming>) -> Result<Resp, Infallible>
                 } else {
                     serde_json::from_slice(&body)
                 };
-                match parsed {
-                    Ok(r) => {
+                match (parsed, shared.vm()) {
+                    (Err(e), _) => error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+                    (Ok(_), None) => not_running(),
+                    (Ok(r), Some(vm)) => {
                         vm.request_stop(r.grace_seconds);
-                        json(StatusCode::ACCEPTED, &vm.state())
+                        json(StatusCode::ACCEPTED, &shared.status.get())
                     }
-                    Err(e) => error(StatusCode::BAD_REQUEST, format!("body: {e}")),
                 }
             }
         },
-        (Method::POST, "/v1/pause") => match vm.pause() {
-            Ok(()) => empty(StatusCode::NO_CONTENT),
-            Err(e) => vm_error(e),
+        (Method::POST, "/v1/pause") => match shared.vm() {
+            Some(vm) => done(vm.pause().await, StatusCode::NO_CONTENT),
+            None => not_running(),
         },
-        (Method::POST, "/v1/unpause") => match vm.unpause() {
-            Ok(()) => empty(StatusCode::NO_CONTENT),
-            Err(e) => vm_error(e),
+        (Method::POST, "/v1/unpause") => match shared.vm() {
+            Some(vm) => done(vm.unpause().await, StatusCode::NO_CONTENT),
+            None => not_running(),
         },
-        (Method::POST, "/v1/reset") => match vm.reset() {
-            Ok(()) => empty(StatusCode::NO_CONTENT),
-            Err(e) => vm_error(e),
+        (Method::POST, "/v1/reset") => match shared.vm() {
+            Some(vm) => done(vm.reset(), StatusCode::NO_CONTENT),
+            None => not_running(),
         },
-        (Method::POST, "/v1/soft-reboot") => match vm.soft_reboot().await {
-            Ok(()) => empty(StatusCode::NO_CONTENT),
-            Err(e) => vm_error(e),
+        (Method::POST, "/v1/soft-reboot") => match shared.vm() {
+            Some(vm) => done(vm.soft_reboot().await, StatusCode::NO_CONTENT),
+            None => not_running(),
         },
-        (Method::POST, "/v1/migrate") => match read_body(req).await {
-            Err(r) => r,
-            Ok(body) => match serde_json::from_slice::<MigrateRequest>(&body) {
+        (Method::POST, "/v1/migrate") => match (read_body(req).await, shared.vm()) {
+            (Err(r), _) => r,
+            (_, None) => not_running(),
+            (Ok(body), Some(vm)) => match serde_json::from_slice::<MigrateRequest>(&body) {
                 Err(e) => error(StatusCode::BAD_REQUEST, format!("body: {e}")),
                 Ok(m) => match valid_migration_uri(&m.uri) {
                     Err(reason) => error(StatusCode::BAD_REQUEST, format!("uri: {reason}")),
-                    Ok(()) => match vm.migrate(&m.uri) {
-                        Ok(()) => empty(StatusCode::ACCEPTED),
-                        Err(e) => vm_error(e),
-                    },
+                    Ok(()) => done(vm.migrate(&m.uri), StatusCode::ACCEPTED),
                 },
             },
         },
-        (Method::GET, "/v1/migration") => match vm.migration_status() {
-            Ok(m) => json(StatusCode::OK, &m),
-            Err(e) => vm_error(e),
+        (Method::GET, "/v1/migration") => match shared.vm() {
+            Some(vm) => match vm.migration_status() {
+                Ok(m) => json(StatusCode::OK, &m),
+                Err(e) => vm_error(e),
+            },
+            None => not_running(),
         },
-        (Method::GET, "/v1/guest-osinfo") => match vm.guest_osinfo().await {
-            Ok(v) => json(StatusCode::OK, &v),
-            Err(e) => vm_error(e),
+        (Method::GET, "/v1/guest-osinfo") => match shared.vm() {
+            Some(vm) => match vm.guest_osinfo().await {
+                Ok(v) => json(StatusCode::OK, &v),
+                Err(e) => vm_error(e),
+            },
+            None => not_running(),
         },
-        (Method::GET, "/v1/console") => {
-            let target = vm.domain.config().serial.as_ref().map(|s| s.socket.clone());
-            upgrade(req, target, "console")
-        }
-        (Method::GET, "/v1/vnc") => {
-            let target = vm.domain.config().vnc_socket.clone();
-            upgrade(req, target, "vnc")
-        }
+        (Method::GET, "/v1/console") => match shared.vm() {
+            Some(vm) => {
+                let target = vm.domain.config().serial.as_ref().map(|s| s.socket.clone());
+                upgrade(req, target, "console")
+            }
+            None => not_running(),
+        },
+        (Method::GET, "/v1/vnc") => match shared.vm() {
+            Some(vm) => upgrade(req, vm.domain.config().vnc_socket.clone(), "vnc"),
+            None => not_running(),
+        },
         (
             _,
-            "/v1/state" | "/v1/stop" | "/v1/pause" | "/v1/unpause" | "/v1/reset"
-            | "/v1/soft-reboot" | "/v1/guest-osinfo" | "/v1/console" | "/v1/vnc",
+            "/v1/status" | "/v1/watch" | "/v1/sync" | "/v1/stop" | "/v1/pause" | "/v1/unpause"
+            | "/v1/reset" | "/v1/soft-reboot" | "/v1/guest-osinfo" | "/v1/console" | "/v1/vnc"
+            | "/v1/migrate" | "/v1/migration",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
     };

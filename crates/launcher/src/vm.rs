@@ -1,143 +1,121 @@
-//! The supervised VM: state shared by the API server, the signal handler and the reaper.
+//! The supervised VM: operations on the running domain, on behalf of the API server, the
+//! signal handler and the event follower. Every state change is published through the
+//! launcher's [`StatusCell`].
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kubevirt_hypervisor::{Accelerator, Domain, DomainState, ExitInfo, ExitReason};
+use kubevirt_hypervisor::{Domain, DomainEvent, DomainState};
 use serde_json::Value;
 
-use crate::api::{FinalState, InterfaceStatus, LauncherState, Phase, VmiRef};
-use crate::rundir::RunDir;
+use crate::protocol::Stage;
+use crate::status::StatusCell;
 
 /// Errors of VM operations requested through the API.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error(transparent)]
     Hypervisor(#[from] kubevirt_hypervisor::HypervisorError),
-    #[error("the VM is {phase:?}; {operation} is not possible")]
-    WrongPhase { phase: Phase, operation: String },
+    #[error("the VM is {stage:?}; {operation} is not possible")]
+    WrongStage { stage: Stage, operation: String },
     #[error("background task failed: {reason}")]
     Task { reason: String },
 }
 
-#[derive(Debug)]
-struct VmState {
-    phase: Phase,
-    reason: Option<String>,
-    stop_requested: bool,
-    exit: Option<ExitInfo>,
-    os_info: Option<Value>,
-}
+/// The ID of the guest agent's virtio-serial port in the QEMU command line.
+const AGENT_PORT_ID: &str = "channel0";
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A running VM and what the launcher knows about it.
+/// A started VM and what the launcher knows about it.
 pub struct Vm {
-    pub vmi: VmiRef,
-    pub accelerator: Accelerator,
     pub domain: Arc<dyn Domain>,
     pub default_grace: u64,
-    pub run_dir: RunDir,
-    pub interfaces: Vec<InterfaceStatus>,
-    st: Mutex<VmState>,
+    pub status: Arc<StatusCell>,
     /// The agent channel takes one client at a time.
     agent: Arc<Mutex<()>>,
 }
 
-const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl Vm {
-    pub fn new(
-        vmi: VmiRef,
-        accelerator: Accelerator,
-        domain: Arc<dyn Domain>,
-        default_grace: u64,
-        run_dir: RunDir,
-        interfaces: Vec<InterfaceStatus>,
-    ) -> Arc<Vm> {
-        let phase = if domain.config().start_paused {
-            Phase::Paused
-        } else {
-            Phase::Running
-        };
+    pub fn new(domain: Arc<dyn Domain>, default_grace: u64, status: Arc<StatusCell>) -> Arc<Vm> {
         Arc::new(Vm {
-            vmi,
-            accelerator,
             domain,
             default_grace,
-            run_dir,
-            interfaces,
-            st: Mutex::new(VmState {
-                phase,
-                reason: None,
-                stop_requested: false,
-                exit: None,
-                os_info: None,
-            }),
+            status,
             agent: Arc::new(Mutex::new(())),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VmState> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The current phase (asks QEMU while it runs).
-    pub fn phase(&self) -> Phase {
-        let (phase, stopping) = {
-            let st = self.lock();
-            (st.phase, st.stop_requested)
-        };
-        if phase.is_final() || stopping {
-            return phase;
-        }
-        match self.domain.state() {
-            Ok(DomainState::Paused) => Phase::Paused,
-            Ok(DomainState::Running) => Phase::Running,
-            Ok(DomainState::Shutdown) => Phase::ShuttingDown,
-            // Waiting for an incoming migration: not running yet.
-            Ok(DomainState::Incoming) => Phase::Starting,
-            // The guest moved away; the source's vCPUs stay stopped until it is stopped.
-            Ok(DomainState::Migrated) => Phase::Paused,
-            _ => phase,
-        }
-    }
-
-    /// The state for `GET /v1/state`.
-    pub fn state(&self) -> LauncherState {
-        let phase = self.phase();
-        let st = self.lock();
-        LauncherState {
-            vmi: self.vmi.clone(),
-            phase,
-            accelerator: self.accelerator.clone(),
-            launcher_pid: std::process::id(),
-            qemu_pid: self.domain.pid(),
-            guest_os_info: st.os_info.clone(),
-            interfaces: self.interfaces.clone(),
-            exit: st.exit.clone(),
-            reason: st.reason.clone(),
-        }
-    }
-
     fn require_live(&self, operation: &str) -> Result<(), VmError> {
-        let st = self.lock();
-        if st.phase.is_final() || st.stop_requested {
-            return Err(VmError::WrongPhase {
-                phase: st.phase,
+        let st = self.status.get();
+        if st.stage != Stage::Started || st.stop_requested {
+            return Err(VmError::WrongStage {
+                stage: st.stage,
                 operation: operation.into(),
             });
         }
         Ok(())
     }
 
-    pub fn pause(&self) -> Result<(), VmError> {
+    /// Asks QEMU for its run state and publishes it.
+    pub async fn refresh_state(self: &Arc<Self>) {
+        let vm = self.clone();
+        let state = tokio::task::spawn_blocking(move || vm.domain.state())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if let Some(state) = state.filter(|s| *s != DomainState::Exited) {
+            self.status.update(|s| {
+                if s.stage == Stage::Started {
+                    s.domain = Some(state);
+                }
+            });
+        }
+    }
+
+    /// Reacts to one event from the VMM: run-state changes are re-read from QEMU, the guest
+    /// agent channel opening or closing sets `agentConnected` (and fetches the guest OS).
+    pub async fn on_event(self: &Arc<Self>, ev: &DomainEvent) {
+        match ev.name.as_str() {
+            "STOP" | "RESUME" | "SHUTDOWN" | "RESET" | "GUEST_PANICKED" | "MIGRATION" => {
+                self.refresh_state().await
+            }
+            "VSERPORT_CHANGE"
+                if ev.data.get("id").and_then(Value::as_str) == Some(AGENT_PORT_ID) =>
+            {
+                let open = ev
+                    .data
+                    .get("open")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                self.status.update(|s| s.agent_connected = open);
+                if open {
+                    let vm = self.clone();
+                    // The agent needs a moment after opening the port before it answers.
+                    tokio::spawn(async move {
+                        for _ in 0..10 {
+                            if vm.guest_osinfo().await.is_ok() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub async fn pause(self: &Arc<Self>) -> Result<(), VmError> {
         self.require_live("pause")?;
         self.domain.pause()?;
+        self.refresh_state().await;
         Ok(())
     }
 
-    pub fn unpause(&self) -> Result<(), VmError> {
+    pub async fn unpause(self: &Arc<Self>) -> Result<(), VmError> {
         self.require_live("unpause")?;
         self.domain.resume()?;
+        self.refresh_state().await;
         Ok(())
     }
 
@@ -179,16 +157,15 @@ impl Vm {
         .map_err(VmError::from)
     }
 
-    /// `guest-get-osinfo`, cached in the state.
+    /// `guest-get-osinfo`, published in the status.
     pub async fn guest_osinfo(self: &Arc<Self>) -> Result<Value, VmError> {
         let v = self.agent("guest-get-osinfo", None).await?;
-        self.lock().os_info = Some(v.clone());
+        self.status.update(|s| s.guest_os_info = Some(v.clone()));
         Ok(v)
     }
 
-    /// Guest-agent reboot, else ACPI power button... followed by nothing: ACPI has no reboot
-    /// button, so without an agent a soft reboot is a `system_reset` (as upstream does for
-    /// guests without an agent).
+    /// Guest-agent reboot; without an agent a soft reboot is a `system_reset` (ACPI has no
+    /// reboot button), as upstream does for guests without an agent.
     pub async fn soft_reboot(self: &Arc<Self>) -> Result<(), VmError> {
         match self
             .agent(
@@ -207,18 +184,21 @@ impl Vm {
 
     /// Starts a graceful stop: ACPI power button, wait up to `grace` seconds (pressing it
     /// again every 5 s in case the guest was not listening yet), then quit/SIGKILL.
-    /// Idempotent: a second request only shortens nothing and returns.
+    /// A later request with a shorter grace period shortens the wait.
     pub fn request_stop(self: &Arc<Self>, grace: Option<u64>) {
-        {
-            let mut st = self.lock();
-            if st.phase.is_final() || st.stop_requested {
-                return;
-            }
-            st.stop_requested = true;
-            st.phase = Phase::ShuttingDown;
-        }
         let grace = grace.unwrap_or(self.default_grace);
-        tracing::info!(grace, "stop requested");
+        let first = {
+            let mut first = false;
+            self.status.update(|s| {
+                first = !s.stop_requested;
+                s.stop_requested = true;
+            });
+            first
+        };
+        if self.status.get().stage != Stage::Started {
+            return;
+        }
+        tracing::info!(grace, first, "stop requested");
         let vm = self.clone();
         tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + Duration::from_secs(grace);
@@ -238,40 +218,5 @@ impl Vm {
                 tracing::error!(error = %e, "hard stop failed");
             }
         });
-    }
-
-    /// Records QEMU's exit and returns the final state for `final-state.json`.
-    pub fn finish(&self, exit: Option<ExitInfo>) -> FinalState {
-        let mut st = self.lock();
-        let (phase, reason) = match (&exit, st.stop_requested) {
-            (Some(e), _) if e.reason == ExitReason::GuestShutdown => {
-                (Phase::Succeeded, "guest shut down".to_string())
-            }
-            (Some(e), true) => (
-                Phase::Succeeded,
-                format!("stopped on request ({:?})", e.reason),
-            ),
-            (Some(e), false) if e.reason == ExitReason::HostRequest => {
-                (Phase::Succeeded, "QEMU quit on request".to_string())
-            }
-            (Some(e), false) => (
-                Phase::Failed,
-                format!(
-                    "QEMU ended unexpectedly: {:?} (exit code {:?}, signal {:?})",
-                    e.reason, e.exit_code, e.signal
-                ),
-            ),
-            (None, _) => (Phase::Failed, "QEMU exit status unknown".to_string()),
-        };
-        st.phase = phase;
-        st.reason = Some(reason.clone());
-        st.exit = exit.clone();
-        FinalState {
-            vmi: self.vmi.clone(),
-            phase,
-            reason,
-            exit,
-            finished_at: chrono::Utc::now().to_rfc3339(),
-        }
     }
 }

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use kubevirt_launcher::Phase;
+use kubevirt_hypervisor::{DomainState, ExitReason};
 use kubevirt_testenv::{guests, READY_MARKER};
 use serde_json::json;
 
@@ -31,17 +31,17 @@ fn hostdisk_emptydisk_cloudinit_agent_pause_console_vnc_and_stop() {
             {"name": "cloudinit", "cloudInitNoCloud": {"userData": "#!/bin/sh\necho CLOUD-INIT-HELLO-$((6*7))\n"}}
         ]),
     );
-    let vm = launch(vmi, &[]);
+    let mut vm = launch(vmi, &[]);
     let rt = rt();
-    let st = rt.block_on(vm.client.state()).unwrap();
-    assert_eq!(st.phase, Phase::Running);
-    assert_eq!(st.vmi.name, "hostdisk");
+    let st = vm.status(&rt);
+    assert_eq!(st.domain, Some(DomainState::Running));
+    assert_eq!(st.vmi.as_ref().unwrap().name, "hostdisk");
     let qemu_pid = st.qemu_pid.unwrap();
     let launcher_pid = vm.launcher_pid().unwrap();
     assert_eq!(st.launcher_pid, launcher_pid);
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
         assert_eq!(
-            st.accelerator.kind,
+            st.accelerator.as_ref().unwrap().kind,
             kubevirt_hypervisor::AcceleratorKind::Tcg
         );
     }
@@ -70,12 +70,9 @@ fn hostdisk_emptydisk_cloudinit_agent_pause_console_vnc_and_stop() {
     assert!(out.contains("host=hostdisk"), "{out}");
 
     rt.block_on(vm.client.pause()).unwrap();
-    assert_eq!(rt.block_on(vm.client.state()).unwrap().phase, Phase::Paused);
+    assert_eq!(vm.status(&rt).domain, Some(DomainState::Paused));
     rt.block_on(vm.client.unpause()).unwrap();
-    assert_eq!(
-        rt.block_on(vm.client.state()).unwrap().phase,
-        Phase::Running
-    );
+    assert_eq!(vm.status(&rt).domain, Some(DomainState::Running));
     let out = con.run("echo after-unpause", T).unwrap();
     assert!(out.contains("after-unpause"));
 
@@ -98,16 +95,17 @@ fn hostdisk_emptydisk_cloudinit_agent_pause_console_vnc_and_stop() {
         "400"
     );
     assert_eq!(post_raw(&vm, "/v1/nothing", ""), "404");
-    assert_eq!(
-        rt.block_on(vm.client.state()).unwrap().phase,
-        Phase::Running
-    );
+    assert_eq!(vm.status(&rt).domain, Some(DomainState::Running));
 
     // Graceful stop: ACPI, the guest powers off, everything is cleaned.
     rt.block_on(vm.client.stop(Some(60))).unwrap();
-    let fin = vm.wait_final();
-    assert_eq!(fin.phase, Phase::Succeeded, "{fin:?}");
-    assert!(fin.reason.contains("guest shut down"), "{fin:?}");
+    let (code, fin) = vm.wait_final();
+    assert_eq!(code, Some(0), "{fin:?}");
+    assert_eq!(
+        fin.exit.as_ref().map(|e| e.reason),
+        Some(ExitReason::GuestShutdown),
+        "{fin:?}"
+    );
     wait_dead(qemu_pid);
     assert_eq!(vm.leftovers(), Vec::<String>::new());
     assert!(root.exists(), "a hostDisk is the user's and stays");
@@ -162,7 +160,7 @@ fn kernel_boot_soft_reboot_reset_and_grace_period_hard_stop() {
             }
         }
     });
-    let vm = launch(
+    let mut vm = launch(
         v,
         &[
             "--registry-mirror".into(),
@@ -184,10 +182,7 @@ fn kernel_boot_soft_reboot_reset_and_grace_period_hard_stop() {
     vm.wait_serial(READY_MARKER, 2);
     rt.block_on(vm.client.reset()).unwrap();
     vm.wait_serial(READY_MARKER, 3);
-    assert_eq!(
-        rt.block_on(vm.client.state()).unwrap().phase,
-        Phase::Running
-    );
+    assert_eq!(vm.status(&rt).domain, Some(DomainState::Running));
 
     // The guest stops listening to the power button: the grace period decides.
     let mut con = console(&rt, &vm.client);
@@ -195,17 +190,19 @@ fn kernel_boot_soft_reboot_reset_and_grace_period_hard_stop() {
     assert!(out.contains("acpid-gone"), "{out}");
     let started = std::time::Instant::now();
     rt.block_on(vm.client.stop(Some(3))).unwrap();
-    assert_eq!(
-        rt.block_on(vm.client.state()).unwrap().phase,
-        Phase::ShuttingDown
-    );
+    assert!(vm.status(&rt).stop_requested);
     // Operations during shutdown are refused with a conflict.
     let err = rt.block_on(vm.client.pause()).unwrap_err().to_string();
     assert!(err.contains("409"), "{err}");
-    let fin = vm.wait_final();
+    let (code, fin) = vm.wait_final();
     assert!(started.elapsed() >= Duration::from_secs(3));
-    assert_eq!(fin.phase, Phase::Succeeded, "{fin:?}");
-    assert!(fin.reason.contains("stopped on request"), "{fin:?}");
+    assert_eq!(code, Some(0), "a requested stop is not a crash: {fin:?}");
+    assert!(fin.stop_requested, "{fin:?}");
+    assert_ne!(
+        fin.exit.as_ref().map(|e| e.reason),
+        Some(ExitReason::GuestShutdown),
+        "hard stop: {fin:?}"
+    );
     assert!(!vm.serial_log().contains("ACPI power button"));
     assert_eq!(vm.leftovers(), Vec::<String>::new());
 }
@@ -226,11 +223,11 @@ fn masquerade_pod_network_dhcp_and_teardown() {
         json!([{"name": "root", "hostDisk": {"path": root, "type": "Disk"}}]),
     );
     v["spec"]["networks"] = json!([{"name": "default", "pod": {}}]);
-    let vm = launch(v, &[]);
+    let mut vm = launch(v, &[]);
     let rt = rt();
     let log = vm.wait_serial("guest-ip: ", 1);
     assert!(log.contains("guest-ip: 10.0.2.2"), "{log}");
-    let st = rt.block_on(vm.client.state()).unwrap();
+    let st = vm.status(&rt);
     assert_eq!(st.interfaces.len(), 1, "{st:?}");
     let iface = &st.interfaces[0];
     assert_eq!(iface.binding, "masquerade");
@@ -253,8 +250,8 @@ fn masquerade_pod_network_dhcp_and_teardown() {
     };
     assert_eq!(pods(), 1);
     rt.block_on(vm.client.stop(Some(30))).unwrap();
-    let fin = vm.wait_final();
-    assert_eq!(fin.phase, Phase::Succeeded, "{fin:?}");
+    let (code, fin) = vm.wait_final();
+    assert_eq!(code, Some(0), "{fin:?}");
     assert_eq!(pods(), 0, "pod network torn down");
     assert_eq!(vm.leftovers(), Vec::<String>::new());
 }

@@ -1,5 +1,6 @@
-//! Launcher process lifecycle with real guests: independence from its parent, adoption
-//! through discover(), SIGTERM and SIGKILL cleanup, containerDisk/ephemeral/cdrom volumes.
+//! Launcher process lifecycle with real guests: independence from its parent, a new client
+//! finding it by its run directory, SIGTERM and SIGKILL cleanup, the wait-for-sync mode,
+//! containerDisk/ephemeral/cdrom volumes.
 
 mod common;
 
@@ -7,14 +8,16 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use common::*;
-use kubevirt_launcher::{discover, Phase};
+use kubevirt_hypervisor::DomainState;
+use kubevirt_launcher::{LauncherClient, Stage, SyncRequest};
 use kubevirt_testenv::{guests, Registry, READY_MARKER, UPSTREAM_DEMO_IMAGE};
 use serde_json::json;
 
 /// containerDisk (pulled from a local registry through the `registry:5000` mapping) booted
-/// through an overlay, plus an ephemeral overlay over a "PVC". The launcher is started by a
-/// parent process group that is then killed -9: the VM keeps running, a new node agent finds
-/// it with discover(), and SIGTERM to the launcher stops the guest and cleans everything.
+/// through an overlay, plus an ephemeral overlay over a "PVC". The launcher is started, in
+/// its own process group, by a parent process group that is then killed -9: the VM keeps
+/// running, a new client finds it by its run directory, and SIGTERM to the launcher stops
+/// the guest and cleans everything.
 #[test]
 fn containerdisk_ephemeral_parent_kill_adoption_and_sigterm() {
     let g = guests();
@@ -39,20 +42,25 @@ fn containerdisk_ephemeral_parent_kill_adoption_and_sigterm() {
     );
     let dir = tempfile::tempdir().unwrap();
     let run_root = dir.path().join("vms");
-    let vm = TestVm {
-        run_dir: kubevirt_launcher::RunDir::new(
-            run_root.join("tests_containerdisk_uid-containerdisk"),
-        ),
+    let mut vm = TestVm {
+        run_dir: kubevirt_launcher::RunDir::new(run_root.join("uid-containerdisk")),
         client: kubevirt_launcher::LauncherClient::new(
-            run_root.join("tests_containerdisk_uid-containerdisk/launcher.sock"),
+            run_root.join("uid-containerdisk/launcher.sock"),
         ),
         dir,
+        child: None,
     };
     std::fs::write(vm.vmi_path(), serde_json::to_vec(&vmi).unwrap()).unwrap();
 
-    // A stand-in node agent: a shell in its own process group that starts the launcher
-    // (default run dir under --run-root) and then idles.
+    // A stand-in node agent: a shell in its own process group that starts the launcher in a
+    // session of its own (default run dir under --run-root, from its identity) and idles.
     let mut args = vec![
+        "--namespace".to_string(),
+        "tests".into(),
+        "--name".into(),
+        "containerdisk".into(),
+        "--uid".into(),
+        "uid-containerdisk".into(),
         "--vmi".to_string(),
         vm.vmi_path().display().to_string(),
         "--run-root".into(),
@@ -68,7 +76,7 @@ fn containerdisk_ephemeral_parent_kill_adoption_and_sigterm() {
     ];
     args.insert(0, launcher_bin().to_string());
     let script = format!(
-        "{} && echo launched; exec sleep 600",
+        "setsid {} >/dev/null 2>&1 & echo launched; exec sleep 600",
         args.iter()
             .map(|a| format!("'{a}'"))
             .collect::<Vec<_>>()
@@ -97,8 +105,7 @@ fn containerdisk_ephemeral_parent_kill_adoption_and_sigterm() {
         std::io::BufReader::new(agent.stdout.as_mut().unwrap())
             .read_line(&mut line)
             .unwrap();
-        // The launcher prints its daemon pid, then the shell prints "launched".
-        assert!(!line.trim().is_empty(), "launcher printed nothing");
+        assert_eq!(line.trim(), "launched");
     }
     let log = vm.wait_serial(READY_MARKER, 1);
     assert!(
@@ -106,7 +113,7 @@ fn containerdisk_ephemeral_parent_kill_adoption_and_sigterm() {
         "the ephemeral disk is attached: {log}"
     );
     let rt = rt();
-    let st = rt.block_on(vm.client.state()).unwrap();
+    let st = vm.status(&rt);
     let qemu_pid = st.qemu_pid.unwrap();
 
     // kill -9 the whole "node agent" process group.
@@ -135,19 +142,12 @@ fn containerdisk_ephemeral_parent_kill_adoption_and_sigterm() {
     )
     .unwrap();
 
-    // A new node agent finds and adopts the running launcher.
-    let found = rt.block_on(discover(&run_root));
-    assert_eq!(found.len(), 1, "{found:?}");
-    let info = &found[0];
-    assert!(info.is_running(), "{info:?}");
-    assert_eq!(info.pid, Some(launcher_pid));
-    assert_eq!(info.vmi.as_ref().unwrap().name, "containerdisk");
-    assert_eq!(info.state.as_ref().unwrap().phase, Phase::Running);
-    let adopted = kubevirt_launcher::LauncherClient::for_run_dir(&info.run_dir);
-    assert_eq!(
-        rt.block_on(adopted.state()).unwrap().qemu_pid,
-        Some(qemu_pid)
-    );
+    // A new client finds the running launcher by its run directory.
+    let adopted = LauncherClient::for_run_dir(&vm.run_dir);
+    let st = rt.block_on(adopted.status()).unwrap();
+    assert_eq!(st.qemu_pid, Some(qemu_pid));
+    assert_eq!(st.domain, Some(DomainState::Running));
+    assert_eq!(st.vmi.as_ref().unwrap().name, "containerdisk");
 
     // SIGTERM: graceful stop and full cleanup.
     nix::sys::signal::kill(
@@ -155,8 +155,8 @@ fn containerdisk_ephemeral_parent_kill_adoption_and_sigterm() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let fin = vm.wait_final();
-    assert_eq!(fin.phase, Phase::Succeeded, "{fin:?}");
+    let (_, fin) = vm.wait_final();
+    assert!(fin.stop_requested && fin.failure.is_none(), "{fin:?}");
     wait_dead(qemu_pid);
     assert_eq!(
         vm.leftovers(),
@@ -168,11 +168,7 @@ fn containerdisk_ephemeral_parent_kill_adoption_and_sigterm() {
         pvc_before,
         "the ephemeral base is untouched"
     );
-    let found = rt.block_on(discover(&run_root));
-    assert!(
-        found[0].final_state.is_some() && found[0].pid.is_none(),
-        "{found:?}"
-    );
+    assert!(vm.launcher_pid().is_none());
 }
 
 /// CD-ROM boot (hybrid ISO on SATA, bootOrder 1), ConfigDrive seed, a TPM; then kill -9 of
@@ -201,10 +197,10 @@ fn cdrom_boot_configdrive_tpm_and_launcher_kill9() {
         v["spec"]["hostname"] = "cd-host".into();
         v
     };
-    let vm = launch(vmi.clone(), &[]);
+    let mut vm = launch(vmi.clone(), &[]);
     let rt = rt();
     vm.wait_serial(READY_MARKER, 1);
-    let st = rt.block_on(vm.client.state()).unwrap();
+    let st = vm.status(&rt);
     let qemu_pid = st.qemu_pid.unwrap();
     let launcher_pid = vm.launcher_pid().unwrap();
     let swtpm_pid: u32 = std::fs::read_to_string(vm.run_dir.path().join("swtpm.pid"))
@@ -237,30 +233,27 @@ fn cdrom_boot_configdrive_tpm_and_launcher_kill9() {
     wait_dead(launcher_pid);
     wait_dead(qemu_pid);
     wait_dead(swtpm_pid);
-    let found = rt.block_on(discover(vm.run_dir.path().parent().unwrap()));
-    let me = found
-        .iter()
-        .find(|i| i.run_dir.path() == vm.run_dir.path())
-        .unwrap();
+    assert!(vm.launcher_pid().is_none());
     assert!(
-        me.pid.is_none() && me.state.is_none() && me.final_state.is_none(),
-        "{me:?}"
+        kubevirt_launcher::final_status(&vm.run_dir).is_none(),
+        "killed -9: no record"
     );
+    let _ = vm.child.take().map(|mut c| c.wait());
 
     // The next launcher for this VM cleans up and runs it again.
-    let out = Command::new(launcher_bin())
-        .args(launcher_args(&vm))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    vm.child = Some(
+        Command::new(launcher_bin())
+            .args(launcher_args(&vm))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
     );
+    vm.wait_started();
     vm.wait_serial(READY_MARKER, 2);
     rt.block_on(vm.client.stop(Some(0))).unwrap();
-    let fin = vm.wait_final();
-    assert_eq!(fin.phase, Phase::Succeeded, "{fin:?}");
+    let (code, fin) = vm.wait_final();
+    assert_eq!(code, Some(0), "{fin:?}");
     assert_eq!(vm.leftovers(), Vec::<String>::new());
 }
 
@@ -276,7 +269,7 @@ fn live_migration_between_launchers() {
         json!({"disks": [{"name": "root", "disk": {"bus": "virtio"}}]}),
         json!([{"name": "root", "hostDisk": {"path": root, "type": "Disk"}}]),
     );
-    let src = launch(v.clone(), &[]);
+    let mut src = launch(v.clone(), &[]);
     let rt = rt();
     src.wait_serial(READY_MARKER, 1);
     let mut con = console(&rt, &src.client);
@@ -288,11 +281,8 @@ fn live_migration_between_launchers() {
         .unwrap()
         .port();
     let uri = format!("tcp:127.0.0.1:{port}");
-    let dst = launch(v, &["--incoming".into(), uri.clone()]);
-    assert_eq!(
-        rt.block_on(dst.client.state()).unwrap().phase,
-        Phase::Starting
-    );
+    let mut dst = launch(v, &["--incoming".into(), uri.clone()]);
+    assert_eq!(dst.status(&rt).domain, Some(DomainState::Incoming));
     // exec: URIs would run a shell command in QEMU: refused.
     let err = rt.block_on(src.client.migrate("exec:true")).unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
@@ -308,7 +298,7 @@ fn live_migration_between_launchers() {
     };
     assert_eq!(status.status, "completed", "{status:?}");
     let deadline = std::time::Instant::now() + T;
-    while rt.block_on(dst.client.state()).unwrap().phase != Phase::Running {
+    while dst.status(&rt).domain != Some(DomainState::Running) {
         assert!(std::time::Instant::now() < deadline, "target never ran");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -318,9 +308,117 @@ fn live_migration_between_launchers() {
     assert!(out.contains("memory-25"), "{out}");
 
     rt.block_on(src.client.stop(Some(0))).unwrap();
-    assert_eq!(src.wait_final().phase, Phase::Succeeded);
+    assert_eq!(src.wait_final().0, Some(0));
     rt.block_on(dst.client.stop(Some(0))).unwrap();
-    assert_eq!(dst.wait_final().phase, Phase::Succeeded);
+    assert_eq!(dst.wait_final().0, Some(0));
     assert_eq!(src.leftovers(), Vec::<String>::new());
     assert_eq!(dst.leftovers(), Vec::<String>::new());
+}
+
+/// Without `--vmi` the launcher waits for the node agent's sync: it reports WaitingForSync,
+/// refuses a VMI it was not started for, runs the one it was, and a SIGTERM while it waits
+/// ends it cleanly.
+#[test]
+fn waits_for_sync_and_runs_only_its_vmi() {
+    let g = guests();
+    let images = tempfile::tempdir().unwrap();
+    let root = copy_to(&g.disk_qcow2, images.path(), "root.qcow2");
+    let v = vmi(
+        "synced",
+        json!({"disks": [{"name": "root", "disk": {"bus": "virtio"}}]}),
+        json!([{"name": "root", "hostDisk": {"path": root, "type": "Disk"}}]),
+    );
+    let rt = rt();
+    let start = |dir: &tempfile::TempDir| {
+        let run_dir = kubevirt_launcher::RunDir::new(dir.path().join("run"));
+        std::fs::create_dir_all(run_dir.path()).unwrap();
+        let child = Command::new(launcher_bin())
+            .args([
+                "--namespace",
+                "tests",
+                "--name",
+                "synced",
+                "--uid",
+                "uid-synced",
+            ])
+            .arg("--run-dir")
+            .arg(run_dir.path())
+            .arg("--persistent-dir")
+            .arg(dir.path().join("persist"))
+            .stdout(std::fs::File::create(run_dir.launcher_log()).unwrap())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        (run_dir, child)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (run_dir, child) = start(&dir);
+    let mut vm = TestVm {
+        client: LauncherClient::for_run_dir(&run_dir),
+        run_dir,
+        dir,
+        child: Some(child),
+    };
+    let deadline = std::time::Instant::now() + T;
+    let st = loop {
+        if let Ok(st) = rt.block_on(vm.client.status()) {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "launcher never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(st.stage, Stage::WaitingForSync);
+    assert_eq!(st.vmi.as_ref().unwrap().uid, "uid-synced");
+    let err = rt.block_on(vm.client.pause()).unwrap_err().to_string();
+    assert!(err.contains("409"), "nothing runs yet: {err}");
+    let mut other = v.clone();
+    other["metadata"]["uid"] = json!("someone-else");
+    let err = rt
+        .block_on(vm.client.sync(&SyncRequest {
+            vmi: other,
+            secrets: Default::default(),
+        }))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("409") && err.contains("uid-synced"), "{err}");
+    rt.block_on(vm.client.sync(&SyncRequest {
+        vmi: v.clone(),
+        secrets: Default::default(),
+    }))
+    .unwrap();
+    vm.wait_started();
+    vm.wait_serial(READY_MARKER, 1);
+    rt.block_on(vm.client.stop(Some(0))).unwrap();
+    assert_eq!(vm.wait_final().0, Some(0));
+
+    // Terminated while waiting: nothing to stop, exit 0.
+    let dir = tempfile::tempdir().unwrap();
+    let (run_dir, child) = start(&dir);
+    let mut waiting = TestVm {
+        client: LauncherClient::for_run_dir(&run_dir),
+        run_dir,
+        dir,
+        child: Some(child),
+    };
+    let deadline = std::time::Instant::now() + T;
+    while rt.block_on(waiting.client.status()).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "launcher never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = waiting.child.as_ref().unwrap().id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (code, fin) = waiting.wait_final();
+    assert_eq!(code, Some(0));
+    assert!(fin.stop_requested && fin.exit.is_none(), "{fin:?}");
 }

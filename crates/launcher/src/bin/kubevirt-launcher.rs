@@ -15,6 +15,6 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(false)
         .init();
     let args = kubevirt_launcher::LauncherArgs::parse();
-    kubevirt_launcher::run(args)?;
-    Ok(())
+    let code = kubevirt_launcher::run(args)?;
+    std::process::exit(code)
 }

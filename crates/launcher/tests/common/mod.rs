@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kubevirt_launcher::{FinalState, LauncherClient, RunDir};
+use kubevirt_launcher::{LauncherClient, LauncherStatus, RunDir, Stage};
 use kubevirt_testenv::Console;
 
 pub const T: Duration = Duration::from_secs(90);
@@ -27,6 +27,8 @@ pub struct TestVm {
     pub dir: tempfile::TempDir,
     pub run_dir: RunDir,
     pub client: LauncherClient,
+    /// The launcher process, when this test started it.
+    pub child: Option<std::process::Child>,
 }
 
 impl TestVm {
@@ -59,20 +61,39 @@ impl TestVm {
         }
     }
 
-    /// Waits for the launcher to exit and returns its final state.
-    pub fn wait_final(&self) -> FinalState {
+    /// Waits for the launcher to exit; returns its exit code (when it is this test's child)
+    /// and the final status it recorded.
+    pub fn wait_final(&mut self) -> (Option<i32>, LauncherStatus) {
         let deadline = Instant::now() + T;
-        while self.launcher_pid().is_some() {
-            assert!(Instant::now() < deadline, "launcher did not exit");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let text = std::fs::read_to_string(self.run_dir.final_state()).unwrap_or_else(|e| {
+        let code = match self.child.as_mut() {
+            Some(c) => loop {
+                if let Some(st) = c.try_wait().unwrap() {
+                    break st.code();
+                }
+                assert!(Instant::now() < deadline, "launcher did not exit");
+                std::thread::sleep(Duration::from_millis(50));
+            },
+            None => {
+                while self.launcher_pid().is_some() {
+                    assert!(Instant::now() < deadline, "launcher did not exit");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                None
+            }
+        };
+        let fin = kubevirt_launcher::final_status(&self.run_dir).unwrap_or_else(|| {
             panic!(
-                "no final state ({e}); launcher log:\n{}",
+                "no final status; launcher log:\n{}",
                 std::fs::read_to_string(self.run_dir.launcher_log()).unwrap_or_default()
             )
         });
-        serde_json::from_str(&text).unwrap()
+        assert_eq!(fin.stage, Stage::Exited, "{fin:?}");
+        (code, fin)
+    }
+
+    /// The status now.
+    pub fn status(&self, rt: &tokio::runtime::Runtime) -> LauncherStatus {
+        rt.block_on(self.client.status()).unwrap()
     }
 
     /// Files left in the run dir besides what the node agent reads afterwards.
@@ -105,31 +126,71 @@ impl Drop for TestVm {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
     }
 }
 
-/// Writes the VMI and runs `kubevirt-launcher` (daemon mode); returns once the VM runs.
+/// Writes the VMI and starts `kubevirt-launcher --vmi` in its own process group (as the node
+/// agent does), logging to its run dir; returns once the launcher reports QEMU started.
 pub fn launch(vmi: serde_json::Value, extra: &[String]) -> TestVm {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = RunDir::new(dir.path().join("run"));
-    let vm = TestVm {
+    let mut vm = TestVm {
         client: LauncherClient::for_run_dir(&run_dir),
         run_dir,
         dir,
+        child: None,
     };
     std::fs::write(vm.vmi_path(), serde_json::to_vec(&vmi).unwrap()).unwrap();
-    let out = Command::new(launcher_bin())
-        .args(launcher_args(&vm))
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "launcher failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(vm.run_dir.launcher_log()).unwrap_or_default()
+    std::fs::create_dir_all(vm.run_dir.path()).unwrap();
+    let log = std::fs::File::create(vm.run_dir.launcher_log()).unwrap();
+    use std::os::unix::process::CommandExt;
+    vm.child = Some(
+        Command::new(launcher_bin())
+            .args(launcher_args(&vm))
+            .args(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap(),
     );
+    vm.wait_started();
     vm
+}
+
+impl TestVm {
+    /// Follows the launcher's status stream until QEMU runs (panics if it exits first).
+    pub fn wait_started(&self) {
+        use futures::StreamExt;
+        let rt = rt();
+        let deadline = Instant::now() + T;
+        let started = rt.block_on(async {
+            loop {
+                assert!(Instant::now() < deadline, "launcher never answered");
+                let Ok(stream) = self.client.watch().await else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let mut stream = std::pin::pin!(stream);
+                while let Some(Ok(st)) = stream.next().await {
+                    match st.stage {
+                        Stage::Started => return Ok(st),
+                        Stage::Exited => return Err(st),
+                        _ => {}
+                    }
+                }
+            }
+        });
+        if let Err(st) = started {
+            panic!(
+                "launcher failed: {st:?}\n{}",
+                std::fs::read_to_string(self.run_dir.launcher_log()).unwrap_or_default()
+            );
+        }
+    }
 }
 
 pub fn launcher_args(vm: &TestVm) -> Vec<String> {
