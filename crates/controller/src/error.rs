@@ -1,19 +1,17 @@
 //! Errors of the controllers.
 
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use kubevirt_reconcile::ApiCallError;
+
 /// Errors raised while reconciling VirtualMachines and VirtualMachineInstances.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     /// A call to the API server failed.
-    #[error("{action} {kind} {namespace}/{name}: {source}")]
-    Api {
-        action: &'static str,
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        #[source]
-        source: Box<kube::Error>,
-    },
-    /// An object lacks a field the controller needs (the API server should have refused it).
+    #[error(transparent)]
+    Api(#[from] ApiCallError),
+    /// An object lacks a field the controller needs (admission should have refused it).
     #[error("{kind} {namespace}/{name}: {field}: Required value")]
     MissingField {
         kind: &'static str,
@@ -21,31 +19,19 @@ pub enum ControllerError {
         name: String,
         field: &'static str,
     },
-    /// A field holds a value the controller cannot act on.
-    #[error("{field}: Invalid value: {value:?}: {reason}")]
-    InvalidField {
-        field: String,
-        value: String,
-        reason: String,
-    },
-    /// A state change request (start/stop/restart) is not allowed in the VM's current state.
-    #[error("{message}")]
-    Conflict { message: String },
-    /// Serialising a patch failed.
-    #[error("building patch for {kind} {name}: {source}")]
-    Serialize {
-        kind: &'static str,
-        name: String,
-        #[source]
-        source: serde_json::Error,
-    },
 }
 
 impl ControllerError {
-    /// Transient errors (API unreachable, conflicts on update) are retried quickly; the rest
-    /// waits for the object to change.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, ControllerError::Api { .. })
+    /// API failures (unreachable, conflicts) are retried quickly; an object the controller
+    /// cannot act on waits for a change, with a slow retry as a safety net.
+    pub fn retry_after(&self) -> Action {
+        match self {
+            ControllerError::Api(e) if e.is_conflict() => {
+                Action::requeue(Duration::from_millis(200))
+            }
+            ControllerError::Api(_) => Action::requeue(Duration::from_secs(2)),
+            ControllerError::MissingField { .. } => Action::requeue(Duration::from_secs(300)),
+        }
     }
 }
 

@@ -1,29 +1,30 @@
 //! The VirtualMachine controller: keeps each VM's VMI in line with its runStrategy and
 //! mirrors the VMI into the VM's status.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use futures::StreamExt;
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Api, Client};
-use serde_json::{json, Value};
+use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
-use crate::error::{ControllerError, Result};
-use crate::events::{EventRecorder, EventType};
-use crate::finalizer;
-use crate::model::{VmView, VmiView};
-use crate::resources::{
-    ns_name, vm_resource, vmi_resource, VMI_FINALIZER, VM_CONTROLLER_NAME, VM_FINALIZER,
-};
-use crate::runstrategy::{decide, VmiAction};
-use crate::status::vm_status_patch;
+use kubevirt_api::v1::well_known::{VM_CONTROLLER_FINALIZER, VM_GENERATION_ANNOTATION};
+use kubevirt_api::v1::{VirtualMachine, VirtualMachineInstance};
+use kubevirt_reconcile::events::{EventRecorder, EventType};
+use kubevirt_reconcile::{finalizer, status::write_status};
 
-const API_VERSION: &str = "kubevirt.io/v1";
+use crate::error::{ControllerError, Result};
+use crate::runstrategy::{decide, VmiAction};
+use crate::vm_status::{vm_status, SyncFailure};
+
+/// Name of the controller in events.
+pub const COMPONENT: &str = "virtualmachine-controller";
 
 /// Shared state of the VM controller's reconcilers.
 pub struct Context {
@@ -31,184 +32,140 @@ pub struct Context {
     pub recorder: EventRecorder,
 }
 
-/// Builds the VMI a VM's template describes: same name and namespace, owned by the VM
-/// (controller, blockOwnerDeletion), carrying the template's metadata and spec unchanged.
-pub fn vmi_from_template(vm: &DynamicObject) -> Result<Value> {
-    let (namespace, name) = ns_name(vm);
-    let uid = vm
-        .metadata
-        .uid
-        .clone()
-        .ok_or(ControllerError::MissingField {
-            kind: "VirtualMachine",
-            namespace: namespace.clone(),
-            name: name.clone(),
-            field: "metadata.uid",
-        })?;
-    let template = vm
-        .data
-        .pointer("/spec/template")
-        .ok_or(ControllerError::MissingField {
-            kind: "VirtualMachine",
-            namespace: namespace.clone(),
-            name: name.clone(),
-            field: "spec.template",
-        })?;
-    let tmeta = template.get("metadata").cloned().unwrap_or(json!({}));
-    let mut labels = tmeta.get("labels").cloned().unwrap_or(json!({}));
-    if !labels.is_object() {
-        labels = json!({});
+impl Context {
+    pub fn new(client: Client) -> Self {
+        Context {
+            recorder: EventRecorder::new(client.clone(), COMPONENT, None),
+            client,
+        }
     }
-    let mut metadata = json!({
-        "name": name,
-        "namespace": namespace,
-        "labels": labels,
-        "ownerReferences": [{
-            "apiVersion": API_VERSION,
-            "kind": "VirtualMachine",
-            "name": name,
-            "uid": uid,
-            "controller": true,
-            "blockOwnerDeletion": true,
-        }],
-        "finalizers": [VMI_FINALIZER],
-    });
-    if let Some(annotations) = tmeta.get("annotations").filter(|a| a.is_object()) {
-        metadata["annotations"] = annotations.clone();
-    }
-    Ok(json!({
-        "apiVersion": API_VERSION,
-        "kind": "VirtualMachineInstance",
-        "metadata": metadata,
-        "spec": template.get("spec").cloned().unwrap_or(json!({})),
-    }))
 }
 
-/// True when every field `patch.status` sets already has that value in `current`.
-pub fn status_unchanged(current: &Value, patch: &Value) -> bool {
-    let Some(fields) = patch.get("status").and_then(Value::as_object) else {
-        return true;
+/// The VMI a VM's template describes: same name and namespace, owned by the VM (controller,
+/// blockOwnerDeletion), the template's labels and annotations plus the VM generation it was
+/// made from, and the VM controller's finalizer (kept until the VM status has recorded how
+/// the VMI ended).
+pub fn vmi_from_vm(vm: &VirtualMachine) -> Result<VirtualMachineInstance> {
+    let missing = |field| ControllerError::MissingField {
+        kind: "VirtualMachine",
+        namespace: vm.namespace().unwrap_or_default(),
+        name: vm.name_any(),
+        field,
     };
-    let status = current.get("status");
-    fields.iter().all(|(k, v)| {
-        let cur = status.and_then(|s| s.get(k)).unwrap_or(&Value::Null);
-        cur == v
+    let spec = vm
+        .spec
+        .template
+        .spec
+        .clone()
+        .ok_or_else(|| missing("spec.template.spec"))?;
+    let owner = vm
+        .controller_owner_ref(&())
+        .ok_or_else(|| missing("metadata.uid"))?;
+    let template = vm.spec.template.metadata.clone().unwrap_or_default();
+    let mut annotations = template.annotations.unwrap_or_default();
+    if let Some(g) = vm.metadata.generation {
+        annotations.insert(VM_GENERATION_ANNOTATION.into(), g.to_string());
+    }
+    Ok(VirtualMachineInstance {
+        metadata: ObjectMeta {
+            name: vm.metadata.name.clone(),
+            namespace: vm.metadata.namespace.clone(),
+            labels: Some(template.labels.unwrap_or_default()).filter(|l| !l.is_empty()),
+            annotations: Some(annotations).filter(|a: &BTreeMap<_, _>| !a.is_empty()),
+            owner_references: Some(vec![owner]),
+            finalizers: Some(vec![VM_CONTROLLER_FINALIZER.into()]),
+            ..Default::default()
+        },
+        spec,
+        status: None,
     })
 }
 
-fn api_err(
-    action: &'static str,
-    kind: &'static str,
-    namespace: &str,
-    name: &str,
-) -> impl FnOnce(kube::Error) -> ControllerError {
-    let (namespace, name) = (namespace.to_string(), name.to_string());
-    move |source| ControllerError::Api {
-        action,
-        kind,
-        namespace,
-        name,
-        source: Box::new(source),
-    }
-}
-
-#[instrument(skip(vm, ctx), fields(namespace = vm.metadata.namespace.as_deref().unwrap_or(""), name = vm.metadata.name.as_deref().unwrap_or("")))]
-pub async fn reconcile(vm: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action> {
-    let (namespace, name) = ns_name(&vm);
-    let vms: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &namespace, &vm_resource());
-    let vmis: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &namespace, &vmi_resource());
-
-    let view = match VmView::from_object(&vm) {
-        Ok(v) => v,
-        Err(e @ ControllerError::InvalidField { .. }) => {
-            ctx.recorder
-                .publish(
-                    &vm,
-                    API_VERSION,
-                    "VirtualMachine",
-                    EventType::Warning,
-                    "InvalidSpec",
-                    &e.to_string(),
-                )
-                .await;
-            return Ok(Action::await_change());
-        }
-        Err(e) => return Err(e),
-    };
-    if !view.deleting {
-        finalizer::add(&vms, &vm, "VirtualMachine", VM_FINALIZER).await?;
-    }
-
-    let vmi_obj = vmis.get_opt(&name).await.map_err(api_err(
-        "getting",
-        "VirtualMachineInstance",
-        &namespace,
-        &name,
-    ))?;
-    // A VMI of the same name that another owner controls is not ours to manage.
-    let vmi_obj = vmi_obj.filter(|v| {
+/// The VMI of the same name, if this VM controls it (a VMI another owner controls is not
+/// ours to manage).
+fn owned(
+    vm: &VirtualMachine,
+    vmi: Option<VirtualMachineInstance>,
+) -> Option<VirtualMachineInstance> {
+    vmi.filter(|v| {
         v.metadata.owner_references.as_ref().is_none_or(|refs| {
             refs.iter()
-                .all(|r| r.controller != Some(true) || r.uid == view.uid)
+                .all(|r| r.controller != Some(true) || Some(&r.uid) == vm.metadata.uid.as_ref())
         })
-    });
-    let vmi_view = vmi_obj.as_ref().map(VmiView::from_object).transpose()?;
-    let now = Utc::now();
-    let decision = decide(&view, vmi_view.as_ref(), now);
+    })
+}
+
+#[instrument(skip(vm, ctx), fields(namespace = vm.metadata.namespace.as_deref().unwrap_or(""), name = %vm.name_any()))]
+pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = vm.namespace().unwrap_or_default();
+    let name = vm.name_any();
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &namespace);
+    let deleting = vm.metadata.deletion_timestamp.is_some();
+    let vm = if deleting {
+        vm
+    } else {
+        Arc::new(finalizer::add(&vms, &*vm, VM_CONTROLLER_FINALIZER).await?)
+    };
+
+    let vmi = vmis
+        .get_opt(&name)
+        .await
+        .map_err(kubevirt_reconcile::api_call_on(
+            "getting",
+            "VirtualMachineInstance",
+            &namespace,
+            &name,
+        ))?;
+    let vmi = owned(&vm, vmi);
+    let now = Timestamp::now();
+    let decision = decide(&vm, vmi.as_ref(), now);
 
     let mut failure = None;
     match &decision.action {
         VmiAction::None => {}
-        VmiAction::Create => {
-            let body = vmi_from_template(&vm)?;
-            let obj: DynamicObject =
-                serde_json::from_value(body).map_err(|source| ControllerError::Serialize {
-                    kind: "VirtualMachineInstance",
-                    name: name.clone(),
-                    source,
-                })?;
-            match vmis.create(&PostParams::default(), &obj).await {
-                Ok(created) => {
-                    info!("created VirtualMachineInstance");
-                    let uid = created.metadata.uid.unwrap_or_default();
-                    ctx.recorder
-                        .publish(&vm, API_VERSION, "VirtualMachine", EventType::Normal, "SuccessfulCreate",
-                            &format!("Started the virtual machine by creating the new virtual machine instance {name} ({uid})"))
-                        .await;
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
-                    let message =
-                        format!("failed to create virtual machine instance: {}", s.message);
-                    warn!(%message);
-                    ctx.recorder
-                        .publish(
-                            &vm,
-                            API_VERSION,
-                            "VirtualMachine",
-                            EventType::Warning,
-                            "FailedCreate",
-                            &message,
-                        )
-                        .await;
-                    failure = Some(message);
-                }
-                Err(e) => {
-                    return Err(api_err(
-                        "creating",
-                        "VirtualMachineInstance",
-                        &namespace,
-                        &name,
-                    )(e))
-                }
+        VmiAction::Create => match vmis
+            .create(&PostParams::default(), &vmi_from_vm(&vm)?)
+            .await
+        {
+            Ok(created) => {
+                info!("created VirtualMachineInstance");
+                let uid = created.metadata.uid.unwrap_or_default();
+                ctx.recorder
+                    .publish(&*vm, EventType::Normal, "SuccessfulCreate",
+                        &format!("Started the virtual machine by creating the new virtual machine instance {uid}"))
+                    .await;
             }
-        }
+            // Created meanwhile: the next reconcile sees it.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 || s.code == 403 => {
+                let message = format!("Error creating virtual machine instance: {}", s.message);
+                warn!(%message);
+                ctx.recorder
+                    .publish(&*vm, EventType::Warning, "FailedCreate", &message)
+                    .await;
+                failure = Some(SyncFailure {
+                    reason: "FailedCreate",
+                    message,
+                });
+            }
+            Err(e) => {
+                return Err(kubevirt_reconcile::api_call_on(
+                    "creating",
+                    "VirtualMachineInstance",
+                    &namespace,
+                    &name,
+                )(e)
+                .into())
+            }
+        },
         VmiAction::Delete { reason } => {
-            let uid = vmi_view.as_ref().map(|v| v.uid.clone()).unwrap_or_default();
+            let uid = vmi
+                .as_ref()
+                .and_then(|v| v.metadata.uid.clone())
+                .unwrap_or_default();
             let params = DeleteParams {
-                preconditions: Some(kube::api::Preconditions {
+                preconditions: Some(Preconditions {
                     uid: Some(uid.clone()),
                     resource_version: None,
                 }),
@@ -218,53 +175,51 @@ pub async fn reconcile(vm: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Acti
                 Ok(_) => {
                     info!(%reason, "deleting VirtualMachineInstance");
                     ctx.recorder
-                        .publish(&vm, API_VERSION, "VirtualMachine", EventType::Normal, "SuccessfulDelete",
-                            &format!("Stopped the virtual machine by deleting the virtual machine instance {uid} ({reason})"))
+                        .publish(&*vm, EventType::Normal, "SuccessfulDelete",
+                            &format!("Stopped the virtual machine by deleting the virtual machine instance {uid}"))
                         .await;
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
                 Err(e) => {
-                    return Err(api_err(
+                    return Err(kubevirt_reconcile::api_call_on(
                         "deleting",
                         "VirtualMachineInstance",
                         &namespace,
                         &name,
-                    )(e))
+                    )(e)
+                    .into())
                 }
             }
         }
     }
 
-    if !view.deleting {
-        let patch = vm_status_patch(&view, vmi_view.as_ref(), &decision, failure.as_deref(), now);
-        if !status_unchanged(&vm.data, &patch) {
-            vms.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(api_err(
-                    "updating status of",
-                    "VirtualMachine",
-                    &namespace,
-                    &name,
-                ))?;
-        }
-    } else if vmi_view.is_none() {
-        finalizer::remove(&vms, &vm, "VirtualMachine", VM_FINALIZER).await?;
+    if !deleting {
+        let desired = vm_status(&vm, vmi.as_ref(), &decision, failure.as_ref(), now);
+        write_status(&vms, &*vm, vm.status.as_ref(), &desired).await?;
+    }
+    // The VM status has seen how this VMI ended: it may go.
+    if let Some(v) = vmi.as_ref().filter(|v| v.is_final()) {
+        finalizer::remove(&vmis, v, VM_CONTROLLER_FINALIZER).await?;
+    }
+    if deleting && vmi.is_none() {
+        finalizer::remove(&vms, &*vm, VM_CONTROLLER_FINALIZER).await?;
     }
 
     Ok(match decision.backoff_remaining {
-        Some(wait) => Action::requeue(wait.to_std().unwrap_or(Duration::from_secs(1))),
-        None => Action::requeue(Duration::from_secs(300)),
+        Some(wait) => Action::requeue(
+            Duration::try_from(wait).unwrap_or(Duration::from_secs(1)) + Duration::from_millis(50),
+        ),
+        None => Action::await_change(),
     })
 }
 
-pub fn error_policy(vm: Arc<DynamicObject>, error: &ControllerError, _ctx: Arc<Context>) -> Action {
-    let (namespace, name) = ns_name(&vm);
-    warn!(%namespace, %name, %error, "reconciling VirtualMachine failed");
-    if error.is_transient() {
-        Action::requeue(Duration::from_secs(2))
-    } else {
-        Action::requeue(Duration::from_secs(60))
-    }
+pub fn error_policy(
+    vm: Arc<VirtualMachine>,
+    error: &ControllerError,
+    _ctx: Arc<Context>,
+) -> Action {
+    warn!(vm = %kubevirt_reconcile::object_ref(&*vm), %error, "reconciling VirtualMachine failed");
+    error.retry_after()
 }
 
 /// Runs the VM controller until `shutdown` resolves.
@@ -272,74 +227,16 @@ pub async fn run(
     client: Client,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let vms: Api<DynamicObject> = Api::all_with(client.clone(), &vm_resource());
-    let vmis: Api<DynamicObject> = Api::all_with(client.clone(), &vmi_resource());
-    let ctx = Arc::new(Context {
-        recorder: EventRecorder::new(client.clone(), VM_CONTROLLER_NAME, None),
-        client,
-    });
-    Controller::new_with(vms, watcher::Config::default(), vm_resource())
-        .owns_with(vmis, vmi_resource(), watcher::Config::default())
+    let vms: Api<VirtualMachine> = Api::all(client.clone());
+    let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
+    Controller::new(vms, watcher::Config::default())
+        .owns(vmis, watcher::Config::default())
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, Arc::new(Context::new(client)))
         .for_each(|res| async move {
             if let Err(error) = res {
                 tracing::debug!(%error, "VirtualMachine reconcile");
             }
         })
         .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vmi_carries_template_and_owner() {
-        let vm: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-            "metadata": {"name": "testvm", "namespace": "ns1", "uid": "u1"},
-            "spec": {"runStrategy": "Always", "template": {
-                "metadata": {"labels": {"kubevirt.io/vm": "testvm"}, "annotations": {"a": "b"}},
-                "spec": {"domain": {"devices": {}, "unknownField": 1}}
-            }}
-        }))
-        .unwrap();
-        let vmi = vmi_from_template(&vm).unwrap();
-        assert_eq!(vmi["metadata"]["name"], "testvm");
-        assert_eq!(vmi["metadata"]["namespace"], "ns1");
-        assert_eq!(vmi["metadata"]["labels"]["kubevirt.io/vm"], "testvm");
-        assert_eq!(vmi["metadata"]["annotations"]["a"], "b");
-        let owner = &vmi["metadata"]["ownerReferences"][0];
-        assert_eq!(owner["uid"], "u1");
-        assert_eq!(owner["controller"], true);
-        assert_eq!(owner["blockOwnerDeletion"], true);
-        assert_eq!(vmi["metadata"]["finalizers"][0], VMI_FINALIZER);
-        assert_eq!(vmi["spec"]["domain"]["unknownField"], 1);
-    }
-
-    #[test]
-    fn vmi_from_template_requires_template() {
-        let vm: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-            "metadata": {"name": "testvm", "namespace": "ns1", "uid": "u1"},
-            "spec": {}
-        }))
-        .unwrap();
-        let err = vmi_from_template(&vm).unwrap_err().to_string();
-        assert!(err.contains("spec.template"), "{err}");
-    }
-
-    #[test]
-    fn unchanged_status_is_detected() {
-        let cur = json!({"status": {"printableStatus": "Running", "ready": true}});
-        assert!(status_unchanged(
-            &cur,
-            &json!({"status": {"ready": true, "startFailure": null}})
-        ));
-        assert!(!status_unchanged(
-            &cur,
-            &json!({"status": {"ready": false}})
-        ));
-    }
 }

@@ -1,215 +1,241 @@
-//! The VirtualMachineInstance controller in embedded mode: the scheduler of a one-node
-//! cluster. It guards new VMIs with the finalizer, assigns them to the node (phase
-//! Scheduled, `status.nodeName`, label `kubevirt.io/nodeName`), and releases VMIs that no
-//! node agent will ever handle (deleted before scheduling, or already finished).
+//! The VirtualMachineInstance controller (upstream's virt-controller VMI loop), the same code
+//! in embedded and cluster mode: creates each VMI's virt-launcher Pod, follows the pod to
+//! move the VMI through Pending, Scheduling and Scheduled, marks it Failed when the pod dies
+//! before the VMI finished, deletes the pods of a deleted VMI, and releases the VMI's
+//! finalizer once no pod of it is left. Pod placement is the scheduler's, running the pod the
+//! kubelet's (the embedded node agent on one machine); Running and beyond the node agent's.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::Utc;
 use futures::StreamExt;
-use kube::api::{DynamicObject, Patch, PatchParams};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Api, Client};
-use serde_json::{json, Value};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use crate::error::{ControllerError, Result};
-use crate::events::{EventRecorder, EventType};
-use crate::finalizer;
-use crate::model::{VmiPhase, VmiView};
-use crate::resources::{
-    ns_name, vmi_resource, NODE_NAME_LABEL, VMI_CONTROLLER_NAME, VMI_FINALIZER,
+use kubevirt_api::launcher_pod::{launcher_pod, LauncherPodSettings};
+use kubevirt_api::v1::well_known::{
+    CREATED_BY_LABEL, NODE_NAME_LABEL, UNPAUSED_POD_CONDITION, VMI_FINALIZER,
 };
+use kubevirt_api::v1::{
+    vmi_condition, VirtualMachineInstance, VirtualMachineInstancePhase as Phase,
+};
+use kubevirt_reconcile::events::{EventRecorder, EventType};
+use kubevirt_reconcile::{api_call, api_call_on, finalizer, status::write_status};
+
+use crate::error::{ControllerError, Result};
+use crate::vmi_status::{controlled_pods, current_pod, pod_down, vmi_status, SyncError};
+
+/// Name of the controller in events.
+pub const COMPONENT: &str = "virtualmachineinstance-controller";
 
 pub struct Context {
     pub client: Client,
     pub recorder: EventRecorder,
-    /// The node every VMI is placed on.
-    pub node_name: String,
+    /// How launcher pods are rendered (image, command, emulation, CPU ratio).
+    pub pod_settings: LauncherPodSettings,
 }
 
-/// What the scheduler does with one VMI.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SchedulerStep {
-    /// Release the finalizer: no node agent owns this VMI.
-    Release,
-    /// Put the finalizer on first.
-    Guard,
-    /// Assign to the node.
-    Schedule,
-    Nothing,
+impl Context {
+    pub fn new(client: Client, pod_settings: LauncherPodSettings) -> Self {
+        Context {
+            recorder: EventRecorder::new(client.clone(), COMPONENT, None),
+            client,
+            pod_settings,
+        }
+    }
 }
 
-pub fn next_step(vmi: &VmiView, deleting: bool, has_finalizer: bool) -> SchedulerStep {
+/// The pod condition behind the launcher pod's readiness gate: False while the VMI is paused.
+pub fn unpaused_condition(vmi: &VirtualMachineInstance, now: Timestamp) -> PodCondition {
+    let paused = vmi.condition_true(vmi_condition::PAUSED);
+    PodCondition {
+        type_: UNPAUSED_POD_CONDITION.into(),
+        status: if paused { "False" } else { "True" }.into(),
+        reason: Some(if paused { "Paused" } else { "NotPaused" }.into()),
+        message: Some(
+            if paused {
+                "the virtual machine is paused"
+            } else {
+                "the virtual machine is not paused"
+            }
+            .into(),
+        ),
+        last_transition_time: Some(Time(now)),
+        ..Default::default()
+    }
+}
+
+/// Keeps the pod's readiness-gate condition in line with the VMI (the kubelet folds it into
+/// the pod's Ready condition).
+async fn sync_unpaused(
+    pods: &Api<Pod>,
+    pod: &Pod,
+    vmi: &VirtualMachineInstance,
+    now: Timestamp,
+) -> Result<()> {
+    let want = unpaused_condition(vmi, now);
+    let mut status = pod.status.clone().unwrap_or_default();
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    match conditions
+        .iter_mut()
+        .find(|c| c.type_ == UNPAUSED_POD_CONDITION)
+    {
+        Some(c) if c.status == want.status => return Ok(()),
+        Some(c) => *c = want,
+        None => conditions.push(want),
+    }
+    write_status(pods, pod, pod.status.as_ref(), &status).await?;
+    Ok(())
+}
+
+#[instrument(skip(vmi, ctx), fields(namespace = vmi.metadata.namespace.as_deref().unwrap_or(""), name = %vmi.name_any()))]
+pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = vmi.namespace().unwrap_or_default();
+    let name = vmi.name_any();
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let uid = vmi.metadata.uid.clone().unwrap_or_default();
+    let mut pods = pods_api
+        .list(&ListParams::default().labels(&format!("{CREATED_BY_LABEL}={uid}")))
+        .await
+        .map_err(api_call_on(
+            "listing pods of",
+            "VirtualMachineInstance",
+            &namespace,
+            &name,
+        ))?
+        .items;
+    let deleting = vmi.metadata.deletion_timestamp.is_some();
+    let mut sync_error = None;
+
     if deleting {
-        if has_finalizer && (vmi.node_name.is_none() || vmi.phase.is_final()) {
-            return SchedulerStep::Release;
+        for pod in controlled_pods(&vmi, &pods) {
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let pod_name = pod.name_any();
+            match pods_api.delete(&pod_name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    info!(pod = %pod_name, "deleting launcher pod");
+                    ctx.recorder
+                        .publish(
+                            &*vmi,
+                            EventType::Normal,
+                            "SuccessfulDelete",
+                            &format!("Deleted virtual machine pod {pod_name}"),
+                        )
+                        .await;
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    ctx.recorder
+                        .publish(
+                            &*vmi,
+                            EventType::Warning,
+                            "FailedDelete",
+                            &format!("Failed to delete virtual machine pod {pod_name}"),
+                        )
+                        .await;
+                    return Err(api_call("deleting", pod)(e).into());
+                }
+            }
         }
-        return SchedulerStep::Nothing;
-    }
-    if !has_finalizer && !vmi.phase.is_final() {
-        return SchedulerStep::Guard;
-    }
-    if vmi.node_name.is_none() && matches!(vmi.phase, VmiPhase::Pending | VmiPhase::Scheduling) {
-        return SchedulerStep::Schedule;
-    }
-    SchedulerStep::Nothing
-}
-
-/// The status patch that places a VMI on `node`.
-pub fn schedule_patch(current_status: &Value, node: &str, now: &str) -> Value {
-    let mut transitions: Vec<Value> = current_status
-        .get("phaseTransitionTimestamps")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for phase in ["Pending", "Scheduled"] {
-        if !transitions.iter().any(|t| t["phase"] == phase) {
-            transitions.push(json!({"phase": phase, "phaseTransitionTimestamp": now}));
-        }
-    }
-    json!({"status": {
-        "phase": "Scheduled",
-        "nodeName": node,
-        "phaseTransitionTimestamps": transitions,
-    }})
-}
-
-#[instrument(skip(vmi, ctx), fields(namespace = vmi.metadata.namespace.as_deref().unwrap_or(""), name = vmi.metadata.name.as_deref().unwrap_or("")))]
-pub async fn reconcile(vmi: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action> {
-    let (namespace, name) = ns_name(&vmi);
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), &namespace, &vmi_resource());
-    let view = VmiView::from_object(&vmi)?;
-    let step = next_step(
-        &view,
-        vmi.metadata.deletion_timestamp.is_some(),
-        finalizer::has_finalizer(&vmi, VMI_FINALIZER),
-    );
-    let err = |action: &'static str| {
-        let (namespace, name) = (namespace.clone(), name.clone());
-        move |source| ControllerError::Api {
-            action,
-            kind: "VirtualMachineInstance",
-            namespace,
-            name,
-            source: Box::new(source),
-        }
-    };
-    match step {
-        SchedulerStep::Release => {
-            finalizer::remove(&api, &vmi, "VirtualMachineInstance", VMI_FINALIZER).await?
-        }
-        SchedulerStep::Guard => {
-            finalizer::add(&api, &vmi, "VirtualMachineInstance", VMI_FINALIZER).await?
-        }
-        SchedulerStep::Schedule => {
-            let label = json!({"metadata": {"labels": {NODE_NAME_LABEL: ctx.node_name}}});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&label))
-                .await
-                .map_err(err("labelling"))?;
-            let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let status = vmi.data.get("status").cloned().unwrap_or(Value::Null);
-            let patch = schedule_patch(&status, &ctx.node_name, &now);
-            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(err("scheduling"))?;
-            info!(node = %ctx.node_name, "scheduled VirtualMachineInstance");
-            ctx.recorder
-                .publish(
-                    &vmi,
-                    "kubevirt.io/v1",
+    } else if current_pod(&vmi, &pods).is_none()
+        && matches!(vmi.phase(), Phase::Unset | Phase::Pending)
+    {
+        let pod = launcher_pod(&vmi, &ctx.pod_settings);
+        match pods_api.create(&PostParams::default(), &pod).await {
+            Ok(created) => {
+                info!(pod = %created.name_any(), "created launcher pod");
+                ctx.recorder
+                    .publish(
+                        &*vmi,
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        &format!("Created virtual machine pod {}", created.name_any()),
+                    )
+                    .await;
+                pods.push(created);
+            }
+            Err(kube::Error::Api(s)) if s.code < 500 && s.code != 409 && s.code != 429 => {
+                let message = format!("Error creating pod: {}", s.message);
+                warn!(%message);
+                ctx.recorder
+                    .publish(&*vmi, EventType::Warning, "FailedCreate", &message)
+                    .await;
+                sync_error = Some(SyncError {
+                    reason: "FailedCreate",
+                    message,
+                });
+            }
+            Err(e) => {
+                return Err(api_call_on(
+                    "creating pod for",
                     "VirtualMachineInstance",
-                    EventType::Normal,
-                    "Scheduled",
-                    &format!(
-                        "Successfully assigned {namespace}/{name} to {}",
-                        ctx.node_name
-                    ),
-                )
-                .await;
+                    &namespace,
+                    &name,
+                )(e)
+                .into())
+            }
         }
-        SchedulerStep::Nothing => {}
+    }
+
+    let now = Timestamp::now();
+    let outcome = vmi_status(&vmi, &pods, sync_error.as_ref(), now);
+    if let Some(node) = &outcome.node_label {
+        if vmi.labels().get(NODE_NAME_LABEL) != Some(node) {
+            let patch = json!({"metadata": {"labels": {NODE_NAME_LABEL: node}}});
+            vmis.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(api_call("labelling", &*vmi))?;
+        }
+    }
+    write_status(&vmis, &*vmi, vmi.status.as_ref(), &outcome.status).await?;
+    if let Some(pod) = current_pod(&vmi, &pods).filter(|p| !pod_down(p)) {
+        sync_unpaused(&pods_api, pod, &vmi, now).await?;
+    }
+    if outcome.release {
+        finalizer::remove(&vmis, &*vmi, VMI_FINALIZER).await?;
     }
     Ok(Action::await_change())
 }
 
 pub fn error_policy(
-    vmi: Arc<DynamicObject>,
+    vmi: Arc<VirtualMachineInstance>,
     error: &ControllerError,
     _ctx: Arc<Context>,
 ) -> Action {
-    let (namespace, name) = ns_name(&vmi);
-    warn!(%namespace, %name, %error, "reconciling VirtualMachineInstance failed");
-    if error.is_transient() {
-        Action::requeue(Duration::from_secs(2))
-    } else {
-        Action::requeue(Duration::from_secs(60))
-    }
+    warn!(vmi = %kubevirt_reconcile::object_ref(&*vmi), %error, "reconciling VirtualMachineInstance failed");
+    error.retry_after()
 }
 
-/// Runs the embedded scheduler for `node_name` until `shutdown` resolves.
+/// Runs the VMI controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
-    node_name: String,
+    pod_settings: LauncherPodSettings,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let vmis: Api<DynamicObject> = Api::all_with(client.clone(), &vmi_resource());
-    let ctx = Arc::new(Context {
-        recorder: EventRecorder::new(client.clone(), VMI_CONTROLLER_NAME, None),
-        client,
-        node_name,
-    });
-    Controller::new_with(vmis, watcher::Config::default(), vmi_resource())
+    let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+    let launcher_pods = watcher::Config::default().labels("kubevirt.io=virt-launcher");
+    Controller::new(vmis, watcher::Config::default())
+        .owns(pods, launcher_pods)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            reconcile,
+            error_policy,
+            Arc::new(Context::new(client, pod_settings)),
+        )
         .for_each(|res| async move {
             if let Err(error) = res {
                 tracing::debug!(%error, "VirtualMachineInstance reconcile");
             }
         })
         .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::runstrategy::tests::vmi;
-
-    #[test]
-    fn scheduler_steps() {
-        let pending = vmi("a", VmiPhase::Pending);
-        assert_eq!(next_step(&pending, false, false), SchedulerStep::Guard);
-        assert_eq!(next_step(&pending, false, true), SchedulerStep::Schedule);
-        assert_eq!(next_step(&pending, true, true), SchedulerStep::Release);
-        let mut placed = vmi("a", VmiPhase::Running);
-        placed.node_name = Some("n".into());
-        assert_eq!(next_step(&placed, false, true), SchedulerStep::Nothing);
-        // A deleted VMI on a node waits for that node's agent to stop it.
-        assert_eq!(next_step(&placed, true, true), SchedulerStep::Nothing);
-        let mut done = placed.clone();
-        done.phase = VmiPhase::Succeeded;
-        assert_eq!(next_step(&done, true, true), SchedulerStep::Release);
-    }
-
-    #[test]
-    fn schedule_patch_records_transitions_once() {
-        let p = schedule_patch(&json!({}), "node1", "t1");
-        assert_eq!(p["status"]["phase"], "Scheduled");
-        assert_eq!(p["status"]["nodeName"], "node1");
-        assert_eq!(
-            p["status"]["phaseTransitionTimestamps"]
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
-        let again = schedule_patch(&p["status"], "node1", "t2");
-        assert_eq!(
-            again["status"]["phaseTransitionTimestamps"][0]["phaseTransitionTimestamp"],
-            "t1"
-        );
-    }
 }
