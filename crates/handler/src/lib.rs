@@ -1,14 +1,26 @@
-//! kubevirt-handler: the node agent. It runs the VMIs scheduled to its node through
-//! launchers, reports their state into VMI status, stops them with their grace period when
-//! the VMI is deleted, adopts running launchers after a restart, registers the Node, and
-//! serves the VM/VMI subresources (start/stop/restart, pause/unpause/softreboot/reset,
-//! console/vnc websockets, guestosinfo).
+//! kubevirt-handler: the node agent. On its node it is both upstream's virt-handler and, in
+//! embedded mode, the kubelet of launcher pods:
+//!
+//! - [`node`]: registers the Node (labels, capacity) and keeps its heartbeat;
+//! - [`scheduler`]: embedded mode's stand-in for kube-scheduler (binds pods to the node);
+//! - [`launchers`]: the launcher processes of this node, started or adopted, followed
+//!   through the status they push;
+//! - [`pods`] with [`pod_status`]: runs launcher pods and reports their status; refuses
+//!   other pods;
+//! - [`agent`] with [`vmi_status`]: hands each Scheduled VMI to its launcher, writes VMI
+//!   status from the launcher's reports, stops deleted VMIs;
+//! - [`subresources`] and [`logs`]: `subresources.kubevirt.io` (start/stop/restart,
+//!   pause/unpause/softreboot/reset, console/vnc, guestosinfo) and `pods/log`.
 
 pub mod agent;
 pub mod error;
+pub mod launchers;
+pub mod logs;
 pub mod node;
-pub mod ops;
-pub mod status;
+pub mod pod_status;
+pub mod pods;
+pub mod scheduler;
 pub mod subresources;
+pub mod vmi_status;
 
 pub use error::{HandlerError, Result};

@@ -2,8 +2,8 @@
 //! server mounts (`extra_routes`).
 //!
 //! Each handler parses the request into one typed action and hands it to either the VM
-//! state-change rules (`kubevirt_controller::statechange`, applied through kube-rs) or the
-//! node's launchers ([`LauncherOps`]). Errors are Kubernetes `Status` bodies, so kubectl,
+//! state-change rules (`kubevirt_api::statechange`, applied through kube-rs as JSON patches)
+//! or the VMI's launcher on this node. Errors are Kubernetes `Status` bodies, so kubectl,
 //! kube-rs and virtctl print them as usual.
 
 use std::sync::{Arc, OnceLock};
@@ -16,18 +16,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use futures::{SinkExt, StreamExt};
-use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
+use kubevirt_api::statechange::{self, Refusal, VmUpdate};
+use kubevirt_api::v1::well_known::STOP_GRACE_ANNOTATION;
+use kubevirt_api::v1::{
+    vmi_condition, VirtualMachine, VirtualMachineInstance, VirtualMachineInstancePhase,
+};
+use kubevirt_launcher::{ByteStream, LauncherClient};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use kubevirt_controller::model::{VmView, VmiPhase, VmiView};
-use kubevirt_controller::resources::{vm_resource, vmi_resource};
-use kubevirt_controller::statechange::{self, StateChange};
-use kubevirt_controller::ControllerError;
-
-use crate::agent::vmi_key;
-use crate::ops::{Command, LauncherOps};
+use crate::launchers::Launchers;
 
 /// The websocket subprotocol upstream virtctl speaks for console and VNC.
 pub const PLAIN_PROTOCOL: &str = "plain.kubevirt.io";
@@ -36,14 +36,14 @@ const PREFIX: &str = "/apis/subresources.kubevirt.io/v1";
 /// Shared state; the kube client is set once the API server is up.
 pub struct SubresourceState {
     client: OnceLock<Client>,
-    ops: Arc<dyn LauncherOps>,
+    launchers: Arc<Launchers>,
 }
 
 impl SubresourceState {
-    pub fn new(ops: Arc<dyn LauncherOps>) -> Arc<Self> {
+    pub fn new(launchers: Arc<Launchers>) -> Arc<Self> {
         Arc::new(SubresourceState {
             client: OnceLock::new(),
-            ops,
+            launchers,
         })
     }
 
@@ -52,7 +52,11 @@ impl SubresourceState {
         let _ = self.client.set(client);
     }
 
-    fn client(&self) -> Result<Client, ApiError> {
+    pub fn launchers(&self) -> &Launchers {
+        &self.launchers
+    }
+
+    pub(crate) fn client(&self) -> Result<Client, ApiError> {
         self.client.get().cloned().ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -72,7 +76,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             code,
             reason,
@@ -96,7 +100,7 @@ impl ApiError {
         )
     }
 
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",
@@ -104,7 +108,7 @@ impl ApiError {
         )
     }
 
-    fn from_kube(e: kube::Error) -> Self {
+    pub(crate) fn from_kube(e: kube::Error) -> Self {
         match e {
             kube::Error::Api(s) => Self::new(
                 StatusCode::from_u16(s.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -231,111 +235,116 @@ async fn vm_action(
         None
     };
     let client = state.client()?;
-    let vms: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &vm_resource());
-    let vmis: Api<DynamicObject> = Api::namespaced_with(client, &ns, &vmi_resource());
-    for _attempt in 0..5 {
-        let vm = vms
-            .get_opt(&name)
-            .await
-            .map_err(ApiError::from_kube)?
-            .ok_or_else(|| ApiError::not_found("virtualmachines", &name))?;
-        let view = VmView::from_object(&vm).map_err(ApiError::internal)?;
-        let vmi = vmis.get_opt(&name).await.map_err(ApiError::from_kube)?;
-        let vmi_view = vmi
-            .as_ref()
-            .map(VmiView::from_object)
-            .transpose()
-            .map_err(ApiError::internal)?;
-        let decision = match action {
-            VmAction::Start => statechange::start(&view, vmi_view.as_ref()),
-            VmAction::Stop => statechange::stop(&view, vmi_view.as_ref()),
-            VmAction::Restart => statechange::restart(&view, vmi_view.as_ref()),
-        };
-        let change = match decision {
-            Ok(c) => Some(c),
-            // A forced stop of a VM whose VMI is still shutting down only shortens the wait.
-            Err(ControllerError::Conflict { .. })
-                if action == VmAction::Stop && grace.is_some() && vmi.is_some() =>
-            {
-                None
-            }
-            Err(ControllerError::Conflict { message }) => {
-                return Err(ApiError::conflict("virtualmachine", &name, &message))
-            }
-            Err(e) => return Err(ApiError::internal(e)),
-        };
-        if let (Some(g), Some(_)) = (grace, vmi.as_ref()) {
-            let p = json!({"metadata": {"annotations": {
-                crate::agent::STOP_GRACE_ANNOTATION: g.to_string()
-            }}});
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &ns);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, &ns);
+    let vm = vms
+        .get_opt(&name)
+        .await
+        .map_err(ApiError::from_kube)?
+        .ok_or_else(|| ApiError::not_found("virtualmachines", &name))?;
+    let vmi = vmis.get_opt(&name).await.map_err(ApiError::from_kube)?;
+    // A stop with a grace period shortens the VMI's (upstream patches the VMI spec; here the
+    // spec is immutable and an annotation carries it).
+    let shorter_grace = match (grace, vmi.as_ref().filter(|v| !v.is_final())) {
+        (Some(g), Some(v)) => {
+            let p = json!({"metadata": {"annotations": {STOP_GRACE_ANNOTATION: g.to_string()}}});
             vmis.patch(&name, &PatchParams::default(), &Patch::Merge(&p))
                 .await
                 .map_err(ApiError::from_kube)?;
+            let current = v
+                .spec
+                .termination_grace_period_seconds
+                .unwrap_or(kubevirt_api::defaults::DEFAULT_GRACE_PERIOD_SECONDS);
+            g < current
         }
-        match change {
-            None => {}
-            Some(StateChange::PatchSpec(p)) => {
-                vms.patch(&name, &PatchParams::default(), &Patch::Merge(&p))
-                    .await
-                    .map_err(ApiError::from_kube)?;
-            }
-            Some(StateChange::AppendRequests(new)) => {
-                let mut updated = vm.clone();
-                let status = updated.data.get_mut("status");
-                let mut status_value = status.cloned().unwrap_or(Value::Null);
-                statechange::append_requests(&mut status_value, &view.requests, new)
-                    .map_err(|e| ApiError::conflict("virtualmachine", &name, &e.to_string()))?;
-                updated.data["status"] = status_value;
-                match vms
-                    .replace_status(&name, &PostParams::default(), &updated)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                    Err(e) => return Err(ApiError::from_kube(e)),
-                }
-            }
+        _ => false,
+    };
+    let decision = match action {
+        VmAction::Start => statechange::start(&vm, vmi.as_ref()),
+        VmAction::Stop => statechange::stop(&vm, vmi.as_ref(), shorter_grace),
+        VmAction::Restart => statechange::restart(&vm, vmi.as_ref()),
+    };
+    let update = match decision {
+        Ok(u) => u,
+        // A forced stop of a VM already stopping only shortened its grace period.
+        Err(Refusal::Conflict(_))
+            if action == VmAction::Stop && grace.is_some() && vmi.is_some() =>
+        {
+            return Ok(StatusCode::ACCEPTED.into_response())
         }
-        return Ok(StatusCode::ACCEPTED.into_response());
+        Err(Refusal::Conflict(message)) => {
+            return Err(ApiError::conflict("virtualmachine", &name, &message))
+        }
+        Err(Refusal::Internal(message)) => return Err(ApiError::internal(message)),
+    };
+    let (patch, status) = match update {
+        VmUpdate::Spec(p) => (p, false),
+        VmUpdate::Status(p) => (p, true),
+    };
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(ApiError::internal)?;
+    let result = if status {
+        vms.patch_status(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+    } else {
+        vms.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+    };
+    match result {
+        Ok(_) => Ok(StatusCode::ACCEPTED.into_response()),
+        // A failed `test`: the VM changed under us, as upstream answers.
+        Err(kube::Error::Api(s)) if s.code == 422 || s.code == 409 => {
+            Err(ApiError::conflict("virtualmachine", &name, &s.message))
+        }
+        Err(e) => Err(ApiError::from_kube(e)),
     }
-    Err(ApiError::conflict(
-        "virtualmachine",
-        &name,
-        "the object keeps changing; retry",
-    ))
 }
 
+/// The VMI, which must be Running, and the client of its launcher on this node.
 async fn running_vmi(
     state: &SubresourceState,
     ns: &str,
     name: &str,
-) -> Result<DynamicObject, ApiError> {
-    let vmis: Api<DynamicObject> = Api::namespaced_with(state.client()?, ns, &vmi_resource());
+) -> Result<(VirtualMachineInstance, LauncherClient), ApiError> {
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(state.client()?, ns);
     let vmi = vmis
         .get_opt(name)
         .await
         .map_err(ApiError::from_kube)?
         .ok_or_else(|| ApiError::not_found("virtualmachineinstances", name))?;
-    let view = VmiView::from_object(&vmi).map_err(ApiError::internal)?;
-    if view.phase != VmiPhase::Running {
+    if vmi.phase() != VirtualMachineInstancePhase::Running {
         return Err(ApiError::conflict(
             "virtualmachineinstance",
             name,
             "VMI is not running",
         ));
     }
-    Ok(vmi)
+    let uid = vmi.metadata.uid.clone().unwrap_or_default();
+    let launcher = state
+        .launchers
+        .for_vmi(&uid)
+        .filter(|l| !l.exited())
+        .ok_or_else(|| ApiError::conflict("virtualmachineinstance", name, "VMI is not running"))?;
+    Ok((vmi, launcher.client.clone()))
+}
+
+/// The typed actions the VMI subresources accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmiAction {
+    Pause,
+    Unpause,
+    SoftReboot,
+    Reset,
 }
 
 async fn vmi_action(
     State(state): State<AppState>,
     Path((ns, name, action)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let command = match action.as_str() {
-        "pause" => Command::Pause,
-        "unpause" => Command::Unpause,
-        "softreboot" => Command::SoftReboot,
-        "reset" => Command::Reset,
+    let action = match action.as_str() {
+        "pause" => VmiAction::Pause,
+        "unpause" => VmiAction::Unpause,
+        "softreboot" => VmiAction::SoftReboot,
+        "reset" => VmiAction::Reset,
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -344,32 +353,31 @@ async fn vmi_action(
             ))
         }
     };
-    let vmi = running_vmi(&state, &ns, &name).await?;
-    let paused = VmiView::from_object(&vmi)
-        .map_err(ApiError::internal)?
-        .is_paused();
-    match (command, paused) {
-        (Command::Pause, true) => {
-            return Err(ApiError::conflict(
-                "virtualmachineinstance",
-                &name,
-                "VMI is already paused",
-            ))
+    let (vmi, client) = running_vmi(&state, &ns, &name).await?;
+    let paused = vmi.condition_true(vmi_condition::PAUSED);
+    match (action, paused) {
+        (VmiAction::Pause, true) => {
+            return Err(ApiError::conflict("virtualmachineinstance", &name, "VMI is already paused"))
         }
-        (Command::Unpause, false) => {
-            return Err(ApiError::conflict(
-                "virtualmachineinstance",
-                &name,
-                "VMI is not paused",
+        (VmiAction::Unpause, false) => {
+            return Err(ApiError::conflict("virtualmachineinstance", &name, "VMI is not paused"))
+        }
+        (VmiAction::Pause, false) if vmi.spec.liveness_probe.is_some() => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("virtualmachineinstance.kubevirt.io \"{name}\" is forbidden: Pausing VMIs with LivenessProbe is currently not supported"),
             ))
         }
         _ => {}
     }
-    state
-        .ops
-        .command(&vmi_key(&vmi), command)
-        .await
-        .map_err(|e| ApiError::conflict("virtualmachineinstance", &name, &e.to_string()))?;
+    match action {
+        VmiAction::Pause => client.pause().await,
+        VmiAction::Unpause => client.unpause().await,
+        VmiAction::Reset => client.reset().await,
+        VmiAction::SoftReboot => client.soft_reboot().await,
+    }
+    .map_err(|e| ApiError::conflict("virtualmachineinstance", &name, &e.to_string()))?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -380,11 +388,14 @@ async fn vmi_get(
 ) -> Result<Response, ApiError> {
     match action.as_str() {
         "guestosinfo" => {
-            let vmi = running_vmi(&state, &ns, &name).await?;
-            let info =
-                state.ops.guest_os_info(&vmi_key(&vmi)).await.map_err(|e| {
-                    ApiError::conflict("virtualmachineinstance", &name, &e.to_string())
-                })?;
+            let (_, client) = running_vmi(&state, &ns, &name).await?;
+            let info = client
+                .guest_osinfo()
+                .await
+                .map_err(|e| ApiError::conflict("virtualmachineinstance", &name, &e.to_string()))?;
+            let info = crate::vmi_status::guest_os_info(&info)
+                .map(|i| serde_json::to_value(i).unwrap_or_default())
+                .unwrap_or(info);
             Ok(Json(info).into_response())
         }
         "console" | "vnc" => {
@@ -395,12 +406,11 @@ async fn vmi_get(
                     "console and vnc need a websocket upgrade",
                 )
             })?;
-            let vmi = running_vmi(&state, &ns, &name).await?;
-            let key = vmi_key(&vmi);
+            let (_, client) = running_vmi(&state, &ns, &name).await?;
             let stream = if action == "console" {
-                state.ops.console(&key).await
+                client.console().await
             } else {
-                state.ops.vnc(&key).await
+                client.vnc().await
             }
             .map_err(|e| ApiError::conflict("virtualmachineinstance", &name, &e.to_string()))?;
             Ok(ws
@@ -417,7 +427,7 @@ async fn vmi_get(
 
 /// Copies bytes between a websocket (binary frames) and a console/VNC stream until either
 /// side closes.
-async fn bridge(socket: WebSocket, stream: crate::ops::BoxStream) {
+async fn bridge(socket: WebSocket, stream: ByteStream) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (mut rd, mut wr) = tokio::io::split(stream);
     let to_ws = async {

@@ -15,9 +15,12 @@ use anyhow::{bail, Context, Result};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use kubevirt_controller::resources::vm_resource;
 
 const GUEST_MIB: u64 = 128;
+
+fn vm_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::erase::<kubevirt_api::v1::VirtualMachine>(&())
+}
 
 fn server_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("KUBEVIRT_RS_BIN") {

@@ -6,8 +6,6 @@
 //! - `crds`: prints the CustomResourceDefinitions for installing on a real cluster.
 //! - `version`.
 
-mod launchers;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +16,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
 
+use kubevirt_api::launcher_pod::LauncherPodSettings;
+use kubevirt_handler::launchers::{LauncherConfig, Launchers, Notify};
 use kubevirt_handler::subresources::{router, SubresourceState};
 
 #[derive(Parser, Debug)]
@@ -73,8 +73,8 @@ fn main() -> anyhow::Result<()> {
         let rest = std::iter::once("kubevirt-rs launcher".into()).chain(args[2..].iter().cloned());
         let largs = <kubevirt_launcher::LauncherArgs as Parser>::parse_from(rest);
         init_tracing();
-        kubevirt_launcher::run(largs).map_err(anyhow::Error::from)?;
-        return Ok(());
+        let code = kubevirt_launcher::run(largs).map_err(anyhow::Error::from)?;
+        std::process::exit(code);
     }
     let cli = Cli::parse();
     match cli.command {
@@ -133,6 +133,17 @@ fn subresource_api() -> kubevirt_apiserver::ExtraApi {
     }
 }
 
+/// The core/v1 subresources the node agent serves (listed in discovery).
+fn core_api() -> kubevirt_apiserver::ExtraApi {
+    kubevirt_apiserver::ExtraApi {
+        group: String::new(),
+        version: "v1".into(),
+        resources: vec![
+            json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}),
+        ],
+    }
+}
+
 async fn server(args: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = args.api.into_config();
     let data_dir = cfg.data_dir.clone();
@@ -140,6 +151,9 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
         .node_name
         .clone()
         .unwrap_or_else(kubevirt_handler::node::local_node_name);
+    let accel = kubevirt_hypervisor::detect_accelerator();
+    let kvm = accel.kind == kubevirt_hypervisor::AcceleratorKind::Kvm;
+    tracing::info!(accel = accel.kind.as_str(), reason = %accel.reason, "guests will use");
 
     let mut extra = Vec::new();
     for m in &args.registry_mirrors {
@@ -152,24 +166,31 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
     }
     extra.push("--cache-dir".into());
     extra.push(data_dir.join("containerdisks").display().to_string());
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let launchers = Arc::new(launchers::Launchers::new(
-        args.run_root.clone(),
-        data_dir.join("vms"),
-        exe,
-        extra,
+    let (pods_tx, pods_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (vmis_tx, vmis_rx) = tokio::sync::mpsc::unbounded_channel();
+    let launchers = Arc::new(Launchers::new(
+        LauncherConfig {
+            run_root: args.run_root.clone(),
+            persistent_root: data_dir.join("vms"),
+            exe: std::env::current_exe().context("locating this executable")?,
+            extra_args: extra,
+        },
+        Notify {
+            pods: pods_tx,
+            vmis: vmis_tx,
+        },
     ));
     let sub = SubresourceState::new(launchers.clone());
 
-    cfg.extra_routes = Some(router(sub.clone()));
-    cfg.extra_apis = vec![subresource_api()];
+    cfg.extra_routes = Some(router(sub.clone()).merge(kubevirt_handler::logs::router(sub.clone())));
+    cfg.extra_apis = vec![subresource_api(), core_api()];
     let handle = kubevirt_apiserver::start(cfg)
         .await
         .map_err(|e| anyhow::anyhow!("starting the API server: {e} ({e:?})"))?;
     let client = client_from(&handle.kubeconfig_path).await?;
     sub.set_client(client.clone());
 
-    kubevirt_handler::node::register(&client, &node)
+    kubevirt_handler::node::register(&client, &node, kvm)
         .await
         .context("registering the node")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -179,10 +200,20 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|v| *v).await;
         }
     };
+    let pod_settings = LauncherPodSettings {
+        emulation: !kvm,
+        ..LauncherPodSettings::new(
+            concat!("kubevirt-rs/virt-launcher:", env!("CARGO_PKG_VERSION")),
+            vec!["/usr/bin/kubevirt-rs".into(), "launcher".into()],
+        )
+    };
+    let pods = kubevirt_handler::pods::controller(&client, &node);
+    let node_pods = pods.store();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(kubevirt_handler::node::heartbeat_loop(
         client.clone(),
         node.clone(),
+        kvm,
     ));
     tasks.spawn(kubevirt_controller::vm_controller::run(
         client.clone(),
@@ -190,13 +221,32 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
     ));
     tasks.spawn(kubevirt_controller::vmi_controller::run(
         client.clone(),
+        pod_settings,
+        stopped(),
+    ));
+    tasks.spawn(kubevirt_handler::scheduler::run(
+        client.clone(),
         node.clone(),
+        node_pods,
+        stopped(),
+    ));
+    tasks.spawn(kubevirt_handler::pods::run(
+        pods,
+        Arc::new(kubevirt_handler::pods::Context::new(
+            client.clone(),
+            node.clone(),
+            launchers.clone(),
+        )),
+        pods_rx,
         stopped(),
     ));
     tasks.spawn(kubevirt_handler::agent::run(
-        client.clone(),
-        node.clone(),
-        launchers.clone(),
+        Arc::new(kubevirt_handler::agent::Context::new(
+            client.clone(),
+            node.clone(),
+            launchers.clone(),
+        )),
+        vmis_rx,
         stopped(),
     ));
 
@@ -212,12 +262,30 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     if args.stop_vms_on_exit {
         tracing::info!("stopping the VMs");
-        launchers.stop_all(30).await;
+        stop_all(&launchers, 30).await;
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     handle.shutdown().await;
     Ok(())
+}
+
+/// Stops every running launcher (ACPI, hard stop after `grace_seconds`) and waits for them.
+async fn stop_all(launchers: &Launchers, grace_seconds: u64) {
+    let running: Vec<_> = launchers
+        .all()
+        .into_iter()
+        .filter(|l| !l.exited())
+        .collect();
+    for l in &running {
+        if let Err(error) = l.client.stop(Some(grace_seconds)).await {
+            tracing::warn!(%error, pod = %l.key.name, "could not stop launcher");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(grace_seconds + 15);
+    while tokio::time::Instant::now() < deadline && running.iter().any(|l| !l.exited()) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 async fn wait_for_signal() {

@@ -15,14 +15,15 @@ fn vms_survive_server_crash_and_are_adopted() {
     let mut before = Vec::new();
     for n in names {
         server.wait_for("vm", n, "{.status.printableStatus}", "Running");
-        let uid = server.jsonpath("vmi", n, "{.metadata.uid}");
+        let vmi_uid = server.jsonpath("vmi", n, "{.metadata.uid}");
+        let uid = server.launcher_pod_uid(&vmi_uid);
         let pids = qemu_pids(&uid);
         assert_eq!(pids.len(), 1, "{n}: one QEMU");
-        before.push((n, uid, pids[0]));
+        before.push((n, vmi_uid, uid, pids[0]));
     }
 
     server.kill9();
-    for (n, uid, pid) in &before {
+    for (n, _, uid, pid) in &before {
         assert_eq!(
             qemu_pids(uid),
             vec![*pid],
@@ -33,7 +34,7 @@ fn vms_survive_server_crash_and_are_adopted() {
     server.restart();
     // A graceful stop (no --stop-vms-on-exit) then another restart: still the same VMs.
     server.stop();
-    for (n, uid, pid) in &before {
+    for (n, _, uid, pid) in &before {
         assert_eq!(
             qemu_pids(uid),
             vec![*pid],
@@ -41,13 +42,18 @@ fn vms_survive_server_crash_and_are_adopted() {
         );
     }
     server.restart();
-    for (n, uid, pid) in &before {
+    for (n, vmi_uid, uid, pid) in &before {
         server.wait_for("vm", n, "{.status.printableStatus}", "Running");
         server.wait_for("vmi", n, "{.status.phase}", "Running");
         assert_eq!(
             &server.jsonpath("vmi", n, "{.metadata.uid}"),
-            uid,
+            vmi_uid,
             "{n}: same VMI"
+        );
+        assert_eq!(
+            &server.launcher_pod_uid(vmi_uid),
+            uid,
+            "{n}: same launcher pod"
         );
         // Give the agent a few reconcile rounds: it must adopt, never start a second QEMU.
         std::thread::sleep(std::time::Duration::from_secs(5));
@@ -60,7 +66,7 @@ fn vms_survive_server_crash_and_are_adopted() {
     console.send("echo adopted-$((6*7))\r");
     console.wait_for("adopted-42");
     drop(console);
-    for (n, uid, _) in &before {
+    for (n, _, uid, _) in &before {
         server.kubectl_ok(&["delete", "vm", n, "--wait=true", "--timeout=120s"]);
         wait_no_processes(uid);
     }

@@ -63,7 +63,8 @@ fn vmi_subresources_through_virtctl() {
     let _ = vnc.wait();
 
     // reset and soft-reboot: the guest boots again (its marker shows up once more).
-    let uid = server.jsonpath("vmi", name, "{.metadata.uid}");
+    let vmi_uid = server.jsonpath("vmi", name, "{.metadata.uid}");
+    let uid = server.launcher_pod_uid(&vmi_uid);
     let qemu = qemu_pids(&uid);
     let mut console = ConsoleCapture::start(&server, name);
     // The guest booted already: ask its shell for a prompt to know the console is attached.
@@ -97,7 +98,7 @@ fn vmi_subresources_through_virtctl() {
     );
     wait_count(&console, kubevirt_testenv::READY_MARKER, before + 2);
     assert_eq!(qemu_pids(&uid), qemu, "reset and reboot keep the same QEMU");
-    assert_eq!(server.jsonpath("vmi", name, "{.metadata.uid}"), uid);
+    assert_eq!(server.jsonpath("vmi", name, "{.metadata.uid}"), vmi_uid);
     drop(console);
 
     // Errors name the object.

@@ -45,7 +45,7 @@ fn upstream_examples_run_as_is() {
     console.send("cat /var/log/cloud-init-output.log\r");
     console.wait_for("\nprinted from cloud-init userdata");
     drop(console);
-    let uid = server.jsonpath("vmi", "vm-cirros", "{.metadata.uid}");
+    let uid = server.launcher_pod_uid(&server.jsonpath("vmi", "vm-cirros", "{.metadata.uid}"));
     server.kubectl_ok(&["delete", "vm", "vm-cirros", "--wait=true", "--timeout=120s"]);
     wait_no_processes(&uid);
 
@@ -56,7 +56,7 @@ fn upstream_examples_run_as_is() {
     ] {
         server.apply_yaml(&example(file));
         server.wait_for("vmi", name, "{.status.phase}", "Running");
-        let uid = server.jsonpath("vmi", name, "{.metadata.uid}");
+        let uid = server.launcher_pod_uid(&server.jsonpath("vmi", name, "{.metadata.uid}"));
         assert_eq!(qemu_pids(&uid).len(), 1, "{file}: one QEMU");
         server.kubectl_ok(&["delete", "vmi", name, "--wait=true", "--timeout=120s"]);
         wait_no_processes(&uid);
@@ -115,7 +115,7 @@ spec:
     console.send("cat /var/log/cloud-init-output.log\r");
     console.wait_for("from-secret-42");
     drop(console);
-    let uid = server.jsonpath("vmi", "vmi-secret", "{.metadata.uid}");
+    let uid = server.launcher_pod_uid(&server.jsonpath("vmi", "vmi-secret", "{.metadata.uid}"));
     server.kubectl_ok(&[
         "delete",
         "vmi",

@@ -2,6 +2,14 @@
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kubevirt_api::v1::{
+    CloudInitSource, ContainerDiskSource, Devices, Disk, DomainSpec, InstancetypeMatcher, Memory,
+    PersistentVolumeClaimVolumeSource, PreferenceMatcher, ResourceRequirements, RunStrategy,
+    VirtualMachine, VirtualMachineInstanceSpec, VirtualMachineInstanceTemplateSpec,
+    VirtualMachineSpec, Volume,
+};
+use kubevirt_api::Quantity;
 use serde_json::{json, Map, Value};
 
 #[derive(Subcommand, Debug)]
@@ -62,10 +70,10 @@ pub fn parse_params(flag: &str, raw: &str) -> Result<Map<String, Value>> {
     Ok(m)
 }
 
-fn matcher(raw: &str, default_kind: &str) -> Value {
+fn matcher(raw: &str, default_kind: &str) -> (String, String) {
     match raw.split_once('/') {
-        Some((kind, name)) => json!({"kind": kind, "name": name}),
-        None => json!({"kind": default_kind, "name": raw}),
+        Some((kind, name)) => (kind.to_string(), name.to_string()),
+        None => (default_kind.to_string(), raw.to_string()),
     }
 }
 
@@ -78,7 +86,8 @@ fn random_suffix() -> String {
         .collect()
 }
 
-pub fn build_vm(a: &VmArgs) -> Result<Value> {
+/// The VirtualMachine the flags describe (typed), e.g. for `kubectl apply`.
+pub fn vm_from_args(a: &VmArgs) -> Result<VirtualMachine> {
     let name = a
         .name
         .clone()
@@ -93,23 +102,33 @@ pub fn build_vm(a: &VmArgs) -> Result<Value> {
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| format!("{name}-{kind}-{index}"));
-        let source = if kind == "containerdisk" {
-            json!({"containerDisk": {"image": src}})
-        } else {
-            json!({"persistentVolumeClaim": {"claimName": src}})
+        let mut volume = Volume {
+            name: vol_name.clone(),
+            ..Default::default()
         };
-        let mut vol = json!({"name": vol_name});
-        if let (Some(o), Some(src)) = (vol.as_object_mut(), source.as_object()) {
-            o.extend(src.clone());
+        if kind == "containerdisk" {
+            volume.container_disk = Some(ContainerDiskSource {
+                image: src,
+                ..Default::default()
+            });
+        } else {
+            volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
+                claim_name: src,
+                ..Default::default()
+            });
         }
-        volumes.push(vol);
+        volumes.push(volume);
         if let Some(order) = p.get("bootorder").and_then(Value::as_str) {
             let order: u32 = order.parse().map_err(|_| {
                 anyhow!(
                     "failed to parse \"--{flag}\" flag: bootorder: not a positive number: {order}"
                 )
             })?;
-            disks.push(json!({"name": vol_name, "bootOrder": order}));
+            disks.push(Disk {
+                name: vol_name,
+                boot_order: Some(order),
+                ..Default::default()
+            });
         }
         Ok(())
     };
@@ -120,38 +139,83 @@ pub fn build_vm(a: &VmArgs) -> Result<Value> {
         add("volume-pvc", raw, i, "pvc")?;
     }
     if let Some(ud) = &a.cloud_init_user_data {
-        volumes.push(json!({"name": "cloudinitdisk", "cloudInitNoCloud": {"userDataBase64": ud}}));
+        volumes.push(Volume {
+            name: "cloudinitdisk".into(),
+            cloud_init_no_cloud: Some(CloudInitSource {
+                user_data_base64: Some(ud.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
     }
-    let mut domain = json!({"devices": {}});
-    if !disks.is_empty() {
-        domain["devices"]["disks"] = json!(disks);
-    }
-    if a.instancetype.is_none() {
-        domain["memory"] = json!({"guest": a.memory.clone().unwrap_or_else(|| "512Mi".into())});
-    } else if a.memory.is_some() {
-        bail!("--memory cannot be used together with --instancetype");
-    }
-    domain["resources"] = json!({});
-    let mut spec = json!({"runStrategy": a.run_strategy});
-    if let Some(it) = &a.instancetype {
-        spec["instancetype"] = matcher(it, "virtualmachineclusterinstancetype");
-    }
-    if let Some(p) = &a.preference {
-        spec["preference"] = matcher(p, "virtualmachineclusterpreference");
-    }
-    let mut tspec =
-        json!({"domain": domain, "terminationGracePeriodSeconds": a.termination_grace_period});
-    if !volumes.is_empty() {
-        tspec["volumes"] = json!(volumes);
-    }
-    spec["template"] = json!({"metadata": {"creationTimestamp": null}, "spec": tspec});
-    Ok(json!({
-        "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachine",
-        "metadata": {"creationTimestamp": null, "name": name},
-        "spec": spec,
-        "status": {},
-    }))
+    let memory = match (&a.instancetype, &a.memory) {
+        (Some(_), Some(_)) => bail!("--memory cannot be used together with --instancetype"),
+        (Some(_), None) => None,
+        (None, m) => {
+            let guest = m.clone().unwrap_or_else(|| "512Mi".into());
+            Some(Memory {
+                guest: Some(
+                    Quantity::parse(&guest).map_err(|e| anyhow!("--memory {guest:?}: {e}"))?,
+                ),
+                ..Default::default()
+            })
+        }
+    };
+    let run_strategy: RunStrategy = serde_json::from_value(Value::String(a.run_strategy.clone()))?;
+    Ok(VirtualMachine {
+        metadata: ObjectMeta {
+            name: Some(name),
+            ..Default::default()
+        },
+        spec: VirtualMachineSpec {
+            run_strategy: Some(run_strategy),
+            instancetype: a.instancetype.as_deref().map(|it| {
+                let (kind, name) = matcher(it, "virtualmachineclusterinstancetype");
+                InstancetypeMatcher {
+                    kind: Some(kind),
+                    name: Some(name),
+                    ..Default::default()
+                }
+            }),
+            preference: a.preference.as_deref().map(|p| {
+                let (kind, name) = matcher(p, "virtualmachineclusterpreference");
+                PreferenceMatcher {
+                    kind: Some(kind),
+                    name: Some(name),
+                    ..Default::default()
+                }
+            }),
+            template: VirtualMachineInstanceTemplateSpec {
+                metadata: Some(ObjectMeta::default()),
+                spec: Some(VirtualMachineInstanceSpec {
+                    domain: DomainSpec {
+                        devices: Devices {
+                            disks: Some(disks).filter(|d| !d.is_empty()),
+                            ..Default::default()
+                        },
+                        memory,
+                        resources: Some(ResourceRequirements::default()),
+                        ..Default::default()
+                    },
+                    termination_grace_period_seconds: Some(a.termination_grace_period),
+                    volumes: Some(volumes).filter(|v| !v.is_empty()),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        },
+        status: None,
+    })
+}
+
+/// The manifest as upstream's `virtctl create vm` prints it: Go's zero values show as
+/// `creationTimestamp: null` and `status: {}`.
+pub fn build_vm(a: &VmArgs) -> Result<Value> {
+    let mut v = serde_json::to_value(vm_from_args(a)?)?;
+    v["metadata"]["creationTimestamp"] = Value::Null;
+    v["spec"]["template"]["metadata"]["creationTimestamp"] = Value::Null;
+    v["status"] = json!({});
+    Ok(v)
 }
 
 pub fn render(cmd: &CreateCmd) -> Result<String> {

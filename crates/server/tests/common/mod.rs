@@ -32,12 +32,20 @@ impl Server {
             .prefix("kvrs-e2e")
             .tempdir()
             .unwrap();
+        let data_dir = tmp.path().to_path_buf();
+        // KUBEVIRT_RS_TEST_KEEP=1 keeps the data dir (logs, run dirs) for a post-mortem.
+        let tmp = if std::env::var_os("KUBEVIRT_RS_TEST_KEEP").is_some() {
+            eprintln!("keeping {}", tmp.keep().display());
+            None
+        } else {
+            Some(tmp)
+        };
         let mut s = Server {
-            data_dir: tmp.path().to_path_buf(),
-            kubeconfig: tmp.path().join("kubeconfig"),
+            kubeconfig: data_dir.join("kubeconfig"),
+            data_dir,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            _tmp: Some(tmp),
+            _tmp: tmp,
         };
         s.spawn();
         s
@@ -193,6 +201,29 @@ impl Server {
         );
     }
 
+    /// UID of the launcher pod of the VMI with `vmi_uid` (waits for it).
+    pub fn launcher_pod_uid(&self, vmi_uid: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let out = self.kubectl_ok(&[
+                "get",
+                "pods",
+                "-l",
+                &format!("kubevirt.io/created-by={vmi_uid}"),
+                "-o",
+                "jsonpath={.items[*].metadata.uid}",
+            ]);
+            if let Some(uid) = out.split_whitespace().last() {
+                return uid.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no launcher pod for VMI {vmi_uid}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn wait_gone(&self, kind: &str, name: &str) {
         let deadline = Instant::now() + TIMEOUT;
         while Instant::now() < deadline {
@@ -217,7 +248,8 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Pids of processes whose command line mentions `needle` (e.g. a VMI uid).
+/// Pids of processes whose command line mentions `needle` (a launcher pod's UID names its
+/// launcher and QEMU, through the run directory).
 pub fn pids_mentioning(needle: &str) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     let me = std::process::id();

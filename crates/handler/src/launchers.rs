@@ -1,0 +1,369 @@
+//! The launcher processes of this node: one per launcher pod, started here (as a kubelet
+//! starts a pod's container) or adopted after a restart, and followed through their status
+//! stream (`GET /v1/watch`): every change the launcher pushes lands in its [`Launcher`]
+//! entry at once and wakes the pod and VMI reconcilers. Nothing here polls.
+//!
+//! Run directory of a pod's launcher: `<run root>/<pod uid>/`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::ObjectRef;
+use kubevirt_api::v1::VirtualMachineInstance;
+use kubevirt_launcher::{final_status, live_pid, LauncherClient, LauncherStatus, RunDir, Stage};
+use tokio::sync::{mpsc, watch};
+
+use crate::error::{HandlerError, Result};
+
+/// Identity of a launcher pod and of the VMI it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub vmi_name: String,
+    pub vmi_uid: String,
+}
+
+/// How the launcher process ended (the `compute` container's termination).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub code: i32,
+    pub finished_at: Timestamp,
+    /// For a failure: the end of the launcher's log, as a kubelet reports it for
+    /// `terminationMessagePolicy: FallbackToLogsOnError`.
+    pub message: Option<String>,
+}
+
+/// The last 80 lines (at most 2048 bytes) of a log, as the kubelet's fallback message.
+pub fn log_tail(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read(path).ok()?;
+    let start = text.len().saturating_sub(2048);
+    let tail = String::from_utf8_lossy(&text[start..]);
+    let lines: Vec<&str> = tail.lines().collect();
+    let keep = lines[lines.len().saturating_sub(80)..].join("\n");
+    (!keep.trim().is_empty()).then_some(keep)
+}
+
+/// What is known of one launcher; cheap to clone out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub pid: Option<u32>,
+    pub started_at: Timestamp,
+    /// The last status the launcher pushed (None until its socket answered).
+    pub status: Option<LauncherStatus>,
+    pub exit: Option<Exit>,
+}
+
+/// One launcher process and the latest word from it.
+pub struct Launcher {
+    pub key: PodKey,
+    pub run_dir: RunDir,
+    pub client: LauncherClient,
+    observed: watch::Sender<Observed>,
+}
+
+impl Launcher {
+    pub fn observed(&self) -> Observed {
+        self.observed.borrow().clone()
+    }
+
+    /// The launcher has finished (its process exited).
+    pub fn exited(&self) -> bool {
+        self.observed.borrow().exit.is_some()
+    }
+
+    /// Sends `signal` to the launcher process if it still runs.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pid) = self.observed().pid.filter(|_| !self.exited()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
+    }
+}
+
+/// Where launchers live on this node and how they are started.
+#[derive(Clone, Debug)]
+pub struct LauncherConfig {
+    pub run_root: PathBuf,
+    /// Root for per-VM persistent state (EFI vars, TPM): `<root>/<ns>_<vmi name>`.
+    pub persistent_root: PathBuf,
+    /// The executable with the `launcher` subcommand.
+    pub exe: PathBuf,
+    /// Passed to every launcher (registry mirrors, cache dir, ...).
+    pub extra_args: Vec<String>,
+}
+
+/// Wakes the reconcilers that care about a launcher's change.
+#[derive(Clone)]
+pub struct Notify {
+    pub pods: mpsc::UnboundedSender<ObjectRef<Pod>>,
+    pub vmis: mpsc::UnboundedSender<ObjectRef<VirtualMachineInstance>>,
+}
+
+impl Notify {
+    fn send(&self, key: &PodKey) {
+        let _ = self
+            .pods
+            .send(ObjectRef::new(&key.name).within(&key.namespace));
+        let _ = self
+            .vmis
+            .send(ObjectRef::new(&key.vmi_name).within(&key.namespace));
+    }
+}
+
+/// The launchers of this node, by pod UID.
+pub struct Launchers {
+    pub config: LauncherConfig,
+    map: Mutex<HashMap<String, Arc<Launcher>>>,
+    notify: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this small map leaves it consistent; keep going.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Launchers {
+    pub fn new(config: LauncherConfig, notify: Notify) -> Self {
+        Launchers {
+            config,
+            map: Mutex::new(HashMap::new()),
+            notify,
+        }
+    }
+
+    pub fn run_dir(&self, key: &PodKey) -> RunDir {
+        RunDir::for_uid(&self.config.run_root, &key.uid)
+    }
+
+    pub fn get(&self, pod_uid: &str) -> Option<Arc<Launcher>> {
+        lock(&self.map).get(pod_uid).cloned()
+    }
+
+    /// The launcher running VMI `vmi_uid` here: the one not yet exited, else the newest.
+    pub fn for_vmi(&self, vmi_uid: &str) -> Option<Arc<Launcher>> {
+        let map = lock(&self.map);
+        let mut found: Vec<&Arc<Launcher>> =
+            map.values().filter(|l| l.key.vmi_uid == vmi_uid).collect();
+        found.sort_by_key(|l| (!l.exited(), l.observed().started_at));
+        found.last().map(|l| (*l).clone())
+    }
+
+    /// Every launcher entry (for shutdown).
+    pub fn all(&self) -> Vec<Arc<Launcher>> {
+        lock(&self.map).values().cloned().collect()
+    }
+
+    /// The launcher of `key`: the known one, else one still running from before a restart
+    /// (adopted), else what a finished one left behind, else a new process (`start` true).
+    pub fn ensure(&self, key: &PodKey, start: bool) -> Result<Option<Arc<Launcher>>> {
+        // Held throughout: two reconciles of one pod must not both start a launcher.
+        let mut map = lock(&self.map);
+        if let Some(l) = map.get(&key.uid) {
+            return Ok(Some(l.clone()));
+        }
+        let run_dir = self.run_dir(key);
+        let pid = live_pid(&run_dir.pid_file());
+        let (child, pid, started_at) = match pid {
+            Some(pid) => {
+                tracing::info!(pod = %key.name, pid, "adopting a running launcher");
+                (None, Some(pid), Timestamp::now())
+            }
+            None if final_status(&run_dir).is_some() => (None, None, Timestamp::now()),
+            None if start => {
+                let child = self.spawn(key, &run_dir)?;
+                let pid = child.id();
+                (Some(child), pid, Timestamp::now())
+            }
+            None => return Ok(None),
+        };
+        let launcher = Arc::new(Launcher {
+            key: key.clone(),
+            client: LauncherClient::for_run_dir(&run_dir),
+            run_dir,
+            observed: watch::Sender::new(Observed {
+                pid,
+                started_at,
+                status: None,
+                exit: None,
+            }),
+        });
+        map.insert(key.uid.clone(), launcher.clone());
+        tokio::spawn(follow(launcher.clone(), child, self.notify.clone()));
+        Ok(Some(launcher))
+    }
+
+    fn spawn(&self, key: &PodKey, run_dir: &RunDir) -> Result<tokio::process::Child> {
+        let io = |source| HandlerError::Io {
+            path: run_dir.path().to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(run_dir.path()).map_err(io)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run_dir.launcher_log())
+            .map_err(io)?;
+        let log2 = log.try_clone().map_err(io)?;
+        let persistent = self
+            .config
+            .persistent_root
+            .join(format!("{}_{}", key.namespace, key.vmi_name));
+        let mut cmd = tokio::process::Command::new(&self.config.exe);
+        cmd.arg("launcher")
+            .args([
+                "--namespace",
+                &key.namespace,
+                "--name",
+                &key.vmi_name,
+                "--uid",
+                &key.vmi_uid,
+            ])
+            .arg("--run-dir")
+            .arg(run_dir.path())
+            .arg("--persistent-dir")
+            .arg(&persistent)
+            .args(&self.config.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            // Its own process group: Ctrl-C on the server's terminal does not reach it, and
+            // it outlives the server (the next one adopts it).
+            .process_group(0);
+        let child = cmd.spawn().map_err(|e| HandlerError::Launcher {
+            vmi: format!("{}/{}", key.namespace, key.vmi_name),
+            reason: format!("spawning {}: {e}", self.config.exe.display()),
+        })?;
+        tracing::info!(pod = %key.name, pid = ?child.id(), "launcher started");
+        Ok(child)
+    }
+
+    /// Forgets a launcher whose pod is gone and removes its run directory.
+    pub fn remove(&self, pod_uid: &str) {
+        let Some(l) = lock(&self.map).remove(pod_uid) else {
+            return;
+        };
+        if live_pid(&l.run_dir.pid_file()).is_none() && l.run_dir.path().exists() {
+            if let Err(e) = std::fs::remove_dir_all(l.run_dir.path()) {
+                tracing::warn!(dir = %l.run_dir.path().display(), error = %e, "cannot remove run directory");
+            }
+        }
+    }
+}
+
+/// Follows one launcher until it exits: connects to its status stream (retrying while it
+/// comes up), records every status it pushes, and when the stream ends for good records the
+/// exit code (from the process, or for an adopted launcher from how the VM ended).
+async fn follow(launcher: Arc<Launcher>, child: Option<tokio::process::Child>, notify: Notify) {
+    let adopted = child.is_none();
+    let mut exited = Box::pin(async move {
+        match child {
+            Some(mut c) => c.wait().await.ok().and_then(|s| s.code()).unwrap_or(137),
+            None => futures::future::pending().await,
+        }
+    });
+    let publish = |f: &dyn Fn(&mut Observed)| {
+        launcher.observed.send_modify(|o| f(o));
+        notify.send(&launcher.key);
+    };
+    if launcher.observed().pid.is_none() {
+        // A launcher that had finished before we came: its record is all there is.
+        let last = final_status(&launcher.run_dir);
+        let code = last.as_ref().map_or(1, clean_exit_code);
+        let message = (code != 0)
+            .then(|| log_tail(&launcher.run_dir.launcher_log()))
+            .flatten();
+        publish(&|o| {
+            o.status = last.clone();
+            o.exit = Some(Exit {
+                code,
+                finished_at: Timestamp::now(),
+                message: message.clone(),
+            });
+        });
+        return;
+    }
+    let mut delay = Duration::from_millis(5);
+    let code = 'outer: loop {
+        let watch = tokio::select! {
+            code = &mut exited => break 'outer Some(code),
+            w = launcher.client.watch() => w,
+        };
+        match watch {
+            Ok(stream) => {
+                delay = Duration::from_millis(5);
+                let mut stream = std::pin::pin!(stream);
+                loop {
+                    let item = tokio::select! {
+                        code = &mut exited => break 'outer Some(code),
+                        item = stream.next() => item,
+                    };
+                    match item {
+                        Some(Ok(status)) => {
+                            let ended = status.stage == Stage::Exited;
+                            publish(&|o| o.status = Some(status.clone()));
+                            if ended && adopted {
+                                break 'outer None;
+                            }
+                        }
+                        Some(Err(_)) | None => break,
+                    }
+                }
+            }
+            Err(_) if adopted && live_pid(&launcher.run_dir.pid_file()).is_none() => break None,
+            Err(_) => {}
+        }
+        tokio::select! {
+            code = &mut exited => break Some(code),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_millis(500));
+    };
+    // An adopted launcher is not our child: wait for it to go, then judge by its record.
+    if code.is_none() {
+        while live_pid(&launcher.run_dir.pid_file()).is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let last = final_status(&launcher.run_dir).or_else(|| launcher.observed().status);
+    let code = code.unwrap_or_else(|| last.as_ref().map_or(1, clean_exit_code));
+    tracing::info!(pod = %launcher.key.name, code, "launcher exited");
+    let message = (code != 0)
+        .then(|| log_tail(&launcher.run_dir.launcher_log()))
+        .flatten();
+    publish(&|o| {
+        if last.is_some() {
+            o.status = last.clone();
+        }
+        o.exit = Some(Exit {
+            code,
+            finished_at: Timestamp::now(),
+            message: message.clone(),
+        });
+    });
+}
+
+/// The exit code a launcher gave for `status` (see `kubevirt_launcher::run`).
+fn clean_exit_code(status: &LauncherStatus) -> i32 {
+    use kubevirt_hypervisor::ExitReason;
+    let clean = status.failure.is_none()
+        && (status.stop_requested
+            || status.exit.as_ref().is_some_and(|e| {
+                matches!(
+                    e.reason,
+                    ExitReason::GuestShutdown | ExitReason::HostRequest
+                )
+            })
+            || (status.exit.is_none() && status.stage != Stage::Started));
+    if clean {
+        0
+    } else {
+        1
+    }
+}

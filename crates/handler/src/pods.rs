@@ -1,0 +1,232 @@
+//! The node agent as the runtime of launcher pods (a kubelet for one kind of pod): for each
+//! pod bound to this node it starts (or adopts) the launcher process, reports the pod's
+//! status from it, stops it when the pod is deleted (SIGTERM, SIGKILL after the pod's grace
+//! period) and then removes the pod. Pods that are not launcher pods are refused with a
+//! reason, as a kubelet refuses a pod it cannot admit.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use kubevirt_api::launcher_pod::launcher_pod_vmi;
+use kubevirt_api::v1::VirtualMachineInstance;
+use kubevirt_reconcile::events::{EventRecorder, EventType};
+use kubevirt_reconcile::{api_call, status::write_status};
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+
+use crate::error::{HandlerError, Result};
+use crate::launchers::{Launchers, PodKey};
+use crate::node::NODE_IP;
+use crate::pod_status::{pod_status, rejected};
+
+pub const COMPONENT: &str = "kubelet";
+
+/// Why the embedded node refuses a pod.
+pub const REJECTED_REASON: &str = "UnsupportedPod";
+pub const REJECTED_MESSAGE: &str = "Pod was rejected: the kubevirt-rs embedded node runs only virt-launcher pods (label kubevirt.io=virt-launcher, controlled by the VirtualMachineInstance named in kubevirt.io/created-by); run other workloads on a Kubernetes cluster";
+
+/// How long a finished launcher's pod waits for the VMI to record how it ended before the
+/// pod is removed (the VMI controller would otherwise see the pod gone first and call the
+/// VMI Failed).
+const FINAL_PHASE_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Context {
+    pub client: Client,
+    pub node: String,
+    pub launchers: Arc<Launchers>,
+    pub recorder: EventRecorder,
+    /// Pods whose launcher was sent SIGTERM.
+    terminating: Mutex<HashSet<String>>,
+}
+
+impl Context {
+    pub fn new(client: Client, node: String, launchers: Arc<Launchers>) -> Self {
+        Context {
+            recorder: EventRecorder::new(client.clone(), COMPONENT, Some(node.clone())),
+            client,
+            node,
+            launchers,
+            terminating: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+fn key(pod: &Pod) -> Option<PodKey> {
+    let (vmi_name, vmi_uid) = launcher_pod_vmi(pod)?;
+    Some(PodKey {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        uid: pod.metadata.uid.clone()?,
+        vmi_name,
+        vmi_uid,
+    })
+}
+
+fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+async fn remove(pods: &Api<Pod>, pod: &Pod) -> Result<()> {
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match pods.delete(&pod.name_any(), &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(api_call("deleting", pod)(e).into()),
+    }
+}
+
+/// Whether the VMI of `key` has recorded its end (or is gone), so its pod may go.
+async fn vmi_settled(client: &Client, key: &PodKey) -> bool {
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), &key.namespace);
+    match vmis.get_opt(&key.vmi_name).await {
+        Ok(Some(v)) => v.metadata.uid.as_deref() != Some(key.vmi_uid.as_str()) || v.is_final(),
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
+pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+    let deleting = pod.metadata.deletion_timestamp.clone();
+    let Some(key) = key(&pod) else {
+        if deleting.is_some() {
+            remove(&pods, &pod).await?;
+        } else if !finished(&pod) {
+            let status = rejected(&pod, REJECTED_REASON, REJECTED_MESSAGE);
+            write_status(&pods, &*pod, pod.status.as_ref(), &status).await?;
+            ctx.recorder
+                .publish(&*pod, EventType::Warning, REJECTED_REASON, REJECTED_MESSAGE)
+                .await;
+        }
+        return Ok(Action::await_change());
+    };
+    let now = Timestamp::now();
+    let launcher = ctx
+        .launchers
+        .ensure(&key, deleting.is_none() && !finished(&pod))?;
+    let observed = launcher.as_ref().map(|l| l.observed());
+    if let Some(deadline) = deleting {
+        let running = launcher.as_ref().filter(|l| !l.exited());
+        if let Some(l) = running {
+            let first = ctx
+                .terminating
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.uid.clone());
+            if first {
+                tracing::info!(pod = %key.name, "stopping launcher (pod deleted)");
+                l.signal(Signal::SIGTERM);
+                ctx.recorder
+                    .publish(
+                        &*pod,
+                        EventType::Normal,
+                        "Killing",
+                        "Stopping container compute",
+                    )
+                    .await;
+            }
+            if now >= deadline.0 {
+                tracing::warn!(pod = %key.name, "grace period over; killing launcher");
+                l.signal(Signal::SIGKILL);
+            }
+            let left = deadline.0.duration_since(now);
+            return Ok(Action::requeue(
+                Duration::try_from(left).unwrap_or(Duration::ZERO) + Duration::from_millis(100),
+            ));
+        }
+        if let Some(o) = &observed {
+            let status = pod_status(&pod, Some(o), NODE_IP, now);
+            write_status(&pods, &*pod, pod.status.as_ref(), &status).await?;
+            let waited = o.exit.as_ref().map_or(Duration::MAX, |e| {
+                Duration::try_from(now.duration_since(e.finished_at)).unwrap_or(Duration::ZERO)
+            });
+            if waited < FINAL_PHASE_WAIT && !vmi_settled(&ctx.client, &key).await {
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            }
+        }
+        remove(&pods, &pod).await?;
+        ctx.launchers.remove(&key.uid);
+        ctx.terminating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key.uid);
+        return Ok(Action::await_change());
+    }
+    let status = pod_status(&pod, observed.as_ref(), NODE_IP, now);
+    let was_running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    if write_status(&pods, &*pod, pod.status.as_ref(), &status).await?
+        && !was_running
+        && status.phase.as_deref() == Some("Running")
+    {
+        ctx.recorder
+            .publish(
+                &*pod,
+                EventType::Normal,
+                "Started",
+                "Started container compute",
+            )
+            .await;
+    }
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(pod: Arc<Pod>, error: &HandlerError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(pod = %kubevirt_reconcile::object_ref(&*pod), %error, "pod sync failed");
+    error.retry_after()
+}
+
+/// The pods controller for `node` and the store of this node's pods (for the scheduler).
+pub fn controller(client: &Client, node: &str) -> Controller<Pod> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    Controller::new(
+        pods,
+        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+    )
+}
+
+/// Runs the pod runtime until `shutdown` resolves; `changes` wakes it when a launcher
+/// reports something.
+pub async fn run(
+    controller: Controller<Pod>,
+    ctx: Arc<Context>,
+    changes: mpsc::UnboundedReceiver<ObjectRef<Pod>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    controller
+        .reconcile_on(tokio_stream_of(changes))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// An unbounded receiver as a stream.
+pub fn tokio_stream_of<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The store of this node's pods, kept by the runtime's controller.
+pub fn store(controller: &Controller<Pod>) -> Store<Pod> {
+    controller.store()
+}

@@ -1,0 +1,332 @@
+//! The one mapping from what a launcher reports to the VMI's status, as virt-handler writes
+//! it: phase (Scheduled until QEMU runs, Running, Succeeded or Failed when it ended), the
+//! conditions the node agent owns (`Paused`, `AgentConnected`, `Synchronized`), interfaces
+//! and guest OS info. `Ready`, `PodScheduled` and `activePods` are the VMI controller's and
+//! are left alone. Pure: `now` is an argument.
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kubevirt_api::v1::{
+    vmi_condition, ConditionStatus, GuestOsInfo, PhaseTransitionTimestamp, VirtualMachineInstance,
+    VirtualMachineInstanceCondition, VirtualMachineInstanceNetworkInterface,
+    VirtualMachineInstancePhase as Phase, VirtualMachineInstanceStatus,
+};
+use kubevirt_hypervisor::{DomainState, ExitReason};
+use kubevirt_launcher::{LauncherStatus, Stage};
+use serde_json::Value;
+
+/// Reason of `Synchronized=False` when the launcher could not start the domain (upstream's
+/// wording, a sentence).
+pub const SYNC_FAILED_REASON: &str = "Synchronizing with the Domain failed.";
+
+/// The VMI phase a launcher status means; None: leave the phase as it is.
+pub fn phase_for(status: &LauncherStatus) -> Option<Phase> {
+    match status.stage {
+        Stage::WaitingForSync | Stage::Preparing => None,
+        Stage::Started => match status.domain {
+            Some(DomainState::Incoming) | Some(DomainState::Defined) | None => None,
+            Some(_) => Some(Phase::Running),
+        },
+        Stage::Exited => Some(if ended_cleanly(status) {
+            Phase::Succeeded
+        } else {
+            Phase::Failed
+        }),
+    }
+}
+
+/// The VM ended as asked: the guest powered off, a stop was requested, or it never had to
+/// start. A failed start or a crash is not clean.
+pub fn ended_cleanly(status: &LauncherStatus) -> bool {
+    if status.failure.is_some() {
+        return false;
+    }
+    match &status.exit {
+        Some(e) => {
+            status.stop_requested
+                || matches!(
+                    e.reason,
+                    ExitReason::GuestShutdown | ExitReason::HostRequest
+                )
+        }
+        None => status.stop_requested,
+    }
+}
+
+/// qemu-guest-agent's `guest-get-osinfo` keys (`kernel-release`) in the VMI's `guestOSInfo`
+/// casing (`kernelRelease`).
+pub fn guest_os_info(info: &Value) -> Option<GuestOsInfo> {
+    let map = info.get("return").unwrap_or(info).as_object()?;
+    let mut out = serde_json::Map::new();
+    for (k, v) in map {
+        let mut key = String::new();
+        let mut upper = false;
+        for c in k.chars() {
+            if c == '-' || c == '_' {
+                upper = true;
+            } else if upper {
+                key.extend(c.to_uppercase());
+                upper = false;
+            } else {
+                key.push(c);
+            }
+        }
+        out.insert(key, v.clone());
+    }
+    serde_json::from_value(Value::Object(out)).ok()
+}
+
+fn set(
+    st: &mut VirtualMachineInstanceStatus,
+    want: bool,
+    type_: &str,
+    reason: Option<&str>,
+    message: Option<&str>,
+    now: &Time,
+) {
+    if want {
+        st.set_condition(
+            VirtualMachineInstanceCondition {
+                type_: type_.into(),
+                status: ConditionStatus::True,
+                reason: reason.map(str::to_string),
+                message: message.map(str::to_string),
+                ..Default::default()
+            },
+            now.clone(),
+        );
+    } else {
+        st.remove_condition(type_);
+    }
+}
+
+/// The failure message for `Synchronized=False`: the step's message, with each field.
+pub fn failure_message(status: &LauncherStatus) -> Option<String> {
+    let f = status.failure.as_ref()?;
+    Some(f.message.clone())
+}
+
+/// The VMI status after `status` from its launcher.
+pub fn vmi_status(
+    vmi: &VirtualMachineInstance,
+    status: &LauncherStatus,
+    now: Timestamp,
+) -> VirtualMachineInstanceStatus {
+    let now = Time(now);
+    let mut st = vmi.status.clone().unwrap_or_default();
+    let old_phase = vmi.phase();
+    // A finished VMI stays as it ended.
+    let phase = if old_phase.is_final() {
+        old_phase
+    } else {
+        phase_for(status).unwrap_or(old_phase)
+    };
+    st.phase = Some(phase);
+    let live = phase == Phase::Running && status.stage == Stage::Started;
+    set(
+        &mut st,
+        live && status.domain == Some(DomainState::Paused),
+        vmi_condition::PAUSED,
+        Some("PausedByUser"),
+        Some("VMI was paused by user"),
+        &now,
+    );
+    set(
+        &mut st,
+        live && status.agent_connected,
+        vmi_condition::AGENT_CONNECTED,
+        None,
+        None,
+        &now,
+    );
+    match failure_message(status) {
+        Some(message) => {
+            let same = vmi
+                .condition(vmi_condition::SYNCHRONIZED)
+                .is_some_and(|c| c.message.as_deref() == Some(message.as_str()));
+            if !same {
+                st.remove_condition(vmi_condition::SYNCHRONIZED);
+                st.set_condition(
+                    VirtualMachineInstanceCondition {
+                        type_: vmi_condition::SYNCHRONIZED.into(),
+                        status: ConditionStatus::False,
+                        reason: Some(SYNC_FAILED_REASON.into()),
+                        message: Some(message),
+                        ..Default::default()
+                    },
+                    now.clone(),
+                );
+            }
+        }
+        None if phase == Phase::Running => {
+            st.remove_condition(vmi_condition::SYNCHRONIZED);
+        }
+        None => {}
+    }
+    if live {
+        let with_agent = status.agent_connected && status.guest_os_info.is_some();
+        let ifaces: Vec<VirtualMachineInstanceNetworkInterface> = status
+            .interfaces
+            .iter()
+            .map(|i| VirtualMachineInstanceNetworkInterface {
+                name: Some(i.name.clone()),
+                mac: i.mac.clone(),
+                ip_address: i.ip_address.clone(),
+                ip_addresses: i.ip_address.clone().map(|ip| vec![ip]),
+                info_source: Some(
+                    if with_agent {
+                        "domain, guest-agent"
+                    } else {
+                        "domain"
+                    }
+                    .into(),
+                ),
+                queue_count: Some(1),
+                link_state: Some("up".into()),
+                ..Default::default()
+            })
+            .collect();
+        st.interfaces = Some(ifaces).filter(|i| !i.is_empty());
+        if let Some(info) = status.guest_os_info.as_ref().and_then(guest_os_info) {
+            st.guest_os_info = Some(info);
+        }
+    }
+    if phase != old_phase {
+        let transitions = st.phase_transition_timestamps.get_or_insert_with(Vec::new);
+        if !transitions.iter().any(|t| t.phase == Some(phase)) {
+            transitions.push(PhaseTransitionTimestamp {
+                phase: Some(phase),
+                phase_transition_timestamp: Some(now),
+            });
+        }
+    }
+    st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kubevirt_hypervisor::ExitInfo;
+    use kubevirt_launcher::{FailedStep, InterfaceStatus, StartFailure};
+    use serde_json::json;
+
+    fn now() -> Timestamp {
+        "2026-01-01T00:00:00Z".parse().unwrap()
+    }
+
+    fn started(domain: DomainState) -> LauncherStatus {
+        let mut s = LauncherStatus::new(None);
+        s.stage = Stage::Started;
+        s.domain = Some(domain);
+        s.agent_connected = true;
+        s.guest_os_info = Some(json!({"id": "kubevirt-rs-guest", "kernel-release": "6.1"}));
+        s.interfaces = vec![InterfaceStatus {
+            name: "default".into(),
+            mac: Some("52:54:00:00:00:01".into()),
+            ip_address: Some("10.244.0.7".into()),
+            binding: "masquerade".into(),
+        }];
+        s
+    }
+
+    fn scheduled() -> VirtualMachineInstance {
+        VirtualMachineInstance::test("vm")
+            .with_phase(Phase::Scheduled)
+            .with_condition("Ready", ConditionStatus::False)
+    }
+
+    fn types(st: &VirtualMachineInstanceStatus) -> Vec<&str> {
+        st.conditions
+            .iter()
+            .flatten()
+            .map(|c| c.type_.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn running_domain_makes_a_running_vmi_with_agent_facts() {
+        let st = vmi_status(&scheduled(), &started(DomainState::Running), now());
+        assert_eq!(st.phase, Some(Phase::Running));
+        assert_eq!(
+            types(&st),
+            ["Ready", "AgentConnected"],
+            "Ready stays the controller's"
+        );
+        assert_eq!(
+            st.interfaces.as_ref().unwrap()[0].ip_address.as_deref(),
+            Some("10.244.0.7")
+        );
+        let info = st.guest_os_info.clone().unwrap();
+        assert_eq!(info.kernel_release.as_deref(), Some("6.1"));
+        assert_eq!(
+            st.phase_transition_timestamps.unwrap()[0].phase,
+            Some(Phase::Running)
+        );
+    }
+
+    #[test]
+    fn paused_domain_sets_paused_by_user() {
+        let st = vmi_status(&scheduled(), &started(DomainState::Paused), now());
+        let paused = st
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Paused")
+            .unwrap();
+        assert_eq!(paused.reason.as_deref(), Some("PausedByUser"));
+        assert_eq!(paused.message.as_deref(), Some("VMI was paused by user"));
+    }
+
+    #[test]
+    fn how_the_launcher_ended_decides_succeeded_or_failed() {
+        let mut s = started(DomainState::Running);
+        s.stage = Stage::Exited;
+        s.exit = Some(ExitInfo {
+            reason: ExitReason::GuestShutdown,
+            exit_code: Some(0),
+            signal: None,
+        });
+        assert_eq!(phase_for(&s), Some(Phase::Succeeded));
+        s.exit = Some(ExitInfo {
+            reason: ExitReason::Killed,
+            exit_code: None,
+            signal: Some(9),
+        });
+        assert_eq!(phase_for(&s), Some(Phase::Failed));
+        s.stop_requested = true;
+        assert_eq!(
+            phase_for(&s),
+            Some(Phase::Succeeded),
+            "killed after a stop request"
+        );
+
+        let mut failed = LauncherStatus::new(None);
+        failed.stage = Stage::Exited;
+        failed.failure = Some(StartFailure {
+            step: FailedStep::Volumes,
+            message: "volume root: image not found".into(),
+            fields: vec![],
+        });
+        let st = vmi_status(&scheduled(), &failed, now());
+        assert_eq!(st.phase, Some(Phase::Failed));
+        let sync = st
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Synchronized")
+            .unwrap();
+        assert_eq!(sync.status, ConditionStatus::False);
+        assert_eq!(sync.reason.as_deref(), Some(SYNC_FAILED_REASON));
+        assert_eq!(
+            sync.message.as_deref(),
+            Some("volume root: image not found")
+        );
+    }
+
+    #[test]
+    fn waiting_launcher_keeps_the_phase() {
+        let st = vmi_status(&scheduled(), &LauncherStatus::new(None), now());
+        assert_eq!(st.phase, Some(Phase::Scheduled));
+        assert!(st.phase_transition_timestamps.is_none());
+    }
+}
