@@ -2,14 +2,17 @@
 //! launcher must do before QEMU starts). Pure: no IO, so every rule is unit-tested.
 //!
 //! Anything the launcher cannot honour is an error naming the field path; nothing is
-//! silently dropped.
+//! silently dropped. What kubevirt-rs cannot run at all is decided by
+//! [`kubevirt_api::support`] (reported first); this module adds only what depends on the
+//! launcher's environment (claims and secrets not resolved, kernel boot needs) and what makes
+//! a VMI impossible to translate (missing names and sources, invalid values).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use kubevirt_api::support::{unsupported_vmi_features, UnsupportedFeature};
 use kubevirt_api::v1::{
-    CloudInitSource, Disk, Interface, VirtualMachineInstance, VirtualMachineInstanceSpec, Volume,
-    VolumeSource,
+    CloudInitSource, Disk, VirtualMachineInstance, VirtualMachineInstanceSpec, Volume, VolumeSource,
 };
 use kubevirt_hypervisor::{
     Accelerator, CpuConfig, CpuModel, DiskBus, DiskConfig, DiskDevice, DiskFormat, DomainConfig,
@@ -25,6 +28,15 @@ pub struct FieldIssue {
     /// JSON path, e.g. `spec.domain.devices.disks[1].lun`.
     pub field: String,
     pub reason: String,
+}
+
+impl From<UnsupportedFeature> for FieldIssue {
+    fn from(f: UnsupportedFeature) -> Self {
+        FieldIssue {
+            reason: f.message(),
+            field: f.field,
+        }
+    }
 }
 
 impl std::fmt::Display for FieldIssue {
@@ -218,16 +230,6 @@ impl Issues {
             reason: reason.into(),
         });
     }
-    fn unsupported<T>(&mut self, field: &str, value: &Option<T>, reason: &str) {
-        if value.is_some() {
-            self.add(field, format!("not supported by kubevirt-rs: {reason}"));
-        }
-    }
-    fn unsupported_true(&mut self, field: &str, value: Option<bool>, reason: &str) {
-        if value == Some(true) {
-            self.add(field, format!("not supported by kubevirt-rs: {reason}"));
-        }
-    }
 }
 
 /// The domain name for a VMI: `<namespace>_<name>`.
@@ -239,12 +241,18 @@ pub fn domain_name(vmi: &VirtualMachineInstance) -> String {
     )
 }
 
-/// Translates a (defaulted) VMI.
+/// Translates a (defaulted) VMI. Everything [`kubevirt_api::support`] reports comes first;
+/// the translation itself then assumes it has nothing unsupported to deal with.
 pub fn translate(
     vmi: &VirtualMachineInstance,
     env: &LauncherEnv,
 ) -> Result<Translation, TranslateError> {
-    let mut is = Issues(Vec::new());
+    let mut is = Issues(
+        unsupported_vmi_features(vmi)
+            .into_iter()
+            .map(FieldIssue::from)
+            .collect(),
+    );
     let spec = &vmi.spec;
     let rd = &env.run_dir;
     let name = vmi.metadata.name.clone().unwrap_or_default();
@@ -254,13 +262,11 @@ pub fn translate(
     let mut dom = DomainConfig::new(domain_name(vmi), 128, rd.qmp_socket());
     dom.log_file = Some(rd.qemu_log());
 
-    top_level(spec, &mut is);
-    machine(spec, &mut dom, &mut is);
-    cpu(spec, &mut dom, &mut is);
+    machine(spec, &mut dom);
+    cpu(spec, &mut dom);
     memory(spec, &mut dom, &mut is);
-    features(spec, &mut is);
     let kernel_boot = firmware(spec, env, &mut dom, &mut is);
-    devices(spec, env, &mut dom, &mut is);
+    devices(spec, env, &mut dom);
     let mut volumes = disks_and_volumes(vmi, env, &mut dom, &mut is);
     volumes.extend(kernel_boot);
     let networks = interfaces(spec, &mut dom, &mut is);
@@ -276,153 +282,33 @@ pub fn translate(
     }
 }
 
-fn top_level(spec: &VirtualMachineInstanceSpec, is: &mut Issues) {
-    if let Some(arch) = spec.architecture.as_deref() {
-        if !arch.is_empty() && arch != "amd64" {
-            is.add(
-                "spec.architecture",
-                format!("Unsupported value: {arch:?}: supported values: \"amd64\""),
-            );
-        }
-    }
-    match spec.start_strategy.as_deref() {
-        None | Some("") | Some("Paused") => {}
-        Some(other) => is.add(
-            "spec.startStrategy",
-            format!("Unsupported value: {other:?}: supported values: \"Paused\""),
-        ),
-    }
-    if spec
-        .access_credentials
-        .as_ref()
-        .is_some_and(|v| !v.is_empty())
-    {
-        is.add(
-            "spec.accessCredentials",
-            "not supported by kubevirt-rs: credential propagation through the guest agent is not implemented",
-        );
-    }
-    if spec.resource_claims.as_ref().is_some_and(|v| !v.is_empty()) {
-        is.add(
-            "spec.resourceClaims",
-            "not supported by kubevirt-rs: dynamic resource allocation needs device plugins",
-        );
-    }
-    let d = &spec.domain;
-    is.unsupported(
-        "spec.domain.ioThreadsPolicy",
-        &d.io_threads_policy,
-        "IO thread pinning",
-    );
-    is.unsupported("spec.domain.ioThreads", &d.io_threads, "IO thread pinning");
-    is.unsupported(
-        "spec.domain.launchSecurity",
-        &d.launch_security,
-        "confidential computing (SEV/TDX) needs hardware support",
-    );
-    is.unsupported("spec.domain.chassis", &d.chassis, "SMBIOS chassis data");
-    if let Some(clock) = &d.clock {
-        if clock.timezone.is_some() {
-            is.add(
-                "spec.domain.clock.timezone",
-                "not supported by kubevirt-rs: the guest clock runs in UTC",
-            );
-        }
-        if clock
-            .utc
-            .as_ref()
-            .and_then(|u| u.offset_seconds)
-            .unwrap_or(0)
-            != 0
-        {
-            is.add(
-                "spec.domain.clock.utc.offsetSeconds",
-                "not supported by kubevirt-rs: the guest clock runs in UTC without offset",
-            );
-        }
-        is.unsupported(
-            "spec.domain.clock.timer",
-            &clock.timer,
-            "timer tuning (hpet/pit/rtc/hyperv) is not configurable",
-        );
-    }
-}
-
-fn machine(spec: &VirtualMachineInstanceSpec, dom: &mut DomainConfig, is: &mut Issues) {
+fn machine(spec: &VirtualMachineInstanceSpec, dom: &mut DomainConfig) {
     let m = spec
         .domain
         .machine
         .as_ref()
-        .and_then(|m| m.machine_type.clone())
+        .and_then(|m| m.machine_type.as_deref())
         .unwrap_or_default();
-    dom.machine = match m.as_str() {
-        "" | "q35" => "q35".into(),
+    dom.machine = match m {
+        "" => "q35".into(),
         // Downstream (RHEL) machine types do not exist in upstream QEMU; q35 is their base.
         t if t.starts_with("pc-q35-rhel") => "q35".into(),
-        t if t.starts_with("pc-q35-") || t == "pc" || t.starts_with("pc-i440fx-") => t.into(),
-        other => {
-            is.add(
-                "spec.domain.machine.type",
-                format!("Unsupported value: {other:?}: supported values: \"q35\", \"pc-q35-*\", \"pc\", \"pc-i440fx-*\""),
-            );
-            "q35".into()
-        }
+        t => t.into(),
     };
 }
 
-fn cpu(spec: &VirtualMachineInstanceSpec, dom: &mut DomainConfig, is: &mut Issues) {
-    let mut topo = CpuConfig::default();
+fn cpu(spec: &VirtualMachineInstanceSpec, dom: &mut DomainConfig) {
     let cpu = spec.domain.cpu.clone().unwrap_or_default();
-    let explicit = cpu.sockets.is_some() || cpu.cores.is_some() || cpu.threads.is_some();
-    topo.sockets = cpu.sockets.unwrap_or(1).max(1);
-    topo.cores = cpu.cores.unwrap_or(1).max(1);
-    topo.threads = cpu.threads.unwrap_or(1).max(1);
-    if !explicit {
-        // Upstream: without a topology, the CPU request/limit gives the vCPU count (as sockets).
-        let res = spec.domain.resources.as_ref();
-        let q = res
-            .and_then(|r| r.limits.as_ref())
-            .and_then(|l| l.get("cpu"))
-            .or_else(|| {
-                res.and_then(|r| r.requests.as_ref())
-                    .and_then(|l| l.get("cpu"))
-            });
-        if let Some(q) = q {
-            topo.sockets = (q.as_f64().ceil() as u32).max(1);
-        }
-    }
-    topo.model = match cpu.model.as_deref() {
-        None | Some("") | Some("host-model") => CpuModel::HostModel,
-        Some("host-passthrough") => CpuModel::HostPassthrough,
-        Some(m) => CpuModel::Named(m.to_string()),
+    dom.cpu = CpuConfig {
+        sockets: kubevirt_api::support::guest_sockets(spec),
+        cores: cpu.cores.unwrap_or(1).max(1),
+        threads: cpu.threads.unwrap_or(1).max(1),
+        model: match cpu.model.as_deref() {
+            None | Some("") | Some("host-model") => CpuModel::HostModel,
+            Some("host-passthrough") => CpuModel::HostPassthrough,
+            Some(m) => CpuModel::Named(m.to_string()),
+        },
     };
-    if cpu.features.as_ref().is_some_and(|f| !f.is_empty()) {
-        is.add(
-            "spec.domain.cpu.features",
-            "not supported by kubevirt-rs: CPU feature policies are not applied",
-        );
-    }
-    is.unsupported_true(
-        "spec.domain.cpu.dedicatedCpuPlacement",
-        cpu.dedicated_cpu_placement,
-        "CPU pinning needs the CPU manager",
-    );
-    is.unsupported_true(
-        "spec.domain.cpu.isolateEmulatorThread",
-        cpu.isolate_emulator_thread,
-        "CPU pinning needs the CPU manager",
-    );
-    is.unsupported("spec.domain.cpu.numa", &cpu.numa, "guest NUMA mapping");
-    is.unsupported("spec.domain.cpu.realtime", &cpu.realtime, "realtime vCPUs");
-    if let Some(max) = cpu.max_sockets {
-        if max != topo.sockets {
-            is.add(
-                "spec.domain.cpu.maxSockets",
-                "not supported by kubevirt-rs: CPU hotplug",
-            );
-        }
-    }
-    dom.cpu = topo;
 }
 
 fn memory(spec: &VirtualMachineInstanceSpec, dom: &mut DomainConfig, is: &mut Issues) {
@@ -436,56 +322,6 @@ fn memory(spec: &VirtualMachineInstanceSpec, dom: &mut DomainConfig, is: &mut Is
             "Required value: guest memory (memory.guest or resources.requests.memory) must be positive",
         ),
     }
-    if let Some(m) = &spec.domain.memory {
-        is.unsupported(
-            "spec.domain.memory.hugepages",
-            &m.hugepages,
-            "hugepages backing",
-        );
-        is.unsupported(
-            "spec.domain.memory.maxGuest",
-            &m.max_guest,
-            "memory hotplug",
-        );
-    }
-}
-
-fn features(spec: &VirtualMachineInstanceSpec, is: &mut Issues) {
-    let Some(f) = &spec.domain.features else {
-        return;
-    };
-    if f.acpi.as_ref().and_then(|a| a.enabled) == Some(false) {
-        is.add(
-            "spec.domain.features.acpi.enabled",
-            "not supported by kubevirt-rs: ACPI is always on (shutdown relies on it)",
-        );
-    }
-    if f.apic.as_ref().and_then(|a| a.enabled) == Some(false) {
-        is.add(
-            "spec.domain.features.apic.enabled",
-            "not supported by kubevirt-rs: the APIC is always on",
-        );
-    }
-    is.unsupported(
-        "spec.domain.features.hyperv",
-        &f.hyperv,
-        "Hyper-V enlightenments",
-    );
-    is.unsupported(
-        "spec.domain.features.hypervPassthrough",
-        &f.hyperv_passthrough,
-        "Hyper-V enlightenments",
-    );
-    is.unsupported(
-        "spec.domain.features.kvm",
-        &f.kvm,
-        "hiding KVM from the guest",
-    );
-    is.unsupported(
-        "spec.domain.features.pvspinlock",
-        &f.pvspinlock,
-        "paravirtual spinlock tuning",
-    );
 }
 
 fn firmware(
@@ -498,20 +334,7 @@ fn firmware(
         return None;
     };
     dom.uuid = fw.uuid.clone().filter(|u| !u.is_empty());
-    is.unsupported(
-        "spec.domain.firmware.serial",
-        &fw.serial,
-        "SMBIOS serial number",
-    );
-    is.unsupported("spec.domain.firmware.acpi", &fw.acpi, "custom ACPI tables");
     if let Some(bl) = &fw.bootloader {
-        if let Some(bios) = &bl.bios {
-            is.unsupported_true(
-                "spec.domain.firmware.bootloader.bios.useSerial",
-                bios.use_serial,
-                "SeaBIOS output on the serial console",
-            );
-        }
         if let Some(efi) = &bl.efi {
             let secure = efi.secure_boot.unwrap_or(true);
             let persistent = efi.persistent.unwrap_or(false);
@@ -566,11 +389,6 @@ fn firmware(
                 if c.image.trim().is_empty() {
                     is.add(format!("{field}.container.image"), "Required value");
                 }
-                is.unsupported(
-                    &format!("{field}.container.imagePullSecret"),
-                    &c.image_pull_secret,
-                    "registry credentials",
-                );
                 // Placeholders: `prepare` pulls the image and points these at the files.
                 let initrd_path = c.initrd_path.clone().filter(|p| !p.is_empty());
                 dom.kernel_boot = Some(KernelBoot {
@@ -591,14 +409,8 @@ fn firmware(
     None
 }
 
-fn devices(
-    spec: &VirtualMachineInstanceSpec,
-    env: &LauncherEnv,
-    dom: &mut DomainConfig,
-    is: &mut Issues,
-) {
+fn devices(spec: &VirtualMachineInstanceSpec, env: &LauncherEnv, dom: &mut DomainConfig) {
     let d = &spec.domain.devices;
-    let f = "spec.domain.devices";
     if d.autoattach_serial_console.unwrap_or(true) {
         dom.serial = Some(SerialConfig {
             socket: env.run_dir.serial_socket(),
@@ -607,15 +419,6 @@ fn devices(
     }
     if d.autoattach_graphics_device.unwrap_or(true) {
         dom.vnc_socket = Some(env.run_dir.vnc_socket());
-    }
-    if let Some(v) = &d.video {
-        match v.video_type.as_deref() {
-            None | Some("vga") => {}
-            Some(other) => is.add(
-                format!("{f}.video.type"),
-                format!("Unsupported value: {other:?}: supported values: \"vga\""),
-            ),
-        }
     }
     dom.balloon = d.autoattach_mem_balloon.unwrap_or(true);
     // Every VM gets the agent channel, as upstream does.
@@ -636,114 +439,10 @@ fn devices(
         }
     }
     dom.start_paused = spec.start_strategy.as_deref() == Some("Paused");
-    is.unsupported_true(
-        &format!("{f}.useVirtioTransitional"),
-        d.use_virtio_transitional,
-        "virtio transitional devices",
-    );
-    is.unsupported_true(
-        &format!("{f}.blockMultiQueue"),
-        d.block_multi_queue,
-        "block multi-queue",
-    );
-    is.unsupported_true(
-        &format!("{f}.networkInterfaceMultiqueue"),
-        d.network_interface_multiqueue,
-        "network multi-queue (needs vhost)",
-    );
-    is.unsupported_true(
-        &format!("{f}.autoattachVSOCK"),
-        d.autoattach_vsock,
-        "VSOCK needs /dev/vhost-vsock",
-    );
-    is.unsupported_true(
-        &format!("{f}.autoattachInputDevice"),
-        d.autoattach_input_device,
-        "input devices",
-    );
-    if d.inputs.as_ref().is_some_and(|v| !v.is_empty()) {
-        is.add(
-            format!("{f}.inputs"),
-            "not supported by kubevirt-rs: input devices",
-        );
-    }
-    is.unsupported(&format!("{f}.watchdog"), &d.watchdog, "watchdog devices");
-    for (field, present, what) in [
-        (
-            "gpus",
-            d.gpus.as_ref().is_some_and(|v| !v.is_empty()),
-            "GPU passthrough",
-        ),
-        (
-            "hostDevices",
-            d.host_devices.as_ref().is_some_and(|v| !v.is_empty()),
-            "host device passthrough",
-        ),
-        (
-            "filesystems",
-            d.filesystems.as_ref().is_some_and(|v| !v.is_empty()),
-            "virtiofs filesystems",
-        ),
-        (
-            "panicDevices",
-            d.panic_devices.as_ref().is_some_and(|v| !v.is_empty()),
-            "panic devices",
-        ),
-        ("sound", d.sound.is_some(), "sound devices"),
-        (
-            "downwardMetrics",
-            d.downward_metrics.is_some(),
-            "downward metrics",
-        ),
-        (
-            "clientPassthrough",
-            d.client_passthrough.is_some(),
-            "USB client passthrough",
-        ),
-    ] {
-        if present {
-            is.add(
-                format!("{f}.{field}"),
-                format!("not supported by kubevirt-rs: {what}"),
-            );
-        }
-    }
 }
 
-fn disk_issue_fields(d: &Disk, f: &str, is: &mut Issues) {
-    is.unsupported(&format!("{f}.lun"), &d.lun, "LUN passthrough");
-    is.unsupported_true(
-        &format!("{f}.dedicatedIOThread"),
-        d.dedicated_io_thread,
-        "dedicated IO threads",
-    );
-    is.unsupported(&format!("{f}.io"), &d.io, "IO mode selection");
-    is.unsupported(
-        &format!("{f}.blockSize"),
-        &d.block_size,
-        "custom block sizes",
-    );
-    is.unsupported_true(&format!("{f}.shareable"), d.shareable, "shared disks");
-    is.unsupported(
-        &format!("{f}.errorPolicy"),
-        &d.error_policy,
-        "disk error policies",
-    );
-    is.unsupported(
-        &format!("{f}.tag"),
-        &d.tag,
-        "device role tags (no metadata service)",
-    );
-    if let Some(c) = d.cache.as_deref() {
-        if c != "none" && c != "writeback" && c != "writethrough" {
-            is.add(format!("{f}.cache"), format!("Unsupported value: {c:?}"));
-        } else {
-            is.add(
-                format!("{f}.cache"),
-                "not supported by kubevirt-rs: cache mode selection",
-            );
-        }
-    }
+/// A disk's serial goes onto the QEMU command line as is.
+fn disk_serial(d: &Disk, f: &str, is: &mut Issues) {
     if let Some(s) = d.serial.as_deref() {
         if s.is_empty()
             || s.len() > 20
@@ -759,19 +458,14 @@ fn disk_issue_fields(d: &Disk, f: &str, is: &mut Issues) {
     }
 }
 
-fn bus(value: Option<&str>, default: DiskBus, field: String, is: &mut Issues) -> DiskBus {
+/// The bus of a disk or CD-ROM target, `default` when unset. `support` reports buses not in
+/// `SUPPORTED_DISK_BUSES`; each of those maps to its own bus here.
+fn bus(value: Option<&str>, default: DiskBus) -> DiskBus {
     match value {
-        None | Some("") => default,
         Some("virtio") => DiskBus::Virtio,
         Some("sata") => DiskBus::Sata,
         Some("scsi") => DiskBus::Scsi,
-        Some(other) => {
-            is.add(
-                field,
-                format!("Unsupported value: {other:?}: supported values: \"virtio\", \"sata\", \"scsi\""),
-            );
-            default
-        }
+        _ => default,
     }
 }
 
@@ -830,11 +524,10 @@ fn disks_and_volumes(
     let volumes: Vec<Volume> = spec.volumes.clone().unwrap_or_default();
     let disks: Vec<Disk> = spec.domain.devices.disks.clone().unwrap_or_default();
     let mut preps = Vec::new();
-    let mut used = HashSet::new();
     let rd = env.run_dir.path();
     for (i, d) in disks.iter().enumerate() {
         let f = format!("spec.domain.devices.disks[{i}]");
-        disk_issue_fields(d, &f, is);
+        disk_serial(d, &f, is);
         let Some((vi, vol)) = volumes.iter().enumerate().find(|(_, v)| v.name == d.name) else {
             is.add(
                 format!("{f}.name"),
@@ -842,21 +535,9 @@ fn disks_and_volumes(
             );
             continue;
         };
-        used.insert(vol.name.clone());
         let vf = format!("spec.volumes[{vi}]");
         let (device, bus_v, readonly) = if let Some(c) = &d.cdrom {
-            if c.tray.as_deref() == Some("open") {
-                is.add(
-                    format!("{f}.cdrom.tray"),
-                    "not supported by kubevirt-rs: an open tray",
-                );
-            }
-            let b = bus(
-                c.bus.as_deref(),
-                DiskBus::Sata,
-                format!("{f}.cdrom.bus"),
-                is,
-            );
+            let b = bus(c.bus.as_deref(), DiskBus::Sata);
             if b == DiskBus::Virtio {
                 is.add(
                     format!("{f}.cdrom.bus"),
@@ -866,17 +547,7 @@ fn disks_and_volumes(
             (DiskDevice::Cdrom, b, c.readonly.unwrap_or(true))
         } else {
             let t = d.disk.clone().unwrap_or_default();
-            let b = bus(
-                t.bus.as_deref(),
-                DiskBus::Virtio,
-                format!("{f}.disk.bus"),
-                is,
-            );
-            is.unsupported(
-                &format!("{f}.disk.pciAddress"),
-                &t.pci_address,
-                "fixed PCI addresses",
-            );
+            let b = bus(t.bus.as_deref(), DiskBus::Virtio);
             (DiskDevice::Disk, b, t.readonly.unwrap_or(false))
         };
         let safe = sanitize(&vol.name);
@@ -923,11 +594,6 @@ fn disks_and_volumes(
                         continue;
                     }
                 };
-                is.unsupported_true(
-                    &format!("{vf}.hostDisk.shared"),
-                    h.shared,
-                    "shared host disks",
-                );
                 (path, DiskFormat::Raw, prep)
             }
             Some(VolumeSource::EmptyDisk(e)) => {
@@ -988,11 +654,6 @@ fn disks_and_volumes(
                     );
                     continue;
                 };
-                is.unsupported_true(
-                    &format!("{vf}.persistentVolumeClaim.hotpluggable"),
-                    c.hotpluggable,
-                    "hotplug",
-                );
                 (
                     p.clone(),
                     DiskFormat::Raw,
@@ -1013,11 +674,6 @@ fn disks_and_volumes(
                     );
                     continue;
                 };
-                is.unsupported_true(
-                    &format!("{vf}.dataVolume.hotpluggable"),
-                    dv.hotpluggable,
-                    "hotplug",
-                );
                 (
                     p.clone(),
                     DiskFormat::Raw,
@@ -1039,11 +695,6 @@ fn disks_and_volumes(
                 if c.image.trim().is_empty() {
                     is.add(format!("{vf}.containerDisk.image"), "Required value");
                 }
-                is.unsupported(
-                    &format!("{vf}.containerDisk.imagePullSecret"),
-                    &c.image_pull_secret,
-                    "registry credentials",
-                );
                 let target = rd.join(format!("overlay-{safe}.qcow2"));
                 (
                     target.clone(),
@@ -1093,13 +744,8 @@ fn disks_and_volumes(
                     },
                 )
             }
-            Some(other) => {
-                is.add(
-                    format!("{vf}.{}", other.field_name()),
-                    "not supported by kubevirt-rs: this volume source cannot be attached as a disk yet",
-                );
-                continue;
-            }
+            // Sources that cannot back a disk are reported by `support`.
+            Some(_) => continue,
         };
         dom.disks.push(DiskConfig {
             name: d.name.clone(),
@@ -1112,17 +758,6 @@ fn disks_and_volumes(
             serial: d.serial.clone(),
         });
         preps.push(prep);
-    }
-    for (vi, vol) in volumes.iter().enumerate() {
-        if !used.contains(&vol.name) {
-            is.add(
-                format!("spec.volumes[{vi}]"),
-                format!(
-                    "not supported by kubevirt-rs: volume {:?} is not attached to any disk",
-                    vol.name
-                ),
-            );
-        }
     }
     preps
 }
@@ -1139,19 +774,15 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-fn nic_model(iface: &Interface, f: &str, is: &mut Issues) -> NicModel {
-    match iface.model.as_deref() {
-        None | Some("") | Some("virtio") => NicModel::Virtio,
-        Some("e1000") => NicModel::E1000,
-        Some("e1000e") => NicModel::E1000e,
-        Some("rtl8139") => NicModel::Rtl8139,
-        Some(other) => {
-            is.add(
-                format!("{f}.model"),
-                format!("Unsupported value: {other:?}: supported values: \"virtio\", \"e1000\", \"e1000e\", \"rtl8139\""),
-            );
-            NicModel::Virtio
-        }
+/// The QEMU model of an interface model; `None` for models `support` reports (every one in
+/// `SUPPORTED_NIC_MODELS` has one).
+fn nic_model(model: Option<&str>) -> Option<NicModel> {
+    match model {
+        None | Some("") | Some("virtio") => Some(NicModel::Virtio),
+        Some("e1000") => Some(NicModel::E1000),
+        Some("e1000e") => Some(NicModel::E1000e),
+        Some("rtl8139") => Some(NicModel::Rtl8139),
+        Some(_) => None,
     }
 }
 
@@ -1172,67 +803,27 @@ fn interfaces(
             );
             continue;
         };
-        if net.multus.is_some() {
-            is.add(
-                format!("{f}.name"),
-                "not supported by kubevirt-rs: Multus secondary networks",
-            );
-            continue;
-        }
         if net.pod.is_none() {
-            is.add(
-                format!("{f}.name"),
-                "Invalid value: the network has no source",
-            );
+            // Multus networks are reported by `support`; a network without a source is invalid.
+            if net.multus.is_none() {
+                is.add(
+                    format!("{f}.name"),
+                    "Invalid value: the network has no source",
+                );
+            }
             continue;
         }
-        let model = nic_model(iface, &f, is);
-        for (field, present, what) in [
-            (
-                "dhcpOptions",
-                iface.dhcp_options.is_some(),
-                "custom DHCP options",
-            ),
-            (
-                "pciAddress",
-                iface.pci_address.is_some(),
-                "fixed PCI addresses",
-            ),
-            ("tag", iface.tag.is_some(), "device role tags"),
-            ("acpiIndex", iface.acpi_index.is_some(), "ACPI indexes"),
-        ] {
-            if present {
-                is.add(
-                    format!("{f}.{field}"),
-                    format!("not supported by kubevirt-rs: {what}"),
-                );
-            }
-        }
-        if let Some(state) = iface.state.as_deref() {
-            if state != "up" {
-                is.add(
-                    format!("{f}.state"),
-                    format!("not supported by kubevirt-rs: link state {state:?}"),
-                );
-            }
-        }
+        let model = nic_model(iface.model.as_deref()).unwrap_or(NicModel::Virtio);
         let mac = iface.mac_address.clone().filter(|m| !m.is_empty());
         let mut ports = Vec::new();
         for (pi, p) in iface.ports.iter().flatten().enumerate() {
-            if !(1..=65535).contains(&p.port) {
-                is.add(
+            match u16::try_from(p.port) {
+                Ok(port) if port > 0 => ports.push(port),
+                _ => is.add(
                     format!("{f}.ports[{pi}].port"),
                     format!("Invalid value: {}", p.port),
-                );
-                continue;
+                ),
             }
-            if p.protocol.as_deref().is_some_and(|pr| pr != "TCP") {
-                is.add(
-                    format!("{f}.ports[{pi}].protocol"),
-                    "not supported by kubevirt-rs: only TCP ports are forwarded",
-                );
-            }
-            ports.push(p.port as u16);
         }
         let binding = iface.binding_methods();
         let method = match binding.as_slice() {
@@ -1257,20 +848,8 @@ fn interfaces(
                 nic: nic.clone(),
                 mac: mac.clone(),
             }),
-            other => {
-                let why = match other {
-                    "bridge" => "the bridge binding on the pod network would hand the pod IP to the guest; use masquerade",
-                    "slirp" => "slirp was removed upstream; use masquerade or passt",
-                    "sriov" => "SR-IOV needs SR-IOV hardware and a device plugin",
-                    "macvtap" => "macvtap needs a macvtap device plugin",
-                    _ => "network binding plugins",
-                };
-                is.add(
-                    format!("{f}.{other}"),
-                    format!("not supported by kubevirt-rs: {why}"),
-                );
-                continue;
-            }
+            // The other binding methods are reported by `support`.
+            _ => continue,
         }
         dom.nics.push(NicConfig {
             name: nic,
