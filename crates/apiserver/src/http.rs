@@ -25,6 +25,7 @@ use crate::view::{self, FieldSelector, IncludeObject, LabelSelector};
 /// Shared server state for handlers.
 pub struct AppState {
     pub ops: Ops,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub openapi: OpenApi,
     pub admin_token: String,
     pub readonly_token: String,
@@ -43,6 +44,8 @@ pub struct User {
 pub enum Route {
     Version,
     Health,
+    /// `/metrics` (Prometheus text).
+    Metrics,
     Api,
     Apis,
     ApiGroup(String),
@@ -67,6 +70,7 @@ pub fn parse_path(path: &str, namespaced: impl Fn(&str, &str, &str) -> bool) -> 
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segs.as_slice() {
         ["version"] => Route::Version,
+        ["metrics"] => Route::Metrics,
         ["healthz"] | ["livez"] | ["readyz"] => Route::Health,
         ["healthz", ..] | ["livez", ..] | ["readyz", ..] => Route::Health,
         ["api"] => Route::Api,
@@ -253,6 +257,7 @@ async fn handle_inner(app: Arc<AppState>, req: Request) -> ApiResult<Response> {
                 "platform": "linux/amd64",
             }),
         )),
+        Route::Metrics => Ok(crate::metrics::response(&app.metrics)),
         Route::Health => {
             let mut r = Response::new(Body::from("ok"));
             r.headers_mut()

@@ -6,6 +6,7 @@ pub mod error;
 mod gc;
 pub mod http;
 pub mod kubevirt;
+pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod proto;
@@ -293,8 +294,10 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
         &tls::kubeconfig(&server, &creds.ca_pem, "readonly", &creds.readonly_token),
     )?;
 
+    let metrics = Arc::new(metrics::Metrics::default());
     let app = Arc::new(http::AppState {
         ops,
+        metrics: metrics.clone(),
         openapi: openapi::OpenApi::new(),
         admin_token: creds.admin_token.clone(),
         readonly_token: creds.readonly_token.clone(),
@@ -311,6 +314,10 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
     .layer(axum::middleware::from_fn_with_state(
         app.clone(),
         http::auth,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        metrics,
+        metrics::count,
     ));
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

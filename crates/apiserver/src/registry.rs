@@ -29,6 +29,13 @@ pub enum ColumnSource {
     EventLastSeen,
     /// An Event's object as `kind/name`.
     EventObject,
+    /// A pod's ready containers over all (`1/1`).
+    PodReady,
+    /// What `kubectl get pods` shows as STATUS: Terminating, a container's waiting or
+    /// terminated reason, the pod's reason, else its phase.
+    PodStatus,
+    /// The sum of the pod's container restart counts.
+    PodRestarts,
 }
 
 /// One served resource in one version.
@@ -290,15 +297,41 @@ pub fn builtins() -> Vec<ResourceDef> {
             "io.k8s.api.core.v1.Pod",
             vec![
                 col(
+                    "Ready",
+                    "string",
+                    ColumnSource::PodReady,
+                    0,
+                    "The aggregate readiness state of this pod for accepting traffic.",
+                ),
+                col(
                     "Status",
                     "string",
-                    path(".status.phase"),
+                    ColumnSource::PodStatus,
                     0,
-                    "The phase of the pod",
+                    "The aggregate status of the containers in this pod.",
+                ),
+                col(
+                    "Restarts",
+                    "string",
+                    ColumnSource::PodRestarts,
+                    0,
+                    "The number of times the containers in this pod have been restarted.",
                 ),
                 age(),
-                col("IP", "string", path(".status.podIP"), 1, "Pod IP"),
-                col("Node", "string", path(".spec.nodeName"), 1, "Node name"),
+                col(
+                    "IP",
+                    "string",
+                    path(".status.podIP"),
+                    1,
+                    "The IP address assigned to the pod",
+                ),
+                col(
+                    "Node",
+                    "string",
+                    path(".spec.nodeName"),
+                    1,
+                    "The name of the node assigned to the pod",
+                ),
             ],
         ),
         builtin(

@@ -115,7 +115,9 @@ struct State {
 /// Tunables.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// Events kept in memory for watch-from-resourceVersion.
+    /// Events kept in memory for watch-from-resourceVersion (like kube-apiserver's watch
+    /// cache: a watcher further behind gets 410 Gone and lists again). Each holds the old
+    /// and new object, so this bounds the server's memory during bursts of writes.
     pub ring_size: usize,
     /// Superseded revisions older than `rev - compact_window` are deleted by compaction.
     pub compact_window: i64,
@@ -126,7 +128,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            ring_size: 50_000,
+            ring_size: 10_000,
             compact_window: 1_000,
             compact_every: 5_000,
         }

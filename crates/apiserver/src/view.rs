@@ -359,6 +359,40 @@ fn age_of(ts: Option<&str>) -> Value {
     }
 }
 
+/// kubectl's STATUS of a pod: Terminating while deleted, else the last container's waiting
+/// or terminated reason (ContainerCreating, Completed, Error), else the pod's reason
+/// (a kubelet's refusal), else its phase.
+fn pod_status(obj: &Value) -> String {
+    let phase = obj
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Pending");
+    let mut status = obj
+        .pointer("/status/reason")
+        .and_then(Value::as_str)
+        .unwrap_or(phase)
+        .to_string();
+    for c in obj
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
+            status = r.to_string();
+        } else if let Some(r) = c
+            .pointer("/state/terminated/reason")
+            .and_then(Value::as_str)
+        {
+            status = r.to_string();
+        }
+    }
+    if obj.pointer("/metadata/deletionTimestamp").is_some() {
+        return "Terminating".into();
+    }
+    status
+}
+
 fn cell(def_type: &str, source: &ColumnSource, obj: &Value) -> Value {
     match source {
         ColumnSource::Age => age_of(
@@ -388,6 +422,29 @@ fn cell(def_type: &str, source: &ColumnSource, obj: &Value) -> Value {
                 o["kind"].as_str().unwrap_or_default().to_lowercase(),
                 o["name"].as_str().unwrap_or_default()
             ))
+        }
+        ColumnSource::PodReady => {
+            let statuses = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let total = obj
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(statuses.len(), Vec::len);
+            let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+            Value::String(format!("{ready}/{total}"))
+        }
+        ColumnSource::PodStatus => Value::String(pod_status(obj)),
+        ColumnSource::PodRestarts => {
+            let n: i64 = obj
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .map_or(0, |cs| {
+                    cs.iter().filter_map(|c| c["restartCount"].as_i64()).sum()
+                });
+            Value::String(n.to_string())
         }
         ColumnSource::DataCount => {
             let n = obj["data"].as_object().map_or(0, |m| m.len())

@@ -458,3 +458,117 @@ spec:
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Pods as kube-apiserver handles them: a pod on a node is deleted gracefully (a deletion
+/// timestamp and grace period; the node deletes it with grace 0), `pods/binding` assigns a
+/// node once, and `kubectl get pods` shows READY, STATUS and RESTARTS. `/metrics` counts
+/// the requests.
+#[test]
+fn pods_bind_and_end_gracefully() {
+    let s = TestServer::start();
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 40\n  containers:\n  - name: c\n    image: x\n"
+        )
+    };
+    s.apply_yaml(&pod("p1"));
+    s.apply_yaml(&pod("p2"));
+    // Not on a node: deleted at once.
+    s.ok(&["delete", "pod", "p2", "--wait=false"]);
+    assert!(s
+        .kubectl(&["get", "pod", "p2", "--ignore-not-found"])
+        .stdout
+        .is_empty());
+
+    // Bind p1 to a node, once.
+    let bind = |node: &str| {
+        s.kubectl_stdin(
+            &["create", "--raw", "/api/v1/namespaces/default/pods/p1/binding", "-f", "-"],
+            &format!(
+                r#"{{"apiVersion":"v1","kind":"Binding","metadata":{{"name":"p1"}},"target":{{"kind":"Node","name":"{node}"}}}}"#
+            ),
+        )
+    };
+    let out = bind("node1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        s.ok(&["get", "pod", "p1", "-o", "jsonpath={.spec.nodeName}"]),
+        "node1"
+    );
+    let cond = s.ok(&[
+        "get",
+        "pod",
+        "p1",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].status}",
+    ]);
+    assert_eq!(cond, "True");
+    let out = bind("node2");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pod p1 is already assigned to node \"node1\""),
+        "{err}"
+    );
+
+    // kubectl's columns.
+    let table = s.ok(&["get", "pods", "-o", "wide"]);
+    let header = table.lines().next().unwrap();
+    for c in ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"] {
+        assert!(header.contains(c), "{table}");
+    }
+    assert!(
+        table.contains("0/1") && table.contains("Pending") && table.contains("node1"),
+        "{table}"
+    );
+
+    // On a node: marked for deletion with its grace period, still there.
+    s.ok(&["delete", "pod", "p1", "--wait=false"]);
+    let meta = s.ok(&[
+        "get",
+        "pod",
+        "p1",
+        "-o",
+        "jsonpath={.metadata.deletionGracePeriodSeconds} {.metadata.deletionTimestamp}",
+    ]);
+    assert!(meta.starts_with("40 "), "{meta}");
+    assert!(s.ok(&["get", "pods"]).contains("Terminating"));
+    // A shorter grace period shortens it; the node's final delete (grace 0) removes it.
+    s.ok(&["delete", "pod", "p1", "--grace-period=5", "--wait=false"]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "pod",
+            "p1",
+            "-o",
+            "jsonpath={.metadata.deletionGracePeriodSeconds}"
+        ]),
+        "5"
+    );
+    s.ok(&[
+        "delete",
+        "pod",
+        "p1",
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
+    assert!(s
+        .kubectl(&["get", "pod", "p1", "--ignore-not-found"])
+        .stdout
+        .is_empty());
+
+    let metrics = s.ok(&["get", "--raw", "/metrics"]);
+    assert!(
+        metrics.contains(r#"apiserver_request_total{verb="create",group="",version="v1",resource="pods",subresource="binding",scope="resource",code="409"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"verb="delete",group="",version="v1",resource="pods""#),
+        "{metrics}"
+    );
+}
