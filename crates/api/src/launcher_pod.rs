@@ -45,6 +45,9 @@ pub struct LauncherPodSettings {
     pub cpu_allocation_ratio: u32,
 }
 
+/// Upstream's default `cpuAllocationRatio`.
+pub const DEFAULT_CPU_ALLOCATION_RATIO: u32 = 10;
+
 impl LauncherPodSettings {
     /// Upstream's defaults with the given image and command.
     pub fn new(image: impl Into<String>, command: Vec<String>) -> Self {
@@ -52,9 +55,23 @@ impl LauncherPodSettings {
             image: image.into(),
             command,
             emulation: false,
-            cpu_allocation_ratio: 10,
+            cpu_allocation_ratio: DEFAULT_CPU_ALLOCATION_RATIO,
         }
     }
+}
+
+/// The CPU the launcher pod requests, in thousandths of a CPU: the VMI's own request, else
+/// vCPUs / `ratio`.
+pub fn cpu_request_millis(vmi: &VirtualMachineInstance, ratio: u32) -> u64 {
+    let requested = vmi
+        .spec
+        .domain
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("cpu"))
+        .map(|q| q.milli_value().max(0) as u64);
+    requested.unwrap_or_else(|| u64::from(vcpus(vmi)) * 1000 / u64::from(ratio.max(1)))
 }
 
 /// Memory the launcher pod needs besides guest RAM, in bytes. Upstream's terms

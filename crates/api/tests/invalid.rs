@@ -351,6 +351,16 @@ fn cases() -> Vec<Case> {
             &[r#"spec.runStrategy: Unsupported value: "Sometimes": supported values: "Always", "Halted", "Manual", "RerunOnFailure", "Once", "WaitAsReceiver""#],
         ),
         (
+            "WaitAsReceiver without the DecentralizedLiveMigration gate",
+            "VirtualMachine",
+            || {
+                let mut v = vm();
+                v["spec"]["runStrategy"] = "WaitAsReceiver".into();
+                v
+            },
+            &[r#"spec.runStrategy: Invalid value: "WaitAsReceiver": Invalid RunStrategy (WaitAsReceiver), DecentralizedLiveMigration feature gate is not enabled in kubevirt resource"#],
+        ),
+        (
             "wrong type",
             "VirtualMachineInstance",
             || {
@@ -711,4 +721,30 @@ fn admit_prunes_unknown_fields_and_unknown_fields_lists_them() {
     assert!(v["spec"]["volumes"][0]["containerDisk"]
         .get("extra")
         .is_none());
+}
+
+#[test]
+fn new_vmis_get_the_finalizer_upstream_adds() {
+    let mut v = vmi();
+    admit("VirtualMachineInstance", Operation::Create, &mut v, None).unwrap();
+    assert_eq!(
+        v["metadata"]["finalizers"],
+        json!(["foregroundDeleteVirtualMachine"])
+    );
+    // Not added again, and not on updates (a finalizer removed on the way out stays removed).
+    admit("VirtualMachineInstance", Operation::Create, &mut v, None).unwrap();
+    assert_eq!(
+        v["metadata"]["finalizers"],
+        json!(["foregroundDeleteVirtualMachine"])
+    );
+    let old = v.clone();
+    v["metadata"]["finalizers"] = json!([]);
+    admit(
+        "VirtualMachineInstance",
+        Operation::Update,
+        &mut v,
+        Some(&old),
+    )
+    .unwrap();
+    assert_eq!(v["metadata"]["finalizers"], json!([]));
 }
