@@ -57,6 +57,11 @@ pub struct DomainConfig {
     /// Kill the VMM (and swtpm) when the thread that started it exits.
     #[serde(default = "default_true")]
     pub die_with_parent: bool,
+    /// Relative CPU weight of the VMM's threads in the kernel scheduler's units (1024 = an
+    /// ordinary process), as Kubernetes derives cpu.shares from a pod's CPU request; None
+    /// leaves the default. Guests thus never crowd out the control plane.
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
 }
 
 fn default_true() -> bool {
@@ -87,6 +92,7 @@ impl DomainConfig {
             netns: None,
             log_file: None,
             die_with_parent: true,
+            cpu_shares: None,
         }
     }
 }

@@ -376,6 +376,12 @@ impl QemuDomain {
                 return Err(e);
             }
         }
+        // QEMU starts at full priority (starting it is on the VM's critical path); once it
+        // answers, its threads take the domain's CPU weight. Threads it creates later
+        // inherit it from the main thread.
+        if let Some(shares) = self.cfg.cpu_shares {
+            renice_threads(pid, nice_for_shares(shares));
+        }
         tracing::info!(domain = %self.cfg.name, pid, qemu = %qmp.version, accel = self.accel.kind.as_str(), "QEMU started");
         Ok(Running { pid, qmp })
     }
@@ -462,6 +468,37 @@ fn reap(mut child: std::process::Child, shared: Arc<Shared>, sockets: Vec<PathBu
     }
     *shared.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
     shared.exited.notify_all();
+}
+
+/// The kernel scheduler's weight of each nice level, -20..=19 (`sched_prio_to_weight`).
+const NICE_WEIGHTS: [u64; 40] = [
+    88761, 71755, 56483, 46273, 36291, 29154, 23254, 18705, 14949, 11916, 9548, 7620, 6100, 4904,
+    3906, 3121, 2501, 1991, 1586, 1277, 1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87,
+    70, 56, 45, 36, 29, 23, 18, 15,
+];
+
+/// Sets the nice level of every thread of process `pid`.
+fn renice_threads(pid: u32, nice: i32) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for t in tasks.flatten() {
+        if let Ok(tid) = t.file_name().to_string_lossy().parse::<libc::id_t>() {
+            // SAFETY: setpriority(2) on a thread id; no memory is passed.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+            }
+        }
+    }
+}
+
+/// The nice level whose scheduler weight is closest to `shares`, never above an ordinary
+/// process's priority (0) and at most 19.
+pub fn nice_for_shares(shares: u64) -> i32 {
+    let best = (20..40)
+        .min_by_key(|&i| NICE_WEIGHTS[i].abs_diff(shares))
+        .unwrap_or(20);
+    best as i32 - 20
 }
 
 fn map_status(status: &str) -> DomainState {
@@ -752,4 +789,22 @@ impl Drop for QemuDomain {
 /// Kills a left-over swtpm recorded in `pid_file` (after a crash of the supervisor).
 pub fn kill_stale_swtpm(pid_file: &Path) {
     swtpm::kill_from_pid_file(pid_file);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nice_for_shares;
+
+    #[test]
+    fn shares_map_to_the_nearest_nice_level_never_above_normal() {
+        assert_eq!(nice_for_shares(1024), 0);
+        assert_eq!(
+            nice_for_shares(4096),
+            0,
+            "never more than an ordinary process"
+        );
+        assert_eq!(nice_for_shares(102), 10, "100m, as Kubernetes maps it");
+        assert_eq!(nice_for_shares(409), 4);
+        assert_eq!(nice_for_shares(1), 19);
+    }
 }
