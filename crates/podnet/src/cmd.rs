@@ -69,6 +69,18 @@ pub(crate) fn ip_in(netns: &str, args: &[&str]) -> Result<String> {
     run_cmd(cmd, None)
 }
 
+/// Several `ip` commands in one process (`ip [-n NETNS] -batch -`), one per line; each
+/// command is a list of words without spaces (names are validated before they get here).
+pub(crate) fn ip_batch(netns: Option<&str>, commands: &[Vec<&str>]) -> Result<()> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.arg("-n").arg(ns);
+    }
+    cmd.args(["-batch", "-"]);
+    let script: String = commands.iter().map(|c| c.join(" ") + "\n").collect();
+    run_cmd(cmd, Some(&script)).map(|_| ())
+}
+
 /// `nft -f -` with `script`, in `netns` (a path under /run/netns) or the host.
 pub(crate) fn nft(netns: Option<&Path>, script: &str) -> Result<()> {
     let mut cmd = Command::new("nft");
@@ -79,11 +91,11 @@ pub(crate) fn nft(netns: Option<&Path>, script: &str) -> Result<()> {
     run_cmd(cmd, Some(script)).map(|_| ())
 }
 
-/// Whether a link exists (in `netns` or the host).
+/// Whether a link exists (in `netns` or the host). The host's links are read from sysfs
+/// (no process to start).
 pub(crate) fn link_exists(netns: Option<&str>, name: &str) -> bool {
-    let r = match netns {
-        Some(ns) => ip_in(ns, &["link", "show", "dev", name]),
-        None => ip(&["link", "show", "dev", name]),
-    };
-    r.is_ok()
+    match netns {
+        Some(ns) => ip_in(ns, &["link", "show", "dev", name]).is_ok(),
+        None => Path::new("/sys/class/net").join(name).exists(),
+    }
 }
