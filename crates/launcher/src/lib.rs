@@ -7,6 +7,7 @@
 //!   agent.
 
 pub mod client;
+mod footprint;
 mod network;
 pub mod prepare;
 mod process;

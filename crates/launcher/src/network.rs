@@ -1,16 +1,16 @@
 //! Pod network of the VM through `kubevirt-podnet`: masquerade (netns + tap + NAT + DHCP)
 //! or passt. One pod-network interface per VM, as upstream.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use kubevirt_hypervisor::NicBackend;
+use kubevirt_hypervisor::{DomainConfig, NicBackend};
 use kubevirt_podnet as podnet;
 
 use crate::process::LauncherError;
 use crate::protocol::{InterfaceStatus, VmiRef};
 use crate::rundir::RunDir;
-use crate::translate::{NetPrep, Translation};
+use crate::translate::NetPrep;
 
 /// What was built for the VM's network; torn down when the VM ends.
 #[derive(Default)]
@@ -19,6 +19,10 @@ pub struct NetState {
     passt: Mutex<Option<podnet::Passt>>,
     dhcp: Mutex<Option<podnet::DhcpServer>>,
     interfaces: Vec<InterfaceStatus>,
+    /// The namespace QEMU must start in.
+    netns: Option<PathBuf>,
+    /// The pod-network NIC: its name, backend and MAC.
+    nic: Option<(String, NicBackend, String)>,
 }
 
 fn err(e: impl std::fmt::Display) -> LauncherError {
@@ -27,15 +31,16 @@ fn err(e: impl std::fmt::Display) -> LauncherError {
     }
 }
 
-/// Builds the pod network the translation asks for and fills in the NIC backends.
+/// Builds the pod network the translation asks for ([`NetState::apply`] then points the
+/// domain at it). Blocking: it runs `ip` and `nft`.
 pub fn setup(
     vmi: &VmiRef,
     run_dir: &RunDir,
-    t: &mut Translation,
+    networks: &[NetPrep],
     state_dir: &Path,
 ) -> Result<NetState, LauncherError> {
     let mut st = NetState::default();
-    let prep = match t.networks.as_slice() {
+    let prep = match networks {
         [] => return Ok(st),
         [one] => one.clone(),
         _ => {
@@ -101,7 +106,7 @@ pub fn setup(
                     return Err(err(e));
                 }
             }
-            t.domain.netns = Some(handle.netns_path.clone());
+            st.netns = Some(handle.netns_path.clone());
             NicBackend::Tap {
                 ifname: handle.tap_name.clone(),
             }
@@ -123,10 +128,7 @@ pub fn setup(
             }
         }
     };
-    for n in t.domain.nics.iter_mut().filter(|n| n.name == nic) {
-        n.backend = backend.clone();
-        n.mac = Some(handle.mac.to_string());
-    }
+    st.nic = Some((nic.clone(), backend, handle.mac.to_string()));
     st.interfaces.push(InterfaceStatus {
         name: nic,
         mac: Some(handle.mac.to_string()),
@@ -138,6 +140,19 @@ pub fn setup(
 }
 
 impl NetState {
+    /// Points the domain at the network: its namespace and the NIC's backend and MAC.
+    pub fn apply(&self, dom: &mut DomainConfig) {
+        if self.netns.is_some() {
+            dom.netns = self.netns.clone();
+        }
+        if let Some((name, backend, mac)) = &self.nic {
+            for n in dom.nics.iter_mut().filter(|n| &n.name == name) {
+                n.backend = backend.clone();
+                n.mac = Some(mac.clone());
+            }
+        }
+    }
+
     /// Interfaces for the VMI status.
     pub fn interfaces(&self) -> Vec<InterfaceStatus> {
         self.interfaces.clone()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use kubevirt_api::v1::VirtualMachineInstance;
 use kubevirt_hypervisor::{
-    detect_accelerator, Accelerator, Domain, ExitReason, Hypervisor, QemuHypervisor,
+    detect_accelerator, Accelerator, Domain, DomainState, ExitReason, Hypervisor, QemuHypervisor,
 };
 use tokio::sync::oneshot;
 
@@ -274,6 +274,7 @@ async fn supervise(args: LauncherArgs, run_dir: RunDir) -> Result<ExitCode, Laun
         Some(path) => Some(read_sync_file(&args, path)),
         None => {
             tracing::info!(accel = accel.kind.as_str(), "launcher waiting for the VMI");
+            crate::footprint::release_code_pages();
             tokio::select! {
                 r = sync_rx => r.ok().map(Ok),
                 _ = term_rx.wait_for(|t| *t) => None,
@@ -386,8 +387,31 @@ async fn start(
         insecure: args.insecure_registries.clone(),
     };
 
-    prepare_volumes(&mut translation, &containerdisks).await?;
-    let net = crate::network::setup(&vref, run_dir, &mut translation, &args.podnet_state_dir)?;
+    // Disks and network are independent: prepare them side by side.
+    let net_task = {
+        let (vref, run_dir, networks, state_dir) = (
+            vref.clone(),
+            run_dir.clone(),
+            translation.networks.clone(),
+            args.podnet_state_dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            crate::network::setup(&vref, &run_dir, &networks, &state_dir)
+        })
+    };
+    let prepared = prepare_volumes(&mut translation, &containerdisks).await;
+    let net = net_task.await.map_err(|e| LauncherError::Network {
+        reason: format!("network setup task: {e}"),
+    })?;
+    let net = match (prepared, net) {
+        (Ok(()), Ok(net)) => net,
+        (Err(e), Ok(net)) => {
+            net.teardown();
+            return Err(e.into());
+        }
+        (_, Err(e)) => return Err(e),
+    };
+    net.apply(&mut translation.domain);
     let hv = QemuHypervisor::with_accelerator(accel.clone());
     let domain: Arc<dyn Domain> = match hv.create_domain(translation.domain.clone()) {
         Ok(d) => Arc::from(d),
@@ -407,14 +431,22 @@ async fn start(
     }
     let vm = Vm::new(domain.clone(), grace, status.clone());
     let net_tasks = net.spawn_tasks();
-    let state = domain.state().ok();
+    // What QEMU was started as; events from now on keep it current.
+    let state = if args.incoming.is_some() {
+        DomainState::Incoming
+    } else if translation.domain.start_paused {
+        DomainState::Paused
+    } else {
+        DomainState::Running
+    };
     status.update(|s| {
         s.stage = Stage::Started;
-        s.domain = state;
+        s.domain = Some(state);
         s.qemu_pid = domain.pid();
         s.interfaces = net.interfaces();
     });
     tracing::info!(pid = ?domain.pid(), "VM running");
+    crate::footprint::release_code_pages();
     Ok(Running { vm, net, net_tasks })
 }
 

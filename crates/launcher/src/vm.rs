@@ -94,6 +94,8 @@ impl Vm {
                     tokio::spawn(async move {
                         for _ in 0..10 {
                             if vm.guest_osinfo().await.is_ok() {
+                                // The guest is up and known: the launcher idles from here.
+                                crate::footprint::release_code_pages();
                                 return;
                             }
                             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -264,6 +264,12 @@ pub fn translate(
 
     machine(spec, &mut dom);
     cpu(spec, &mut dom);
+    // The guest's CPU weight follows its pod's CPU request, as a kubelet sets cpu.shares.
+    let millis = kubevirt_api::launcher_pod::cpu_request_millis(
+        vmi,
+        kubevirt_api::launcher_pod::DEFAULT_CPU_ALLOCATION_RATIO,
+    );
+    dom.cpu_shares = Some((millis * 1024 / 1000).max(2));
     memory(spec, &mut dom, &mut is);
     let kernel_boot = firmware(spec, env, &mut dom, &mut is);
     devices(spec, env, &mut dom);
