@@ -22,6 +22,11 @@ pub enum ControllerError {
 }
 
 impl ControllerError {
+    /// Lost a race with another writer (retried at once).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ControllerError::Api(e) if e.is_conflict())
+    }
+
     /// API failures (unreachable, conflicts) are retried quickly; an object the controller
     /// cannot act on waits for a change, with a slow retry as a safety net.
     pub fn retry_after(&self) -> Action {

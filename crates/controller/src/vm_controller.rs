@@ -218,7 +218,12 @@ pub fn error_policy(
     error: &ControllerError,
     _ctx: Arc<Context>,
 ) -> Action {
-    warn!(vm = %kubevirt_reconcile::object_ref(&*vm), %error, "reconciling VirtualMachine failed");
+    kubevirt_reconcile::log_failure(
+        "reconciling VirtualMachine",
+        &kubevirt_reconcile::object_ref(&*vm),
+        error,
+        error.is_conflict(),
+    );
     error.retry_after()
 }
 

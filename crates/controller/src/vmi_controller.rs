@@ -211,7 +211,12 @@ pub fn error_policy(
     error: &ControllerError,
     _ctx: Arc<Context>,
 ) -> Action {
-    warn!(vmi = %kubevirt_reconcile::object_ref(&*vmi), %error, "reconciling VirtualMachineInstance failed");
+    kubevirt_reconcile::log_failure(
+        "reconciling VirtualMachineInstance",
+        &kubevirt_reconcile::object_ref(&*vmi),
+        error,
+        error.is_conflict(),
+    );
     error.retry_after()
 }
 

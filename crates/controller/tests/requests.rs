@@ -57,6 +57,13 @@ async fn vm_with_run_strategy_always_creates_its_vmi() {
     let mut vm = VirtualMachine::test("testvm").with_run_strategy(RunStrategy::Always);
     vm.metadata.generation = Some(3);
     vm.metadata.resource_version = Some("1".into());
+    // Free-form parts of the API (kept as they are by the schema) reach the VMI untouched.
+    let template = vm.spec.template.spec.as_mut().unwrap();
+    template.domain.io_threads =
+        Some(json!({"supplementalPoolThreadCount": 2, "future": {"x": 1}}));
+    template.access_credentials = Some(vec![
+        json!({"sshPublicKey": {"source": {"secret": {"secretName": "k"}}}}),
+    ]);
     let ctx = Arc::new(vm_controller::Context::new(client));
     let task = tokio::spawn(vm_controller::reconcile(Arc::new(vm.clone()), ctx));
 

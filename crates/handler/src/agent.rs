@@ -329,7 +329,12 @@ pub fn error_policy(
     error: &HandlerError,
     _ctx: Arc<Context>,
 ) -> Action {
-    tracing::warn!(vmi = %kubevirt_reconcile::object_ref(&*vmi), %error, "node agent reconcile failed");
+    kubevirt_reconcile::log_failure(
+        "syncing VirtualMachineInstance",
+        &kubevirt_reconcile::object_ref(&*vmi),
+        error,
+        error.is_conflict(),
+    );
     error.retry_after()
 }
 

@@ -27,6 +27,11 @@ pub enum HandlerError {
 }
 
 impl HandlerError {
+    /// Lost a race with another writer (retried at once).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, HandlerError::Api(e) if e.is_conflict())
+    }
+
     /// When to try again: conflicts at once, API and launcher trouble soon, the rest later.
     pub fn retry_after(&self) -> Action {
         match self {

@@ -93,8 +93,9 @@ pub struct LauncherConfig {
     pub run_root: PathBuf,
     /// Root for per-VM persistent state (EFI vars, TPM): `<root>/<ns>_<vmi name>`.
     pub persistent_root: PathBuf,
-    /// The executable with the `launcher` subcommand.
-    pub exe: PathBuf,
+    /// How to run a launcher: the program and its leading arguments (`kubevirt-launcher`, or
+    /// `kubevirt-rs launcher`).
+    pub command: Vec<std::ffi::OsString>,
     /// Passed to every launcher (registry mirrors, cache dir, ...).
     pub extra_args: Vec<String>,
 }
@@ -215,8 +216,16 @@ impl Launchers {
             .config
             .persistent_root
             .join(format!("{}_{}", key.namespace, key.vmi_name));
-        let mut cmd = tokio::process::Command::new(&self.config.exe);
-        cmd.arg("launcher")
+        let (program, leading) =
+            self.config
+                .command
+                .split_first()
+                .ok_or_else(|| HandlerError::Launcher {
+                    vmi: format!("{}/{}", key.namespace, key.vmi_name),
+                    reason: "no launcher command configured".into(),
+                })?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(leading)
             .args([
                 "--namespace",
                 &key.namespace,
@@ -238,7 +247,7 @@ impl Launchers {
             .process_group(0);
         let child = cmd.spawn().map_err(|e| HandlerError::Launcher {
             vmi: format!("{}/{}", key.namespace, key.vmi_name),
-            reason: format!("spawning {}: {e}", self.config.exe.display()),
+            reason: format!("spawning {}: {e}", program.to_string_lossy()),
         })?;
         tracing::info!(pod = %key.name, pid = ?child.id(), "launcher started");
         Ok(child)

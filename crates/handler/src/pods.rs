@@ -190,7 +190,12 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 pub fn error_policy(pod: Arc<Pod>, error: &HandlerError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(pod = %kubevirt_reconcile::object_ref(&*pod), %error, "pod sync failed");
+    kubevirt_reconcile::log_failure(
+        "syncing Pod",
+        &kubevirt_reconcile::object_ref(&*pod),
+        error,
+        error.is_conflict(),
+    );
     error.retry_after()
 }
 

@@ -21,8 +21,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::PostParams;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use kubevirt_api::Quantity;
 use kubevirt_reconcile::events::{EventRecorder, EventType};
@@ -38,6 +38,8 @@ pub struct Context {
     pub recorder: EventRecorder,
     /// Pods already on the node (the node agent's own cache of them).
     pub node_pods: Store<Pod>,
+    /// The node itself (watched: scheduling reads it for every pod).
+    pub nodes: Store<Node>,
     /// Pods bound here that the cache has not shown yet, with what they requested.
     assumed: Mutex<HashMap<String, BTreeMap<String, i128>>>,
 }
@@ -224,14 +226,21 @@ pub fn unschedulable_message(reason: &str) -> String {
 }
 
 impl Context {
-    pub fn new(client: Client, node: String, node_pods: Store<Pod>) -> Self {
+    pub fn new(client: Client, node: String, node_pods: Store<Pod>, nodes: Store<Node>) -> Self {
         Context {
             recorder: EventRecorder::new(client.clone(), COMPONENT, None),
             client,
             node,
             node_pods,
+            nodes,
             assumed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records an event without holding up the next pod (the scheduler takes one at a time).
+    fn publish(&self, pod: &Pod, type_: EventType, reason: &'static str, message: String) {
+        let (recorder, pod) = (self.recorder.clone(), pod.clone());
+        tokio::spawn(async move { recorder.publish(&pod, type_, reason, &message).await });
     }
 }
 
@@ -244,27 +253,45 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
     }
     let namespace = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
-    let node: Node = Api::all(ctx.client.clone())
-        .get(&ctx.node)
-        .await
-        .map_err(api_call_on("getting", "Node", "", &ctx.node))?;
-    let others: Vec<BTreeMap<String, i128>> = {
+    let node = match ctx.nodes.get(&ObjectRef::new(&ctx.node)) {
+        Some(n) => n,
+        None => Arc::new(
+            Api::<Node>::all(ctx.client.clone())
+                .get(&ctx.node)
+                .await
+                .map_err(api_call_on("getting", "Node", "", &ctx.node))?,
+        ),
+    };
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    // Decided and reserved under one lock: pods are bound concurrently, and two of them must
+    // never both take the last of the node's memory.
+    let verdict = {
         let cached = ctx.node_pods.state();
         let mut assumed = ctx.assumed.lock().unwrap_or_else(|p| p.into_inner());
-        assumed.retain(|uid, _| {
+        assumed.retain(|u, _| {
             !cached
                 .iter()
-                .any(|p| p.metadata.uid.as_deref() == Some(uid.as_str()))
+                .any(|p| p.metadata.uid.as_deref() == Some(u.as_str()))
         });
-        cached
+        let others: Vec<BTreeMap<String, i128>> = cached
             .iter()
-            .filter(|p| active(p) && p.metadata.uid != pod.metadata.uid)
+            .filter(|p| active(p) && p.metadata.uid.as_deref() != Some(uid.as_str()))
             .map(|p| requested(p))
-            .chain(assumed.values().cloned())
-            .collect()
+            .chain(
+                assumed
+                    .iter()
+                    .filter(|(u, _)| **u != uid)
+                    .map(|(_, r)| r.clone()),
+            )
+            .collect();
+        let verdict = unfit(&pod, &node, &others);
+        if verdict.is_none() {
+            assumed.insert(uid.clone(), requested(&pod));
+        }
+        verdict
     };
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    if let Some(reason) = unfit(&pod, &node, &others) {
+    if let Some(reason) = verdict {
         let message = unschedulable_message(&reason);
         let mut status = pod.status.clone().unwrap_or_default();
         let conditions = status.conditions.get_or_insert_with(Vec::new);
@@ -285,9 +312,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
             });
             status.phase.get_or_insert_with(|| "Pending".into());
             write_status(&pods, &*pod, pod.status.as_ref(), &status).await?;
-            ctx.recorder
-                .publish(&*pod, EventType::Warning, "FailedScheduling", &message)
-                .await;
+            ctx.publish(&pod, EventType::Warning, "FailedScheduling", message);
         }
         // kube-scheduler retries unschedulable pods when the cluster changes; here a slow
         // retry covers a node freeing memory.
@@ -306,15 +331,21 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
             ..Default::default()
         },
     };
-    match pods
+    let bound = pods
         .create_subresource::<Binding, serde_json::Value>(
             "binding",
             &name,
             &PostParams::default(),
             &binding,
         )
-        .await
-    {
+        .await;
+    if bound.is_err() {
+        ctx.assumed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&uid);
+    }
+    match bound {
         Ok(_) => {}
         // Bound meanwhile (or gone): nothing to do.
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
@@ -322,30 +353,26 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
         }
         Err(e) => return Err(api_call("binding", &*pod)(e).into()),
     }
-    if let Some(uid) = pod.metadata.uid.clone() {
-        ctx.assumed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uid, requested(&pod));
-    }
-    ctx.recorder
-        .publish(
-            &*pod,
-            EventType::Normal,
-            "Scheduled",
-            &format!("Successfully assigned {namespace}/{name} to {}", ctx.node),
-        )
-        .await;
+    ctx.publish(
+        &pod,
+        EventType::Normal,
+        "Scheduled",
+        format!("Successfully assigned {namespace}/{name} to {}", ctx.node),
+    );
     Ok(Action::await_change())
 }
 
 pub fn error_policy(pod: Arc<Pod>, error: &HandlerError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(pod = %kubevirt_reconcile::object_ref(&*pod), %error, "scheduling failed");
+    kubevirt_reconcile::log_failure(
+        "scheduling Pod",
+        &kubevirt_reconcile::object_ref(&*pod),
+        error,
+        error.is_conflict(),
+    );
     error.retry_after()
 }
 
-/// Runs the embedded scheduler for `node` until `shutdown` resolves. One pod at a time, so
-/// two pods never both take the last of the node's memory.
+/// Runs the embedded scheduler for `node` until `shutdown` resolves.
 pub async fn run(
     client: Client,
     node: String,
@@ -353,9 +380,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let pods: Api<Pod> = Api::all(client.clone());
-    let ctx = Arc::new(Context::new(client, node, node_pods));
+    let (nodes, writer) = kube::runtime::reflector::store();
+    let node_watch = kube::runtime::reflector(
+        writer,
+        watcher(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={node}")),
+        ),
+    );
+    tokio::spawn(node_watch.for_each(|_| async {}));
+    let ctx = Arc::new(Context::new(client, node, node_pods, nodes));
     Controller::new(pods, watcher::Config::default().fields("spec.nodeName="))
-        .with_config(kube::runtime::controller::Config::default().concurrency(1))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| async {})

@@ -38,8 +38,10 @@ fn pod(memory: &str) -> Pod {
 }
 
 fn scheduler_ctx(client: kube::Client) -> Arc<scheduler::Context> {
-    let store = Writer::<Pod>::default().as_reader();
-    Arc::new(scheduler::Context::new(client, "node1".into(), store))
+    let pods = Writer::<Pod>::default().as_reader();
+    // The node is not in the cache yet: the scheduler reads it from the API.
+    let nodes = Writer::<k8s_openapi::api::core::v1::Node>::default().as_reader();
+    Arc::new(scheduler::Context::new(client, "node1".into(), pods, nodes))
 }
 
 fn answer_node(req: Exchange) {
@@ -132,7 +134,7 @@ async fn the_node_refuses_a_pod_that_is_not_a_launcher_pod() {
         LauncherConfig {
             run_root: "/nonexistent/run".into(),
             persistent_root: "/nonexistent/vms".into(),
-            exe: "/nonexistent/kubevirt-rs".into(),
+            command: vec!["/nonexistent/kubevirt-launcher".into()],
             extra_args: vec![],
         },
         Notify {

@@ -91,6 +91,16 @@ pub fn api_call_on(
     }
 }
 
+/// Logs a failed reconcile: at debug level when it only lost a race with another writer
+/// (it is retried at once and is routine while objects change quickly), else as a warning.
+pub fn log_failure(what: &str, object: &str, error: &dyn std::error::Error, conflict: bool) {
+    if conflict {
+        tracing::debug!(%object, %error, "{what} hit a concurrent change; retrying");
+    } else {
+        tracing::warn!(%object, %error, "{what} failed");
+    }
+}
+
 /// `namespace/name` of an object, for logs.
 pub fn object_ref<K: Resource>(obj: &K) -> String {
     format!(
