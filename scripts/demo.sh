@@ -15,7 +15,7 @@ bash scripts/install-host-deps.sh
 # DEMO_PROFILE=dev uses debug builds (faster to build, slower to run).
 profile=${DEMO_PROFILE:-release}
 echo "== building $profile binaries (kubevirt-rs, virtctl)"
-cargo build --profile "$profile" -p kubevirt-rs
+cargo build --profile "$profile" -p kubevirt-rs -p kubevirt-launcher
 bin=$repo/target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 echo "== building the test guest"
 bash scripts/build-guests.sh

@@ -104,6 +104,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -131,6 +132,23 @@ fn subresource_api() -> kubevirt_apiserver::ExtraApi {
             r("virtualmachineinstances/guestosinfo", &["get"]),
         ],
     }
+}
+
+/// How the node agent runs a launcher: `kubevirt-launcher` from beside this binary (a
+/// binary with nothing but the launcher: a smaller resident set per VM), else this binary's
+/// `launcher` subcommand.
+fn launcher_command() -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let dedicated = exe.with_file_name("kubevirt-launcher");
+    Ok(if dedicated.is_file() {
+        vec![dedicated.into()]
+    } else {
+        tracing::info!(
+            "no kubevirt-launcher beside {}; launchers run as its subcommand",
+            exe.display()
+        );
+        vec![exe.into(), "launcher".into()]
+    })
 }
 
 /// The core/v1 subresources the node agent serves (listed in discovery).
@@ -172,7 +190,7 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
         LauncherConfig {
             run_root: args.run_root.clone(),
             persistent_root: data_dir.join("vms"),
-            exe: std::env::current_exe().context("locating this executable")?,
+            command: launcher_command()?,
             extra_args: extra,
         },
         Notify {
