@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Demo: install the host packages, build the release binaries and the test guest, start
 # `kubevirt-rs server`, apply examples/demo-vm.yaml with kubectl, wait for Running and show
-# the guest's console through `virtctl console`. The server is started with --stop-vms-on-exit, so exiting the demo stops
-# the VM. Run as root (QEMU, network namespaces). Usage: scripts/demo.sh
+# the guest's console through `virtctl console`. The server is started with
+# --stop-vms-on-exit, so exiting the demo stops the VM. Run as root (QEMU, network
+# namespaces). Usage: scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -14,7 +15,7 @@ bash scripts/install-host-deps.sh
 
 # DEMO_PROFILE=dev uses debug builds (faster to build, slower to run).
 profile=${DEMO_PROFILE:-release}
-echo "== building $profile binaries (kubevirt-rs, virtctl)"
+echo "== building $profile binaries (kubevirt-rs, kubevirt-launcher, virtctl)"
 cargo build --profile "$profile" -p kubevirt-rs -p kubevirt-launcher
 bin=$repo/target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 echo "== building the test guest"
@@ -49,7 +50,7 @@ kubectl apply -f examples/demo-vm.yaml
 start=$(date +%s%N)
 kubectl wait vm/demo --for=jsonpath='{.status.printableStatus}'=Running --timeout=180s
 echo "VM Running $(( ($(date +%s%N) - start) / 1000000 )) ms after kubectl apply"
-kubectl get vm,vmi -o wide
+kubectl get vm,vmi,pods -o wide
 
 echo "== virtctl console demo (non-interactive: wait for the guest, run a command)"
 ( sleep 8; printf 'echo "hello from $(uname -n): $(cat /proc/version | cut -c1-40)"\r'; sleep 4 ) |
@@ -62,6 +63,8 @@ for _ in $(seq 1 30); do
 done
 echo "== kubectl describe vm demo (events)"
 kubectl describe vm demo | sed -n '/^Events:/,$p'
+echo "== kubectl logs of the VM's virt-launcher pod (last lines)"
+kubectl logs -l vm.kubevirt.io/name=demo --tail 5
 
 cat <<MSG
 

@@ -3,9 +3,10 @@
 //! step (API and controllers, node agent, launcher, QEMU, the guest's first output), and
 //! memory per VM (launcher RSS and PSS, the server's growth per VM).
 //!
-//! `cargo build --release -p kubevirt-rs --bins --examples && target/release/examples/start_bench`
-//! (as root). `BENCH_VMS=10` for fewer VMs; `KUBEVIRT_RS_BIN=path` to measure another build
-//! of the server (e.g. a baseline) with the same client. Upstream KubeVirt's p50 is ~15-25 s.
+//! `cargo build --release -p kubevirt-rs -p kubevirt-launcher --bins --examples &&
+//! target/release/examples/start_bench` (as root). `BENCH_VMS=10` for fewer VMs;
+//! `KUBEVIRT_RS_BIN=path` to measure another build of the server (e.g. a baseline) with the
+//! same client. Upstream KubeVirt's p50 is ~15-25 s.
 
 #[path = "bench_support/mod.rs"]
 mod bench_support;

@@ -34,7 +34,7 @@ pub fn server_binary() -> Result<PathBuf> {
         .context("locating target dir")?;
     if !bin.exists() {
         bail!(
-            "{} missing: build it first (cargo build --release -p kubevirt-rs)",
+            "{} missing: build it first (cargo build --release -p kubevirt-rs -p kubevirt-launcher)",
             bin.display()
         );
     }
