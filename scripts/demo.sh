@@ -17,7 +17,7 @@ bash scripts/install-host-deps.sh
 profile=${DEMO_PROFILE:-release}
 echo "== building $profile binaries (kubevirt-rs, kubevirt-launcher, virtctl)"
 cargo build --profile "$profile" -p kubevirt-rs -p kubevirt-launcher
-bin=$repo/target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+bin=${CARGO_TARGET_DIR:-$repo/target}/$([ "$profile" = dev ] && echo debug || echo "$profile")
 echo "== building the test guest"
 bash scripts/build-guests.sh
 guests=${KUBEVIRT_RS_GUESTS:-$repo/.cache/guests}
