@@ -23,6 +23,7 @@ use kube::api::PostParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
+use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 use kubevirt_api::Quantity;
 use kubevirt_reconcile::events::{EventRecorder, EventType};
@@ -386,15 +387,20 @@ pub async fn run(
         watcher(
             Api::<Node>::all(client.clone()),
             watcher::Config::default().fields(&format!("metadata.name={node}")),
-        ),
+        )
+        .default_backoff(),
     );
-    tokio::spawn(node_watch.for_each(|_| async {}));
     let ctx = Arc::new(Context::new(client, node, node_pods, nodes));
-    Controller::new(pods, watcher::Config::default().fields("spec.nodeName="))
+    let scheduler = Controller::new(pods, watcher::Config::default().fields("spec.nodeName="))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    // The node watch lives as long as the scheduler; it never ends on its own.
+    futures::future::select(
+        std::pin::pin!(scheduler),
+        std::pin::pin!(node_watch.for_each(|_| async {})),
+    )
+    .await;
 }
 
 #[cfg(test)]
