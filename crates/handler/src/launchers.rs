@@ -253,6 +253,41 @@ impl Launchers {
         Ok(child)
     }
 
+    /// Removes the run directories no pod accounts for (`has_pod(uid)` false) and whose
+    /// launcher is not running, as the kubelet cleans up after orphaned pods: what a launcher
+    /// left for a pod deleted while this node agent was down, or from a store that was
+    /// wiped. A running launcher without a pod is left alone: it is a guest, and stopping it
+    /// is for a person to decide. The run root belongs to this node agent alone.
+    pub fn remove_orphans(&self, has_pod: impl Fn(&str) -> bool) {
+        let Ok(entries) = std::fs::read_dir(&self.config.run_root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(uid) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            // Under the lock `ensure` holds while it creates a run directory and starts its
+            // launcher, so a launcher being started now is in the map.
+            let map = lock(&self.map);
+            if map.contains_key(&uid) || has_pod(&uid) || !entry.path().is_dir() {
+                continue;
+            }
+            let run_dir = RunDir::for_uid(&self.config.run_root, &uid);
+            if let Some(pid) = live_pid(&run_dir.pid_file()) {
+                tracing::warn!(dir = %run_dir.path().display(), pid, "a launcher runs without a pod; leaving it");
+                continue;
+            }
+            match std::fs::remove_dir_all(run_dir.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %run_dir.path().display(), "removed the run directory of a pod that is gone")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %run_dir.path().display(), error = %e, "cannot remove run directory")
+                }
+            }
+        }
+    }
+
     /// Forgets a launcher whose pod is gone and removes its run directory.
     pub fn remove(&self, pod_uid: &str) {
         let Some(l) = lock(&self.map).remove(pod_uid) else {

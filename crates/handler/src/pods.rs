@@ -216,6 +216,26 @@ pub async fn run(
     changes: mpsc::UnboundedReceiver<ObjectRef<Pod>>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let pods = controller.store();
+    let launchers = ctx.launchers.clone();
+    tokio::spawn(async move {
+        // Once the first list of this node's pods is in, what no pod accounts for is left
+        // over from before. kube-runtime's readiness signal wakes only the waiter that polled
+        // it last (the controller's own), so ask again until it answers.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), pods.wait_until_ready()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
+        }
+        let uids: HashSet<String> = pods
+            .state()
+            .iter()
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        launchers.remove_orphans(|uid| uids.contains(uid));
+    });
     controller
         .reconcile_on(tokio_stream_of(changes))
         .graceful_shutdown_on(shutdown)

@@ -1,5 +1,6 @@
 //! kill -9 of the server while VMs run: they keep running; after a restart statuses are
 //! right and no VM runs twice. A SIGTERM without --stop-vms-on-exit also leaves them running.
+//! What a finished launcher left for a pod that is gone is cleaned up on start.
 
 mod common;
 
@@ -41,6 +42,13 @@ fn vms_survive_server_crash_and_are_adopted() {
             "{n}: QEMU survives a server stop"
         );
     }
+    // What a launcher leaves for a pod deleted while no server ran: removed on start, as
+    // the kubelet removes orphaned pods' directories; the live VMs' directories stay.
+    let run_root = server.data_dir.join("r");
+    let orphan = run_root.join("5d1c2a0e-0000-4000-8000-00000000dead");
+    std::fs::create_dir_all(&orphan).unwrap();
+    std::fs::write(orphan.join("final-state.json"), "{}").unwrap();
+    std::fs::write(orphan.join("launcher.log"), "ended\n").unwrap();
     server.restart();
     for (n, vmi_uid, uid, pid) in &before {
         server.wait_for("vm", n, "{.status.printableStatus}", "Running");
@@ -58,6 +66,19 @@ fn vms_survive_server_crash_and_are_adopted() {
         // Give the agent a few reconcile rounds: it must adopt, never start a second QEMU.
         std::thread::sleep(std::time::Duration::from_secs(5));
         assert_eq!(qemu_pids(uid), vec![*pid], "{n}: adopted, not restarted");
+    }
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while orphan.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !orphan.exists(),
+        "orphaned run directory removed; server log:\n{}",
+        server.log()
+    );
+    for (n, _, uid, _) in &before {
+        assert!(run_root.join(uid).is_dir(), "{n}: run directory kept");
     }
 
     // The adopted VMs are fully controllable.
