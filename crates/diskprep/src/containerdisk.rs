@@ -413,7 +413,7 @@ impl ContainerDiskCache {
             .root
             .join("disks/sha256")
             .join(format!("{hex_digest}{}", selector.cache_suffix()));
-        if let Some(found) = find_disk(&disk_dir) {
+        if let Some(found) = cached_disk(volume, image, &disk_dir)? {
             if reference.digest().is_none() {
                 write_ref_record(volume, &ref_record, &reference, &digest)?;
             }
@@ -445,7 +445,7 @@ impl ContainerDiskCache {
             )
             .await?;
         // Someone else may have finished while we waited for the lock.
-        if let Some(found) = find_disk(&disk_dir) {
+        if let Some(found) = cached_disk(volume, image, &disk_dir)? {
             if reference.digest().is_none() {
                 write_ref_record(volume, &ref_record, &reference, &digest)?;
             }
@@ -754,6 +754,27 @@ fn write_ref_record(volume: &str, path: &Path, reference: &Reference, digest: &s
     crate::fsutil::write_atomic(volume, path, &body)
 }
 
+/// The extracted disk of a cache entry, with the format recorded at pull time. A qcow2
+/// extracted by an older version (which only refused backing files) is checked again against
+/// the current policy: the format is not re-decided, but an external data file is refused.
+fn cached_disk(volume: &str, image: &str, dir: &Path) -> Result<Option<(PathBuf, DiskFormat)>> {
+    let Some((path, format)) = find_disk(dir) else {
+        return Ok(None);
+    };
+    if format == DiskFormat::Qcow2 {
+        let info = crate::inspect::inspect_path(volume, &path)?;
+        if let Some(reason) = info.refusal(crate::inspect::ImagePolicy::Imported) {
+            return Err(DiskPrepError::UnsafeContainerDisk {
+                volume: volume.to_owned(),
+                image: image.to_owned(),
+                path: format!("cached {}", path.display()),
+                reason,
+            });
+        }
+    }
+    Ok(Some((path, format)))
+}
+
 fn find_disk(dir: &Path) -> Option<(PathBuf, DiskFormat)> {
     for format in [DiskFormat::Qcow2, DiskFormat::Raw] {
         let p = dir.join(format!("disk.{format}"));
@@ -932,16 +953,21 @@ fn extract_disk(
             )));
         }
     };
-    let probe = crate::format::probe_file(volume, &extracted)?;
-    if probe.has_backing_file {
-        let shown = match selector {
-            Selector::Convention => format!("/disk/{name}"),
-            Selector::Exact(_) => format!("/{name}"),
-        };
-        return Err(not_cd(format!(
-            "{shown} is a qcow2 image with a backing file, which would be read from the host"
-        )));
+    // The format is decided here, once, from the pulled bytes, and recorded as the cached
+    // file's name (`disk.raw` / `disk.qcow2`): nothing re-probes a cached disk.
+    let info = crate::inspect::inspect_path(volume, &extracted)?;
+    if let Some(reason) = info.refusal(crate::inspect::ImagePolicy::Imported) {
+        return Err(DiskPrepError::UnsafeContainerDisk {
+            volume: volume.to_owned(),
+            image: image.to_owned(),
+            path: match selector {
+                Selector::Convention => format!("/disk/{name}"),
+                Selector::Exact(_) => format!("/{name}"),
+            },
+            reason,
+        });
     }
+    let format = info.format.disk_format().unwrap_or(DiskFormat::Raw);
     let staged = work.path().join("entry");
     std::fs::create_dir(&staged).map_err(|e| DiskPrepError::io(volume, "creating", &staged, e))?;
     let layer_digests: Vec<&str> = layers.iter().map(|(_, d)| d.digest.as_str()).collect();
@@ -951,7 +977,7 @@ fn extract_disk(
         serde_json::to_vec(&layer_digests).unwrap_or_default(),
     )
     .map_err(|e| DiskPrepError::io(volume, "writing", &layers_file, e))?;
-    let disk_path = staged.join(format!("disk.{}", probe.format));
+    let disk_path = staged.join(format!("disk.{format}"));
     std::fs::rename(&extracted, &disk_path)
         .map_err(|e| DiskPrepError::io(volume, "renaming", &extracted, e))?;
     use std::os::unix::fs::PermissionsExt as _;
@@ -960,10 +986,7 @@ fn extract_disk(
     std::fs::rename(&staged, disk_dir)
         .map_err(|e| DiskPrepError::io(volume, "moving into the cache", disk_dir, e))?;
     tracing::debug!(volume, image, file = %name, "extracted containerDisk");
-    Ok((
-        disk_dir.join(format!("disk.{}", probe.format)),
-        probe.format,
-    ))
+    Ok((disk_dir.join(format!("disk.{format}")), format))
 }
 
 /// Lock file held shared by every downloading pull and exclusively by [`ContainerDiskCache::prune`].

@@ -47,6 +47,34 @@ pub enum DiskPrepError {
     #[error("volume {volume}: hostDisk {path} does not exist (type Disk requires an existing file; use DiskOrCreate to create it)")]
     HostDiskMissing { volume: String, path: PathBuf },
 
+    /// A hostDisk path lies outside every directory the node allows host disks in.
+    #[error("volume {volume}: {}", host_disk_not_allowed(path, allowed))]
+    HostDiskNotAllowed {
+        volume: String,
+        path: PathBuf,
+        /// The allowed directories; empty when hostDisk is disabled on the node.
+        allowed: Vec<PathBuf>,
+    },
+
+    /// A disk image's content names other files (backing or data file, extents) or is in a
+    /// format not accepted from where it came; QEMU must not follow it.
+    #[error("volume {volume}: disk image {path} refused: {reason}")]
+    UnsafeImage {
+        volume: String,
+        path: PathBuf,
+        reason: String,
+    },
+
+    /// The disk of a containerDisk image names other files or is not raw or qcow2.
+    #[error("volume {volume}: image {image}: {path} refused: {reason}")]
+    UnsafeContainerDisk {
+        volume: String,
+        image: String,
+        /// The disk's path inside the image (`/disk/disk.qcow2`).
+        path: String,
+        reason: String,
+    },
+
     /// A file operation failed.
     #[error("volume {volume}: {action} {path}")]
     Io {
@@ -152,6 +180,18 @@ pub enum DiskPrepError {
     /// A background task died (panicked or was cancelled).
     #[error("volume {volume}: internal task failed: {reason}")]
     Task { volume: String, reason: String },
+}
+
+fn host_disk_not_allowed(path: &std::path::Path, allowed: &[PathBuf]) -> String {
+    if allowed.is_empty() {
+        format!("hostDisk.path {path:?} cannot be used: hostDisk is disabled on this node (no host disk directory is allowed)")
+    } else {
+        let dirs: Vec<String> = allowed.iter().map(|d| format!("{d:?}")).collect();
+        format!(
+            "hostDisk.path {path:?} is not beneath an allowed host disk directory ({})",
+            dirs.join(", ")
+        )
+    }
 }
 
 impl DiskPrepError {

@@ -1,9 +1,8 @@
 //! Disk image formats and probing by content (never by file name).
 
-use std::io::Read as _;
 use std::path::Path;
 
-use crate::error::{DiskPrepError, Result};
+use crate::error::Result;
 
 /// The formats QEMU is told to open (`format=` / `-F`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,52 +26,20 @@ impl std::fmt::Display for DiskFormat {
     }
 }
 
-const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
-
-/// What the first bytes of an image say about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Probe {
-    pub format: DiskFormat,
-    /// qcow2 only: the image names a backing file.
-    pub has_backing_file: bool,
-}
-
-pub(crate) fn probe_bytes(header: &[u8]) -> Probe {
-    if header.len() >= 16 && &header[..4] == QCOW2_MAGIC {
-        let mut off = [0u8; 8];
-        off.copy_from_slice(&header[8..16]);
-        Probe {
-            format: DiskFormat::Qcow2,
-            has_backing_file: u64::from_be_bytes(off) != 0,
-        }
-    } else {
-        Probe {
-            format: DiskFormat::Raw,
-            has_backing_file: false,
-        }
-    }
-}
-
-pub(crate) fn probe_file(volume: &str, path: &Path) -> Result<Probe> {
-    let mut header = Vec::with_capacity(16);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(16).read_to_end(&mut header))
-        .map_err(|e| DiskPrepError::io(volume, "reading the header of", path, e))?;
-    Ok(probe_bytes(&header))
-}
-
-/// Probes a file's format by content. A qcow2 image naming a backing file is reported as
-/// an error: QEMU would open that file from the host, which a guest image must not decide.
+/// Probes a file's format by content with the [`ImagePolicy::Imported`] rules: raw or a
+/// self-contained qcow2, anything naming another host file or in another format is refused
+/// ([`DiskPrepError::UnsafeImage`]). Only for files whose content the guest cannot have
+/// written (read-only bases); a file a guest writes to has its format decided by the control
+/// plane (a hostDisk is raw, see [`crate::hostdisk`]).
+///
+/// [`ImagePolicy::Imported`]: crate::inspect::ImagePolicy::Imported
+/// [`DiskPrepError::UnsafeImage`]: crate::DiskPrepError::UnsafeImage
 pub fn detect_format(volume: &str, path: &Path) -> Result<DiskFormat> {
-    let probe = probe_file(volume, path)?;
-    if probe.has_backing_file {
-        return Err(DiskPrepError::InvalidPath {
-            volume: volume.to_owned(),
-            path: path.to_path_buf(),
-            reason: "qcow2 image with a backing file is not accepted as a base image".into(),
-        });
-    }
-    Ok(probe.format)
+    crate::inspect::inspect_path(volume, path)?.accept(
+        volume,
+        path,
+        crate::inspect::ImagePolicy::Imported,
+    )
 }
 
 #[cfg(test)]
@@ -80,14 +47,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn probes() {
-        let mut q = b"QFI\xfb\0\0\0\x03".to_vec();
+    fn detects_and_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        let mut q = b"QFI\xfb\0\0\0\x02".to_vec();
         q.extend_from_slice(&[0; 8]);
-        assert_eq!(probe_bytes(&q).format, DiskFormat::Qcow2);
-        assert!(!probe_bytes(&q).has_backing_file);
+        q.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 16]);
+        q.resize(4096, 0);
+        std::fs::write(&p, &q).unwrap();
+        assert_eq!(detect_format("v", &p).unwrap(), DiskFormat::Qcow2);
         q[15] = 0x30;
-        assert!(probe_bytes(&q).has_backing_file);
-        assert_eq!(probe_bytes(b"\xeb\x63\x90").format, DiskFormat::Raw);
-        assert_eq!(probe_bytes(b"").format, DiskFormat::Raw);
+        q[19] = 4;
+        q[0x30..0x34].copy_from_slice(b"/etc");
+        std::fs::write(&p, &q).unwrap();
+        let err = detect_format("v", &p).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "volume v: disk image {} refused: qcow2 image names a backing file \"/etc\"",
+                p.display()
+            )
+        );
+        std::fs::write(&p, b"\xeb\x63\x90").unwrap();
+        assert_eq!(detect_format("v", &p).unwrap(), DiskFormat::Raw);
+        std::fs::write(&p, b"vhdxfile").unwrap();
+        let err = detect_format("v", &p).unwrap_err();
+        assert!(
+            err.to_string().contains("vhdx images are not accepted"),
+            "{err}"
+        );
     }
 }

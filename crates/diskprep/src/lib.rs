@@ -4,7 +4,10 @@
 //! - [`containerdisk`]: OCI pull with registry mapping, digest-verified blob cache,
 //!   extracted read-only base per manifest digest.
 //! - [`overlay`]: qcow2 copy-on-write overlays over containerDisk / ephemeral bases.
-//! - [`emptydisk`], [`hostdisk`]: blank and host-path disks.
+//! - [`emptydisk`], [`hostdisk`]: blank and host-path disks; a hostDisk is always raw and
+//!   opened beneath operator-allowed directories.
+//! - [`inspect`]: image formats by content and everything a header names (backing and data
+//!   files, VMDK extents), with the policies deciding what QEMU may be given.
 
 pub mod cloudinit;
 pub mod containerdisk;
@@ -13,6 +16,7 @@ pub mod error;
 pub mod format;
 mod fsutil;
 pub mod hostdisk;
+pub mod inspect;
 pub mod iso9660;
 pub mod overlay;
 mod qemu_img;
@@ -26,5 +30,6 @@ pub use containerdisk::{
 pub use emptydisk::create_empty_disk;
 pub use error::{DiskPrepError, Result};
 pub use format::DiskFormat;
-pub use hostdisk::{prepare_host_disk, HostDisk, HostDiskType};
+pub use hostdisk::{open_host_disk, prepare_host_disk, HostDisk, HostDiskFile, HostDiskType};
+pub use inspect::{inspect_image, ImageFormat, ImageInfo, ImagePolicy};
 pub use overlay::create_overlay;
