@@ -247,6 +247,193 @@ async fn images_that_are_not_container_disks_are_refused() {
         .is_none());
 }
 
+fn qemu_img(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("qemu-img")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Replaces `from` by `to` (same length) in `data`.
+fn patched(mut data: Vec<u8>, from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let at = data
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("pattern");
+    data[at..at + to.len()].copy_from_slice(to);
+    data
+}
+
+/// Disks whose headers name host files (or that are in a format QEMU would interpret) never
+/// reach the cache; the reason names what was found. qemu-img only ever sees temporary
+/// files: host paths are patched into its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disks_naming_host_files_are_refused_with_the_reason() {
+    let registry = Registry::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_for(&registry, dir.path());
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+
+    std::fs::create_dir(w.join("xetc")).unwrap();
+    qemu_img(
+        w,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=xetc/passwd",
+            "data.qcow2",
+            "1M",
+        ],
+    );
+    let data_file = patched(
+        std::fs::read(w.join("data.qcow2")).unwrap(),
+        b"xetc/passwd",
+        b"/etc/passwd",
+    );
+    qemu_img(w, &["create", "-q", "-f", "raw", "base.raw", "1M"]);
+    qemu_img(
+        w,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "backing.qcow2",
+        ],
+    );
+    let backing = patched(
+        std::fs::read(w.join("backing.qcow2")).unwrap(),
+        b"base.raw",
+        b"/dev/sda",
+    );
+    qemu_img(
+        w,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicFlat",
+            "flat.vmdk",
+            "1M",
+        ],
+    );
+    let descriptor = std::fs::read_to_string(w.join("flat.vmdk"))
+        .unwrap()
+        .replace("\"flat-flat.vmdk\"", "\"/etc/shadow\"");
+    qemu_img(w, &["create", "-q", "-f", "vhdx", "d.vhdx", "1M"]);
+    let vhdx = std::fs::read(w.join("d.vhdx")).unwrap();
+
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        (
+            "data-file",
+            "disk/disk.qcow2",
+            data_file.clone(),
+            r#"qcow2 image names an external data file "/etc/passwd""#,
+        ),
+        (
+            "backing-file",
+            "disk/disk.qcow2",
+            backing,
+            r#"qcow2 image names a backing file "/dev/sda" (format "raw")"#,
+        ),
+        (
+            "vmdk-descriptor",
+            "disk/disk.vmdk",
+            descriptor.into_bytes(),
+            r#"vmdk image names extent file "/etc/shadow"; vmdk images are not accepted (raw or qcow2 expected)"#,
+        ),
+        (
+            "vhdx",
+            "disk/disk.vhdx",
+            vhdx,
+            "vhdx images are not accepted (raw or qcow2 expected)",
+        ),
+    ];
+    for (name, file, data, reason) in cases {
+        push(
+            &registry,
+            &format!("test/{name}:v1"),
+            vec![ImageLayer::oci_v1_gzip(
+                gzip(&tar_of(&[(file, &data)])),
+                None,
+            )],
+        )
+        .await;
+        let image = format!("{}/test/{name}:v1", registry.host());
+        let err = cache
+            .pull("rootdisk", &image, PullPolicy::IfNotPresent, &|_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("volume rootdisk: image {image}: /{file} refused: {reason}"),
+            "{name}"
+        );
+        assert!(
+            matches!(err, DiskPrepError::UnsafeContainerDisk { .. }),
+            "{err:?}"
+        );
+    }
+    assert!(std::fs::read_dir(dir.path().join("disks/sha256"))
+        .unwrap()
+        .next()
+        .is_none());
+
+    // A self-contained qcow2 is accepted; its format is recorded with the cached disk.
+    qemu_img(w, &["create", "-q", "-f", "qcow2", "plain.qcow2", "1M"]);
+    push(
+        &registry,
+        "test/plain:v1",
+        vec![ImageLayer::oci_v1(
+            tar_of(&[(
+                "disk/disk.img",
+                &std::fs::read(w.join("plain.qcow2")).unwrap(),
+            )]),
+            None,
+        )],
+    )
+    .await;
+    let image = format!("{}/test/plain:v1", registry.host());
+    let disk = cache
+        .pull("rootdisk", &image, PullPolicy::IfNotPresent, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(disk.format, DiskFormat::Qcow2);
+    assert_eq!(disk.path.file_name().unwrap(), "disk.qcow2");
+
+    // A cached qcow2 from before this policy (here: replaced behind the cache's back) is
+    // checked again when it is used.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&disk.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&disk.path, &data_file).unwrap();
+    let err = cache
+        .pull("rootdisk", &image, PullPolicy::IfNotPresent, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .ends_with(r#"refused: qcow2 image names an external data file "/etc/passwd""#),
+        "{err}"
+    );
+}
+
 /// docker-registry with htpasswd (bcrypt) authentication, and the directory holding the
 /// password file (it must outlive the registry).
 fn auth_registry(user: &str, password: &str) -> (Registry, tempfile::TempDir) {
