@@ -51,6 +51,11 @@ impl ApiError {
         }
     }
 
+    /// `details` naming the object (`kind` is the resource, as kube-apiserver fills it).
+    pub(crate) fn with_resource_details(self, name: &str, group: &str, kind: &str) -> Self {
+        self.with_details(name, group, kind)
+    }
+
     fn with_details(mut self, name: &str, group: &str, kind: &str) -> Self {
         self.details = Some(Box::new(Details {
             name: name.to_string(),
@@ -132,20 +137,14 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
     }
 
-    pub fn forbidden(user: &str, verb: &str, plural: &str, group: &str, ns: Option<&str>) -> Self {
-        let scope = match ns {
-            Some(ns) => format!("in the namespace \"{ns}\""),
-            None => "at the cluster scope".to_string(),
-        };
+    /// 413 as kube-apiserver answers when etcd refuses an object over its request limit
+    /// (`--max-request-bytes`, 1.5 MiB by default).
+    pub fn object_too_large() -> Self {
         Self::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!(
-                "{} is forbidden: User \"{user}\" cannot {verb} resource \"{plural}\" in API group \"{group}\" {scope}",
-                qualified(plural, group)
-            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "etcdserver: request is too large",
         )
-        .with_details("", group, plural)
     }
 
     /// 422 Invalid, message formatted like kube-apiserver's `NewInvalid`.

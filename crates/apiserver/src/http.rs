@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::{json, Value};
 
+use crate::decode;
 use crate::error::{ApiError, ApiResult};
 use crate::openapi::OpenApi;
 use crate::ops::{
@@ -30,7 +31,11 @@ pub struct AppState {
     pub admin_token: String,
     pub readonly_token: String,
     pub bookmark_interval: Duration,
+    /// Largest request body read (kube-apiserver's `MaxRequestBodyBytes`).
     pub max_body: usize,
+    /// kube-apiserver's `--min-request-timeout`: a watch without `timeoutSeconds` lasts a
+    /// random time between this and twice this; `timeoutSeconds` is capped at twice this.
+    pub min_request_timeout: Duration,
 }
 
 /// The authenticated user, put in request extensions by `auth`.
@@ -144,7 +149,133 @@ impl ApiError {
     }
 }
 
-/// Bearer-token authentication and read-only authorization.
+/// What a request does, as kube-apiserver's `RequestInfoFactory` reads it from the path:
+/// `/api/v1/namespaces/NS/RESOURCE/NAME/SUBRESOURCE/...` (anything past the subresource,
+/// like `vnc/screenshot`, is part of that subresource). Segments are percent-decoded and
+/// empty ones dropped, so `%63onsole` or `//` cannot dodge a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub verb: &'static str,
+    pub group: String,
+    pub resource: String,
+    pub subresource: Option<String>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+fn percent_decode(seg: &str) -> String {
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The resource attributes of a request, or `None` for non-resource paths (discovery,
+/// `/version`, `/healthz`, ...).
+pub fn request_info(method: &Method, path: &str, watch: bool) -> Option<RequestInfo> {
+    let segs: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let (group, mut rest) = match segs.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    let mut namespace = None;
+    if rest[0] == "namespaces" && rest.len() > 1 {
+        namespace = Some(rest[1].to_string());
+        // `namespaces/NS/status` and `namespaces/NS/finalize` are the namespace's own.
+        if rest.len() > 2 && !matches!(rest[2], "status" | "finalize") {
+            rest = &rest[2..];
+        }
+    }
+    let name = rest.get(1).map(|n| n.to_string());
+    let verb = match *method {
+        Method::GET | Method::HEAD if watch => "watch",
+        Method::GET | Method::HEAD if name.is_some() => "get",
+        Method::GET | Method::HEAD => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if name.is_some() => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "",
+    };
+    Some(RequestInfo {
+        verb,
+        group: group.to_string(),
+        resource: rest[0].to_string(),
+        subresource: rest.get(2).map(|s| s.to_string()),
+        namespace,
+        name,
+    })
+}
+
+/// Subresources the read-only user may `get`, per API group, as KubeVirt's `view` role and
+/// Kubernetes' `view` role allow. Everything else under a name (`pods/exec`, `pods/attach`,
+/// `pods/portforward`, `pods/proxy`, `services/proxy`, `nodes/proxy`, a VMI's `console`,
+/// `vnc`, `vnc/screenshot`, `portforward`, `usbredir`, `vsock`, and whatever is added later)
+/// is a stream into a workload and needs the admin token.
+fn readonly_may_get(group: &str, subresource: &str) -> bool {
+    match group {
+        "" => matches!(subresource, "status" | "log" | "scale"),
+        "subresources.kubevirt.io" => {
+            matches!(subresource, "guestosinfo" | "filesystemlist" | "userlist")
+        }
+        _ => matches!(subresource, "status" | "scale"),
+    }
+}
+
+/// 403 worded as kube-apiserver's RBAC denials.
+fn forbidden(user: &str, info: &RequestInfo) -> ApiError {
+    let resource = match &info.subresource {
+        Some(sub) => format!("{}/{sub}", info.resource),
+        None => info.resource.clone(),
+    };
+    let scope = match &info.namespace {
+        Some(ns) => format!("in the namespace \"{ns}\""),
+        None => "at the cluster scope".to_string(),
+    };
+    let qualified = crate::error::qualified(&info.resource, &info.group);
+    let subject = match &info.name {
+        Some(n) => format!("{qualified} \"{n}\""),
+        None => qualified,
+    };
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!(
+            "{subject} is forbidden: User \"{user}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
+            info.verb, info.group
+        ),
+    )
+    .with_resource_details(
+        info.name.as_deref().unwrap_or(""),
+        &info.group,
+        &info.resource,
+    )
+}
+
+/// Bearer-token authentication and read-only authorization. The decision is made here, by
+/// path, for every route (including `extra_routes`), before any handler runs.
 pub async fn auth(State(app): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let token = req
         .headers()
@@ -169,25 +300,37 @@ pub async fn auth(State(app): State<Arc<AppState>>, mut req: Request, next: Next
             return ApiError::unauthorized().into_response();
         }
     };
-    let method = req.method().clone();
-    let read = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    if user.read_only && !read {
-        let route = parse_path(req.uri().path(), |g, v, p| app.is_namespaced(g, v, p));
-        let (plural, group, ns) = match &route {
-            Route::Resource {
-                group, plural, ns, ..
-            } => (plural.clone(), group.clone(), ns.clone()),
-            _ => (String::new(), String::new(), None),
-        };
-        let verb = match method {
-            Method::POST => "create",
-            Method::PUT => "update",
-            Method::PATCH => "patch",
-            Method::DELETE => "delete",
-            _ => "access",
-        };
-        return ApiError::forbidden(user.name, verb, &plural, &group, ns.as_deref())
-            .into_response();
+    if user.read_only {
+        let method = req.method().clone();
+        let read = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let watch = query_map(req.uri())
+            .get("watch")
+            .is_some_and(|w| w == "true" || w == "1");
+        match request_info(&method, req.uri().path(), watch) {
+            Some(info) => {
+                let sub_ok = info
+                    .subresource
+                    .as_deref()
+                    .is_none_or(|s| readonly_may_get(&info.group, s));
+                if !read || !sub_ok {
+                    return forbidden(user.name, &info).into_response();
+                }
+            }
+            None if !read => {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "forbidden: User \"{}\" cannot {} path \"{}\"",
+                        user.name,
+                        method.as_str().to_lowercase(),
+                        req.uri().path()
+                    ),
+                )
+                .into_response();
+            }
+            None => {}
+        }
     }
     req.extensions_mut().insert(user);
     next.run(req).await
@@ -379,6 +522,8 @@ fn api_group(g: &str, vs: &[String]) -> Value {
     })
 }
 
+/// Reads at most `max` bytes of body (413 past that, as kube-apiserver) and decodes it off
+/// the async runtime: YAML and JSON parsing is CPU-bound and must not stall other requests.
 async fn read_body(req: Request, max: usize) -> ApiResult<(Value, String)> {
     let ct = req
         .headers()
@@ -389,33 +534,25 @@ async fn read_body(req: Request, max: usize) -> ApiResult<(Value, String)> {
     let bytes = axum::body::to_bytes(req.into_body(), max)
         .await
         .map_err(|e| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                format!("reading request body: {e}"),
-            )
+            let over_limit =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                decode::too_large(format_args!("limit is {max}"))
+            } else {
+                ApiError::bad_request(format!("reading the request body: {e}"))
+            }
         })?;
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok((Value::Null, ct));
-    }
-    if ct.contains("protobuf") {
-        // kubectl's typed commands; anything else gets 415 and falls back to JSON.
-        let v =
-            crate::proto::decode(&bytes).map_err(|e| ApiError::unsupported_media(e.to_string()))?;
-        return Ok((v, "application/json".into()));
-    }
-    if ct.contains("cbor") {
-        return Err(ApiError::unsupported_media(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got \"{ct}\")"
-        )));
-    }
-    let v = if ct.contains("yaml") {
-        serde_yaml::from_slice::<Value>(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+    let content_type = ct.clone();
+    let v = tokio::task::spawn_blocking(move || decode::decode_body(&content_type, &bytes))
+        .await
+        .map_err(|e| ApiError::internal(format!("decoding the request body: {e}")))??;
+    let ct = if decode::Format::from_content_type(&ct) == decode::Format::Protobuf {
+        "application/json".to_string()
     } else {
-        serde_json::from_slice::<Value>(&bytes).map_err(|e| {
-            ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
-        })?
+        ct
     };
     Ok((v, ct))
 }
@@ -727,6 +864,25 @@ fn list(
     ))
 }
 
+/// How long a watch runs. As kube-apiserver: `timeoutSeconds` if given, else a random
+/// time in [min, 2*min) so that watches started together do not all end (and re-list)
+/// together. Unlike kube-apiserver, a `timeoutSeconds` above 2*min is cut to 2*min, so no
+/// client holds a watch open for days.
+fn watch_timeout(param: Option<&String>, min: Duration) -> ApiResult<Duration> {
+    use rand::Rng;
+    let max = min.saturating_mul(2);
+    let asked = match param.map(String::as_str) {
+        None | Some("") => 0,
+        Some(t) => t
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("timeoutSeconds: invalid value {t:?}")))?,
+    };
+    if asked > 0 {
+        return Ok(Duration::from_secs(asked).min(max));
+    }
+    Ok(min.mul_f64(1.0 + rand::rng().random_range(0.0..1.0)))
+}
+
 struct WatchFilter {
     prefix: String,
     ls: LabelSelector,
@@ -790,11 +946,7 @@ fn watch_response(
     };
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
     let send_initial = q.get("sendInitialEvents").is_some_and(|b| b == "true");
-    let timeout = q
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(1800));
+    let timeout = watch_timeout(q.get("timeoutSeconds"), app.min_request_timeout)?;
     let include = include_object(&q);
     let rv = q.get("resourceVersion").cloned().unwrap_or_default();
     let store = app.ops.store.clone();
@@ -919,6 +1071,47 @@ fn watch_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_info_reads_subresources_like_kube() {
+        let info = request_info(
+            &Method::GET,
+            "/apis/subresources.kubevirt.io/v1/namespaces/ns/virtualmachineinstances/vm/vnc/screenshot",
+            false,
+        )
+        .unwrap();
+        assert_eq!(info.verb, "get");
+        assert_eq!(info.group, "subresources.kubevirt.io");
+        assert_eq!(info.resource, "virtualmachineinstances");
+        assert_eq!(info.subresource.as_deref(), Some("vnc"));
+        assert_eq!(info.namespace.as_deref(), Some("ns"));
+        assert_eq!(info.name.as_deref(), Some("vm"));
+        let sneaky =
+            request_info(&Method::GET, "/api//v1/namespaces/ns/pods/p/%65xec", false).unwrap();
+        assert_eq!(sneaky.subresource.as_deref(), Some("exec"));
+        let ns = request_info(&Method::DELETE, "/api/v1/namespaces/ns", false).unwrap();
+        assert_eq!((ns.verb, ns.resource.as_str()), ("delete", "namespaces"));
+        assert!(request_info(&Method::GET, "/apis/kubevirt.io/v1", false).is_none());
+        assert!(request_info(&Method::GET, "/version", false).is_none());
+        assert!(!readonly_may_get("", "exec"));
+        assert!(readonly_may_get("", "log"));
+        assert!(readonly_may_get("subresources.kubevirt.io", "guestosinfo"));
+        assert!(!readonly_may_get("subresources.kubevirt.io", "console"));
+    }
+
+    #[test]
+    fn watch_timeouts_are_randomized_and_capped() {
+        let min = Duration::from_secs(1800);
+        for _ in 0..100 {
+            let t = watch_timeout(None, min).unwrap();
+            assert!(t >= min && t < min * 2, "{t:?}");
+        }
+        let asked = |s: &str| watch_timeout(Some(&s.to_string()), min);
+        assert_eq!(asked("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(asked("99999999999").unwrap(), min * 2);
+        assert!(asked("0").unwrap() >= min);
+        assert_eq!(asked("x").unwrap_err().code, StatusCode::BAD_REQUEST);
+    }
 
     #[test]
     fn routes() {

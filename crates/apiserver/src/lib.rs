@@ -1,8 +1,11 @@
 //! kubevirt-apiserver: an embedded Kubernetes-compatible API server with a durable
 //! revision-log store (see README.md).
 
+mod conn;
 pub mod convert;
+pub mod decode;
 pub mod error;
+mod files;
 mod gc;
 pub mod http;
 pub mod kubevirt;
@@ -67,6 +70,44 @@ pub struct ServerConfig {
     pub store: StoreOptions,
     /// How often watches with `allowWatchBookmarks` get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// Connection and request limits (kube-apiserver's defaults).
+    pub limits: Limits,
+}
+
+/// What one client may hold of the server: connections, time, bytes. The defaults are
+/// kube-apiserver's where it has one.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open connections at most; one more is closed as soon as it is accepted, leaving
+    /// the others alone. Keeps idle clients from using up the process' file descriptors.
+    pub max_connections: usize,
+    /// A TLS handshake not finished by then is dropped (Go's TLS handshake deadline, as
+    /// kube-apiserver runs it, is in this range).
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/1 request headers not complete by then close the connection; this also ends
+    /// idle keep-alive connections (kube-apiserver's `ReadHeaderTimeout`: 32 s).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (kube-apiserver's
+    /// `IdleTimeout`: 90 s). Covers HTTP/2 connections that never open a stream.
+    pub idle_timeout: Duration,
+    /// Largest request body (kube-apiserver's `MaxRequestBodyBytes`: 3 MiB).
+    pub max_body_bytes: usize,
+    /// kube-apiserver's `--min-request-timeout` (1800 s): watches end after a random time
+    /// between this and twice this; `timeoutSeconds` is capped at twice this.
+    pub min_request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(32),
+            idle_timeout: Duration::from_secs(90),
+            max_body_bytes: decode::MAX_BODY_BYTES,
+            min_request_timeout: Duration::from_secs(1800),
+        }
+    }
 }
 
 /// `/var/lib/kubevirt-rs` as root, else `$XDG_DATA_HOME/kubevirt-rs`
@@ -105,6 +146,7 @@ impl ServerConfig {
             admission: Vec::new(),
             store: StoreOptions::default(),
             bookmark_interval: Duration::from_secs(30),
+            limits: Limits::default(),
         }
     }
 }
@@ -248,19 +290,31 @@ fn kubeconfig_server(addr: SocketAddr) -> String {
 /// kubeconfig files, and serves HTTPS until `ServerHandle::shutdown`.
 pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
     let dir = cfg.data_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|source| ServerError::DataDir {
-        path: dir.clone(),
-        source,
-    })?;
+    let data_dir_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ServerError::DataDir { path, source }
+    };
+    files::private_dir(&dir).map_err(data_dir_err(&dir))?;
     let creds = tls::load_or_create(&dir)?;
     let db = dir.join("store.db");
+    files::private_file(&db).map_err(data_dir_err(&db))?;
     let store_opts = cfg.store.clone();
-    let store = tokio::task::spawn_blocking(move || store::Store::open(&db, store_opts))
+    let db2 = db.clone();
+    let store = tokio::task::spawn_blocking(move || store::Store::open(&db2, store_opts))
         .await
         .map_err(|e| ServerError::Bootstrap {
             what: "store".into(),
             source: ApiError::internal(e.to_string()),
         })??;
+    // SQLite gives `-wal`/`-shm` the database's mode; older data dirs may have wider ones.
+    for suffix in ["-wal", "-shm"] {
+        let mut p = db.clone().into_os_string();
+        p.push(suffix);
+        let p = PathBuf::from(p);
+        if p.exists() {
+            files::private_file(&p).map_err(data_dir_err(&p))?;
+        }
+    }
     let registry = Arc::new(registry::Registry::new(cfg.extra_apis.clone()));
     let ops = ops::Ops {
         store: store.clone(),
@@ -302,7 +356,8 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
         admin_token: creds.admin_token.clone(),
         readonly_token: creds.readonly_token.clone(),
         bookmark_interval: cfg.bookmark_interval,
-        max_body: 3 * 1024 * 1024,
+        max_body: cfg.limits.max_body_bytes,
+        min_request_timeout: cfg.limits.min_request_timeout,
     });
     let api = axum::Router::new()
         .fallback(http::handle)
@@ -324,7 +379,13 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
     let mut tasks = JoinSet::new();
     tasks.spawn(gc::run(store.clone()));
     let acceptor = tokio_rustls::TlsAcceptor::from(creds.server_config.clone());
-    tasks.spawn(serve(listener, acceptor, router, shutdown_rx));
+    tasks.spawn(conn::serve(
+        listener,
+        acceptor,
+        router,
+        cfg.limits.clone(),
+        shutdown_rx,
+    ));
     tracing::info!(%addr, kubeconfig = %kubeconfig_path.display(), "API server listening");
     Ok(ServerHandle {
         addr,
@@ -337,51 +398,6 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
         shutdown: shutdown_tx,
         tasks,
     })
-}
-
-async fn serve(
-    listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    router: axum::Router,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut conns = JoinSet::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        conns.spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let svc = hyper_util::service::TowerToHyperService::new(router);
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with error");
-            }
-        });
-    }
-    conns.abort_all();
 }
 
 /// Runs the server from command-line arguments until Ctrl-C / SIGTERM.

@@ -321,33 +321,125 @@ fn fold_secret_string_data(obj: &mut Value) {
     }
 }
 
-fn validate_name(def: &ResourceDef, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .last()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-    if ok {
+/// How a kind's names are checked: apimachinery's `ValidateNameFunc` for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// `NameIsDNSSubdomain`: most kinds, custom resources included.
+    Subdomain,
+    /// `NameIsDNSLabel`: namespaces.
+    Label,
+    /// `NameIsDNS1035Label`: services.
+    Dns1035Label,
+}
+
+impl NameRule {
+    pub fn of(def: &ResourceDef) -> NameRule {
+        match (def.group.as_str(), def.plural.as_str()) {
+            ("", "namespaces") => NameRule::Label,
+            ("", "services") => NameRule::Dns1035Label,
+            _ => NameRule::Subdomain,
+        }
+    }
+
+    /// What is wrong with `name`, in apimachinery's words (empty when valid). With
+    /// `prefix` (a `generateName`), a trailing '-' is allowed: a suffix follows it.
+    pub fn problems(self, name: &str, prefix: bool) -> Vec<String> {
+        let masked;
+        let name = match name.strip_suffix('-') {
+            Some(head) if prefix => {
+                masked = format!("{head}a");
+                masked.as_str()
+            }
+            _ => name,
+        };
+        let mut out = Vec::new();
+        match self {
+            NameRule::Subdomain => {
+                if name.len() > 253 {
+                    out.push("must be no more than 253 characters".to_string());
+                }
+                if !is_dns1123_subdomain(name) {
+                    out.push(format!("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '{LABEL_FMT}(\\.{LABEL_FMT})*')"));
+                }
+            }
+            NameRule::Label => {
+                if name.len() > 63 {
+                    out.push("must be no more than 63 characters".to_string());
+                }
+                if !is_dns1123_label(name) {
+                    if is_dns1123_subdomain(name) {
+                        out.push("must not contain dots".to_string());
+                    } else {
+                        out.push(format!("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '{LABEL_FMT}')"));
+                    }
+                }
+            }
+            NameRule::Dns1035Label => {
+                if name.len() > 63 {
+                    out.push("must be no more than 63 characters".to_string());
+                }
+                if !(is_dns1123_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase())) {
+                    out.push("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')".to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+const LABEL_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?` (no length limit: callers check it).
+fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.iter().all(|c| alnum(c) || *c == b'-')
+        && b.first().is_some_and(alnum)
+        && b.last().is_some_and(alnum)
+}
+
+/// Labels joined by dots: `a..b`, `.a` and `a.` are not subdomains.
+fn is_dns1123_subdomain(s: &str) -> bool {
+    s.split('.').all(is_dns1123_label)
+}
+
+fn invalid_value(field: &str, value: &str, msg: &str) -> Cause {
+    Cause {
+        reason: "FieldValueInvalid".into(),
+        message: format!(
+            "Invalid value: {}: {msg}",
+            serde_json::to_string(value).unwrap_or_default()
+        ),
+        field: field.into(),
+    }
+}
+
+/// apimachinery's `ValidateObjectMeta` for names on create: `generateName` (as a prefix),
+/// the name and, for namespaced kinds, the namespace (a DNS-1123 label). 422 Invalid with
+/// one cause per problem.
+fn validate_metadata(def: &ResourceDef, obj: &Value) -> ApiResult<()> {
+    let rule = NameRule::of(def);
+    let name = meta_str(obj, "name").unwrap_or_default();
+    let mut causes = Vec::new();
+    if let Some(gen) = meta_str(obj, "generateName").filter(|g| !g.is_empty()) {
+        for msg in rule.problems(gen, true) {
+            causes.push(invalid_value("metadata.generateName", gen, &msg));
+        }
+    }
+    for msg in rule.problems(name, false) {
+        causes.push(invalid_value("metadata.name", name, &msg));
+    }
+    if def.namespaced {
+        let ns = meta_str(obj, "namespace").unwrap_or_default();
+        for msg in NameRule::Label.problems(ns, false) {
+            causes.push(invalid_value("metadata.namespace", ns, &msg));
+        }
+    }
+    if causes.is_empty() {
         return Ok(());
     }
-    Err(ApiError::invalid(
-        &def.kind,
-        &def.group,
-        name,
-        vec![Cause {
-            reason: "FieldValueInvalid".into(),
-            message: format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
-            field: "metadata.name".into(),
-        }],
-    ))
+    Err(ApiError::invalid(&def.kind, &def.group, name, causes))
 }
 
 /// The update pipeline shared by PUT, PATCH and server-side apply, run in the writer.
@@ -622,15 +714,12 @@ pub fn apply_patch_type(pt: PatchType, cur: &Value, body: &Value) -> ApiResult<V
         PatchType::Strategic => strategic_patch(&mut doc, body),
         PatchType::Apply => apply_patch(&mut doc, body),
         PatchType::Json => {
-            let patch: json_patch::Patch = serde_json::from_value(body.clone())
-                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-            json_patch::patch(&mut doc, &patch).map_err(|e| {
-                ApiError::new(
-                    http::StatusCode::UNPROCESSABLE_ENTITY,
-                    "Invalid",
-                    format!("the server rejected our request due to an error in our request: {e}"),
-                )
-            })?;
+            let ops = crate::decode::parse_json_patch(body)?;
+            crate::decode::apply_json_patch(
+                &mut doc,
+                &ops,
+                crate::decode::MAX_JSON_PATCH_COPY_BYTES,
+            )?;
         }
     }
     Ok(doc)
@@ -779,7 +868,7 @@ impl Ops {
             }
         }
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
-        validate_name(def, &name)?;
+        validate_metadata(def, &obj)?;
         self.check_namespace(def, ns)?;
         obj["apiVersion"] = json!(def.api_version());
         obj["kind"] = json!(def.kind);
@@ -1219,6 +1308,38 @@ pub async fn remove_owner_ref(store: &Store, key: String, owner_uid: &str) -> Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_checked_as_apimachinery_does() {
+        let sub = NameRule::Subdomain;
+        assert!(sub.problems("a.b-c.d", false).is_empty());
+        for bad in ["a..b", ".a", "a.", "A", "a_b", "-a", ""] {
+            assert_eq!(sub.problems(bad, false).len(), 1, "{bad}");
+        }
+        assert_eq!(
+            sub.problems(&"a".repeat(254), false),
+            vec!["must be no more than 253 characters".to_string()]
+        );
+        assert_eq!(
+            sub.problems("a..b", false)[0],
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        );
+        // A generateName may end in '-'.
+        assert!(sub.problems("web-", true).is_empty());
+        assert!(!sub.problems("web-", false).is_empty());
+        let label = NameRule::Label;
+        assert_eq!(
+            label.problems("a.b", false),
+            vec!["must not contain dots".to_string()]
+        );
+        assert_eq!(
+            label.problems(&"a".repeat(64), false),
+            vec!["must be no more than 63 characters".to_string()]
+        );
+        assert!(label.problems("Ab", false)[0].starts_with("a lowercase RFC 1123 label"));
+        assert!(NameRule::Dns1035Label.problems("1a", false)[0].starts_with("a DNS-1035 label"));
+        assert!(NameRule::Dns1035Label.problems("a1", false).is_empty());
+    }
 
     #[test]
     fn merge_patch_rfc7386() {

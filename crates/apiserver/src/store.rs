@@ -123,6 +123,9 @@ pub struct StoreOptions {
     pub compact_window: i64,
     /// Run compaction after this many written revisions.
     pub compact_every: i64,
+    /// Largest object stored, in bytes of JSON: etcd's default `--max-request-bytes`
+    /// (1.5 MiB). A write over it fails with 413 "etcdserver: request is too large".
+    pub max_object_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -131,6 +134,7 @@ impl Default for StoreOptions {
             ring_size: 10_000,
             compact_window: 1_000,
             compact_every: 5_000,
+            max_object_bytes: 1_572_864,
         }
     }
 }
@@ -522,11 +526,14 @@ impl Writer {
                     deleted: false,
                     created: false,
                 }),
-                Ok(Mutation::Put(mut v)) => {
+                Ok(Mutation::Put(mut v)) => 'put: {
                     let rev = next;
                     set_rv(&mut v, rev);
                     let prev_rev = current.as_deref().and_then(get_rv).unwrap_or(0);
                     let bytes = serde_json::to_vec(&v).unwrap_or_default();
+                    if bytes.len() > self.opts.max_object_bytes {
+                        break 'put Err(ApiError::object_too_large());
+                    }
                     if let Err(e) = txn.execute(
                         "INSERT INTO log (id, key, created, deleted, prev_revision, value) VALUES (?1, ?2, ?3, 0, ?4, ?5)",
                         params![rev, req.key, current.is_none() as i64, prev_rev, bytes],
@@ -699,6 +706,7 @@ mod tests {
             ring_size: 4,
             compact_window: 2,
             compact_every: 1_000_000,
+            ..StoreOptions::default()
         };
         {
             let store = Store::open(&path, opts.clone()).unwrap();

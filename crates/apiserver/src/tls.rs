@@ -34,7 +34,7 @@ pub struct Credentials {
 
 fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp");
     let res = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -43,6 +43,8 @@ fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
+        // `mode` applies only when the file is created; a leftover temp file may be wider.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(contents.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -121,6 +123,13 @@ pub fn load_or_create(dir: &Path) -> Result<Credentials, TlsError> {
             &tokens,
             &format!("admin={}\nreadonly={}\n", token(), token()),
         )?;
+    }
+    // Secrets written by older versions (or copied in) may be readable by others.
+    for secret in [&tokens, &dir.join("tls.key")] {
+        crate::files::tighten(secret, 0o600).map_err(|source| TlsError::Write {
+            path: secret.to_path_buf(),
+            source,
+        })?;
     }
     let text = read(&tokens)?;
     let get = |name: &str| {
