@@ -154,14 +154,13 @@ fn q(s: impl Into<String>) -> K8sQuantity {
     K8sQuantity(s.into())
 }
 
-fn resources(vmi: &VirtualMachineInstance, s: &LauncherPodSettings) -> ResourceRequirements {
+/// The launcher pod's memory request and limit in bytes: the guest's plus the overhead
+/// (the request without it when `overcommitGuestOverhead`), as upstream.
+fn pod_memory(vmi: &VirtualMachineInstance) -> (Option<u64>, Option<u64>) {
     let domain = &vmi.spec.domain;
     let res = domain.resources.clone().unwrap_or_default();
-    let user_requests = res.requests.clone().unwrap_or_default();
-    let user_limits = res.limits.clone().unwrap_or_default();
-    let mut requests: BTreeMap<String, K8sQuantity> = BTreeMap::new();
-    let mut limits: BTreeMap<String, K8sQuantity> = BTreeMap::new();
-
+    let user_requests = res.requests.unwrap_or_default();
+    let user_limits = res.limits.unwrap_or_default();
     let overhead = memory_overhead(vmi);
     let memory = user_requests
         .get("memory")
@@ -175,22 +174,56 @@ fn resources(vmi: &VirtualMachineInstance, s: &LauncherPodSettings) -> ResourceR
                 .as_ref()
                 .map(Quantity::to_bytes)
         });
-    if let Some(m) = memory {
-        let with_overhead = if res.overcommit_guest_overhead == Some(true) {
+    let request = memory.map(|m| {
+        if res.overcommit_guest_overhead == Some(true) {
             m
         } else {
             m + overhead
-        };
-        requests.insert(
-            "memory".into(),
-            q(Quantity::from_bytes(with_overhead).canonical()),
-        );
+        }
+    });
+    let limit = user_limits.get("memory").map(|l| l.to_bytes() + overhead);
+    (request, limit)
+}
+
+/// What bounds a VM's processes on the node (its cgroup), from the pod's resources: the
+/// memory limit when the VMI sets one, else the memory request (a VM without a limit still
+/// cannot take the node's memory); the CPU limit in thousandths of a CPU, when set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmmBounds {
+    pub memory_bytes: Option<u64>,
+    pub cpu_millis: Option<u64>,
+}
+
+pub fn vmm_bounds(vmi: &VirtualMachineInstance) -> VmmBounds {
+    let (request, limit) = pod_memory(vmi);
+    let cpu_millis = vmi
+        .spec
+        .domain
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("cpu"))
+        .map(|c| c.milli_value().max(0) as u64);
+    VmmBounds {
+        memory_bytes: limit.or(request),
+        cpu_millis,
     }
-    if let Some(limit) = user_limits.get("memory") {
-        limits.insert(
-            "memory".into(),
-            q(Quantity::from_bytes(limit.to_bytes() + overhead).canonical()),
-        );
+}
+
+fn resources(vmi: &VirtualMachineInstance, s: &LauncherPodSettings) -> ResourceRequirements {
+    let domain = &vmi.spec.domain;
+    let res = domain.resources.clone().unwrap_or_default();
+    let user_requests = res.requests.clone().unwrap_or_default();
+    let user_limits = res.limits.clone().unwrap_or_default();
+    let mut requests: BTreeMap<String, K8sQuantity> = BTreeMap::new();
+    let mut limits: BTreeMap<String, K8sQuantity> = BTreeMap::new();
+
+    let (memory_request, memory_limit) = pod_memory(vmi);
+    if let Some(m) = memory_request {
+        requests.insert("memory".into(), q(Quantity::from_bytes(m).canonical()));
+    }
+    if let Some(limit) = memory_limit {
+        limits.insert("memory".into(), q(Quantity::from_bytes(limit).canonical()));
     }
     match user_requests.get("cpu") {
         Some(c) => requests.insert("cpu".into(), q(c.canonical())),

@@ -6,6 +6,7 @@
 //! Run directory of a pod's launcher: `<run root>/<pod uid>/`.
 
 use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -205,10 +206,17 @@ impl Launchers {
             path: run_dir.path().to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(run_dir.path()).map_err(io)?;
+        // Private to root: the VMI, its logs and sockets are nobody else's business (the
+        // launcher later lets the VM's own user pass through to its QEMU's directory).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(run_dir.path())
+            .map_err(io)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(run_dir.launcher_log())
             .map_err(io)?;
         let log2 = log.try_clone().map_err(io)?;
@@ -253,11 +261,12 @@ impl Launchers {
         Ok(child)
     }
 
-    /// Removes the run directories no pod accounts for (`has_pod(uid)` false) and whose
-    /// launcher is not running, as the kubelet cleans up after orphaned pods: what a launcher
-    /// left for a pod deleted while this node agent was down, or from a store that was
-    /// wiped. A running launcher without a pod is left alone: it is a guest, and stopping it
-    /// is for a person to decide. The run root belongs to this node agent alone.
+    /// Cleans up after pods that are gone while this node agent was down (or whose store was
+    /// wiped), as the kubelet cleans up after orphaned pods: a run directory no pod accounts
+    /// for (`has_pod(uid)` false) is removed, and a launcher still running there is stopped
+    /// first (SIGTERM: it stops its guest within the grace period; SIGKILL to its process
+    /// group after [`ORPHAN_STOP_TIMEOUT`]). A VM nobody asked for must not keep its disks
+    /// and memory. The run root belongs to this node agent alone.
     pub fn remove_orphans(&self, has_pod: impl Fn(&str) -> bool) {
         let Ok(entries) = std::fs::read_dir(&self.config.run_root) else {
             return;
@@ -273,18 +282,7 @@ impl Launchers {
                 continue;
             }
             let run_dir = RunDir::for_uid(&self.config.run_root, &uid);
-            if let Some(pid) = live_pid(&run_dir.pid_file()) {
-                tracing::warn!(dir = %run_dir.path().display(), pid, "a launcher runs without a pod; leaving it");
-                continue;
-            }
-            match std::fs::remove_dir_all(run_dir.path()) {
-                Ok(()) => {
-                    tracing::info!(dir = %run_dir.path().display(), "removed the run directory of a pod that is gone")
-                }
-                Err(e) => {
-                    tracing::warn!(dir = %run_dir.path().display(), error = %e, "cannot remove run directory")
-                }
-            }
+            tokio::spawn(stop_and_remove(run_dir));
         }
     }
 
@@ -298,6 +296,31 @@ impl Launchers {
                 tracing::warn!(dir = %l.run_dir.path().display(), error = %e, "cannot remove run directory");
             }
         }
+    }
+}
+
+/// How long an orphaned launcher gets to stop its guest before it is killed.
+pub const ORPHAN_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn stop_and_remove(run_dir: RunDir) {
+    let dir = run_dir.path().display().to_string();
+    if let Some(pid) = live_pid(&run_dir.pid_file()) {
+        tracing::warn!(dir, pid, "a launcher runs without a pod; stopping it");
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + ORPHAN_STOP_TIMEOUT;
+        while live_pid(&run_dir.pid_file()).is_some() {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(dir, "orphaned launcher did not stop; killing it");
+                let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    match std::fs::remove_dir_all(run_dir.path()) {
+        Ok(()) => tracing::info!(dir, "removed the run directory of a pod that is gone"),
+        Err(e) => tracing::warn!(dir, error = %e, "cannot remove run directory"),
     }
 }
 

@@ -62,6 +62,28 @@ pub struct DomainConfig {
     /// leaves the default. Guests thus never crowd out the control plane.
     #[serde(default)]
     pub cpu_shares: Option<u64>,
+    /// Who the VMM runs as and what bounds it; None runs it as the caller.
+    #[serde(default)]
+    pub confinement: Option<Confinement>,
+}
+
+/// An unprivileged VMM: its own user, no capabilities, no new privileges, and a cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confinement {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (e.g. the group owning `/dev/kvm`).
+    #[serde(default)]
+    pub groups: Vec<u32>,
+    /// Name of the VMM's cgroup, unique on the host (created beneath the caller's own).
+    pub cgroup: String,
+    /// Memory the VMM may use, in bytes (the cgroup's limit).
+    #[serde(default)]
+    pub memory_limit_bytes: Option<u64>,
+    /// CPU time the VMM may use, in thousandths of a CPU (the cgroup's quota).
+    #[serde(default)]
+    pub cpu_limit_millis: Option<u64>,
 }
 
 fn default_true() -> bool {
@@ -93,6 +115,7 @@ impl DomainConfig {
             log_file: None,
             die_with_parent: true,
             cpu_shares: None,
+            confinement: None,
         }
     }
 }
@@ -207,6 +230,10 @@ pub struct DiskConfig {
     pub name: String,
     pub path: PathBuf,
     pub format: DiskFormat,
+    /// The image beneath a qcow2 overlay. QEMU gets exactly this chain: a backing file
+    /// named in an image's header is never followed.
+    #[serde(default)]
+    pub backing: Option<BackingImage>,
     pub bus: DiskBus,
     #[serde(default)]
     pub device: DiskDevice,
@@ -218,6 +245,14 @@ pub struct DiskConfig {
     /// Serial number the guest sees.
     #[serde(default)]
     pub serial: Option<String>,
+}
+
+/// A read-only image beneath an overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackingImage {
+    pub path: PathBuf,
+    pub format: DiskFormat,
 }
 
 /// NIC device model.

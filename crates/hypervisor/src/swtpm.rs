@@ -20,7 +20,11 @@ pub struct Swtpm {
 
 impl Swtpm {
     /// Starts swtpm for `cfg` and waits until its control socket exists.
-    pub fn start(cfg: &TpmConfig, die_with_parent: bool) -> Result<Swtpm> {
+    pub fn start(
+        cfg: &TpmConfig,
+        die_with_parent: bool,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Swtpm> {
         // A swtpm from a crashed run holds a lock on the state directory.
         kill_from_pid_file(&cfg.pid_file);
         std::fs::create_dir_all(&cfg.state_dir)
@@ -32,7 +36,14 @@ impl Swtpm {
             .arg("--tpmstate")
             .arg(format!("dir={}", cfg.state_dir.display()))
             .arg("--ctrl")
-            .arg(format!("type=unixio,path={}", cfg.socket.display()))
+            .arg(match owner {
+                // Only the VM's QEMU may connect.
+                Some((uid, gid)) => format!(
+                    "type=unixio,path={},mode=0600,uid={uid},gid={gid}",
+                    cfg.socket.display()
+                ),
+                None => format!("type=unixio,path={}", cfg.socket.display()),
+            })
             .arg("--pid")
             .arg(format!("file={}", cfg.pid_file.display()))
             .arg("--terminate")

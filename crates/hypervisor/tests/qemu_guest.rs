@@ -103,6 +103,141 @@ fn lifecycle_pause_resume_reset_agent_and_acpi_shutdown() {
     assert_eq!(log.matches(READY_MARKER).count(), 2, "{log}");
 }
 
+fn status_field(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+        .trim()
+        .to_string()
+}
+
+/// A confined QEMU: its own uid and gid, no capabilities, no new privileges, seccomp, a
+/// memory-bounded cgroup. It still reaches its disks (a root-only raw disk and a qcow2
+/// overlay over a base it may not open by path), because it gets them as descriptors, and
+/// the overlay's backing chain is the one we gave it.
+#[test]
+fn confined_qemu_runs_unprivileged_on_passed_descriptors() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let data = private.join("data.raw");
+    std::fs::write(&data, vec![0u8; 1 << 20]).unwrap();
+    let base = private.join("base.raw");
+    let mut bytes = b"base-marker-7".to_vec();
+    bytes.resize(1 << 20, 0);
+    std::fs::write(&base, bytes).unwrap();
+    let overlay = private.join("overlay.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(&overlay)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // QEMU's sockets live in a directory of its own user.
+    let vmm = dir.path().join("vmm");
+    std::fs::create_dir(&vmm).unwrap();
+    std::os::unix::fs::chown(&vmm, Some(41_000), Some(41_000)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+
+    let mut cfg = kernel_guest("confined", &vmm);
+    cfg.serial.as_mut().unwrap().log_file = Some(private.join("serial.log"));
+    cfg.log_file = Some(private.join("qemu.log"));
+    let disk = |name: &str, path: &Path, format| DiskConfig {
+        name: name.into(),
+        path: path.to_path_buf(),
+        format,
+        backing: None,
+        bus: DiskBus::Virtio,
+        device: DiskDevice::Disk,
+        readonly: false,
+        boot_order: None,
+        serial: None,
+    };
+    cfg.disks.push(disk("data", &data, DiskFormat::Raw));
+    let mut top = disk("top", &overlay, DiskFormat::Qcow2);
+    top.backing = Some(BackingImage {
+        path: base.clone(),
+        format: DiskFormat::Raw,
+    });
+    cfg.disks.push(top);
+    let cgroup = format!("test-{}", std::process::id());
+    cfg.confinement = Some(Confinement {
+        uid: 41_000,
+        gid: 41_000,
+        groups: vec![],
+        cgroup: cgroup.clone(),
+        memory_limit_bytes: Some(640 << 20),
+        cpu_limit_millis: Some(1500),
+    });
+    let dom = hv().create_domain(cfg).unwrap();
+    dom.start().unwrap();
+    let pid = dom.pid().unwrap();
+    let mut con = Console::connect(&vmm.join("serial.sock"), T).unwrap();
+    con.wait_for(READY_MARKER, T).unwrap();
+
+    assert_eq!(status_field(pid, "Uid"), "41000\t41000\t41000\t41000");
+    assert_eq!(status_field(pid, "Gid"), "41000\t41000\t41000\t41000");
+    assert_eq!(status_field(pid, "Groups"), "");
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(status_field(pid, caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp"), "2", "seccomp filter mode");
+
+    // The memory cgroup holds QEMU, with the limit.
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let line = cgroups
+        .lines()
+        .find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|x| x == "memory") || c.is_empty())
+                && l.contains(&cgroup)
+        })
+        .unwrap_or_else(|| panic!("QEMU is not in its cgroup: {cgroups}"));
+    let rel = line.splitn(3, ':').nth(2).unwrap();
+    let limit_file = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+        .iter()
+        .flat_map(|m| {
+            [
+                format!("{m}{rel}/memory.limit_in_bytes"),
+                format!("{m}{rel}/memory.max"),
+            ]
+        })
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| panic!("no memory limit file for {rel}"));
+    assert_eq!(
+        std::fs::read_to_string(&limit_file).unwrap().trim(),
+        (640u64 << 20).to_string()
+    );
+
+    // The guest reads the base through the overlay and writes the root-only disk.
+    let out = con.run("head -c 13 /dev/vdb; echo", T).unwrap();
+    assert!(out.contains("base-marker-7"), "{out}");
+    con.run("echo from-the-guest > /dev/vda; sync", T).unwrap();
+    let written = std::fs::read(&data).unwrap();
+    assert!(
+        written.starts_with(b"from-the-guest"),
+        "guest write reached the disk"
+    );
+
+    dom.stop().unwrap();
+    let base_after = std::fs::read(&base).unwrap();
+    assert!(
+        base_after.starts_with(b"base-marker-7"),
+        "the base is untouched"
+    );
+    assert!(
+        !Path::new(&limit_file).exists(),
+        "the cgroup is removed with QEMU"
+    );
+}
+
 /// Hard stop of a guest with a TPM: QEMU and swtpm are gone afterwards.
 #[test]
 fn hard_stop_with_tpm_cleans_up() {
@@ -148,6 +283,7 @@ fn start_failures_are_reported_with_reason() {
         name: "missing".into(),
         path: dir.path().join("nope.qcow2"),
         format: DiskFormat::Qcow2,
+        backing: None,
         bus: DiskBus::Virtio,
         device: DiskDevice::Disk,
         readonly: false,

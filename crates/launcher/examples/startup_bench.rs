@@ -1,5 +1,5 @@
-//! Startup benchmark: the same guest started by bare `qemu-system-x86_64` and by the
-//! launcher, time from spawn to the guest's serial marker (medians of N runs), and the
+//! Startup benchmark: the same guest started by QEMU alone (through the hypervisor crate,
+//! as the launcher configures it) and by the launcher, time from spawn to the guest's serial marker (medians of N runs), and the
 //! launcher's RSS next to QEMU's.
 //!
 //! `cargo run -p kubevirt-launcher --release --example startup_bench [-- RUNS]`
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kubevirt_hypervisor::{detect_accelerator, QemuHypervisor};
+use kubevirt_hypervisor::{detect_accelerator, Hypervisor, QemuHypervisor};
 use kubevirt_launcher::{translate, LauncherClient, LauncherEnv, RunDir};
 use kubevirt_testenv::{guests, READY_MARKER};
 
@@ -89,33 +89,28 @@ fn bare_run(disk: &Path, rt: &tokio::runtime::Runtime) -> f64 {
         v
     };
     let mut t = translate(&v, &env).unwrap();
-    // Same disk detection as the launcher (the hostDisk is qcow2), outside the timing.
+    // The same volume preparation as the launcher, outside the timing.
     rt.block_on(kubevirt_launcher::prepare::prepare_volumes(
         &mut t,
         &Default::default(),
     ))
     .unwrap();
-    let argv = QemuHypervisor::with_accelerator(detect_accelerator())
-        .command_line(&t.domain, false)
+    // QEMU as the launcher would run it, started straight through the hypervisor crate.
+    std::fs::create_dir_all(rd.vmm_dir()).unwrap();
+    let domain = QemuHypervisor::with_accelerator(detect_accelerator())
+        .create_domain(t.domain.clone())
         .unwrap();
     let start = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(&argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("qemu.log")).unwrap())
-        .spawn()
-        .unwrap();
+    domain.start().unwrap();
     if let Err(e) = wait_marker(&rd.serial_log(), start + Duration::from_secs(120)) {
-        let _ = child.kill();
+        let _ = domain.stop();
         panic!(
-            "bare QEMU {argv:?}: {e}: {}",
+            "bare QEMU: {e}: {}",
             std::fs::read_to_string(dir.path().join("qemu.log")).unwrap_or_default()
         );
     }
     let took = start.elapsed().as_secs_f64();
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = domain.stop();
     took
 }
 
@@ -164,8 +159,8 @@ fn main() {
     );
     let g = guests();
     let images = tempfile::tempdir().unwrap();
-    let disk = images.path().join("bench.qcow2");
-    std::fs::copy(&g.disk_qcow2, &disk).unwrap();
+    let disk = images.path().join("bench.img");
+    std::fs::copy(&g.disk_raw, &disk).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -17,6 +17,7 @@ mod server;
 mod status;
 pub mod translate;
 mod vm;
+pub mod vmm_user;
 
 pub use client::{final_status, live_pid, ByteStream, ClientError, LauncherClient};
 pub use process::{run, ExitCode, LauncherArgs, LauncherError};

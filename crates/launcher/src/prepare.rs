@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use kubevirt_diskprep as diskprep;
-use kubevirt_hypervisor::DiskFormat;
+use kubevirt_hypervisor::{BackingImage, DiskFormat};
 
 use crate::translate::{Translation, VolumePrep};
 
@@ -75,6 +75,17 @@ fn set_format(t: &mut Translation, path: &Path, format: DiskFormat) {
     }
 }
 
+/// The disk at `overlay` is a qcow2 over `base`: QEMU gets exactly this chain.
+fn set_overlay(t: &mut Translation, overlay: &Path, base: &Path, base_format: DiskFormat) {
+    for d in t.domain.disks.iter_mut().filter(|d| d.path == overlay) {
+        d.format = DiskFormat::Qcow2;
+        d.backing = Some(BackingImage {
+            path: base.to_path_buf(),
+            format: base_format,
+        });
+    }
+}
+
 /// Prepares every volume of `t` (creating overlays, empty disks, ISOs, pulling images) and
 /// fixes up the disk formats in `t.domain`. Files created in the run dir are removed with it.
 pub async fn prepare_volumes(
@@ -128,7 +139,7 @@ pub async fn prepare_volumes(
                 let format = diskprep::format::detect_format(&volume, &base)?;
                 let _ = std::fs::remove_file(&target);
                 diskprep::create_overlay(&volume, &base, format, &target)?;
-                set_format(t, &target, DiskFormat::Qcow2);
+                set_overlay(t, &target, &base, to_hv(format));
             }
             VolumePrep::KernelBoot {
                 volume,
@@ -179,7 +190,7 @@ pub async fn prepare_volumes(
                 tracing::info!(volume, image, digest = %pulled.manifest_digest, from_cache = pulled.from_cache, "containerDisk ready");
                 let _ = std::fs::remove_file(&target);
                 diskprep::create_overlay(&volume, &pulled.path, pulled.format, &target)?;
-                set_format(t, &target, DiskFormat::Qcow2);
+                set_overlay(t, &target, &pulled.path, to_hv(pulled.format));
             }
             VolumePrep::CloudInit {
                 volume,

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use kubevirt_api::v1::VirtualMachineInstance;
 use kubevirt_hypervisor::{
-    detect_accelerator, Accelerator, Domain, DomainState, ExitReason, Hypervisor, QemuHypervisor,
+    detect_accelerator, Accelerator, Confinement, Domain, DomainState, ExitReason, Hypervisor,
+    QemuHypervisor,
 };
 use tokio::sync::oneshot;
 
@@ -202,6 +203,9 @@ pub type ExitCode = i32;
 
 /// Runs the launcher until the VM ended; returns the process exit code.
 pub fn run(args: LauncherArgs) -> Result<ExitCode, LauncherError> {
+    // Everything the launcher writes (the VMI, seed ISOs with user data, overlays, logs) is
+    // root's alone; the VM's own user gets what it needs as descriptors.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let run_dir = match (&args.run_dir, &args.uid) {
         (Some(d), _) => RunDir::new(d.clone()),
         (None, Some(uid)) if !uid.is_empty() => RunDir::for_uid(&args.run_root, uid),
@@ -412,6 +416,13 @@ async fn start(
         (_, Err(e)) => return Err(e),
     };
     net.apply(&mut translation.domain);
+    match confinement(&vmi, run_dir, accel) {
+        Ok(c) => translation.domain.confinement = c,
+        Err(e) => {
+            net.teardown();
+            return Err(e);
+        }
+    }
     let hv = QemuHypervisor::with_accelerator(accel.clone());
     let domain: Arc<dyn Domain> = match hv.create_domain(translation.domain.clone()) {
         Ok(d) => Arc::from(d),
@@ -448,6 +459,43 @@ async fn start(
     tracing::info!(pid = ?domain.pid(), "VM running");
     crate::footprint::release_code_pages();
     Ok(Running { vm, net, net_tasks })
+}
+
+/// QEMU as the VM's own user, bounded by a cgroup from the pod's resources. A launcher that
+/// is not root (a developer's run) starts QEMU as itself.
+fn confinement(
+    vmi: &VirtualMachineInstance,
+    run_dir: &RunDir,
+    accel: &Accelerator,
+) -> Result<Option<Confinement>, LauncherError> {
+    if !nix::unistd::geteuid().is_root() {
+        std::fs::create_dir_all(run_dir.vmm_dir()).map_err(io("creating the VMM directory"))?;
+        return Ok(None);
+    }
+    let uid = crate::vmm_user::prepare(run_dir).map_err(io("giving the VM its own user"))?;
+    let bounds = kubevirt_api::launcher_pod::vmm_bounds(vmi);
+    let kvm_group = (accel.kind == kubevirt_hypervisor::AcceleratorKind::Kvm)
+        .then(|| {
+            std::fs::metadata("/dev/kvm")
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+        })
+        .flatten();
+    // Under software emulation QEMU also holds its translation cache.
+    let tcg = if accel.kind == kubevirt_hypervisor::AcceleratorKind::Tcg {
+        kubevirt_hypervisor::qemu::argv::TCG_TB_SIZE_MIB << 20
+    } else {
+        0
+    };
+    Ok(Some(Confinement {
+        uid,
+        gid: uid,
+        groups: kvm_group.into_iter().collect(),
+        // The uid is the VM's alone on this host, so is this name.
+        cgroup: format!("vm-{uid}"),
+        memory_limit_bytes: bounds.memory_bytes.map(|m| m + tcg),
+        cpu_limit_millis: bounds.cpu_millis,
+    }))
 }
 
 /// Follows the running VM until QEMU exits: events from the VMM update the status as they

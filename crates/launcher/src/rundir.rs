@@ -42,20 +42,24 @@ impl RunDir {
     pub fn final_state(&self) -> PathBuf {
         self.0.join("final-state.json")
     }
+    /// QEMU's own directory (its user's): the sockets it creates.
+    pub fn vmm_dir(&self) -> PathBuf {
+        self.0.join("vmm")
+    }
     pub fn qmp_socket(&self) -> PathBuf {
-        self.0.join("qmp.sock")
+        self.vmm_dir().join("qmp.sock")
     }
     pub fn serial_socket(&self) -> PathBuf {
-        self.0.join("serial.sock")
+        self.vmm_dir().join("serial.sock")
     }
     pub fn serial_log(&self) -> PathBuf {
         self.0.join("serial.log")
     }
     pub fn vnc_socket(&self) -> PathBuf {
-        self.0.join("vnc.sock")
+        self.vmm_dir().join("vnc.sock")
     }
     pub fn qga_socket(&self) -> PathBuf {
-        self.0.join("qga.sock")
+        self.vmm_dir().join("qga.sock")
     }
     pub fn qemu_log(&self) -> PathBuf {
         self.0.join("qemu.log")

@@ -9,13 +9,13 @@ use kubevirt_hypervisor::{DomainState, ExitReason};
 use kubevirt_testenv::{guests, READY_MARKER};
 use serde_json::json;
 
-/// hostDisk boot (qcow2 image), emptyDisk seen by the guest, NoCloud user data runs,
+/// hostDisk boot (raw, as hostDisks are), emptyDisk seen by the guest, NoCloud user data runs,
 /// guest agent, pause/unpause, console and VNC streams, graceful stop and cleanup.
 #[test]
 fn hostdisk_emptydisk_cloudinit_agent_pause_console_vnc_and_stop() {
     let g = guests();
     let images = tempfile::tempdir().unwrap();
-    let root = copy_to(&g.disk_qcow2, images.path(), "root.qcow2");
+    let root = copy_to(&g.disk_raw, images.path(), "root.img");
     let vmi = vmi(
         "hostdisk",
         json!({
@@ -213,7 +213,7 @@ fn kernel_boot_soft_reboot_reset_and_grace_period_hard_stop() {
 fn masquerade_pod_network_dhcp_and_teardown() {
     let g = guests();
     let images = tempfile::tempdir().unwrap();
-    let root = copy_to(&g.disk_qcow2, images.path(), "root.qcow2");
+    let root = copy_to(&g.disk_raw, images.path(), "root.img");
     let mut v = vmi(
         "podnet",
         json!({

@@ -263,7 +263,7 @@ fn cdrom_boot_configdrive_tpm_and_launcher_kill9() {
 fn live_migration_between_launchers() {
     let g = guests();
     let images = tempfile::tempdir().unwrap();
-    let root = copy_to(&g.disk_qcow2, images.path(), "shared.qcow2");
+    let root = copy_to(&g.disk_raw, images.path(), "shared.img");
     let v = vmi(
         "migrate",
         json!({"disks": [{"name": "root", "disk": {"bus": "virtio"}}]}),
@@ -322,7 +322,7 @@ fn live_migration_between_launchers() {
 fn waits_for_sync_and_runs_only_its_vmi() {
     let g = guests();
     let images = tempfile::tempdir().unwrap();
-    let root = copy_to(&g.disk_qcow2, images.path(), "root.qcow2");
+    let root = copy_to(&g.disk_raw, images.path(), "root.img");
     let v = vmi(
         "synced",
         json!({"disks": [{"name": "root", "disk": {"bus": "virtio"}}]}),

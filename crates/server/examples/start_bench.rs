@@ -54,9 +54,9 @@ async fn main() -> Result<()> {
     let mut next = Instant::now();
     for i in 0..n {
         let name = format!("bench-{i:03}");
-        let disk = dir.join(format!("{name}.qcow2"));
-        // A full copy: launchers refuse qcow2 images with a backing file as base images.
-        std::fs::copy(&guests.disk_qcow2, &disk).context("copying the guest disk")?;
+        let disk = dir.join(format!("{name}.img"));
+        // A full copy per VM: a hostDisk is used in place.
+        std::fs::copy(&guests.disk_raw, &disk).context("copying the guest disk")?;
         let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
             "metadata": {"name": name},

@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::accel::{Accelerator, AcceleratorKind};
 use crate::config::*;
 use crate::error::{HypervisorError, Result};
+use crate::qemu::fds::FdRefs;
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> HypervisorError {
     HypervisorError::InvalidConfig {
@@ -190,8 +191,22 @@ pub fn validate(cfg: &DomainConfig) -> Result<()> {
     Ok(())
 }
 
+/// The seccomp filter QEMU installs on itself: no obsolete system calls, no set*id, no
+/// fork/exec, no scheduler or affinity changes. (QEMU never needs them: it gets its files
+/// and taps as descriptors and runs no helper scripts.)
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// Translation cache under software emulation, MiB: bounded, so the VM's memory is.
+pub const TCG_TB_SIZE_MIB: u64 = 128;
+
 /// Builds the QEMU arguments (without the program name). `incoming` adds `-incoming defer`.
-pub fn build_argv(cfg: &DomainConfig, accel: &Accelerator, incoming: bool) -> Result<Vec<String>> {
+/// Files, logs and taps are referred to through `fds` (see [`super::fds`]).
+pub fn build_argv(
+    cfg: &DomainConfig,
+    accel: &Accelerator,
+    incoming: bool,
+    fds: &FdRefs,
+) -> Result<Vec<String>> {
     validate(cfg)?;
     let chip = chipset(&cfg.machine)?;
     let mut a: Vec<String> = Vec::with_capacity(64);
@@ -202,6 +217,10 @@ pub fn build_argv(cfg: &DomainConfig, accel: &Accelerator, incoming: bool) -> Re
         &format!("guest={},debug-threads=on", escape(&cfg.name)),
     ]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    push(&["-sandbox", SANDBOX]);
+    for (set, fd) in &fds.sets {
+        push(&["-add-fd", &format!("fd={fd},set={set}")]);
+    }
     let mut machine = escape(&cfg.machine);
     if let Firmware::Uefi {
         secure_boot: true, ..
@@ -210,7 +229,10 @@ pub fn build_argv(cfg: &DomainConfig, accel: &Accelerator, incoming: bool) -> Re
         machine.push_str(",smm=on");
     }
     push(&["-machine", &machine]);
-    push(&["-accel", accel.kind.as_str()]);
+    match accel.kind {
+        AcceleratorKind::Tcg => push(&["-accel", &format!("tcg,tb-size={TCG_TB_SIZE_MIB}")]),
+        _ => push(&["-accel", accel.kind.as_str()]),
+    }
     let cpu = match (&cfg.cpu.model, accel.kind) {
         (CpuModel::HostModel | CpuModel::HostPassthrough, AcceleratorKind::Kvm) => {
             "host".to_string()
@@ -255,9 +277,15 @@ pub fn build_argv(cfg: &DomainConfig, accel: &Accelerator, incoming: bool) -> Re
                 path(code)
             ),
         ]);
+        let vars = fds.uefi_vars.ok_or_else(|| {
+            invalid(
+                "firmware.vars_path",
+                format!("{} was not opened", vars_path.display()),
+            )
+        })?;
         push(&[
             "-drive",
-            &format!("if=pflash,format=raw,unit=1,file={}", path(vars_path)),
+            &format!("if=pflash,format=raw,unit=1,file=/dev/fdset/{vars}"),
         ]);
         if *secure_boot {
             push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
@@ -265,9 +293,13 @@ pub fn build_argv(cfg: &DomainConfig, accel: &Accelerator, incoming: bool) -> Re
     }
 
     if let Some(kb) = &cfg.kernel_boot {
-        push(&["-kernel", &kb.kernel.to_string_lossy()]);
-        if let Some(initrd) = &kb.initrd {
-            push(&["-initrd", &initrd.to_string_lossy()]);
+        let opened = |name: &Option<String>, what: &str| {
+            name.clone()
+                .ok_or_else(|| invalid(format!("kernel_boot.{what}"), "was not opened"))
+        };
+        push(&["-kernel", &opened(&fds.kernel, "kernel")?]);
+        if kb.initrd.is_some() {
+            push(&["-initrd", &opened(&fds.initrd, "initrd")?]);
         }
         if !kb.cmdline.is_empty() {
             push(&["-append", &kb.cmdline]);
@@ -280,20 +312,50 @@ pub fn build_argv(cfg: &DomainConfig, accel: &Accelerator, incoming: bool) -> Re
     if cfg.disks.iter().any(|d| d.bus == DiskBus::Scsi) {
         push(&["-device", "virtio-scsi-pci,id=scsi0"]);
     }
-    for d in &cfg.disks {
-        let drive_id = format!("drive-ua-{}", d.name);
-        let mut drive = format!(
-            "file={},format={},if=none,id={drive_id}",
-            path(&d.path),
-            d.format.as_str()
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let sets = fds
+            .disks
+            .get(i)
+            .ok_or_else(|| invalid(format!("disks.{}", d.name), "image was not opened"))?;
+        // Explicit nodes, named by index (node names are at most 31 characters): the
+        // protocol and format drivers are ours, and so is the backing chain.
+        let drive_id = format!("drive-ua-{i}");
+        let read_only = if d.readonly || d.device == DiskDevice::Cdrom {
+            "on"
+        } else {
+            "off"
+        };
+        let mut top = format!(
+            "driver={},node-name={drive_id},read-only={read_only},file.driver=file,file.filename=/dev/fdset/{}",
+            d.format.as_str(),
+            sets.image
         );
-        if d.device == DiskDevice::Cdrom {
-            drive.push_str(",media=cdrom");
+        match (&d.backing, sets.backing) {
+            (Some(b), Some(set)) => {
+                let backing_id = format!("backing-ua-{i}");
+                let mut base = format!(
+                    "driver={},node-name={backing_id},read-only=on,file.driver=file,file.filename=/dev/fdset/{set}",
+                    b.format.as_str()
+                );
+                if b.format == DiskFormat::Qcow2 {
+                    base.push_str(",backing=");
+                }
+                push(&["-blockdev", &base]);
+                top.push_str(&format!(",backing={backing_id}"));
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    format!("disks.{}.backing", d.name),
+                    "backing image was not opened",
+                ));
+            }
+            (None, _) => {
+                if d.format == DiskFormat::Qcow2 {
+                    top.push_str(",backing=");
+                }
+            }
         }
-        if d.readonly || d.device == DiskDevice::Cdrom {
-            drive.push_str(",readonly=on");
-        }
-        push(&["-drive", &drive]);
+        push(&["-blockdev", &top]);
         let mut dev = match (d.bus, d.device) {
             (DiskBus::Virtio, _) => format!("virtio-blk-pci,drive={drive_id}"),
             (DiskBus::Sata, kind) => {
@@ -343,11 +405,14 @@ pub fn build_argv(cfg: &DomainConfig, accel: &Accelerator, incoming: bool) -> Re
     }
 
     // NICs.
-    for n in &cfg.nics {
+    for (idx, n) in cfg.nics.iter().enumerate() {
         let id = format!("netdev-ua-{}", n.name);
         let netdev = match &n.backend {
-            NicBackend::Tap { ifname } => {
-                format!("tap,id={id},ifname={ifname},script=no,downscript=no,vhost=off")
+            NicBackend::Tap { .. } => {
+                let fd = fds.taps.get(idx).copied().flatten().ok_or_else(|| {
+                    invalid(format!("nics.{}.backend", n.name), "tap was not opened")
+                })?;
+                format!("tap,id={id},fd={fd},vhost=off")
             }
             NicBackend::Passt { socket } => {
                 format!(
@@ -410,8 +475,11 @@ pub fn build_argv(cfg: &DomainConfig, accel: &Accelerator, incoming: bool) -> Re
             "socket,id=charserial0,path={},server=on,wait=off",
             path(&serial.socket)
         );
-        if let Some(log) = &serial.log_file {
-            chardev.push_str(&format!(",logfile={},logappend=on", path(log)));
+        if serial.log_file.is_some() {
+            let set = fds
+                .serial_log
+                .ok_or_else(|| invalid("serial.log_file", "was not opened"))?;
+            chardev.push_str(&format!(",logfile=/dev/fdset/{set},logappend=on"));
         }
         push(&["-chardev", &chardev]);
         push(&["-device", "isa-serial,chardev=charserial0,id=serial0"]);
@@ -462,6 +530,7 @@ mod tests {
             name: name.into(),
             path: PathBuf::from(format!("/img/{name},x.qcow2")),
             format: DiskFormat::Qcow2,
+            backing: None,
             bus,
             device,
             readonly: false,
@@ -471,7 +540,9 @@ mod tests {
     }
 
     fn joined(cfg: &DomainConfig) -> String {
-        build_argv(cfg, &tcg(), false).unwrap().join(" ")
+        build_argv(cfg, &tcg(), false, &FdRefs::placeholders(cfg))
+            .unwrap()
+            .join(" ")
     }
 
     #[test]
@@ -497,27 +568,44 @@ mod tests {
         let mut cd = disk("cd", DiskBus::Sata, DiskDevice::Cdrom);
         cd.boot_order = Some(1);
         cd.format = DiskFormat::Raw;
-        cfg.disks = vec![root, cd, disk("data", DiskBus::Scsi, DiskDevice::Disk)];
-        let a = build_argv(&cfg, &tcg(), false).unwrap();
+        let mut data = disk("data", DiskBus::Scsi, DiskDevice::Disk);
+        data.backing = Some(BackingImage {
+            path: "/cache/base.qcow2".into(),
+            format: DiskFormat::Qcow2,
+        });
+        cfg.disks = vec![root, cd, data];
+        let fds = FdRefs::placeholders(&cfg);
+        assert_eq!(fds.disks[2].backing, Some(4));
+        let a = build_argv(&cfg, &tcg(), false, &fds).unwrap();
         let s = a.join(" ");
+        // Explicit drivers on descriptors; a qcow2 without a backing image we chose has none.
         assert!(
-            s.contains("file=/img/root,,x.qcow2,format=qcow2,if=none,id=drive-ua-root"),
+            s.contains("-blockdev driver=qcow2,node-name=drive-ua-0,read-only=off,file.driver=file,file.filename=/dev/fdset/1,backing= "),
             "{s}"
         );
         assert!(
-            s.contains("virtio-blk-pci,drive=drive-ua-root,id=ua-root,bootindex=2"),
+            s.contains("virtio-blk-pci,drive=drive-ua-0,id=ua-root,bootindex=2"),
             "{s}"
         );
-        assert!(s.contains("media=cdrom,readonly=on"), "{s}");
         assert!(
-            s.contains("ide-cd,bus=ide.0,drive=drive-ua-cd,id=ua-cd,bootindex=1"),
+            s.contains("driver=raw,node-name=drive-ua-1,read-only=on,file.driver=file,file.filename=/dev/fdset/2"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ide-cd,bus=ide.0,drive=drive-ua-1,id=ua-cd,bootindex=1"),
+            "{s}"
+        );
+        // The backing chain is the one in the config, and it ends there.
+        assert!(
+            s.contains("-blockdev driver=qcow2,node-name=backing-ua-2,read-only=on,file.driver=file,file.filename=/dev/fdset/4,backing= -blockdev driver=qcow2,node-name=drive-ua-2,read-only=off,file.driver=file,file.filename=/dev/fdset/3,backing=backing-ua-2"),
             "{s}"
         );
         assert!(s.contains("virtio-scsi-pci,id=scsi0"), "{s}");
         assert!(
-            s.contains("scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=0,drive=drive-ua-data"),
+            s.contains("scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=0,drive=drive-ua-2"),
             "{s}"
         );
+        assert!(!s.contains("/img/"), "no path reaches QEMU: {s}");
     }
 
     #[test]
@@ -531,11 +619,11 @@ mod tests {
         ];
         let s = joined(&cfg);
         assert!(
-            s.contains("ide-hd,bus=ide.0,unit=1,drive=drive-ua-b"),
+            s.contains("ide-hd,bus=ide.0,unit=1,drive=drive-ua-1"),
             "{s}"
         );
         assert!(
-            s.contains("ide-hd,bus=ide.1,unit=0,drive=drive-ua-c"),
+            s.contains("ide-hd,bus=ide.1,unit=0,drive=drive-ua-2"),
             "{s}"
         );
     }
@@ -593,24 +681,25 @@ mod tests {
                 boot_order: Some(3),
             },
         ];
-        let a = build_argv(&cfg, &tcg(), true).unwrap();
+        let a = build_argv(&cfg, &tcg(), true, &FdRefs::placeholders(&cfg)).unwrap();
         let s = a.join(" ");
         for want in [
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "-cpu Haswell",
             "-smp 4,sockets=2,cores=2,threads=1",
             "-machine q35,smm=on",
             "if=pflash,format=raw,unit=0,readonly=on,file=/fw/code.fd",
-            "if=pflash,format=raw,unit=1,file=/r/vars.fd",
+            "if=pflash,format=raw,unit=1,file=/dev/fdset/1",
             "driver=cfi.pflash01,property=secure,value=on",
-            "-kernel /k/vmlinuz -initrd /k/initrd",
+            "-kernel /proc/self/fd/KERNEL -initrd /proc/self/fd/INITRD",
             "virtio-rng-pci,rng=objrng0",
             "virtio-balloon-pci,id=balloon0",
             "socket,id=chrtpm,path=/r/swtpm.sock",
             "tpm-crb,tpmdev=tpm-tpm0",
-            "socket,id=charserial0,path=/r/serial.sock,server=on,wait=off,logfile=/r/serial.log,logappend=on",
+            "socket,id=charserial0,path=/r/serial.sock,server=on,wait=off,logfile=/dev/fdset/2,logappend=on",
             "-vnc unix:/r/vnc.sock",
             "name=org.qemu.guest_agent.0",
-            "tap,id=netdev-ua-default,ifname=tap0,script=no,downscript=no,vhost=off",
+            "tap,id=netdev-ua-default,fd=100,vhost=off",
             "virtio-net-pci,netdev=netdev-ua-default,id=ua-default,mac=52:54:00:12:34:56,romfile=",
             "stream,id=netdev-ua-p,server=off,addr.type=unix,addr.path=/r/passt.sock",
             "e1000,netdev=netdev-ua-p,id=ua-p,bootindex=3",

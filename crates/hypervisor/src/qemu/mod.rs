@@ -1,6 +1,8 @@
 //! QEMU backend: spawns `qemu-system-x86_64` and drives it over QMP.
 
 pub mod argv;
+pub mod cgroup;
+pub mod fds;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -50,11 +52,6 @@ impl QemuHypervisor {
     pub fn with_binary(mut self, binary: impl Into<PathBuf>) -> Self {
         self.binary = binary.into();
         self
-    }
-
-    /// The command line QEMU would get for `cfg`.
-    pub fn command_line(&self, cfg: &DomainConfig, incoming: bool) -> Result<Vec<String>> {
-        argv::build_argv(cfg, &self.accel, incoming)
     }
 }
 
@@ -129,31 +126,9 @@ impl QemuDomain {
         }
     }
 
+    /// Files QEMU opens by path itself (firmware code), and the UEFI variable store's
+    /// first copy. Disks, kernels and logs are opened in [`fds::Passed::open`].
     fn check_files(&self) -> Result<()> {
-        for d in &self.cfg.disks {
-            if !d.path.exists() {
-                return Err(HypervisorError::MissingFile {
-                    what: "disk image",
-                    path: d.path.clone(),
-                });
-            }
-        }
-        if let Some(kb) = &self.cfg.kernel_boot {
-            if !kb.kernel.exists() {
-                return Err(HypervisorError::MissingFile {
-                    what: "kernel",
-                    path: kb.kernel.clone(),
-                });
-            }
-            if let Some(i) = &kb.initrd {
-                if !i.exists() {
-                    return Err(HypervisorError::MissingFile {
-                        what: "initrd",
-                        path: i.clone(),
-                    });
-                }
-            }
-        }
         if let Firmware::Uefi {
             code,
             vars_template,
@@ -201,15 +176,17 @@ impl QemuDomain {
             });
         }
         self.check_files()?;
-        let args = argv::build_argv(&self.cfg, &self.accel, incoming.is_some())?;
+        let passed = fds::Passed::open(&self.cfg)?;
+        let args = argv::build_argv(&self.cfg, &self.accel, incoming.is_some(), &passed.refs)?;
         for s in self.sockets() {
             let _ = std::fs::remove_file(s);
         }
         if let Some(tpm) = &self.cfg.tpm {
-            let sw = Swtpm::start(tpm, self.cfg.die_with_parent)?;
+            let owner = self.cfg.confinement.as_ref().map(|c| (c.uid, c.gid));
+            let sw = Swtpm::start(tpm, self.cfg.die_with_parent, owner)?;
             *self.shared.swtpm.lock().unwrap_or_else(|p| p.into_inner()) = Some(sw);
         }
-        match self.spawn(&args, incoming) {
+        match self.spawn(&args, incoming, &passed) {
             Ok(r) => {
                 *rt = Some(r);
                 Ok(())
@@ -229,7 +206,12 @@ impl QemuDomain {
         }
     }
 
-    fn spawn(&self, args: &[String], incoming: Option<&str>) -> Result<Running> {
+    fn spawn(
+        &self,
+        args: &[String],
+        incoming: Option<&str>,
+        passed: &fds::Passed,
+    ) -> Result<Running> {
         let program = self.binary.to_string_lossy().to_string();
         let mut cmd = Command::new(&self.binary);
         cmd.args(args).stdin(Stdio::null());
@@ -262,15 +244,42 @@ impl QemuDomain {
         };
         let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
         let die_with_parent = self.cfg.die_with_parent;
-        // SAFETY: the closure runs between fork and exec; it only calls setns(2) and prctl(2),
-        // both async-signal-safe, on a descriptor that stays open in the parent until spawn
-        // returns.
+        let inherited = passed.inherited();
+        let cgroup = self.create_cgroup();
+        let cgroup_procs = cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default();
+        let ids = self
+            .cfg
+            .confinement
+            .as_ref()
+            .map(|c| (c.uid, c.gid, c.groups.clone()));
+        // SAFETY: the closure runs between fork and exec; it only makes async-signal-safe
+        // system calls (setns, fcntl, open/write/close, setgroups, setresgid, setresuid,
+        // prctl) on descriptors and buffers prepared before the fork, which stay alive in
+        // the parent until spawn returns.
         unsafe {
             cmd.pre_exec(move || {
                 if let Some(fd) = netns_fd {
                     if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
+                }
+                for &fd in &inherited {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                cgroup::join_from_child(&cgroup_procs)?;
+                if let Some((uid, gid, groups)) = &ids {
+                    // Groups first: once the user changes, nothing else may.
+                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                        || libc::setresgid(*gid, *gid, *gid) != 0
+                        || libc::setresuid(*uid, *uid, *uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
                 if die_with_parent
                     && libc::prctl(
@@ -287,10 +296,18 @@ impl QemuDomain {
             });
         }
         tracing::debug!(program, ?args, "starting QEMU");
-        let mut child = cmd.spawn().map_err(|e| HypervisorError::Spawn {
-            program: program.clone(),
-            source: e,
-        })?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(cg) = &cgroup {
+                    cg.remove();
+                }
+                return Err(HypervisorError::Spawn {
+                    program: program.clone(),
+                    source: e,
+                });
+            }
+        };
         drop(netns);
         let pid = child.id();
         let stderr_pipe = child.stderr.take();
@@ -319,7 +336,7 @@ impl QemuDomain {
         std::thread::Builder::new()
             .name("qemu-reaper".into())
             .stack_size(128 * 1024)
-            .spawn(move || reap(child, shared, socks))
+            .spawn(move || reap(child, shared, socks, cgroup))
             .map_err(|e| HypervisorError::io("spawning reaper thread", e))?;
 
         let shared = self.shared.clone();
@@ -376,14 +393,32 @@ impl QemuDomain {
                 return Err(e);
             }
         }
-        // QEMU starts at full priority (starting it is on the VM's critical path); once it
-        // answers, its threads take the domain's CPU weight. Threads it creates later
-        // inherit it from the main thread.
-        if let Some(shares) = self.cfg.cpu_shares {
+        // Without a cgroup to carry the CPU weight: QEMU starts at full priority (starting
+        // it is on the VM's critical path); once it answers, its threads take the domain's
+        // weight as a nice value. Threads it creates later inherit it from the main thread.
+        if let (Some(shares), None) = (self.cfg.cpu_shares, &self.cfg.confinement) {
             renice_threads(pid, nice_for_shares(shares));
         }
         tracing::info!(domain = %self.cfg.name, pid, qemu = %qmp.version, accel = self.accel.kind.as_str(), "QEMU started");
         Ok(Running { pid, qmp })
+    }
+
+    /// The VMM's cgroup, when the domain is confined. A host where cgroups cannot be
+    /// created runs the VM without one, and says so.
+    fn create_cgroup(&self) -> Option<cgroup::VmmCgroup> {
+        let c = self.cfg.confinement.as_ref()?;
+        let limits = cgroup::Limits {
+            memory_bytes: c.memory_limit_bytes,
+            cpu_millis: c.cpu_limit_millis,
+            cpu_shares: self.cfg.cpu_shares,
+        };
+        match cgroup::VmmCgroup::create(&c.cgroup, limits) {
+            Ok(cg) => Some(cg),
+            Err(error) => {
+                tracing::warn!(domain = %self.cfg.name, %error, "running the VM without a cgroup: its memory and CPU are not bounded");
+                None
+            }
+        }
     }
 
     fn signal(&self, sig: Signal) {
@@ -406,8 +441,16 @@ fn read_tail(p: &Path, start: u64) -> String {
     s
 }
 
-fn reap(mut child: std::process::Child, shared: Arc<Shared>, sockets: Vec<PathBuf>) {
+fn reap(
+    mut child: std::process::Child,
+    shared: Arc<Shared>,
+    sockets: Vec<PathBuf>,
+    cgroup: Option<cgroup::VmmCgroup>,
+) {
     let status = child.wait();
+    if let Some(cg) = &cgroup {
+        cg.remove();
+    }
     // QEMU sends SHUTDOWN before it exits; let the QMP reader see the end of the stream.
     let events = shared
         .events

@@ -757,6 +757,7 @@ fn disks_and_volumes(
             name: d.name.clone(),
             path,
             format,
+            backing: None,
             bus: bus_v,
             device,
             readonly,

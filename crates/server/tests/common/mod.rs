@@ -291,11 +291,11 @@ pub fn wait_no_processes(uid: &str) {
     panic!("processes left for {uid}: {:?}", pids_mentioning(uid));
 }
 
-/// A VM booting the test guest from a private copy of its qcow2 disk.
+/// A VM booting the test guest from a private copy of its raw disk.
 pub fn hostdisk_vm(name: &str, run_strategy: &str, dir: &Path) -> String {
     let g = kubevirt_testenv::guests();
-    let disk = dir.join(format!("{name}.qcow2"));
-    std::fs::copy(&g.disk_qcow2, &disk).unwrap();
+    let disk = dir.join(format!("{name}.img"));
+    std::fs::copy(&g.disk_raw, &disk).unwrap();
     format!(
         r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachine
