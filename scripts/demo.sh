@@ -25,10 +25,12 @@ guests=${KUBEVIRT_RS_GUESTS:-$repo/.cache/guests}
 # Every demo starts from an empty store, so what it shows is what a first run does.
 rm -rf "$data"
 mkdir -p "$data"
-cp "$guests/disk.qcow2" "$demo/demo-disk.qcow2"
+mkdir -p "$demo/disks"
+cp "$guests/disk.raw" "$demo/disks/demo-disk.img"
 
 echo "== starting kubevirt-rs server (data in $data)"
 "$bin/kubevirt-rs" server --data-dir "$data" --listen 127.0.0.1:0 --stop-vms-on-exit \
+  --host-disk-dir "$demo/disks" \
   >"$demo/server.out" 2>"$demo/server.log" &
 server=$!
 cleanup() {

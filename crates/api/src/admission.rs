@@ -52,6 +52,8 @@ pub enum FieldErrorKind {
     TooLong,
     /// The list has too many items.
     TooMany,
+    /// Invalid, worded as virt-api words some causes: the message alone, no value.
+    InvalidMessage,
 }
 
 /// One problem with one field, with its path (`spec.domain.devices.disks[1].name`).
@@ -158,6 +160,7 @@ impl FieldError {
             FieldErrorKind::Forbidden => "FieldValueForbidden",
             FieldErrorKind::TooLong => "FieldValueTooLong",
             FieldErrorKind::TooMany => "FieldValueTooMany",
+            FieldErrorKind::InvalidMessage => "FieldValueInvalid",
         }
     }
 
@@ -172,6 +175,7 @@ impl FieldError {
             FieldErrorKind::Forbidden => ("Forbidden", None),
             FieldErrorKind::TooLong => ("Too long", None),
             FieldErrorKind::TooMany => ("Too many", None),
+            FieldErrorKind::InvalidMessage => return self.message.clone(),
         };
         let mut s = match value {
             Some(v) => format!("{head}: {}", format_value(v)),

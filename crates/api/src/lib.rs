@@ -9,12 +9,14 @@
 //! - [`statechange`]: the VM `start`/`stop`/`restart` subresources' rules (virt-api's).
 //! - [`launcher_pod`]: the virt-launcher Pod of a VMI, as virt-controller renders it.
 //! - [`support`]: valid API features this project cannot run yet.
+//! - [`host_disk`]: which hostDisk paths the operator allows on this host.
 //! - [`crds`]: CRDs generated from the types.
 //! - [`quantity`]: Kubernetes quantities.
 
 pub mod admission;
 pub mod crds;
 pub mod defaults;
+pub mod host_disk;
 pub mod launcher_pod;
 pub mod quantity;
 pub mod statechange;

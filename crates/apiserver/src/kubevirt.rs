@@ -5,8 +5,23 @@ use serde_json::Value;
 use crate::error::Cause;
 use crate::ops::{Admission, Operation};
 
-/// Defaulting and validation of `kubevirt.io` kinds (what virt-api's webhooks do).
-pub struct KubevirtAdmission;
+/// Defaulting and validation of `kubevirt.io` kinds (what virt-api's webhooks do), and the
+/// node's hostDisk policy.
+#[derive(Debug, Clone, Default)]
+pub struct KubevirtAdmission {
+    pub host_disks: kubevirt_api::host_disk::HostDiskPolicy,
+}
+
+/// Where a kind keeps the volumes of the VMs it makes.
+fn volumes_field(kind: &str) -> Option<(&'static str, &'static str)> {
+    match kind {
+        "VirtualMachineInstance" => Some(("/spec/volumes", "spec.volumes")),
+        "VirtualMachine" | "VirtualMachineInstanceReplicaSet" => {
+            Some(("/spec/template/spec/volumes", "spec.template.spec.volumes"))
+        }
+        _ => None,
+    }
+}
 
 impl Admission for KubevirtAdmission {
     fn admit(
@@ -24,7 +39,18 @@ impl Admission for KubevirtAdmission {
             Operation::Create => kubevirt_api::admission::Operation::Create,
             Operation::Update => kubevirt_api::admission::Operation::Update,
         };
-        kubevirt_api::admission::admit(kind, op, obj, old).map_err(|errs| {
+        let mut result = kubevirt_api::admission::admit(kind, op, obj, old);
+        if let (Ok(()), Some((pointer, field))) = (&result, volumes_field(kind)) {
+            let volumes: Vec<kubevirt_api::v1::Volume> = obj
+                .pointer(pointer)
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default();
+            let errors = self.host_disks.check(field, &volumes);
+            if !errors.is_empty() {
+                result = Err(errors);
+            }
+        }
+        result.map_err(|errs| {
             errs.iter()
                 .map(|e| Cause {
                     reason: e.reason().to_string(),

@@ -131,7 +131,7 @@ impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> ServerConfig {
         let mut cfg = ServerConfig::bare(data_dir, listen);
         cfg.crds = kubevirt::crds();
-        cfg.admission = vec![Arc::new(kubevirt::KubevirtAdmission)];
+        cfg.admission = vec![Arc::new(kubevirt::KubevirtAdmission::default())];
         cfg
     }
 

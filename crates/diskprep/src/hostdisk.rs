@@ -40,79 +40,6 @@ impl std::str::FromStr for HostDiskType {
     }
 }
 
-/// A host disk ready for QEMU.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostDisk {
-    pub path: PathBuf,
-    /// Always [`DiskFormat::Raw`]: the control plane decides, never the content.
-    pub format: DiskFormat,
-    /// True when this call created the file.
-    pub created: bool,
-}
-
-/// Validates `hostDisk.path` and, for `DiskOrCreate`, creates the file (and its parent
-/// directories) when missing. `capacity` is required to create. An existing file is used as
-/// raw; one whose content names other files is refused ([`DiskPrepError::UnsafeImage`]).
-/// Follows symlinks anywhere: prefer [`open_host_disk`], which keeps the path beneath the
-/// allowed directories.
-pub fn prepare_host_disk(
-    volume: &str,
-    path: &Path,
-    kind: HostDiskType,
-    capacity: Option<&str>,
-) -> Result<HostDisk> {
-    crate::fsutil::check_absolute_clean(volume, path)?;
-    match std::fs::metadata(path) {
-        Ok(md) => {
-            if !md.is_file() {
-                return Err(DiskPrepError::InvalidPath {
-                    volume: volume.to_owned(),
-                    path: path.to_path_buf(),
-                    reason: "hostDisk.path exists but is not a regular file".into(),
-                });
-            }
-            let format = crate::inspect::inspect_path(volume, path)?.accept(
-                volume,
-                path,
-                ImagePolicy::OpenedAsRaw,
-            )?;
-            Ok(HostDisk {
-                path: path.to_path_buf(),
-                format,
-                created: false,
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match kind {
-            HostDiskType::Disk => Err(DiskPrepError::HostDiskMissing {
-                volume: volume.to_owned(),
-                path: path.to_path_buf(),
-            }),
-            HostDiskType::DiskOrCreate => {
-                let capacity = capacity.ok_or_else(|| {
-                    DiskPrepError::invalid(
-                        volume,
-                        "hostDisk.capacity",
-                        "required for type DiskOrCreate when the file does not exist",
-                    )
-                })?;
-                let bytes =
-                    crate::emptydisk::parse_capacity(volume, "hostDisk.capacity", capacity)?;
-                let dir = crate::fsutil::parent_dir(path);
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| DiskPrepError::io(volume, "creating directory", &dir, e))?;
-                crate::emptydisk::create_sized(volume, path, bytes, DiskFormat::Raw)?;
-                tracing::info!(volume, path = %path.display(), bytes, "created hostDisk");
-                Ok(HostDisk {
-                    path: path.to_path_buf(),
-                    format: DiskFormat::Raw,
-                    created: true,
-                })
-            }
-        },
-        Err(e) => Err(DiskPrepError::io(volume, "inspecting", path, e)),
-    }
-}
-
 /// A hostDisk opened beneath an allowed directory, for QEMU to be given by descriptor.
 #[derive(Debug)]
 pub struct HostDiskFile {
@@ -379,47 +306,63 @@ mod tests {
     #[test]
     fn disk_must_exist() {
         let dir = tempfile::tempdir().unwrap();
+        let roots = [dir.path().to_path_buf()];
         let p = dir.path().join("missing.img");
-        let err = prepare_host_disk("host", &p, HostDiskType::Disk, None).unwrap_err();
-        assert!(matches!(err, DiskPrepError::HostDiskMissing { .. }));
+        let err = open_host_disk("host", &roots, &p, HostDiskType::Disk, None).unwrap_err();
+        assert!(
+            matches!(err, DiskPrepError::HostDiskMissing { .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("host"));
     }
 
     #[test]
     fn disk_or_create_creates_sparse_raw_then_reuses() {
         let dir = tempfile::tempdir().unwrap();
+        let roots = [dir.path().to_path_buf()];
         let p = dir.path().join("sub/dir/disk.img");
-        let d = prepare_host_disk("host", &p, HostDiskType::DiskOrCreate, Some("64Mi")).unwrap();
+        let kind = HostDiskType::DiskOrCreate;
+        let d = open_host_disk("host", &roots, &p, kind, Some("64Mi")).unwrap();
         assert!(d.created);
         assert_eq!(d.format, DiskFormat::Raw);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 64 << 20);
         std::fs::write(&p, b"data that must survive").unwrap();
-        let d = prepare_host_disk("host", &p, HostDiskType::DiskOrCreate, Some("64Mi")).unwrap();
+        let d = open_host_disk("host", &roots, &p, kind, Some("64Mi")).unwrap();
         assert!(!d.created);
         assert_eq!(std::fs::read(&p).unwrap(), b"data that must survive");
     }
 
     #[test]
     fn path_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = [dir.path().to_path_buf()];
         for bad in ["relative/disk.img", "/tmp/../etc/disk.img", "/tmp/./x"] {
-            let err =
-                prepare_host_disk("host", Path::new(bad), HostDiskType::Disk, None).unwrap_err();
+            let err = open_host_disk("host", &roots, Path::new(bad), HostDiskType::Disk, None)
+                .unwrap_err();
             assert!(
                 matches!(err, DiskPrepError::InvalidPath { .. }),
                 "{bad}: {err}"
             );
         }
-        let dir = tempfile::tempdir().unwrap();
-        let err = prepare_host_disk("host", dir.path(), HostDiskType::Disk, None).unwrap_err();
-        assert!(err.to_string().contains("not a regular file"));
-        let err = prepare_host_disk(
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let err = open_host_disk(
             "host",
+            &roots,
+            &dir.path().join("d"),
+            HostDiskType::Disk,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let err = open_host_disk(
+            "host",
+            &roots,
             &dir.path().join("n"),
             HostDiskType::DiskOrCreate,
             None,
         )
         .unwrap_err();
-        assert!(err.to_string().contains("hostDisk.capacity"));
+        assert!(err.to_string().contains("hostDisk.capacity"), "{err}");
     }
 
     /// A root and a directory outside it, both temporary.
@@ -593,15 +536,12 @@ mod tests {
                 p.display()
             )
         );
-        let err = prepare_host_disk("host", &p, HostDiskType::Disk, None).unwrap_err();
         assert!(matches!(err, DiskPrepError::UnsafeImage { .. }), "{err}");
         // Without the data file it is a guest's nested qcow2: used, as raw.
         h[72..80].copy_from_slice(&0u64.to_be_bytes());
         h[104..123].fill(0);
         std::fs::write(&p, &h).unwrap();
         let d = open(&[root.path().to_path_buf()], &p, HostDiskType::Disk, None).unwrap();
-        assert_eq!(d.format, DiskFormat::Raw);
-        let d = prepare_host_disk("host", &p, HostDiskType::Disk, None).unwrap();
         assert_eq!(d.format, DiskFormat::Raw);
     }
 }

@@ -30,6 +30,6 @@ pub use containerdisk::{
 pub use emptydisk::create_empty_disk;
 pub use error::{DiskPrepError, Result};
 pub use format::DiskFormat;
-pub use hostdisk::{open_host_disk, prepare_host_disk, HostDisk, HostDiskFile, HostDiskType};
+pub use hostdisk::{open_host_disk, HostDiskFile, HostDiskType};
 pub use inspect::{inspect_image, ImageFormat, ImageInfo, ImagePolicy};
 pub use overlay::create_overlay;

@@ -82,7 +82,8 @@ fn launcher_binary() -> PathBuf {
 fn bare_run(disk: &Path, rt: &tokio::runtime::Runtime) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let rd = RunDir::new(dir.path());
-    let env = LauncherEnv::new(rd.clone(), detect_accelerator(), dir.path().join("p"));
+    let mut env = LauncherEnv::new(rd.clone(), detect_accelerator(), dir.path().join("p"));
+    env.host_disks.dirs = vec![std::env::temp_dir()];
     let v: kubevirt_api::v1::VirtualMachineInstance = {
         let mut v = serde_json::from_value(vmi(disk)).unwrap();
         kubevirt_api::defaults::set_vmi_defaults(&mut v);
@@ -90,11 +91,12 @@ fn bare_run(disk: &Path, rt: &tokio::runtime::Runtime) -> f64 {
     };
     let mut t = translate(&v, &env).unwrap();
     // The same volume preparation as the launcher, outside the timing.
-    rt.block_on(kubevirt_launcher::prepare::prepare_volumes(
-        &mut t,
-        &Default::default(),
-    ))
-    .unwrap();
+    let _opened_for_qemu = rt
+        .block_on(kubevirt_launcher::prepare::prepare_volumes(
+            &mut t,
+            &Default::default(),
+        ))
+        .unwrap();
     // QEMU as the launcher would run it, started straight through the hypervisor crate.
     std::fs::create_dir_all(rd.vmm_dir()).unwrap();
     let domain = QemuHypervisor::with_accelerator(detect_accelerator())
@@ -127,6 +129,8 @@ fn launcher_run(bin: &Path, disk: &Path, rt: &tokio::runtime::Runtime) -> (f64, 
         .arg(rd.path())
         .arg("--persistent-dir")
         .arg(dir.path().join("p"))
+        .arg("--host-disk-dir")
+        .arg(std::env::temp_dir())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -1,5 +1,6 @@
 //! Runs the volume work a translation asks for, through `kubevirt-diskprep`.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use kubevirt_diskprep as diskprep;
@@ -88,34 +89,42 @@ fn set_overlay(t: &mut Translation, overlay: &Path, base: &Path, base_format: Di
 
 /// Prepares every volume of `t` (creating overlays, empty disks, ISOs, pulling images) and
 /// fixes up the disk formats in `t.domain`. Files created in the run dir are removed with it.
+/// Returns the files opened for QEMU (hostDisks, named `/proc/self/fd/N` in `t.domain`):
+/// keep them open until QEMU has started.
 pub async fn prepare_volumes(
     t: &mut Translation,
     containerdisks: &ContainerDiskConfig,
-) -> Result<(), PrepareError> {
+) -> Result<Vec<std::fs::File>, PrepareError> {
+    let mut held = Vec::new();
     let mut cache: Option<diskprep::ContainerDiskCache> = None;
     for prep in t.volumes.clone() {
         match prep {
             VolumePrep::Existing { volume, path } => {
-                let d = diskprep::prepare_host_disk(
+                diskprep::inspect::inspect_path(&volume, &path)?.accept(
                     &volume,
                     &path,
-                    diskprep::HostDiskType::Disk,
-                    None,
+                    diskprep::inspect::ImagePolicy::OpenedAsRaw,
                 )?;
-                set_format(t, &path, to_hv(d.format));
+                set_format(t, &path, DiskFormat::Raw);
             }
-            VolumePrep::CreateIfMissing {
+            VolumePrep::HostDisk {
                 volume,
                 path,
+                dirs,
                 capacity,
             } => {
-                let d = diskprep::prepare_host_disk(
-                    &volume,
-                    &path,
-                    diskprep::HostDiskType::DiskOrCreate,
-                    Some(&capacity),
-                )?;
-                set_format(t, &path, to_hv(d.format));
+                let kind = match capacity {
+                    Some(_) => diskprep::HostDiskType::DiskOrCreate,
+                    None => diskprep::HostDiskType::Disk,
+                };
+                let d = diskprep::open_host_disk(&volume, &dirs, &path, kind, capacity.as_deref())?;
+                // QEMU gets this very file: nothing resolves the path again.
+                let opened = PathBuf::from(format!("/proc/self/fd/{}", d.file.as_raw_fd()));
+                for disk in t.domain.disks.iter_mut().filter(|x| x.path == path) {
+                    disk.path = opened.clone();
+                    disk.format = DiskFormat::Raw;
+                }
+                held.push(d.file);
             }
             VolumePrep::EmptyDisk {
                 volume,
@@ -136,10 +145,15 @@ pub async fn prepare_volumes(
                 base,
                 target,
             } => {
-                let format = diskprep::format::detect_format(&volume, &base)?;
+                // A claim's disk image is raw, whatever a guest wrote into it.
+                diskprep::inspect::inspect_path(&volume, &base)?.accept(
+                    &volume,
+                    &base,
+                    diskprep::inspect::ImagePolicy::OpenedAsRaw,
+                )?;
                 let _ = std::fs::remove_file(&target);
-                diskprep::create_overlay(&volume, &base, format, &target)?;
-                set_overlay(t, &target, &base, to_hv(format));
+                diskprep::create_overlay(&volume, &base, diskprep::DiskFormat::Raw, &target)?;
+                set_overlay(t, &target, &base, DiskFormat::Raw);
             }
             VolumePrep::KernelBoot {
                 volume,
@@ -232,5 +246,5 @@ pub async fn prepare_volumes(
             }
         }
     }
-    Ok(())
+    Ok(held)
 }

@@ -69,6 +69,9 @@ pub struct LauncherArgs {
     /// Registry reached over plain HTTP (repeatable).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Directory hostDisks may live in (repeatable; none: hostDisk is off).
+    #[arg(long = "host-disk-dir")]
+    pub host_disk_dirs: Vec<PathBuf>,
     /// Disk image for a PVC or DataVolume: NAME=PATH (repeatable).
     #[arg(long = "claim")]
     pub claims: Vec<String>,
@@ -375,6 +378,9 @@ async fn start(
         .map(|(k, v)| (k, PathBuf::from(v)))
         .collect();
     env.secrets = decode_secrets(request.secrets)?;
+    env.host_disks = kubevirt_api::host_disk::HostDiskPolicy {
+        dirs: args.host_disk_dirs.clone(),
+    };
     let mut translation = translate(&vmi, &env)?;
     let grace = args
         .grace_period
@@ -407,8 +413,9 @@ async fn start(
     let net = net_task.await.map_err(|e| LauncherError::Network {
         reason: format!("network setup task: {e}"),
     })?;
-    let net = match (prepared, net) {
-        (Ok(()), Ok(net)) => net,
+    // The hostDisks opened for QEMU stay open until it has started.
+    let (net, _opened_for_qemu) = match (prepared, net) {
+        (Ok(files), Ok(net)) => (net, files),
         (Err(e), Ok(net)) => {
             net.teardown();
             return Err(e.into());

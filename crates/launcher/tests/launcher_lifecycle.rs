@@ -345,6 +345,8 @@ fn waits_for_sync_and_runs_only_its_vmi() {
             .arg(run_dir.path())
             .arg("--persistent-dir")
             .arg(dir.path().join("persist"))
+            .arg("--host-disk-dir")
+            .arg(std::env::temp_dir())
             .stdout(std::fs::File::create(run_dir.launcher_log()).unwrap())
             .stderr(Stdio::null())
             .process_group(0)

@@ -56,7 +56,9 @@ impl EventRecorder {
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         Event {
             metadata: ObjectMeta {
-                generate_name: Some(format!("{name}.")),
+                // As client-go's recorder names them: `<object>.<nanoseconds in hex>` (a
+                // `generateName` ending in '.' is not a valid one).
+                name: Some(format!("{name}.{:x}", now.0.as_nanosecond())),
                 namespace: Some(namespace.clone()),
                 ..Default::default()
             },

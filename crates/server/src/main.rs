@@ -64,6 +64,11 @@ struct ServeArgs {
     /// Registry reached over plain HTTP (repeatable).
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Directory VMs may use hostDisks in (repeatable). Without one, hostDisk volumes are
+    /// refused, as upstream's HostDisk feature gate is off by default: a hostDisk is a file
+    /// of this host.
+    #[arg(long = "host-disk-dir")]
+    host_disk_dirs: Vec<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -173,7 +178,21 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
     let kvm = accel.kind == kubevirt_hypervisor::AcceleratorKind::Kvm;
     tracing::info!(accel = accel.kind.as_str(), reason = %accel.reason, "guests will use");
 
+    let host_disk_dirs = args
+        .host_disk_dirs
+        .iter()
+        .map(|d| std::path::absolute(d).with_context(|| format!("--host-disk-dir {}", d.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    cfg.admission = vec![Arc::new(kubevirt_apiserver::kubevirt::KubevirtAdmission {
+        host_disks: kubevirt_api::host_disk::HostDiskPolicy {
+            dirs: host_disk_dirs.clone(),
+        },
+    })];
     let mut extra = Vec::new();
+    for d in &host_disk_dirs {
+        extra.push("--host-disk-dir".to_string());
+        extra.push(d.display().to_string());
+    }
     for m in &args.registry_mirrors {
         extra.push("--registry-mirror".to_string());
         extra.push(m.clone());

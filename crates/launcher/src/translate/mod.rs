@@ -83,6 +83,8 @@ pub struct LauncherEnv {
     pub claims: BTreeMap<String, PathBuf>,
     /// Secret name -> key -> bytes, resolved by the node agent (cloud-init secretRefs).
     pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    /// Where hostDisks may live on this node (none: hostDisk is off).
+    pub host_disks: kubevirt_api::host_disk::HostDiskPolicy,
 }
 
 impl LauncherEnv {
@@ -95,6 +97,7 @@ impl LauncherEnv {
             ovmf: OvmfPaths::default(),
             claims: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            host_disks: Default::default(),
         }
     }
 }
@@ -124,14 +127,16 @@ impl Default for OvmfPaths {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum VolumePrep {
-    /// Use an existing file as is (format detected from its header).
+    /// A claim's disk image, used as is (raw; refused if its content names other files).
     Existing { volume: String, path: PathBuf },
-    /// hostDisk `DiskOrCreate`: create a sparse raw file of `capacity` bytes if missing.
-    CreateIfMissing {
+    /// A hostDisk: opened beneath one of `dirs` without leaving it; `Some(capacity)`
+    /// (`DiskOrCreate`) creates a sparse raw file of that size when missing.
+    HostDisk {
         volume: String,
         path: PathBuf,
+        dirs: Vec<PathBuf>,
         /// Kubernetes quantity, e.g. `1Gi`.
-        capacity: String,
+        capacity: Option<String>,
     },
     /// A blank sparse disk of `capacity` at `target`, deleted with the VM.
     EmptyDisk {
@@ -187,7 +192,7 @@ impl VolumePrep {
     pub fn volume(&self) -> &str {
         match self {
             VolumePrep::Existing { volume, .. }
-            | VolumePrep::CreateIfMissing { volume, .. }
+            | VolumePrep::HostDisk { volume, .. }
             | VolumePrep::EmptyDisk { volume, .. }
             | VolumePrep::Ephemeral { volume, .. }
             | VolumePrep::ContainerDisk { volume, .. }
@@ -573,17 +578,24 @@ fn disks_and_volumes(
                         "Invalid value: must be an absolute path",
                     );
                 }
+                for e in env
+                    .host_disks
+                    .check("spec.volumes", std::slice::from_ref(vol))
+                {
+                    // `check` numbers the one volume it was given 0.
+                    let field = e.field.replacen("spec.volumes[0]", &vf, 1);
+                    is.add(field, e.body());
+                }
+                let host_disk = |capacity| VolumePrep::HostDisk {
+                    volume: vol.name.clone(),
+                    path: path.clone(),
+                    dirs: env.host_disks.dirs.clone(),
+                    capacity,
+                };
                 let prep = match h.disk_type.as_str() {
-                    "Disk" => VolumePrep::Existing {
-                        volume: vol.name.clone(),
-                        path: path.clone(),
-                    },
+                    "Disk" => host_disk(None),
                     "DiskOrCreate" => match &h.capacity {
-                        Some(c) if c.to_bytes() > 0 => VolumePrep::CreateIfMissing {
-                            volume: vol.name.clone(),
-                            path: path.clone(),
-                            capacity: c.as_str(),
-                        },
+                        Some(c) if c.to_bytes() > 0 => host_disk(Some(c.as_str())),
                         _ => {
                             is.add(
                                 format!("{vf}.hostDisk.capacity"),

@@ -3,14 +3,55 @@ use kubevirt_hypervisor::AcceleratorKind;
 use std::collections::BTreeMap;
 
 fn env() -> LauncherEnv {
-    LauncherEnv::new(
+    let mut env = LauncherEnv::new(
         RunDir::new("/run/kv/ns_vm_uid"),
         Accelerator {
             kind: AcceleratorKind::Tcg,
             reason: "test".into(),
         },
         "/var/lib/kv/ns_vm".into(),
-    )
+    );
+    // These tests are about translation: any hostDisk path is allowed.
+    env.host_disks.dirs = vec!["/".into()];
+    env
+}
+
+#[test]
+fn host_disks_only_where_the_operator_allows() {
+    let v = vmi(serde_json::json!({
+        "domain": {"memory": {"guest": "128Mi"}, "devices": {"disks": [
+            {"name": "a", "disk": {}},
+            {"name": "b", "disk": {}}
+        ]}},
+        "volumes": [
+            {"name": "a", "hostDisk": {"path": "/srv/vms/a.img", "type": "Disk"}},
+            {"name": "b", "hostDisk": {"path": "/etc/shadow", "type": "Disk"}}
+        ]
+    }));
+    let mut env = env();
+    env.host_disks.dirs = vec![];
+    let err = translate(&v, &env).unwrap_err();
+    let issues: Vec<(String, String)> = err
+        .issues()
+        .iter()
+        .map(|i| (i.field.clone(), i.reason.clone()))
+        .collect();
+    assert_eq!(
+        issues[0],
+        (
+            "spec.volumes[0]".into(),
+            "HostDisk feature gate is not enabled".into()
+        )
+    );
+    env.host_disks.dirs = vec!["/srv/vms".into()];
+    let err = translate(&v, &env).unwrap_err();
+    let fields: Vec<&str> = err.issues().iter().map(|i| i.field.as_str()).collect();
+    assert_eq!(fields, ["spec.volumes[1].hostDisk.path"]);
+    assert!(
+        err.issues()[0].reason.contains("/etc/shadow"),
+        "{:?}",
+        err.issues()
+    );
 }
 
 fn vmi(spec: serde_json::Value) -> VirtualMachineInstance {

@@ -203,6 +203,9 @@ pub fn launcher_args(vm: &TestVm) -> Vec<String> {
         vm.dir.path().join("persist").display().to_string(),
         "--cache-dir".into(),
         vm.dir.path().join("cache").display().to_string(),
+        // The tests' disk images live in temporary directories.
+        "--host-disk-dir".into(),
+        std::env::temp_dir().display().to_string(),
     ]
 }
 

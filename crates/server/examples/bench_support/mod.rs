@@ -62,6 +62,9 @@ impl BenchServer {
             .arg(&data)
             .arg("--run-root")
             .arg(dir.join("run"))
+            // The start bench's VMs boot from hostDisks here.
+            .arg("--host-disk-dir")
+            .arg(dir)
             // Launchers inherit it: their start-up lines give the bench its launcher steps.
             .env("RUST_LOG", "warn,kubevirt_launcher=info")
             .stdout(Stdio::piped())

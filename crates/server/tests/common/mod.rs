@@ -61,6 +61,9 @@ impl Server {
             // disturbed by) the VMs of another run on the same machine.
             .arg("--run-root")
             .arg(self.data_dir.join("r"))
+            // hostDisks of the tests are in the data dir.
+            .arg("--host-disk-dir")
+            .arg(&self.data_dir)
             .args(&self.extra)
             .env("RUST_LOG", "info,kube_runtime=warn")
             .stdout(Stdio::piped())
