@@ -20,7 +20,7 @@ async fn send(
     uri: &str,
     content_type: &str,
     body: Vec<u8>,
-) -> Result<String, Status> {
+) -> Result<String, Box<Status>> {
     let req = http::Request::builder()
         .method(method)
         .uri(uri)
@@ -28,7 +28,7 @@ async fn send(
         .body(body)
         .unwrap();
     client.request_text(req).await.map_err(|e| match e {
-        kube::Error::Api(s) => *s,
+        kube::Error::Api(s) => s,
         other => panic!("{method} {uri}: expected an API error, got {other:?}"),
     })
 }
