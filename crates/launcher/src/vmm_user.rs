@@ -37,6 +37,7 @@ fn prepare_with(claims: &Path, run_dir: &RunDir) -> std::io::Result<u32> {
         .ok_or_else(|| std::io::Error::other("run directory has no parent"))?;
     // VMs pass through the run root to their own directory; nobody lists it.
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))?;
+    reachable(root)?;
     let uid = claim(claims, run_dir)?;
     std::os::unix::fs::chown(run_dir.path(), Some(0), Some(uid))?;
     std::fs::set_permissions(run_dir.path(), std::fs::Permissions::from_mode(0o710))?;
@@ -45,6 +46,23 @@ fn prepare_with(claims: &Path, run_dir: &RunDir) -> std::io::Result<u32> {
     std::os::unix::fs::chown(&vmm, Some(uid), Some(uid))?;
     std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o700))?;
     Ok(uid)
+}
+
+/// QEMU, as its own user, must pass through every directory above the run root.
+fn reachable(root: &Path) -> std::io::Result<()> {
+    for dir in std::path::absolute(root)?.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(std::io::Error::other(format!(
+                "the run root {} is not reachable by VM users: {} is not searchable by others \
+                 (mode {:o}); put the run root outside private directories",
+                root.display(),
+                dir.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn claim(claims: &Path, run_dir: &RunDir) -> std::io::Result<u32> {
@@ -142,5 +160,20 @@ mod tests {
         std::fs::write(&claim, root.path().join("pod-gone").to_str().unwrap()).unwrap();
         let c = RunDir::for_uid(root.path(), "pod-a");
         assert_eq!(prepare(&c).unwrap(), ua);
+    }
+
+    #[test]
+    fn a_run_root_inside_a_private_directory_is_refused() {
+        let private = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let claims = tempfile::tempdir().unwrap();
+        let rd = RunDir::for_uid(&private.path().join("runs"), "pod");
+        std::fs::create_dir_all(rd.path()).unwrap();
+        let err = prepare_with(claims.path(), &rd).unwrap_err();
+        assert!(
+            err.to_string().contains("not reachable by VM users"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("mode 700"), "{err}");
     }
 }

@@ -44,7 +44,7 @@ fn vms_survive_server_crash_and_are_adopted() {
     }
     // What a launcher leaves for a pod deleted while no server ran: removed on start, as
     // the kubelet removes orphaned pods' directories; the live VMs' directories stay.
-    let run_root = server.data_dir.join("r");
+    let run_root = server.run_root.clone();
     let orphan = run_root.join("5d1c2a0e-0000-4000-8000-00000000dead");
     std::fs::create_dir_all(&orphan).unwrap();
     std::fs::write(orphan.join("final-state.json"), "{}").unwrap();

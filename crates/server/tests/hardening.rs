@@ -99,7 +99,7 @@ fn a_vm_cannot_reach_the_host() {
     // Files: the store and the run directory are root's; QEMU's group only passes through.
     assert_eq!(mode(&server.data_dir), 0o700);
     assert_eq!(mode(&server.data_dir.join("store.db")), 0o600);
-    let run_dir = server.data_dir.join("r").join(&pod_uid);
+    let run_dir = server.run_root.join(&pod_uid);
     let md = std::fs::metadata(&run_dir).unwrap();
     assert_eq!((md.uid(), md.gid(), mode(&run_dir)), (0, uid, 0o710));
     assert_eq!(mode(&run_dir.join("vmi.json")), 0o600);

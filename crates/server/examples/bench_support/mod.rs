@@ -50,6 +50,8 @@ pub struct BenchServer {
 
 impl BenchServer {
     pub async fn start(bin: &Path, dir: &Path) -> Result<BenchServer> {
+        // VM users pass through `dir` to the run root (the data dir stays root's).
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
         let data = dir.join("data");
         let mut child = Command::new(bin)
             .args([

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +20,9 @@ pub fn virtctl() -> PathBuf {
 
 pub struct Server {
     pub data_dir: PathBuf,
+    /// The launchers' run root: beside the data dir (private to root), where the VMs'
+    /// own users can reach their QEMU's directory.
+    pub run_root: PathBuf,
     pub kubeconfig: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
@@ -32,7 +36,13 @@ impl Server {
             .prefix("kvrs-e2e")
             .tempdir()
             .unwrap();
-        let data_dir = tmp.path().to_path_buf();
+        // VM users pass through the test's directory to the run root.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let data_dir = tmp.path().join("data");
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&data_dir)
+            .unwrap();
+        let run_root = tmp.path().join("r");
         // KUBEVIRT_RS_TEST_KEEP=1 keeps the data dir (logs, run dirs) for a post-mortem.
         let tmp = if std::env::var_os("KUBEVIRT_RS_TEST_KEEP").is_some() {
             eprintln!("keeping {}", tmp.keep().display());
@@ -43,6 +53,7 @@ impl Server {
         let mut s = Server {
             kubeconfig: data_dir.join("kubeconfig"),
             data_dir,
+            run_root,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             _tmp: tmp,
@@ -60,7 +71,7 @@ impl Server {
             // Each server its own launcher run root: a test run never adopts (or is
             // disturbed by) the VMs of another run on the same machine.
             .arg("--run-root")
-            .arg(self.data_dir.join("r"))
+            .arg(&self.run_root)
             // hostDisks of the tests are in the data dir.
             .arg("--host-disk-dir")
             .arg(&self.data_dir)
