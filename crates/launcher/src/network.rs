@@ -33,11 +33,13 @@ fn err(e: impl std::fmt::Display) -> LauncherError {
 
 /// Builds the pod network the translation asks for ([`NetState::apply`] then points the
 /// domain at it). Blocking: it runs `ip` and `nft`.
+/// `vmm_user`: the VM's own user, when QEMU runs as one (passt runs as it too).
 pub fn setup(
     vmi: &VmiRef,
     run_dir: &RunDir,
     networks: &[NetPrep],
     state_dir: &Path,
+    vmm_user: Option<u32>,
 ) -> Result<NetState, LauncherError> {
     let mut st = NetState::default();
     let prep = match networks {
@@ -115,6 +117,7 @@ pub fn setup(
             let dir = run_dir.path().join("passt");
             let mut pc = podnet::PasstConfig::new(Some(handle.netns_path.clone()), dir);
             pc.ports = handle.ports.clone();
+            pc.run_as = vmm_user.map(|u| (u, u));
             match podnet::Passt::start(&pc) {
                 Ok(p) => {
                     let sock = p.socket_path().to_path_buf();

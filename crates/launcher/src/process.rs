@@ -397,6 +397,14 @@ async fn start(
         insecure: args.insecure_registries.clone(),
     };
 
+    // QEMU's own user (and passt's), when the launcher may hand one out.
+    let vmm_user = if nix::unistd::geteuid().is_root() {
+        Some(crate::vmm_user::prepare(run_dir).map_err(io("giving the VM its own user"))?)
+    } else {
+        std::fs::create_dir_all(run_dir.vmm_dir()).map_err(io("creating the VMM directory"))?;
+        None
+    };
+
     // Disks and network are independent: prepare them side by side.
     let net_task = {
         let (vref, run_dir, networks, state_dir) = (
@@ -406,7 +414,7 @@ async fn start(
             args.podnet_state_dir.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            crate::network::setup(&vref, &run_dir, &networks, &state_dir)
+            crate::network::setup(&vref, &run_dir, &networks, &state_dir, vmm_user)
         })
     };
     let prepared = prepare_volumes(&mut translation, &containerdisks).await;
@@ -423,13 +431,7 @@ async fn start(
         (_, Err(e)) => return Err(e),
     };
     net.apply(&mut translation.domain);
-    match confinement(&vmi, run_dir, accel) {
-        Ok(c) => translation.domain.confinement = c,
-        Err(e) => {
-            net.teardown();
-            return Err(e);
-        }
-    }
+    translation.domain.confinement = vmm_user.map(|uid| confinement(&vmi, uid, accel));
     let hv = QemuHypervisor::with_accelerator(accel.clone());
     let domain: Arc<dyn Domain> = match hv.create_domain(translation.domain.clone()) {
         Ok(d) => Arc::from(d),
@@ -468,18 +470,8 @@ async fn start(
     Ok(Running { vm, net, net_tasks })
 }
 
-/// QEMU as the VM's own user, bounded by a cgroup from the pod's resources. A launcher that
-/// is not root (a developer's run) starts QEMU as itself.
-fn confinement(
-    vmi: &VirtualMachineInstance,
-    run_dir: &RunDir,
-    accel: &Accelerator,
-) -> Result<Option<Confinement>, LauncherError> {
-    if !nix::unistd::geteuid().is_root() {
-        std::fs::create_dir_all(run_dir.vmm_dir()).map_err(io("creating the VMM directory"))?;
-        return Ok(None);
-    }
-    let uid = crate::vmm_user::prepare(run_dir).map_err(io("giving the VM its own user"))?;
+/// QEMU as the VM's own user, bounded by a cgroup from the pod's resources.
+fn confinement(vmi: &VirtualMachineInstance, uid: u32, accel: &Accelerator) -> Confinement {
     let bounds = kubevirt_api::launcher_pod::vmm_bounds(vmi);
     let kvm_group = (accel.kind == kubevirt_hypervisor::AcceleratorKind::Kvm)
         .then(|| {
@@ -494,7 +486,7 @@ fn confinement(
     } else {
         0
     };
-    Ok(Some(Confinement {
+    Confinement {
         uid,
         gid: uid,
         groups: kvm_group.into_iter().collect(),
@@ -502,7 +494,7 @@ fn confinement(
         cgroup: format!("vm-{uid}"),
         memory_limit_bytes: bounds.memory_bytes.map(|m| m + tcg),
         cpu_limit_millis: bounds.cpu_millis,
-    }))
+    }
 }
 
 /// Follows the running VM until QEMU exits: events from the VMM update the status as they

@@ -255,3 +255,62 @@ fn masquerade_pod_network_dhcp_and_teardown() {
     assert_eq!(pods(), 0, "pod network torn down");
     assert_eq!(vm.leftovers(), Vec::<String>::new());
 }
+
+/// The pod network through passt, which runs as the VM's own user beside its QEMU: the guest
+/// gets the pod's address from passt's DHCP.
+#[test]
+fn passt_pod_network_runs_as_the_vm_user() {
+    let g = guests();
+    let images = tempfile::tempdir().unwrap();
+    let root = copy_to(&g.disk_raw, images.path(), "root.img");
+    let mut v = vmi(
+        "passt",
+        json!({
+            "disks": [{"name": "root", "disk": {"bus": "virtio"}}],
+            "interfaces": [{"name": "default", "passt": {}}]
+        }),
+        json!([{"name": "root", "hostDisk": {"path": root, "type": "Disk"}}]),
+    );
+    v["spec"]["networks"] = json!([{"name": "default", "pod": {}}]);
+    let mut vm = launch(v, &[]);
+    let rt = rt();
+    let st = vm.status(&rt);
+    let pod_ip = st.interfaces[0].ip_address.clone().expect("pod IP");
+    let log = vm.wait_serial("guest-ip: ", 1);
+    assert!(log.contains(&format!("guest-ip: {pod_ip}")), "{log}");
+    let qemu = st.qemu_pid.unwrap();
+    let uid_of = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Uid:")
+                    .map(|u| u.split_whitespace().next().unwrap().to_string())
+            })
+            .unwrap()
+    };
+    let passt: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains(&vm.run_dir.path().display().to_string())
+                    && c.contains("/usr/bin/passt")
+                    && !c.contains("qemu-system")
+            })
+        })
+        .collect();
+    assert_eq!(passt.len(), 1, "one passt for this VM");
+    assert_eq!(
+        uid_of(passt[0]),
+        uid_of(qemu),
+        "passt runs as the VM's user"
+    );
+    assert_ne!(uid_of(qemu), "0");
+    rt.block_on(vm.client.stop(Some(30))).unwrap();
+    let (code, fin) = vm.wait_final();
+    assert_eq!(code, Some(0), "{fin:?}");
+    assert_eq!(vm.leftovers(), Vec::<String>::new());
+}

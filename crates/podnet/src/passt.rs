@@ -16,9 +16,11 @@ use crate::{PodNetError, PortForward, Protocol, Result};
 pub struct PasstConfig {
     /// Namespace to run in (a pod network's `netns_path`); `None` runs in the host's.
     pub netns: Option<PathBuf>,
-    /// Holds the socket and passt's log. passt drops to `nobody`, so the directory is
-    /// handed to that user.
+    /// Holds the socket and passt's log, and belongs to the user passt runs as.
     pub socket_dir: PathBuf,
+    /// `(uid, gid)` passt runs as (the VM's own user, so its QEMU may connect and nobody
+    /// else); `None`: `nobody`, as passt itself drops to when started as root.
+    pub run_as: Option<(u32, u32)>,
     /// Ports of the namespace's address forwarded to the guest.
     pub ports: Vec<PortForward>,
     /// MTU announced by DHCP (passt's default is 65520).
@@ -32,6 +34,7 @@ impl PasstConfig {
         PasstConfig {
             netns,
             socket_dir,
+            run_as: None,
             ports: Vec::new(),
             mtu: None,
             portable_build: true,
@@ -80,11 +83,20 @@ impl Passt {
             source,
         };
         fs::create_dir_all(dir).map_err(state)?;
-        let nobody = nix::unistd::User::from_name("nobody")
-            .ok()
-            .flatten()
-            .ok_or_else(|| passt_err("user `nobody` does not exist".into()))?;
-        nix::unistd::chown(dir.as_path(), Some(nobody.uid), Some(nobody.gid)).map_err(|e| {
+        let (uid, gid) = match cfg.run_as {
+            Some((uid, gid)) => (
+                nix::unistd::Uid::from_raw(uid),
+                nix::unistd::Gid::from_raw(gid),
+            ),
+            None => {
+                let nobody = nix::unistd::User::from_name("nobody")
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| passt_err("user `nobody` does not exist".into()))?;
+                (nobody.uid, nobody.gid)
+            }
+        };
+        nix::unistd::chown(dir.as_path(), Some(uid), Some(gid)).map_err(|e| {
             PodNetError::State {
                 path: dir.clone(),
                 source: e.into(),
@@ -107,7 +119,9 @@ impl Passt {
         } else {
             Command::new(PASST)
         };
-        cmd.args(["--foreground", "--stderr", "--one-off", "--socket"])
+        cmd.arg("--runas")
+            .arg(format!("{uid}:{gid}"))
+            .args(["--foreground", "--stderr", "--one-off", "--socket"])
             .arg(&socket_path)
             .args(["-t", &port_list(&cfg.ports, Protocol::Tcp)])
             .args(["-u", &port_list(&cfg.ports, Protocol::Udp)]);
