@@ -10,6 +10,7 @@ pub mod client;
 mod footprint;
 mod network;
 pub mod prepare;
+mod privileges;
 mod process;
 pub mod protocol;
 pub mod rundir;

@@ -209,6 +209,9 @@ pub fn run(args: LauncherArgs) -> Result<ExitCode, LauncherError> {
     // Everything the launcher writes (the VMI, seed ISOs with user data, overlays, logs) is
     // root's alone; the VM's own user gets what it needs as descriptors.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    if nix::unistd::geteuid().is_root() {
+        crate::privileges::drop_unneeded().map_err(io("dropping capabilities"))?;
+    }
     let run_dir = match (&args.run_dir, &args.uid) {
         (Some(d), _) => RunDir::new(d.clone()),
         (None, Some(uid)) if !uid.is_empty() => RunDir::for_uid(&args.run_root, uid),
