@@ -166,6 +166,7 @@ fn confined_qemu_runs_unprivileged_on_passed_descriptors() {
     });
     cfg.disks.push(top);
     let cgroup = format!("test-{}", std::process::id());
+    cfg.cpu_shares = Some(102);
     cfg.confinement = Some(Confinement {
         uid: 41_000,
         gid: 41_000,
@@ -215,6 +216,25 @@ fn confined_qemu_runs_unprivileged_on_passed_descriptors() {
         std::fs::read_to_string(&limit_file).unwrap().trim(),
         (640u64 << 20).to_string()
     );
+
+    // Once QEMU answered, its cgroup carries the domain's CPU weight.
+    let cpu = cgroups
+        .lines()
+        .find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|x| x == "cpu"))
+                && l.contains(&cgroup)
+        })
+        .map(|l| {
+            format!(
+                "/sys/fs/cgroup/cpu{}/cpu.shares",
+                l.splitn(3, ':').nth(2).unwrap()
+            )
+        });
+    if let Some(shares) = cpu.filter(|p| Path::new(p).exists()) {
+        assert_eq!(std::fs::read_to_string(shares).unwrap().trim(), "102");
+    }
 
     // The guest reads the base through the overlay and writes the root-only disk.
     let out = con.run("head -c 13 /dev/vdb; echo", T).unwrap();

@@ -18,8 +18,6 @@ const CPU_PERIOD_US: u64 = 100_000;
 pub struct Limits {
     pub memory_bytes: Option<u64>,
     pub cpu_millis: Option<u64>,
-    /// Relative weight in cpu.shares units (1024 = an ordinary process).
-    pub cpu_shares: Option<u64>,
 }
 
 /// A created cgroup (one directory per hierarchy on v1, one on v2).
@@ -72,9 +70,6 @@ impl VmmCgroup {
                         &format!("{} {CPU_PERIOD_US}", quota_us(c)),
                     )?;
                 }
-                if let Some(s) = limits.cpu_shares {
-                    write(&d.join("cpu.weight"), &weight_for_shares(s).to_string())?;
-                }
                 VmmCgroup { dirs: vec![d] }
             }
             Layout::V1 { memory, cpu } => {
@@ -94,9 +89,6 @@ impl VmmCgroup {
                     write(&c.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                     write(&c.join("cpu.cfs_quota_us"), &quota_us(millis).to_string())?;
                 }
-                if let Some(s) = limits.cpu_shares {
-                    write(&c.join("cpu.shares"), &s.max(2).to_string())?;
-                }
                 VmmCgroup { dirs }
             }
         };
@@ -114,9 +106,20 @@ impl VmmCgroup {
             .collect()
     }
 
-    /// The cgroup directories (first: the one holding the memory controller).
-    pub fn dirs(&self) -> &[PathBuf] {
-        &self.dirs
+    /// Sets the relative CPU weight, in cpu.shares units (1024 = an ordinary process).
+    pub fn set_cpu_shares(&self, shares: u64) -> Result<()> {
+        for d in &self.dirs {
+            if d.join("cpu.weight").exists() {
+                return write(
+                    &d.join("cpu.weight"),
+                    &weight_for_shares(shares).to_string(),
+                );
+            }
+            if d.join("cpu.shares").exists() {
+                return write(&d.join("cpu.shares"), &shares.clamp(2, 262_144).to_string());
+            }
+        }
+        Ok(())
     }
 
     /// Removes the directories once no process is left in them.

@@ -336,7 +336,10 @@ impl QemuDomain {
         std::thread::Builder::new()
             .name("qemu-reaper".into())
             .stack_size(128 * 1024)
-            .spawn(move || reap(child, shared, socks, cgroup))
+            .spawn({
+                let cgroup = cgroup.clone();
+                move || reap(child, shared, socks, cgroup)
+            })
             .map_err(|e| HypervisorError::io("spawning reaper thread", e))?;
 
         let shared = self.shared.clone();
@@ -393,11 +396,19 @@ impl QemuDomain {
                 return Err(e);
             }
         }
-        // Without a cgroup to carry the CPU weight: QEMU starts at full priority (starting
-        // it is on the VM's critical path); once it answers, its threads take the domain's
-        // weight as a nice value. Threads it creates later inherit it from the main thread.
-        if let (Some(shares), None) = (self.cfg.cpu_shares, &self.cfg.confinement) {
-            renice_threads(pid, nice_for_shares(shares));
+        // QEMU starts at full weight (starting it is on the VM's critical path, and booting
+        // guests must not slow the next one's start); once it answers, it takes the
+        // domain's CPU weight: its cgroup's, or without one a nice value on its threads
+        // (threads it creates later inherit it from the main thread).
+        if let Some(shares) = self.cfg.cpu_shares {
+            match &cgroup {
+                Some(cg) => {
+                    if let Err(error) = cg.set_cpu_shares(shares) {
+                        tracing::warn!(domain = %self.cfg.name, %error, "cannot set the CPU weight");
+                    }
+                }
+                None => renice_threads(pid, nice_for_shares(shares)),
+            }
         }
         tracing::info!(domain = %self.cfg.name, pid, qemu = %qmp.version, accel = self.accel.kind.as_str(), "QEMU started");
         Ok(Running { pid, qmp })
@@ -410,7 +421,6 @@ impl QemuDomain {
         let limits = cgroup::Limits {
             memory_bytes: c.memory_limit_bytes,
             cpu_millis: c.cpu_limit_millis,
-            cpu_shares: self.cfg.cpu_shares,
         };
         match cgroup::VmmCgroup::create(&c.cgroup, limits) {
             Ok(cg) => Some(cg),
