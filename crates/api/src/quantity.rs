@@ -98,6 +98,62 @@ impl Quantity {
         q
     }
 
+    /// apimachinery's `NewQuantity(value, format)`: an integer printed in `format`.
+    pub fn from_int(value: i64, format: QuantityFormat) -> Self {
+        Self::from_parts(i128::from(value), 0, format)
+    }
+
+    /// `self + other` like apimachinery's `Add`: the sum keeps `self`'s format unless `self` is
+    /// zero, when it takes `other`'s (so `0 + 1Gi` prints `1Gi`). `None` when the exact sum does
+    /// not fit in 38 digits (only absurd quantities such as `1e40` plus `1n`).
+    pub fn checked_add(&self, other: &Self) -> Option<Self> {
+        let format = if self.is_zero() {
+            other.format
+        } else {
+            self.format
+        };
+        if other.is_zero() {
+            return Some(Self::from_parts(self.mantissa, self.scale, format));
+        }
+        if self.is_zero() {
+            return Some(Self::from_parts(other.mantissa, other.scale, format));
+        }
+        let scale = self.scale.min(other.scale);
+        let align =
+            |m: i128, s: i32| pow10(i64::from(s) - i64::from(scale)).and_then(|p| m.checked_mul(p));
+        let sum =
+            align(self.mantissa, self.scale)?.checked_add(align(other.mantissa, other.scale)?)?;
+        Some(Self::from_parts(sum, scale, format))
+    }
+
+    /// `self - other` like apimachinery's `Sub` (format chosen as in [`Quantity::checked_add`]).
+    pub fn checked_sub(&self, other: &Self) -> Option<Self> {
+        let negated = Self {
+            mantissa: other.mantissa.checked_neg()?,
+            ..other.clone()
+        };
+        self.checked_add(&negated)
+    }
+
+    /// A quantity of exactly `mantissa * 10^scale` (scale >= -9), remembered in canonical form.
+    fn from_parts(mantissa: i128, scale: i32, format: QuantityFormat) -> Self {
+        // Trailing zeros are folded into the scale so later alignments stay small.
+        let (mantissa, scale) = if mantissa == 0 {
+            (0, 0)
+        } else {
+            let (m, times) = remove_factors(mantissa, 10);
+            (m, scale.saturating_add(times))
+        };
+        let mut q = Self {
+            mantissa,
+            scale,
+            format,
+            repr: Repr::Text(String::new()),
+        };
+        q.repr = Repr::Text(q.canonical());
+        q
+    }
+
     /// The text as written by the user (or produced by a constructor).
     pub fn as_str(&self) -> String {
         match &self.repr {
@@ -727,6 +783,48 @@ mod tests {
         assert_eq!(q.to_bytes(), 2 << 30);
         assert_eq!(K8sQuantity::from(&q), k);
         assert!(Quantity::try_from(&K8sQuantity("x".into())).is_err());
+    }
+
+    #[test]
+    fn arithmetic_follows_apimachinery_formats() {
+        let sum = q("512Mi").checked_add(&q("512Mi")).unwrap();
+        assert_eq!(sum.canonical(), "1Gi");
+        assert_eq!(sum.as_str(), "1Gi", "the text is the canonical form");
+        // A zero receiver takes the other operand's format; otherwise the receiver's wins.
+        assert_eq!(q("0").checked_add(&q("1Gi")).unwrap().canonical(), "1Gi");
+        assert_eq!(q("500m").checked_add(&q("1")).unwrap().canonical(), "1500m");
+        assert_eq!(
+            q("1Gi").checked_add(&q("1G")).unwrap().canonical(),
+            "2073741824"
+        );
+        assert_eq!(
+            q("1G").checked_add(&q("1Gi")).unwrap().canonical(),
+            "2073741824"
+        );
+        assert_eq!(
+            q("2Gi").checked_sub(&q("512Mi")).unwrap().canonical(),
+            "1536Mi"
+        );
+        assert_eq!(
+            q("1").checked_sub(&q("1500m")).unwrap().canonical(),
+            "-500m"
+        );
+        assert_eq!(
+            q("1e3").checked_add(&q("1n")).unwrap().canonical(),
+            "1000000000001e-9"
+        );
+        assert!(
+            q("1e40").checked_add(&q("1n")).is_none(),
+            "beyond 38 digits"
+        );
+        assert_eq!(
+            Quantity::from_int(3, QuantityFormat::DecimalSI).as_str(),
+            "3"
+        );
+        assert_eq!(
+            Quantity::from_int(2048, QuantityFormat::BinarySI).as_str(),
+            "2Ki"
+        );
     }
 
     #[test]
