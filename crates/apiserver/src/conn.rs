@@ -92,12 +92,22 @@ async fn serve_connection(
     };
     // ALPN decides the protocol, so no bytes are read before hyper's own timeouts run.
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    // rustls verified the chain to our CA during the handshake; its subject is the user.
+    let peer_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|c| crate::auth::PeerCertificate::from_der(c.as_ref()));
     let activity = Activity::default();
     let svc = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             let in_flight = activity.begin();
             let router = router.clone();
+            if let Some(cert) = &peer_cert {
+                req.extensions_mut().insert(cert.clone());
+            }
             async move {
                 let resp = router.oneshot(req).await?;
                 Ok::<_, std::convert::Infallible>(resp.map(|inner| Tracked {

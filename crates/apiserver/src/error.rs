@@ -56,6 +56,14 @@ impl ApiError {
         self.with_details(name, group, kind)
     }
 
+    /// Adds a cause to `details` (which must have been set).
+    pub(crate) fn with_cause(mut self, cause: Cause) -> Self {
+        if let Some(d) = self.details.as_mut() {
+            d.causes.push(cause);
+        }
+        self
+    }
+
     fn with_details(mut self, name: &str, group: &str, kind: &str) -> Self {
         self.details = Some(Box::new(Details {
             name: name.to_string(),

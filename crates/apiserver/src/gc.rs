@@ -106,8 +106,12 @@ pub async fn run(store: Arc<Store>) {
     loop {
         let (keyed, _rev, mut rx) = store.snapshot_and_watch("");
         let mut idx = Index::default();
+        let mut terminating: HashSet<String> = HashSet::new();
         for (k, v) in &keyed {
             idx.insert(k, v);
+            if let (Some(ns), true) = (namespace_name(k), deleting(v)) {
+                terminating.insert(ns.to_string());
+            }
         }
         // Objects left mid-deletion by a previous run.
         for (k, v) in &keyed {
@@ -116,8 +120,28 @@ pub async fn run(store: Arc<Store>) {
             }
         }
         loop {
+            // A terminating namespace is looked at again once the events that may have
+            // emptied it are handled (not once per deleted object).
+            if rx.is_empty() && !terminating.is_empty() {
+                for ns in std::mem::take(&mut terminating) {
+                    finish_namespace(&store, &ns).await;
+                }
+            }
             match rx.recv().await {
                 Ok(ev) => {
+                    if let Some(ns) = namespace_name(&ev.key) {
+                        if deleting(&ev.obj) && ev.kind != EventType::Deleted {
+                            terminating.insert(ns.to_string());
+                        }
+                    } else if let Some(ns) = crate::store::key_namespace(&ev.key) {
+                        if ev.kind == EventType::Deleted
+                            && store
+                                .get(&crate::store::key("", "namespaces", None, ns))
+                                .is_some_and(|n| deleting(&n))
+                        {
+                            terminating.insert(ns.to_string());
+                        }
+                    }
                     match ev.kind {
                         EventType::Added | EventType::Modified => {
                             idx.insert(&ev.key, &ev.obj);
@@ -241,6 +265,178 @@ async fn delete_custom_resources(store: &Store, crd: &Value) {
     for (k, _) in keyed {
         delete(store, &k, Propagation::Background).await;
     }
+}
+
+/// The name of a namespace object's key.
+fn namespace_name(key: &str) -> Option<&str> {
+    key.strip_prefix("core/namespaces//")
+}
+
+/// kube's namespace controller for one terminating namespace: deletes what is in it; once
+/// nothing is left, drops the `kubernetes` finalizer and deletes the namespace (if no
+/// other finalizer holds it); meanwhile its conditions say what remains.
+async fn finish_namespace(store: &Store, ns: &str) {
+    let contents = |store: &Store| -> Vec<(String, Arc<Value>)> {
+        store
+            .list_keyed("")
+            .0
+            .into_iter()
+            .filter(|(k, _)| crate::store::key_namespace(k) == Some(ns))
+            .collect()
+    };
+    for (k, v) in contents(store) {
+        if !deleting(&v) {
+            delete(store, &k, Propagation::Background).await;
+        }
+    }
+    let remaining = contents(store);
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut finalizer_counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for (k, v) in &remaining {
+        let mut parts = k.splitn(3, '/');
+        let (group, plural) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let group = if group == "core" { "" } else { group };
+        // kube words it `resource.group`, with a bare dot for the core group (`pods.`).
+        *counts.entry(format!("{plural}.{group}")).or_default() += 1;
+        if let Some(fins) = v.pointer("/metadata/finalizers").and_then(Value::as_array) {
+            for f in fins.iter().filter_map(Value::as_str) {
+                *finalizer_counts.entry(f.to_string()).or_default() += 1;
+            }
+        }
+    }
+    let key = crate::store::key("", "namespaces", None, ns);
+    let empty = remaining.is_empty();
+    let conditions = namespace_conditions(&counts, &finalizer_counts);
+    let _ = store
+        .write(
+            key,
+            Box::new(move |cur| {
+                let Some(cur) = cur else {
+                    return Err(crate::error::ApiError::internal("namespace is gone"));
+                };
+                if !deleting(cur) {
+                    return Ok(crate::store::Mutation::Noop(cur.clone()));
+                }
+                let mut next = cur.clone();
+                next["status"]["conditions"] =
+                    keep_transition_times(conditions, cur.pointer("/status/conditions"));
+                if empty {
+                    let spec_fins: Vec<Value> = cur
+                        .pointer("/spec/finalizers")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter(|f| f.as_str() != Some(ops::NAMESPACE_FINALIZER))
+                                .cloned()
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let meta_fins = cur
+                        .pointer("/metadata/finalizers")
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| !a.is_empty());
+                    if spec_fins.is_empty() && !meta_fins {
+                        return Ok(crate::store::Mutation::Delete);
+                    }
+                    next["spec"]["finalizers"] = Value::Array(spec_fins);
+                }
+                if next == *cur {
+                    return Ok(crate::store::Mutation::Noop(next));
+                }
+                Ok(crate::store::Mutation::Put(next))
+            }),
+        )
+        .await;
+}
+
+/// A condition whose status did not change keeps its `lastTransitionTime` (so an
+/// unchanged namespace is not rewritten).
+fn keep_transition_times(mut new: Value, old: Option<&Value>) -> Value {
+    let old = old.and_then(Value::as_array).cloned().unwrap_or_default();
+    for c in new.as_array_mut().into_iter().flatten() {
+        if let Some(prev) = old
+            .iter()
+            .find(|o| o["type"] == c["type"] && o["status"] == c["status"])
+        {
+            c["lastTransitionTime"] = prev["lastTransitionTime"].clone();
+        }
+    }
+    new
+}
+
+/// The conditions kube's namespace controller keeps on a terminating namespace.
+fn namespace_conditions(
+    counts: &std::collections::BTreeMap<String, usize>,
+    finalizers: &std::collections::BTreeMap<String, usize>,
+) -> Value {
+    let now = ops::now();
+    let cond = |type_: &str, status: bool, reason: &str, message: String| {
+        serde_json::json!({"type": type_, "status": if status { "True" } else { "False" },
+            "lastTransitionTime": now, "reason": reason, "message": message})
+    };
+    let content = if counts.is_empty() {
+        cond(
+            "NamespaceContentRemaining",
+            false,
+            "ContentRemoved",
+            "All content successfully removed".into(),
+        )
+    } else {
+        let list: Vec<String> = counts
+            .iter()
+            .map(|(r, n)| format!("{r} has {n} resource instances"))
+            .collect();
+        cond(
+            "NamespaceContentRemaining",
+            true,
+            "SomeResourcesRemain",
+            format!("Some resources are remaining: {}", list.join(", ")),
+        )
+    };
+    let fins = if finalizers.is_empty() {
+        cond(
+            "NamespaceFinalizersRemaining",
+            false,
+            "ContentHasNoFinalizers",
+            "All content-preserving finalizers finished".into(),
+        )
+    } else {
+        let list: Vec<String> = finalizers
+            .iter()
+            .map(|(f, n)| format!("{f} in {n} resource instances"))
+            .collect();
+        cond(
+            "NamespaceFinalizersRemaining",
+            true,
+            "SomeFinalizersRemain",
+            format!(
+                "Some content in the namespace has finalizers remaining: {}",
+                list.join(", ")
+            ),
+        )
+    };
+    serde_json::json!([
+        cond(
+            "NamespaceDeletionDiscoveryFailure",
+            false,
+            "ResourcesDiscovered",
+            "All resources successfully discovered".into()
+        ),
+        cond(
+            "NamespaceDeletionGroupVersionParsingFailure",
+            false,
+            "ParsedGroupVersions",
+            "All legacy kube types successfully parsed".into()
+        ),
+        cond(
+            "NamespaceDeletionContentFailure",
+            false,
+            "ContentDeleted",
+            "All content successfully deleted, may be waiting on finalization".into()
+        ),
+        content,
+        fins,
+    ])
 }
 
 async fn clean_namespace(store: &Store, ns: &str) {

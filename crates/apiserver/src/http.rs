@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -28,21 +27,14 @@ pub struct AppState {
     pub ops: Ops,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub openapi: OpenApi,
-    pub admin_token: String,
-    pub readonly_token: String,
+    pub auth: crate::auth::Authenticator,
+    pub authz: Arc<crate::auth::Authorizer>,
     pub bookmark_interval: Duration,
     /// Largest request body read (kube-apiserver's `MaxRequestBodyBytes`).
     pub max_body: usize,
     /// kube-apiserver's `--min-request-timeout`: a watch without `timeoutSeconds` lasts a
     /// random time between this and twice this; `timeoutSeconds` is capped at twice this.
     pub min_request_timeout: Duration,
-}
-
-/// The authenticated user, put in request extensions by `auth`.
-#[derive(Debug, Clone)]
-pub struct User {
-    pub name: &'static str,
-    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -163,7 +155,7 @@ pub struct RequestInfo {
     pub name: Option<String>,
 }
 
-fn percent_decode(seg: &str) -> String {
+pub(crate) fn percent_decode(seg: &str) -> String {
     let b = seg.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -229,131 +221,23 @@ pub fn request_info(method: &Method, path: &str, watch: bool) -> Option<RequestI
     })
 }
 
-/// Subresources the read-only user may `get`, per API group, as KubeVirt's `view` role and
-/// Kubernetes' `view` role allow. Everything else under a name (`pods/exec`, `pods/attach`,
-/// `pods/portforward`, `pods/proxy`, `services/proxy`, `nodes/proxy`, a VMI's `console`,
-/// `vnc`, `vnc/screenshot`, `portforward`, `usbredir`, `vsock`, and whatever is added later)
-/// is a stream into a workload and needs the admin token.
-fn readonly_may_get(group: &str, subresource: &str) -> bool {
-    match group {
-        "" => matches!(subresource, "status" | "log" | "scale"),
-        "subresources.kubevirt.io" => {
-            matches!(subresource, "guestosinfo" | "filesystemlist" | "userlist")
-        }
-        _ => matches!(subresource, "status" | "scale"),
-    }
-}
-
-/// 403 worded as kube-apiserver's RBAC denials.
-fn forbidden(user: &str, info: &RequestInfo) -> ApiError {
-    let resource = match &info.subresource {
-        Some(sub) => format!("{}/{sub}", info.resource),
-        None => info.resource.clone(),
-    };
-    let scope = match &info.namespace {
-        Some(ns) => format!("in the namespace \"{ns}\""),
-        None => "at the cluster scope".to_string(),
-    };
-    let qualified = crate::error::qualified(&info.resource, &info.group);
-    let subject = match &info.name {
-        Some(n) => format!("{qualified} \"{n}\""),
-        None => qualified,
-    };
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "Forbidden",
-        format!(
-            "{subject} is forbidden: User \"{user}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
-            info.verb, info.group
-        ),
-    )
-    .with_resource_details(
-        info.name.as_deref().unwrap_or(""),
-        &info.group,
-        &info.resource,
-    )
-}
-
-/// Bearer-token authentication and read-only authorization. The decision is made here, by
-/// path, for every route (including `extra_routes`), before any handler runs.
-pub async fn auth(State(app): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
-    let user = match token {
-        Some(t) if constant_eq(t, &app.admin_token) => User {
-            name: "admin",
-            read_only: false,
-        },
-        Some(t) if constant_eq(t, &app.readonly_token) => User {
-            name: "readonly",
-            read_only: true,
-        },
-        _ => {
-            let path = req.uri().path();
-            if matches!(path, "/healthz" | "/livez" | "/readyz" | "/version") {
-                return next.run(req).await;
-            }
-            return ApiError::unauthorized().into_response();
-        }
-    };
-    if user.read_only {
-        let method = req.method().clone();
-        let read = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-        let watch = query_map(req.uri())
-            .get("watch")
-            .is_some_and(|w| w == "true" || w == "1");
-        match request_info(&method, req.uri().path(), watch) {
-            Some(info) => {
-                let sub_ok = info
-                    .subresource
-                    .as_deref()
-                    .is_none_or(|s| readonly_may_get(&info.group, s));
-                if !read || !sub_ok {
-                    return forbidden(user.name, &info).into_response();
-                }
-            }
-            None if !read => {
-                return ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    format!(
-                        "forbidden: User \"{}\" cannot {} path \"{}\"",
-                        user.name,
-                        method.as_str().to_lowercase(),
-                        req.uri().path()
-                    ),
-                )
-                .into_response();
-            }
-            None => {}
-        }
-    }
-    req.extensions_mut().insert(user);
-    next.run(req).await
-}
-
-fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 impl AppState {
     pub fn is_namespaced(&self, group: &str, version: &str, plural: &str) -> bool {
-        self.ops
-            .registry
-            .find(group, version, plural)
-            .is_some_and(|d| d.namespaced)
+        let reg = &self.ops.registry;
+        match reg.find(group, version, plural) {
+            Some(d) => d.namespaced,
+            None => reg.extra().iter().any(|e| {
+                e.group == group
+                    && e.version == version
+                    && e.resources
+                        .iter()
+                        .any(|r| r["name"] == plural && r["namespaced"] == true)
+            }),
+        }
     }
 }
 
-fn query_map(uri: &http::Uri) -> HashMap<String, String> {
+pub(crate) fn query_map(uri: &http::Uri) -> HashMap<String, String> {
     axum::extract::Query::<HashMap<String, String>>::try_from_uri(uri)
         .map(|q| q.0)
         .unwrap_or_default()
@@ -442,6 +326,11 @@ async fn handle_inner(app: Arc<AppState>, req: Request) -> ApiResult<Response> {
                     resources.push(json!({"name": "pods/binding", "singularName": "",
                         "namespaced": true, "kind": "Binding", "verbs": ["create"]}));
                 }
+                if d.group.is_empty() && d.plural == "serviceaccounts" {
+                    resources.push(json!({"name": "serviceaccounts/token", "singularName": "",
+                        "namespaced": true, "group": "authentication.k8s.io", "version": "v1",
+                        "kind": "TokenRequest", "verbs": ["create"]}));
+                }
             }
             for e in reg
                 .extra()
@@ -494,6 +383,16 @@ async fn handle_inner(app: Arc<AppState>, req: Request) -> ApiResult<Response> {
             name,
             sub,
         } => {
+            if let Some(review) =
+                Review::of(&group, &version, &plural, name.is_some(), sub.as_deref())
+            {
+                if method != Method::POST {
+                    return Err(ApiError::method_not_allowed(
+                        "the server does not allow this method on the requested resource",
+                    ));
+                }
+                return reviews(&app, review, ns.as_deref(), name.as_deref(), req).await;
+            }
             let Some(def) = reg.find(&group, &version, &plural) else {
                 return Ok(not_found_route());
             };
@@ -511,6 +410,90 @@ async fn handle_inner(app: Arc<AppState>, req: Request) -> ApiResult<Response> {
     }
 }
 
+/// The create-only APIs answered by `auth::review`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Review {
+    SelfSubject,
+    Token,
+    SelfSubjectAccess,
+    SubjectAccess,
+    LocalSubjectAccess,
+    SelfSubjectRules,
+    TokenRequest,
+}
+
+impl Review {
+    fn of(
+        group: &str,
+        version: &str,
+        plural: &str,
+        named: bool,
+        sub: Option<&str>,
+    ) -> Option<Review> {
+        use crate::auth::review::{AUTHENTICATION_GROUP, AUTHORIZATION_GROUP};
+        if version != "v1" {
+            return None;
+        }
+        let r = match (group, plural, named, sub) {
+            ("", "serviceaccounts", true, Some("token")) => Review::TokenRequest,
+            (_, _, true, _) => return None,
+            (AUTHENTICATION_GROUP, "selfsubjectreviews", ..) => Review::SelfSubject,
+            (AUTHENTICATION_GROUP, "tokenreviews", ..) => Review::Token,
+            (AUTHORIZATION_GROUP, "selfsubjectaccessreviews", ..) => Review::SelfSubjectAccess,
+            (AUTHORIZATION_GROUP, "subjectaccessreviews", ..) => Review::SubjectAccess,
+            (AUTHORIZATION_GROUP, "localsubjectaccessreviews", ..) => Review::LocalSubjectAccess,
+            (AUTHORIZATION_GROUP, "selfsubjectrulesreviews", ..) => Review::SelfSubjectRules,
+            _ => return None,
+        };
+        Some(r)
+    }
+}
+
+async fn reviews(
+    app: &AppState,
+    review: Review,
+    ns: Option<&str>,
+    name: Option<&str>,
+    req: Request,
+) -> ApiResult<Response> {
+    use crate::auth::review;
+    let user = req
+        .extensions()
+        .get::<crate::auth::RequestUser>()
+        .map(|u| u.0.clone())
+        .ok_or_else(ApiError::unauthorized)?;
+    let (body, _) = read_body(req, app.max_body).await?;
+    let policy = || app.authz.policy();
+    let out = match review {
+        Review::SelfSubject => review::self_subject_review(&user, body),
+        Review::Token => review::token_review(&app.auth, body)?,
+        Review::SelfSubjectAccess => {
+            review::access_review(&policy(), "SelfSubjectAccessReview", &user, None, body)?
+        }
+        Review::SubjectAccess => {
+            review::access_review(&policy(), "SubjectAccessReview", &user, None, body)?
+        }
+        Review::LocalSubjectAccess => {
+            let ns = ns.ok_or_else(not_found_error)?;
+            review::access_review(&policy(), "LocalSubjectAccessReview", &user, Some(ns), body)?
+        }
+        Review::SelfSubjectRules => review::rules_review(&policy(), &user, &body)?,
+        Review::TokenRequest => {
+            let (ns, name) = ns.zip(name).ok_or_else(not_found_error)?;
+            review::token_request(&app.auth, &app.ops.store, ns, name, body)?
+        }
+    };
+    Ok(json_response(StatusCode::CREATED, &out))
+}
+
+fn not_found_error() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+}
+
 fn api_group(g: &str, vs: &[String]) -> Value {
     let versions: Vec<Value> = vs
         .iter()
@@ -524,7 +507,7 @@ fn api_group(g: &str, vs: &[String]) -> Value {
 
 /// Reads at most `max` bytes of body (413 past that, as kube-apiserver) and decodes it off
 /// the async runtime: YAML and JSON parsing is CPU-bound and must not stall other requests.
-async fn read_body(req: Request, max: usize) -> ApiResult<(Value, String)> {
+pub(crate) async fn read_body(req: Request, max: usize) -> ApiResult<(Value, String)> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -557,10 +540,14 @@ async fn read_body(req: Request, max: usize) -> ApiResult<(Value, String)> {
     Ok((v, ct))
 }
 
-fn write_opts(q: &HashMap<String, String>) -> ApiResult<WriteOpts> {
+fn write_opts(
+    q: &HashMap<String, String>,
+    user: &Option<Arc<crate::auth::UserInfo>>,
+) -> ApiResult<WriteOpts> {
     Ok(WriteOpts {
         dry_run: q.get("dryRun").is_some_and(|d| d == "All"),
         field_validation: FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?,
+        user: user.clone(),
     })
 }
 
@@ -608,6 +595,10 @@ async fn resource(
     let method = req.method().clone();
     let table = wants_table(req.headers());
     let ns_ref = ns.as_deref();
+    let user = req
+        .extensions()
+        .get::<crate::auth::RequestUser>()
+        .map(|u| u.0.clone());
     if part == Part::Binding {
         return match (method, name, ns_ref) {
             (Method::POST, Some(name), Some(ns)) => {
@@ -637,7 +628,9 @@ async fn resource(
                 return Ok(not_found_route());
             }
             let (body, _) = read_body(req, app.max_body).await?;
-            let o = ops.create(&def, ns_ref, body, write_opts(&q)?).await?;
+            let o = ops
+                .create(&def, ns_ref, body, write_opts(&q, &user)?)
+                .await?;
             Ok(outcome_response(StatusCode::CREATED, &o, &def, false, &q))
         }
         (Method::DELETE, None) => {
@@ -686,7 +679,7 @@ async fn resource(
         (Method::PUT, Some(name)) => {
             let (body, _) = read_body(req, app.max_body).await?;
             let o = ops
-                .update(&def, ns_ref, &name, body, part, write_opts(&q)?)
+                .update(&def, ns_ref, &name, body, part, write_opts(&q, &user)?)
                 .await?;
             Ok(outcome_response(StatusCode::OK, &o, &def, false, &q))
         }
@@ -694,7 +687,7 @@ async fn resource(
             let (body, ct) = read_body(req, app.max_body).await?;
             let pt = PatchType::from_content_type(&ct)?;
             let o = ops
-                .patch(&def, ns_ref, &name, pt, body, part, write_opts(&q)?)
+                .patch(&def, ns_ref, &name, pt, body, part, write_opts(&q, &user)?)
                 .await?;
             let code = if o.created {
                 StatusCode::CREATED
@@ -1093,10 +1086,6 @@ mod tests {
         assert_eq!((ns.verb, ns.resource.as_str()), ("delete", "namespaces"));
         assert!(request_info(&Method::GET, "/apis/kubevirt.io/v1", false).is_none());
         assert!(request_info(&Method::GET, "/version", false).is_none());
-        assert!(!readonly_may_get("", "exec"));
-        assert!(readonly_may_get("", "log"));
-        assert!(readonly_may_get("subresources.kubevirt.io", "guestosinfo"));
-        assert!(!readonly_may_get("subresources.kubevirt.io", "console"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! kubevirt-apiserver: an embedded Kubernetes-compatible API server with a durable
 //! revision-log store (see README.md).
 
+pub mod auth;
 mod conn;
 pub mod convert;
 pub mod decode;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod proto;
+mod quota;
 pub mod registry;
 pub mod schema;
 pub mod store;
@@ -252,6 +254,7 @@ async fn bootstrap(ops: &ops::Ops, crds: &[Value]) -> Result<()> {
         }
     }
     ops.refresh_registry();
+    bootstrap_rbac(ops).await?;
     let ns_def = reg
         .find("", "v1", "namespaces")
         .ok_or_else(|| ServerError::Bootstrap {
@@ -271,6 +274,52 @@ async fn bootstrap(ops: &ops::Ops, crds: &[Value]) -> Result<()> {
                 what: format!("namespace {ns}"),
                 source,
             })?;
+        }
+    }
+    Ok(())
+}
+
+/// The default ClusterRoles and ClusterRoleBindings (Kubernetes' and KubeVirt's), created
+/// when missing, and the binding that makes the read-only token a `view` user. Existing
+/// ones are left as the administrator may have changed them.
+async fn bootstrap_rbac(ops: &ops::Ops) -> Result<()> {
+    let mut cluster_roles = kubevirt_rbac::defaults::cluster_roles();
+    auth::authz::apply_aggregation(&mut cluster_roles);
+    let mut bindings = kubevirt_rbac::defaults::cluster_role_bindings();
+    bindings.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "kubevirt-rs:readonly"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                      "name": auth::authn::READONLY_USER}],
+    }));
+    for (plural, objs) in [
+        ("clusterroles", cluster_roles),
+        ("clusterrolebindings", bindings),
+    ] {
+        let def = ops
+            .registry
+            .find(registry::RBAC_GROUP, "v1", plural)
+            .ok_or_else(|| ServerError::Bootstrap {
+                what: plural.into(),
+                source: ApiError::internal("missing built-in"),
+            })?;
+        for obj in objs {
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if ops.get(&def, None, &name).is_ok() {
+                continue;
+            }
+            ops.create(&def, None, obj, ops::WriteOpts::default())
+                .await
+                .map_err(|source| ServerError::Bootstrap {
+                    what: format!("{plural} {name}"),
+                    source,
+                })?;
         }
     }
     Ok(())
@@ -315,11 +364,15 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
             files::private_file(&p).map_err(data_dir_err(&p))?;
         }
     }
-    let registry = Arc::new(registry::Registry::new(cfg.extra_apis.clone()));
+    let mut extra_apis = cfg.extra_apis.clone();
+    extra_apis.extend(auth::review::discovery());
+    let registry = Arc::new(registry::Registry::new(extra_apis));
+    let authz = Arc::new(auth::Authorizer::new(store.clone()));
     let ops = ops::Ops {
         store: store.clone(),
         registry: registry.clone(),
         admission: cfg.admission.clone(),
+        authz: authz.clone(),
     };
     ops.refresh_registry();
     bootstrap(&ops, &cfg.crds).await?;
@@ -348,13 +401,23 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
         &tls::kubeconfig(&server, &creds.ca_pem, "readonly", &creds.readonly_token),
     )?;
 
+    let signer =
+        auth::sa_tokens::Signer::new(&creds.sa_key_pem).map_err(|e| ServerError::Bootstrap {
+            what: "the service-account token signer".into(),
+            source: ApiError::internal(e.to_string()),
+        })?;
     let metrics = Arc::new(metrics::Metrics::default());
     let app = Arc::new(http::AppState {
         ops,
         metrics: metrics.clone(),
         openapi: openapi::OpenApi::new(),
-        admin_token: creds.admin_token.clone(),
-        readonly_token: creds.readonly_token.clone(),
+        auth: auth::Authenticator::new(
+            store.clone(),
+            &creds.admin_token,
+            &creds.readonly_token,
+            signer,
+        ),
+        authz,
         bookmark_interval: cfg.bookmark_interval,
         max_body: cfg.limits.max_body_bytes,
         min_request_timeout: cfg.limits.min_request_timeout,
@@ -368,7 +431,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
     }
     .layer(axum::middleware::from_fn_with_state(
         app.clone(),
-        http::auth,
+        auth::middleware,
     ))
     .layer(axum::middleware::from_fn_with_state(
         metrics,
@@ -378,6 +441,8 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(gc::run(store.clone()));
+    tasks.spawn(quota::run(store.clone()));
+    tasks.spawn(auth::controllers::run(app.clone(), creds.ca_pem.clone()));
     let acceptor = tokio_rustls::TlsAcceptor::from(creds.server_config.clone());
     tasks.spawn(conn::serve(
         listener,

@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Map, Value};
 
+use crate::auth::{Authorizer, UserInfo};
 use crate::convert;
 use crate::error::{ApiError, ApiResult, Cause};
-use crate::registry::{Registry, ResourceDef};
+use crate::registry::{Registry, ResourceDef, RBAC_GROUP};
 use crate::schema;
 use crate::store::{self, Mutation, Store, Written};
 
@@ -59,10 +60,13 @@ impl FieldValidation {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WriteOpts {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
+    /// Who writes; `None` for the server's own writes (bootstrap, controllers in-process).
+    /// Role and binding writes are checked against what this user holds.
+    pub user: Option<Arc<UserInfo>>,
 }
 
 impl Default for WriteOpts {
@@ -70,6 +74,7 @@ impl Default for WriteOpts {
         WriteOpts {
             dry_run: false,
             field_validation: FieldValidation::Warn,
+            user: None,
         }
     }
 }
@@ -137,6 +142,8 @@ pub struct Ops {
     pub store: Arc<Store>,
     pub registry: Arc<Registry>,
     pub admission: Vec<Arc<dyn Admission>>,
+    /// RBAC: role and binding writes may not grant more than their author holds.
+    pub authz: Arc<Authorizer>,
 }
 
 pub fn now() -> String {
@@ -204,6 +211,7 @@ fn random_suffix() -> String {
 struct Ctx {
     def: Arc<ResourceDef>,
     admission: Vec<Arc<dyn Admission>>,
+    authz: Arc<Authorizer>,
     opts: WriteOpts,
     warnings: Arc<Mutex<Vec<String>>>,
 }
@@ -269,6 +277,18 @@ impl Ctx {
     /// Admission + schema validation.
     fn admit(&self, op: Operation, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
         let name = meta_str(obj, "name").unwrap_or_default().to_string();
+        if let (true, Some(user)) = (self.def.group == RBAC_GROUP, &self.opts.user) {
+            // Like kube-apiserver, writes that only touch metadata (finalizers, owners,
+            // labels) are not escalation.
+            let grants_unchanged = old.is_some_and(|old| {
+                ["rules", "aggregationRule", "roleRef", "subjects"]
+                    .iter()
+                    .all(|f| old.get(f) == obj.get(f))
+            });
+            if !grants_unchanged {
+                self.authz.check_escalation(user, &self.def.plural, obj)?;
+            }
+        }
         if self.def.group.is_empty() && self.def.kind == "Secret" {
             fold_secret_string_data(obj);
         }
@@ -330,6 +350,8 @@ pub enum NameRule {
     Label,
     /// `NameIsDNS1035Label`: services.
     Dns1035Label,
+    /// `ValidatePathSegmentName`: RBAC kinds (`system:aggregate-to-edit` is a valid name).
+    PathSegment,
 }
 
 impl NameRule {
@@ -337,6 +359,7 @@ impl NameRule {
         match (def.group.as_str(), def.plural.as_str()) {
             ("", "namespaces") => NameRule::Label,
             ("", "services") => NameRule::Dns1035Label,
+            (RBAC_GROUP, _) => NameRule::PathSegment,
             _ => NameRule::Subdomain,
         }
     }
@@ -354,6 +377,16 @@ impl NameRule {
         };
         let mut out = Vec::new();
         match self {
+            NameRule::PathSegment => {
+                if matches!(name, "." | "..") && !prefix {
+                    out.push(format!("may not be '{name}'"));
+                }
+                for bad in ["/", "%"] {
+                    if name.contains(bad) {
+                        out.push(format!("may not contain '{bad}'"));
+                    }
+                }
+            }
             NameRule::Subdomain => {
                 if name.len() > 253 {
                     out.push("must be no more than 253 characters".to_string());
@@ -730,6 +763,7 @@ impl Ops {
         Ctx {
             def: def.clone(),
             admission: self.admission.clone(),
+            authz: self.authz.clone(),
             opts,
             warnings: Arc::new(Mutex::new(Vec::new())),
         }
@@ -777,17 +811,33 @@ impl Ops {
             .ok_or_else(|| ApiError::not_found(&def.plural, &def.group, name))
     }
 
-    fn check_namespace(&self, def: &ResourceDef, ns: Option<&str>) -> ApiResult<()> {
+    fn check_namespace(&self, def: &ResourceDef, ns: Option<&str>, obj: &Value) -> ApiResult<()> {
         if !def.namespaced {
             return Ok(());
         }
         let ns = ns.ok_or_else(|| ApiError::bad_request("a namespace is required"))?;
-        if self
-            .store
-            .get(&store::key("", "namespaces", None, ns))
-            .is_none()
-        {
+        let Some(namespace) = self.store.get(&store::key("", "namespaces", None, ns)) else {
             return Err(ApiError::not_found("namespaces", "", ns));
+        };
+        if namespace.pointer("/metadata/deletionTimestamp").is_some() {
+            let message = format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            );
+            let name = meta_str(obj, "name").unwrap_or_default();
+            return Err(ApiError::new(
+                http::StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "{} \"{name}\" is forbidden: {message}",
+                    crate::error::qualified(&def.plural, &def.group)
+                ),
+            )
+            .with_resource_details(name, &def.group, &def.plural)
+            .with_cause(Cause {
+                reason: "NamespaceTerminating".into(),
+                message: format!("namespace {ns} is being terminated"),
+                field: "metadata.namespace".into(),
+            }));
         }
         Ok(())
     }
@@ -811,6 +861,7 @@ impl Ops {
                 )));
             }
         }
+        let dry_run = opts.dry_run;
         let ctx = self.ctx(def, opts);
         {
             let m = meta_mut(&mut obj);
@@ -869,7 +920,7 @@ impl Ops {
         }
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         validate_metadata(def, &obj)?;
-        self.check_namespace(def, ns)?;
+        self.check_namespace(def, ns, &obj)?;
         obj["apiVersion"] = json!(def.api_version());
         obj["kind"] = json!(def.kind);
         ctx.unknown_fields(&mut obj)?;
@@ -880,6 +931,16 @@ impl Ops {
         }
         if def.group.is_empty() && def.plural == "namespaces" {
             obj["status"] = json!({"phase": "Active"});
+            if !obj.pointer("/spec/finalizers").is_some_and(Value::is_array) {
+                obj["spec"]["finalizers"] = json!([NAMESPACE_FINALIZER]);
+            }
+            // Namespace selectors match by name through this label (kube sets it).
+            let labels = meta_mut(&mut obj)
+                .entry("labels")
+                .or_insert_with(|| json!({}));
+            if let Some(labels) = labels.as_object_mut() {
+                labels.insert("kubernetes.io/metadata.name".into(), json!(name));
+            }
         }
         if def.group.is_empty()
             && def.plural == "secrets"
@@ -895,7 +956,10 @@ impl Ops {
             crd_status(&mut obj);
         }
         ctx.admit(Operation::Create, &mut obj, None)?;
-        if opts.dry_run {
+        if let (true, Some(ns)) = (def.namespaced, ns) {
+            crate::quota::admit_create(&self.store, def, ns, &mut obj, dry_run).await?;
+        }
+        if dry_run {
             return Ok(Outcome {
                 obj: Arc::new(obj),
                 warnings: take(&ctx.warnings),
@@ -975,7 +1039,7 @@ impl Ops {
             {
                 let mut obj = body;
                 meta_mut(&mut obj).insert("name".into(), json!(name));
-                match self.create(def, ns, obj.clone(), opts).await {
+                match self.create(def, ns, obj.clone(), opts.clone()).await {
                     Err(e) if e.reason == "AlreadyExists" => {
                         return Box::pin(self.patch(def, ns, name, pt, obj, part, opts)).await
                     }
@@ -1158,6 +1222,9 @@ pub async fn delete_key(
                         ));
                     }
                 }
+                if group.is_empty() && plural == "namespaces" {
+                    return terminate_namespace(cur, &name, opts.dry_run);
+                }
                 // Pods running on a node end gracefully, as kube-apiserver's pod strategy
                 // decides: marked with the time they will be gone and their grace period;
                 // the node's agent deletes them (grace 0) once their containers stopped.
@@ -1224,6 +1291,38 @@ pub async fn delete_key(
         )
         .await
 }
+
+/// Namespaces kube-apiserver never lets go.
+const UNDELETABLE_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+/// Deleting a namespace marks it `Terminating`; the namespace controller (`gc`) deletes
+/// its contents and then the namespace itself, as kube's namespace lifecycle does.
+fn terminate_namespace(cur: &Value, name: &str, dry_run: bool) -> ApiResult<Mutation> {
+    if UNDELETABLE_NAMESPACES.contains(&name) {
+        return Err(ApiError::new(
+            http::StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+        )
+        .with_resource_details(name, "", "namespaces"));
+    }
+    if cur.pointer("/metadata/deletionTimestamp").is_some() {
+        return Ok(Mutation::Noop(cur.clone()));
+    }
+    let mut next = cur.clone();
+    let m = meta_mut(&mut next);
+    m.insert("deletionTimestamp".into(), json!(now()));
+    m.insert("deletionGracePeriodSeconds".into(), json!(0));
+    next["status"]["phase"] = json!("Terminating");
+    if dry_run {
+        return Ok(Mutation::Noop(next));
+    }
+    Ok(Mutation::Put(next))
+}
+
+/// The finalizer in a namespace's `spec.finalizers` that stands for "its contents are
+/// not deleted yet".
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 
 /// The grace period a pod gets when deleted: 0 (at once) when it never reached a node or has
 /// finished, else the request's `gracePeriodSeconds` or its own

@@ -1,6 +1,7 @@
-//! Decoding of the Kubernetes protobuf encoding for the few built-in kinds kubectl's typed
-//! commands send that way (`kubectl create namespace|configmap|secret`). Everything else
-//! in protobuf is answered with 415 (clients then use JSON).
+//! Decoding of the Kubernetes protobuf encoding for the built-in kinds kubectl's typed
+//! commands send that way (`kubectl create namespace|configmap|secret|serviceaccount|
+//! role|clusterrole|rolebinding|clusterrolebinding|quota|token`, `kubectl auth can-i|
+//! whoami`). Everything else in protobuf is answered with 415 (clients then use JSON).
 
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -145,6 +146,220 @@ fn object_meta(b: &[u8]) -> Result<Value> {
     Ok(Value::Object(m))
 }
 
+/// How a protobuf field maps to JSON (the generated.proto of k8s.io/api, by field number).
+#[derive(Clone, Copy)]
+enum Ty {
+    Str,
+    Bool,
+    Int,
+    /// `ObjectMeta` (its own decoder).
+    Meta,
+    /// `map<string, string>`.
+    StrMap,
+    /// `map<string, Quantity>` (a Quantity is a message with its text in field 1).
+    QuantityMap,
+    Msg(&'static [FieldSpec]),
+}
+
+/// (number, JSON name, type, repeated)
+type FieldSpec = (u64, &'static str, Ty, bool);
+
+const POLICY_RULE: &[FieldSpec] = &[
+    (1, "verbs", Ty::Str, true),
+    (2, "apiGroups", Ty::Str, true),
+    (3, "resources", Ty::Str, true),
+    (4, "resourceNames", Ty::Str, true),
+    (5, "nonResourceURLs", Ty::Str, true),
+];
+const LABEL_SELECTOR_REQUIREMENT: &[FieldSpec] = &[
+    (1, "key", Ty::Str, false),
+    (2, "operator", Ty::Str, false),
+    (3, "values", Ty::Str, true),
+];
+const LABEL_SELECTOR: &[FieldSpec] = &[
+    (1, "matchLabels", Ty::StrMap, false),
+    (
+        2,
+        "matchExpressions",
+        Ty::Msg(LABEL_SELECTOR_REQUIREMENT),
+        true,
+    ),
+];
+const SUBJECT: &[FieldSpec] = &[
+    (1, "kind", Ty::Str, false),
+    (2, "apiGroup", Ty::Str, false),
+    (3, "name", Ty::Str, false),
+    (4, "namespace", Ty::Str, false),
+];
+const ROLE_REF: &[FieldSpec] = &[
+    (1, "apiGroup", Ty::Str, false),
+    (2, "kind", Ty::Str, false),
+    (3, "name", Ty::Str, false),
+];
+const ROLE: &[FieldSpec] = &[
+    (1, "metadata", Ty::Meta, false),
+    (2, "rules", Ty::Msg(POLICY_RULE), true),
+];
+const CLUSTER_ROLE: &[FieldSpec] = &[
+    (1, "metadata", Ty::Meta, false),
+    (2, "rules", Ty::Msg(POLICY_RULE), true),
+    (
+        3,
+        "aggregationRule",
+        Ty::Msg(&[(1, "clusterRoleSelectors", Ty::Msg(LABEL_SELECTOR), true)]),
+        false,
+    ),
+];
+const BINDING: &[FieldSpec] = &[
+    (1, "metadata", Ty::Meta, false),
+    (2, "subjects", Ty::Msg(SUBJECT), true),
+    (3, "roleRef", Ty::Msg(ROLE_REF), false),
+];
+const SERVICE_ACCOUNT: &[FieldSpec] = &[
+    (1, "metadata", Ty::Meta, false),
+    (4, "automountServiceAccountToken", Ty::Bool, false),
+];
+const RESOURCE_QUOTA: &[FieldSpec] = &[
+    (1, "metadata", Ty::Meta, false),
+    (
+        2,
+        "spec",
+        Ty::Msg(&[
+            (1, "hard", Ty::QuantityMap, false),
+            (2, "scopes", Ty::Str, true),
+        ]),
+        false,
+    ),
+];
+const TOKEN_REQUEST: &[FieldSpec] = &[
+    (1, "metadata", Ty::Meta, false),
+    (
+        2,
+        "spec",
+        Ty::Msg(&[
+            (1, "audiences", Ty::Str, true),
+            (
+                3,
+                "boundObjectRef",
+                Ty::Msg(&[
+                    (1, "kind", Ty::Str, false),
+                    (2, "apiVersion", Ty::Str, false),
+                    (3, "name", Ty::Str, false),
+                    (4, "uid", Ty::Str, false),
+                ]),
+                false,
+            ),
+            (4, "expirationSeconds", Ty::Int, false),
+        ]),
+        false,
+    ),
+];
+const RESOURCE_ATTRIBUTES: &[FieldSpec] = &[
+    (1, "namespace", Ty::Str, false),
+    (2, "verb", Ty::Str, false),
+    (3, "group", Ty::Str, false),
+    (4, "version", Ty::Str, false),
+    (5, "resource", Ty::Str, false),
+    (6, "subresource", Ty::Str, false),
+    (7, "name", Ty::Str, false),
+];
+const NON_RESOURCE_ATTRIBUTES: &[FieldSpec] =
+    &[(1, "path", Ty::Str, false), (2, "verb", Ty::Str, false)];
+const ACCESS_REVIEW_SPEC: &[FieldSpec] = &[
+    (1, "resourceAttributes", Ty::Msg(RESOURCE_ATTRIBUTES), false),
+    (
+        2,
+        "nonResourceAttributes",
+        Ty::Msg(NON_RESOURCE_ATTRIBUTES),
+        false,
+    ),
+    (3, "user", Ty::Str, false),
+    (4, "groups", Ty::Str, true),
+    (6, "uid", Ty::Str, false),
+];
+const ACCESS_REVIEW: &[FieldSpec] = &[
+    (1, "metadata", Ty::Meta, false),
+    (2, "spec", Ty::Msg(ACCESS_REVIEW_SPEC), false),
+];
+const RULES_REVIEW: &[FieldSpec] = &[
+    (1, "metadata", Ty::Meta, false),
+    (
+        2,
+        "spec",
+        Ty::Msg(&[(1, "namespace", Ty::Str, false)]),
+        false,
+    ),
+];
+const SELF_SUBJECT_REVIEW: &[FieldSpec] = &[(1, "metadata", Ty::Meta, false)];
+
+fn schema_of(api_version: &str, kind: &str) -> Option<&'static [FieldSpec]> {
+    Some(match (api_version, kind) {
+        ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
+        ("v1", "ResourceQuota") => RESOURCE_QUOTA,
+        ("rbac.authorization.k8s.io/v1", "Role") => ROLE,
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => CLUSTER_ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => BINDING,
+        ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => SELF_SUBJECT_REVIEW,
+        (
+            "authorization.k8s.io/v1",
+            "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview",
+        ) => ACCESS_REVIEW,
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => RULES_REVIEW,
+        _ => return None,
+    })
+}
+
+/// Decodes one message by its field table; unknown fields are skipped.
+fn message(buf: &[u8], schema: &[FieldSpec]) -> Result<Value> {
+    let mut out = Map::new();
+    for (n, f) in fields(buf)? {
+        let Some(&(_, name, ty, repeated)) = schema.iter().find(|s| s.0 == n) else {
+            continue;
+        };
+        let v = match (ty, f) {
+            (Ty::Str, Field::Bytes(x)) => json!(string(x)?),
+            (Ty::Bool, Field::Varint(v)) => json!(v != 0),
+            (Ty::Int, Field::Varint(v)) => json!(v as i64),
+            (Ty::Meta, Field::Bytes(x)) => object_meta(x)?,
+            (Ty::Msg(inner), Field::Bytes(x)) => message(x, inner)?,
+            (Ty::StrMap, Field::Bytes(x)) => {
+                insert_map(&mut out, name, map_entry(x, false)?);
+                continue;
+            }
+            (Ty::QuantityMap, Field::Bytes(x)) => {
+                let mut key = String::new();
+                let mut value = String::new();
+                for (en, ef) in fields(x)? {
+                    match (en, ef) {
+                        (1, Field::Bytes(k)) => key = string(k)?,
+                        (2, Field::Bytes(q)) => {
+                            for (qn, qf) in fields(q)? {
+                                if let (1, Field::Bytes(t)) = (qn, qf) {
+                                    value = string(t)?;
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                insert_map(&mut out, name, (key, json!(value)));
+                continue;
+            }
+            _ => return Err(ProtoError::Malformed),
+        };
+        if repeated {
+            let list = out.entry(name).or_insert_with(|| json!([]));
+            if let Some(a) = list.as_array_mut() {
+                a.push(v);
+            }
+        } else {
+            out.insert(name.into(), v);
+        }
+    }
+    Ok(Value::Object(out))
+}
+
 /// Decodes a `k8s\0`-prefixed body into the JSON object it encodes.
 pub fn decode(body: &[u8]) -> Result<Value> {
     let rest = body.strip_prefix(b"k8s\0").ok_or(ProtoError::NoMagic)?;
@@ -167,6 +382,13 @@ pub fn decode(body: &[u8]) -> Result<Value> {
     let mut obj = Map::new();
     obj.insert("apiVersion".into(), json!(api_version));
     obj.insert("kind".into(), json!(kind));
+    if let Some(schema) = schema_of(&api_version, &kind) {
+        let mut decoded = message(raw, schema)?;
+        if let Some(m) = decoded.as_object_mut() {
+            obj.append(m);
+        }
+        return Ok(Value::Object(obj));
+    }
     let supported =
         api_version == "v1" && matches!(kind.as_str(), "Namespace" | "ConfigMap" | "Secret");
     if !supported {

@@ -36,6 +36,11 @@ pub enum ColumnSource {
     PodStatus,
     /// The sum of the pod's container restart counts.
     PodRestarts,
+    /// A binding's `roleRef` as `Kind/name` (`ClusterRole/view`).
+    RoleRef,
+    /// A ResourceQuota's `used/hard` pairs for `requests.*`/counts (`pods: 1/10, ...`), or
+    /// for `limits.*` when the flag is set, as `kubectl get quota` prints them.
+    QuotaUsage { limits: bool },
 }
 
 /// One served resource in one version.
@@ -94,6 +99,19 @@ impl ResourceDef {
             "watch",
         ]
     }
+}
+
+/// The API group of Roles, ClusterRoles and their bindings.
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+fn created_at() -> Column {
+    col(
+        "Created At",
+        "date",
+        path(".metadata.creationTimestamp"),
+        0,
+        "Creation time",
+    )
 }
 
 fn col(name: &str, type_: &str, source: ColumnSource, priority: i64, description: &str) -> Column {
@@ -452,6 +470,94 @@ pub fn builtins() -> Vec<ResourceDef> {
             ],
         ),
         builtin(
+            "",
+            "v1",
+            "ResourceQuota",
+            "resourcequotas",
+            &["quota"],
+            true,
+            true,
+            "io.k8s.api.core.v1.ResourceQuota",
+            vec![
+                age(),
+                col(
+                    "Request",
+                    "string",
+                    ColumnSource::QuotaUsage { limits: false },
+                    0,
+                    "Used and hard quota of requests and object counts",
+                ),
+                col(
+                    "Limit",
+                    "string",
+                    ColumnSource::QuotaUsage { limits: true },
+                    0,
+                    "Used and hard quota of limits",
+                ),
+            ],
+        ),
+        builtin(
+            "",
+            "v1",
+            "LimitRange",
+            "limitranges",
+            &["limits"],
+            true,
+            false,
+            "io.k8s.api.core.v1.LimitRange",
+            vec![created_at()],
+        ),
+        builtin(
+            RBAC_GROUP,
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            &[],
+            false,
+            false,
+            "io.k8s.api.rbac.v1.ClusterRole",
+            vec![created_at()],
+        ),
+        builtin(
+            RBAC_GROUP,
+            "v1",
+            "Role",
+            "roles",
+            &[],
+            true,
+            false,
+            "io.k8s.api.rbac.v1.Role",
+            vec![created_at()],
+        ),
+        builtin(
+            RBAC_GROUP,
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            &[],
+            false,
+            false,
+            "io.k8s.api.rbac.v1.ClusterRoleBinding",
+            vec![
+                col("Role", "string", ColumnSource::RoleRef, 0, "The role bound"),
+                age(),
+            ],
+        ),
+        builtin(
+            RBAC_GROUP,
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            &[],
+            true,
+            false,
+            "io.k8s.api.rbac.v1.RoleBinding",
+            vec![
+                col("Role", "string", ColumnSource::RoleRef, 0, "The role bound"),
+                age(),
+            ],
+        ),
+        builtin(
             "apiextensions.k8s.io",
             "v1",
             "CustomResourceDefinition",
@@ -460,13 +566,7 @@ pub fn builtins() -> Vec<ResourceDef> {
             false,
             true,
             "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition",
-            vec![col(
-                "Created At",
-                "date",
-                path(".metadata.creationTimestamp"),
-                0,
-                "Creation time",
-            )],
+            vec![created_at()],
         ),
     ]
 }

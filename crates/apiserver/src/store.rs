@@ -110,6 +110,9 @@ struct State {
     ring: VecDeque<Arc<Event>>,
     /// Watches may start from any revision >= this one.
     oldest_watchable: i64,
+    /// The last revision that wrote each resource (`group/plural/`): lets caches derived
+    /// from one resource (the RBAC policy) know cheaply whether they are current.
+    resource_revs: HashMap<String, i64>,
 }
 
 /// Tunables.
@@ -165,6 +168,18 @@ pub fn prefix(group: &str, plural: &str, ns: Option<&str>) -> String {
 pub fn resource_prefix(group: &str, plural: &str) -> String {
     let g = if group.is_empty() { "core" } else { group };
     format!("{g}/{plural}/")
+}
+
+/// The namespace part of a storage key (`None` for cluster-scoped objects).
+pub fn key_namespace(key: &str) -> Option<&str> {
+    key.split('/').nth(2).filter(|ns| !ns.is_empty())
+}
+
+/// `group/plural/` of a storage key.
+fn resource_of_key(key: &str) -> Option<&str> {
+    let first = key.find('/')?;
+    let second = key[first + 1..].find('/')? + first + 1;
+    Some(&key[..=second])
 }
 
 fn lock_read(s: &RwLock<State>) -> std::sync::RwLockReadGuard<'_, State> {
@@ -267,6 +282,7 @@ impl Store {
             rev,
             ring,
             oldest_watchable,
+            resource_revs: HashMap::new(),
         }));
         let (events, _) = broadcast::channel(65_536);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -330,6 +346,14 @@ impl Store {
 
     pub fn revision(&self) -> i64 {
         lock_read(&self.state).rev
+    }
+
+    /// The revisions of the last writes to each of `resources` (prefixes from
+    /// [`resource_prefix`]) in this process, 0 for none: equal answers mean nothing under
+    /// them changed in between.
+    pub fn resource_revisions<const N: usize>(&self, resources: &[&str; N]) -> [i64; N] {
+        let st = lock_read(&self.state);
+        resources.map(|r| st.resource_revs.get(r).copied().unwrap_or(0))
     }
 
     /// Events after `from` (exclusive) still in memory, plus a receiver for everything
@@ -634,6 +658,14 @@ impl Writer {
             }
             st.rev = next - 1;
             for ev in &events {
+                if let Some(resource) = resource_of_key(&ev.key) {
+                    match st.resource_revs.get_mut(resource) {
+                        Some(r) => *r = ev.rev,
+                        None => {
+                            st.resource_revs.insert(resource.to_string(), ev.rev);
+                        }
+                    }
+                }
                 st.ring.push_back(ev.clone());
                 // Send under the lock so watch registration (read lock) never sees a gap.
                 let _ = self.events.send(ev.clone());

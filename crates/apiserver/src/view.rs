@@ -446,6 +446,32 @@ fn cell(def_type: &str, source: &ColumnSource, obj: &Value) -> Value {
                 });
             Value::String(n.to_string())
         }
+        ColumnSource::RoleRef => Value::String(format!(
+            "{}/{}",
+            obj.pointer("/roleRef/kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            obj.pointer("/roleRef/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        )),
+        ColumnSource::QuotaUsage { limits } => {
+            let hard = obj.pointer("/status/hard").and_then(Value::as_object);
+            let used = obj.pointer("/status/used");
+            let pairs: Vec<String> = hard
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("limits.") == *limits)
+                .map(|(k, h)| {
+                    let u = used
+                        .and_then(|u| u.get(k))
+                        .and_then(Value::as_str)
+                        .unwrap_or("0");
+                    format!("{k}: {u}/{}", h.as_str().unwrap_or_default())
+                })
+                .collect();
+            Value::String(pairs.join(", "))
+        }
         ColumnSource::DataCount => {
             let n = obj["data"].as_object().map_or(0, |m| m.len())
                 + obj["binaryData"].as_object().map_or(0, |m| m.len());

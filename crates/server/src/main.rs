@@ -4,6 +4,7 @@
 //!   subresources) in one process; VMs run in launcher processes that outlive it.
 //! - `launcher`: one VM's supervisor (started by the node agent).
 //! - `crds`: prints the CustomResourceDefinitions for installing on a real cluster.
+//! - `kubeconfig`: writes a client-certificate kubeconfig for a user and groups.
 //! - `version`.
 
 use std::net::SocketAddr;
@@ -37,6 +38,9 @@ enum Cmd {
     Server(ServeArgs),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
+    /// Write a kubeconfig for a user with a client certificate (CN = user, O = groups)
+    /// signed by the embedded server's CA; bind roles to the user or its groups with RBAC.
+    Kubeconfig(KubeconfigArgs),
     /// Run one VirtualMachineInstance (started by the node agent; see `launcher --help`).
     Launcher,
     /// Print the version.
@@ -71,6 +75,45 @@ struct ServeArgs {
     host_disk_dirs: Vec<PathBuf>,
 }
 
+#[derive(clap::Args, Debug)]
+struct KubeconfigArgs {
+    /// The user name (the certificate's CommonName).
+    #[arg(long)]
+    user: String,
+    /// A group of the user (an Organization of the certificate; repeatable).
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// The server's data directory (holds its CA).
+    #[arg(long, env = "KUBEVIRT_RS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// How long the certificate is valid, in days.
+    #[arg(long, default_value_t = 365)]
+    days: u64,
+    /// Write to this file (mode 0600) instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+fn write_user_kubeconfig(a: KubeconfigArgs) -> anyhow::Result<()> {
+    let dir = a
+        .data_dir
+        .unwrap_or_else(kubevirt_apiserver::default_data_dir);
+    if a.user.is_empty() {
+        anyhow::bail!("--user must not be empty");
+    }
+    let text = kubevirt_apiserver::tls::user_kubeconfig(
+        &dir,
+        &a.user,
+        &a.groups,
+        std::time::Duration::from_secs(a.days.saturating_mul(86_400)),
+    )?;
+    match a.output {
+        Some(path) => kubevirt_apiserver::tls::write_kubeconfig(&path, &text)?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // The launcher forks: it must run before any runtime thread exists.
@@ -87,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", kubevirt_api::crds::to_yaml());
             Ok(())
         }
+        Cmd::Kubeconfig(a) => write_user_kubeconfig(a),
         Cmd::Version => {
             println!("kubevirt-rs {}", env!("CARGO_PKG_VERSION"));
             Ok(())
