@@ -74,6 +74,18 @@ pub struct ServerConfig {
     pub bookmark_interval: Duration,
     /// Connection and request limits (kube-apiserver's defaults).
     pub limits: Limits,
+    /// kube-apiserver's `--authorization-mode`: RBAC, or AlwaysAllow (benchmarks compare).
+    pub authorization: AuthorizationMode,
+}
+
+/// How requests are authorized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthorizationMode {
+    /// RBAC (and `system:masters`), as kube-apiserver's default `Node,RBAC`.
+    #[default]
+    Rbac,
+    /// Every authenticated or anonymous request is allowed (`--authorization-mode=AlwaysAllow`).
+    AlwaysAllow,
 }
 
 /// What one client may hold of the server: connections, time, bytes. The defaults are
@@ -149,6 +161,7 @@ impl ServerConfig {
             store: StoreOptions::default(),
             bookmark_interval: Duration::from_secs(30),
             limits: Limits::default(),
+            authorization: AuthorizationMode::default(),
         }
     }
 }
@@ -367,7 +380,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
     let mut extra_apis = cfg.extra_apis.clone();
     extra_apis.extend(auth::review::discovery());
     let registry = Arc::new(registry::Registry::new(extra_apis));
-    let authz = Arc::new(auth::Authorizer::new(store.clone()));
+    let authz = Arc::new(auth::Authorizer::new(store.clone(), cfg.authorization));
     let ops = ops::Ops {
         store: store.clone(),
         registry: registry.clone(),

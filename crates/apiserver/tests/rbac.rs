@@ -495,3 +495,36 @@ fn a_quota_of_one_vm_refuses_the_second() {
         "{described}"
     );
 }
+
+#[test]
+fn a_limit_range_defaults_and_bounds_pods() {
+    let s = TestServer::start();
+    s.ok(&["create", "namespace", "team-a"]);
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: LimitRange\nmetadata:\n  name: limits\n  namespace: team-a\nspec:\n  limits:\n  - type: Container\n    default:\n      memory: 512Mi\n    defaultRequest:\n      memory: 256Mi\n    max:\n      memory: 1Gi\n",
+    );
+    let pod = |name: &str, limit: Option<&str>| {
+        let resources = limit
+            .map(|l| format!("\n    resources:\n      limits:\n        memory: {l}"))
+            .unwrap_or_default();
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: team-a\nspec:\n  containers:\n  - name: app\n    image: example.com/app{resources}\n")
+    };
+    let o = s.kubectl_stdin(&["create", "-f", "-"], &pod("defaulted", None));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        s.ok(&[
+            "-n",
+            "team-a",
+            "get",
+            "pod",
+            "defaulted",
+            "-o",
+            "jsonpath={.spec.containers[0].resources}"
+        ]),
+        "{\"limits\":{\"memory\":\"512Mi\"},\"requests\":{\"memory\":\"256Mi\"}}"
+    );
+    let o = s.kubectl_stdin(&["create", "-f", "-"], &pod("big", Some("2Gi")));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("pods \"big\" is forbidden: maximum memory usage per Container is 1Gi, but limit is 2Gi"), "{}", stderr(&o));
+}

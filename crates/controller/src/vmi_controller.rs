@@ -164,6 +164,8 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
                 pods.push(created);
             }
             Err(kube::Error::Api(s)) if s.code < 500 && s.code != 409 && s.code != 429 => {
+                // Upstream's words: the event says "Error creating pod", the condition
+                // "failed to create virtual machine pod" (e.g. a ResourceQuota refused it).
                 let message = format!("Error creating pod: {}", s.message);
                 warn!(%message);
                 ctx.recorder
@@ -171,7 +173,7 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
                     .await;
                 sync_error = Some(SyncError {
                     reason: "FailedCreate",
-                    message,
+                    message: format!("failed to create virtual machine pod: {}", s.message),
                 });
             }
             Err(e) => {
@@ -203,8 +205,16 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
     if outcome.release {
         finalizer::remove(&vmis, &*vmi, VMI_FINALIZER).await?;
     }
+    if sync_error.is_some() {
+        // What refused the pod (a quota, a LimitRange) may allow it later; nothing about
+        // the VMI changes then, so look again, as upstream's rate-limited retry does.
+        return Ok(Action::requeue(POD_CREATE_RETRY));
+    }
     Ok(Action::await_change())
 }
+
+/// How soon a launcher pod that could not be created is tried again.
+const POD_CREATE_RETRY: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub fn error_policy(
     vmi: Arc<VirtualMachineInstance>,

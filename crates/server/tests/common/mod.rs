@@ -346,9 +346,14 @@ pub struct ConsoleCapture {
 
 impl ConsoleCapture {
     pub fn start(server: &Server, vmi: &str) -> ConsoleCapture {
+        Self::start_as(&server.kubeconfig, &["console", vmi])
+    }
+
+    /// `virtctl ARGS` (a console) with another user's kubeconfig.
+    pub fn start_as(kubeconfig: &Path, args: &[&str]) -> ConsoleCapture {
         let mut child = Command::new(virtctl())
-            .args(["console", vmi])
-            .env("KUBECONFIG", &server.kubeconfig)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
