@@ -151,6 +151,8 @@ pub struct RequestInfo {
     pub group: String,
     pub resource: String,
     pub subresource: Option<String>,
+    /// The whole subresource path when it has more than one segment (`vnc/screenshot`).
+    pub subresource_path: Option<String>,
     pub namespace: Option<String>,
     pub name: Option<String>,
 }
@@ -216,6 +218,7 @@ pub fn request_info(method: &Method, path: &str, watch: bool) -> Option<RequestI
         group: group.to_string(),
         resource: rest[0].to_string(),
         subresource: rest.get(2).map(|s| s.to_string()),
+        subresource_path: (rest.len() > 3).then(|| rest[2..].join("/")),
         namespace,
         name,
     })

@@ -169,6 +169,11 @@ fn a_team_editor_works_in_its_namespace_and_nowhere_else() {
     let o = alice.run_stdin(&["replace", "--raw", start, "-f", "-"], "{}");
     assert!(!stderr(&o).contains("Forbidden"), "{}", stderr(&o));
 
+    // A screenshot is more than VNC access: KubeVirt grants `vnc/screenshot` to admin only.
+    let shot = "/apis/subresources.kubevirt.io/v1/namespaces/team-a/virtualmachineinstances/testvm/vnc/screenshot";
+    let e = alice.fails(&["get", "--raw", shot]);
+    assert!(e.contains("cannot get resource \"virtualmachineinstances/vnc/screenshot\" in API group \"subresources.kubevirt.io\""), "{e}");
+
     // A deleted ServiceAccount's tokens stop working.
     s.ok(&["-n", "team-a", "delete", "serviceaccount", "alice"]);
     let e = alice.fails(&["-n", "team-a", "get", "vms"]);
@@ -218,10 +223,7 @@ fn a_viewer_reads_but_cannot_reach_into_a_vm() {
     assert!(ro.ok(&["-n", "team-a", "get", "vms"]).contains("testvm"));
     let e = ro.fails(&["get", "--raw", "/apis/subresources.kubevirt.io/v1/namespaces/team-a/virtualmachineinstances/testvm/console"]);
     assert!(
-        e.contains(
-            "User \\\"readonly\\\" cannot get resource \\\"virtualmachineinstances/console\\\""
-        ) || e
-            .contains("User \"readonly\" cannot get resource \"virtualmachineinstances/console\""),
+        e.contains("User \"readonly\" cannot get resource \"virtualmachineinstances/console\""),
         "{e}"
     );
 }

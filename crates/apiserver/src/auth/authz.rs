@@ -321,6 +321,7 @@ fn impersonate_info(group: &str, resource: &str, ns: Option<&str>, name: &str) -
         group: group.to_string(),
         resource,
         subresource,
+        subresource_path: None,
         namespace: ns.map(str::to_string),
         name: Some(name.to_string()),
     }

@@ -59,7 +59,23 @@ pub async fn middleware(
         .is_some_and(|w| w == "true" || w == "1");
     let path = req.uri().path().to_string();
     let decision = match request_info(&method, &path, watch) {
-        Some(info) => app.authz.check_resource(&user, &info),
+        Some(info) => app.authz.check_resource(&user, &info).and_then(|()| {
+            // kube-apiserver authorizes the first segment after the name (`vnc`); virt-api
+            // then asks again for the whole subresource (`vnc/screenshot`), which KubeVirt's
+            // roles grant separately.
+            match info
+                .subresource_path
+                .clone()
+                .filter(|_| info.group == "subresources.kubevirt.io")
+            {
+                Some(full) => {
+                    let mut deeper = info.clone();
+                    deeper.subresource = Some(full);
+                    app.authz.check_resource(&user, &deeper)
+                }
+                None => Ok(()),
+            }
+        }),
         None => {
             let verb = match method {
                 Method::GET | Method::HEAD => "get".to_string(),
