@@ -957,6 +957,10 @@ impl Ops {
         }
         ctx.admit(Operation::Create, &mut obj, None)?;
         if let (true, Some(ns)) = (def.namespaced, ns) {
+            // A create that will fail as AlreadyExists must not be charged to a quota.
+            if self.store.get(&Self::key(def, Some(ns), &name)).is_some() {
+                return Err(ApiError::already_exists(&def.plural, &def.group, &name));
+            }
             crate::quota::admit_create(&self.store, def, ns, &mut obj, dry_run).await?;
         }
         if dry_run {

@@ -87,6 +87,16 @@ pub async fn middleware(
     if let Err(e) = decision {
         return e.into_response();
     }
+    // As kube-apiserver: what follows sees the impersonated user, not the headers.
+    let impersonation: Vec<_> = req
+        .headers()
+        .keys()
+        .filter(|k| k.as_str().starts_with("impersonate-"))
+        .cloned()
+        .collect();
+    for name in impersonation {
+        req.headers_mut().remove(name);
+    }
     req.extensions_mut().insert(RequestUser(Arc::new(user)));
     next.run(req).await
 }
