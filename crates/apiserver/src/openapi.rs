@@ -3,9 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::authentication::v1 as authentication;
+use k8s_openapi::api::authorization::v1 as authorization;
 use k8s_openapi::api::coordination::v1 as coordination;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::events::v1 as events;
+use k8s_openapi::api::rbac::v1 as rbac;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use serde_json::{json, Map, Value};
@@ -28,6 +31,19 @@ pub(crate) fn builtin_definitions() -> Map<String, Value> {
     gen.subschema_for::<core::PersistentVolume>();
     gen.subschema_for::<core::Service>();
     gen.subschema_for::<core::ServiceAccount>();
+    gen.subschema_for::<core::ResourceQuota>();
+    gen.subschema_for::<core::LimitRange>();
+    gen.subschema_for::<rbac::Role>();
+    gen.subschema_for::<rbac::ClusterRole>();
+    gen.subschema_for::<rbac::RoleBinding>();
+    gen.subschema_for::<rbac::ClusterRoleBinding>();
+    gen.subschema_for::<authentication::TokenRequest>();
+    gen.subschema_for::<authentication::TokenReview>();
+    gen.subschema_for::<authentication::SelfSubjectReview>();
+    gen.subschema_for::<authorization::SelfSubjectAccessReview>();
+    gen.subschema_for::<authorization::SubjectAccessReview>();
+    gen.subschema_for::<authorization::LocalSubjectAccessReview>();
+    gen.subschema_for::<authorization::SelfSubjectRulesReview>();
     gen.subschema_for::<events::Event>();
     gen.subschema_for::<coordination::Lease>();
     gen.subschema_for::<apiext::CustomResourceDefinition>();
@@ -35,6 +51,61 @@ pub(crate) fn builtin_definitions() -> Map<String, Value> {
     gen.subschema_for::<meta::Status>();
     gen.take_definitions(true)
 }
+
+/// The create-only kinds of the review APIs (`auth::review`), which are not in the
+/// registry: (group, version, kind, definition, create path; TokenRequest is a
+/// subresource of ServiceAccounts and has none here).
+const REVIEW_KINDS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "authentication.k8s.io",
+        "v1",
+        "TokenRequest",
+        "io.k8s.api.authentication.v1.TokenRequest",
+        "",
+    ),
+    (
+        "authentication.k8s.io",
+        "v1",
+        "TokenReview",
+        "io.k8s.api.authentication.v1.TokenReview",
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+    ),
+    (
+        "authentication.k8s.io",
+        "v1",
+        "SelfSubjectReview",
+        "io.k8s.api.authentication.v1.SelfSubjectReview",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+    ),
+    (
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectAccessReview",
+        "io.k8s.api.authorization.v1.SelfSubjectAccessReview",
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+    ),
+    (
+        "authorization.k8s.io",
+        "v1",
+        "SubjectAccessReview",
+        "io.k8s.api.authorization.v1.SubjectAccessReview",
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+    ),
+    (
+        "authorization.k8s.io",
+        "v1",
+        "LocalSubjectAccessReview",
+        "io.k8s.api.authorization.v1.LocalSubjectAccessReview",
+        "/apis/authorization.k8s.io/v1/namespaces/{namespace}/localsubjectaccessreviews",
+    ),
+    (
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectRulesReview",
+        "io.k8s.api.authorization.v1.SelfSubjectRulesReview",
+        "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+    ),
+];
 
 fn gvk_ext(def: &ResourceDef) -> Value {
     json!([{"group": def.group, "version": def.version, "kind": def.kind}])
@@ -68,6 +139,10 @@ fn param(name: &str, description: &str) -> Value {
 }
 
 fn operation(def: &ResourceDef, verb: &str, action: &str) -> Value {
+    operation_for(&def.group, &def.version, &def.kind, verb, action)
+}
+
+fn operation_for(group: &str, version: &str, kind: &str, verb: &str, action: &str) -> Value {
     let mut params = vec![param(
         "dryRun",
         "When present, indicates that modifications should not be persisted.",
@@ -83,12 +158,12 @@ fn operation(def: &ResourceDef, verb: &str, action: &str) -> Value {
         ));
     }
     json!({
-        "description": format!("{action} {}", def.kind),
-        "operationId": format!("{action}{}", def.kind),
+        "description": format!("{action} {kind}"),
+        "operationId": format!("{action}{kind}"),
         "parameters": params,
         "responses": {"200": {"description": "OK"}},
         "x-kubernetes-action": action,
-        "x-kubernetes-group-version-kind": {"group": def.group, "version": def.version, "kind": def.kind},
+        "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": kind},
     })
 }
 
@@ -175,7 +250,28 @@ impl OpenApi {
                 }
             }
         }
+        for (group, version, kind, name, _) in REVIEW_KINDS {
+            if let Some(s) = builtin.get_mut(*name) {
+                s["x-kubernetes-group-version-kind"] =
+                    json!([{"group": group, "version": version, "kind": kind}]);
+            }
+        }
         OpenApi { builtin }
+    }
+
+    /// Schemas named, plus everything they reference.
+    fn closure(&self, mut todo: Vec<String>) -> Map<String, Value> {
+        let mut out = Map::new();
+        while let Some(name) = todo.pop() {
+            if out.contains_key(&name) {
+                continue;
+            }
+            if let Some(s) = self.builtin.get(&name) {
+                refs(s, &mut todo);
+                out.insert(name, s.clone());
+            }
+        }
+        out
     }
 
     /// Schemas for the given resources plus everything they reference.
@@ -192,14 +288,8 @@ impl OpenApi {
             }
         }
         todo.push(OBJECT_META.to_string());
-        while let Some(name) = todo.pop() {
-            if out.contains_key(&name) {
-                continue;
-            }
-            if let Some(s) = self.builtin.get(&name) {
-                refs(s, &mut todo);
-                out.insert(name, s.clone());
-            }
+        for (name, schema) in self.closure(todo) {
+            out.entry(name).or_insert(schema);
         }
         out
     }
@@ -233,7 +323,30 @@ impl OpenApi {
             .map(|d| d.as_ref())
             .collect();
         if defs.is_empty() {
-            return None;
+            // The review APIs: schemas only (kubectl validates `create -f` against them).
+            // (kubectl checks the create operation for `fieldValidation` to leave
+            // validation to the server, and validates against the schemas otherwise.)
+            let kinds: Vec<_> = REVIEW_KINDS
+                .iter()
+                .filter(|(g, v, ..)| *g == group && *v == version)
+                .collect();
+            if kinds.is_empty() {
+                return None;
+            }
+            let mut paths = Map::new();
+            for (g, v, kind, _, path) in kinds.iter().filter(|k| !k.4.is_empty()) {
+                paths.insert(
+                    path.to_string(),
+                    json!({"post": operation_for(g, v, kind, "post", "post")}),
+                );
+            }
+            let names = kinds.iter().map(|k| k.3.to_string()).collect();
+            return Some(json!({
+                "openapi": "3.0.0",
+                "info": {"title": "Kubernetes", "version": "v1.32.0"},
+                "paths": paths,
+                "components": {"schemas": self.closure(names)},
+            }));
         }
         let mut paths = Map::new();
         for d in &defs {

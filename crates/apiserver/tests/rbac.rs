@@ -159,6 +159,22 @@ fn a_team_editor_works_in_its_namespace_and_nowhere_else() {
         me,
     ]);
     assert_eq!(stdout(&o).trim(), "yes");
+    // SubjectAccessReview, as webhooks and controllers ask it.
+    let sar = |ns: &str| {
+        format!("apiVersion: authorization.k8s.io/v1\nkind: SubjectAccessReview\nspec:\n  user: {me}\n  groups: [system:serviceaccounts, system:authenticated]\n  resourceAttributes:\n    namespace: {ns}\n    verb: get\n    group: subresources.kubevirt.io\n    resource: virtualmachineinstances\n    subresource: console\n")
+    };
+    let o = s.kubectl_stdin(
+        // Client-side validation of create-only kinds wants protobuf OpenAPI v2.
+        &["create", "--validate=false", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+        &sar("team-a"),
+    );
+    assert_eq!(stdout(&o), "true", "{}", stderr(&o));
+    let o = s.kubectl_stdin(
+        // Client-side validation of create-only kinds wants protobuf OpenAPI v2.
+        &["create", "--validate=false", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+        &sar("team-b"),
+    );
+    assert_eq!(stdout(&o), "false", "{}", stderr(&o));
     // She may not impersonate anyone.
     let e = alice.fails(&["get", "vms", "-n", "team-a", "--as", "bob"]);
     assert!(e.contains(&format!("users \"bob\" is forbidden: User \"{me}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope")), "{e}");
