@@ -165,13 +165,27 @@ fn a_team_editor_works_in_its_namespace_and_nowhere_else() {
     };
     let o = s.kubectl_stdin(
         // Client-side validation of create-only kinds wants protobuf OpenAPI v2.
-        &["create", "--validate=false", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+        &[
+            "create",
+            "--validate=false",
+            "-f",
+            "-",
+            "-o",
+            "jsonpath={.status.allowed}",
+        ],
         &sar("team-a"),
     );
     assert_eq!(stdout(&o), "true", "{}", stderr(&o));
     let o = s.kubectl_stdin(
         // Client-side validation of create-only kinds wants protobuf OpenAPI v2.
-        &["create", "--validate=false", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+        &[
+            "create",
+            "--validate=false",
+            "-f",
+            "-",
+            "-o",
+            "jsonpath={.status.allowed}",
+        ],
         &sar("team-b"),
     );
     assert_eq!(stdout(&o), "false", "{}", stderr(&o));

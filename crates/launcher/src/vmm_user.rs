@@ -17,6 +17,11 @@ use std::path::Path;
 
 use crate::rundir::RunDir;
 
+/// kubevirt-rs' host-wide state directory: the default run root, uid claims and pod
+/// networks live beneath it. Whoever creates it first (often a launcher, whose umask is
+/// 077) leaves it private; VMs must pass through it to a run root beneath it.
+pub const STATE_DIR: &str = "/run/kubevirt-rs";
+
 /// Where uids are claimed, host-wide.
 pub const CLAIMS_DIR: &str = "/run/kubevirt-rs/vmm-uids";
 
@@ -27,16 +32,22 @@ const SLOTS: u32 = 1 << 16;
 /// Picks this VM's uid, and gives its run directory and QEMU's own `vmm/` directory their
 /// owners and modes.
 pub fn prepare(run_dir: &RunDir) -> std::io::Result<u32> {
-    prepare_with(Path::new(CLAIMS_DIR), run_dir)
+    prepare_with(Path::new(CLAIMS_DIR), Path::new(STATE_DIR), run_dir)
 }
 
-fn prepare_with(claims: &Path, run_dir: &RunDir) -> std::io::Result<u32> {
+fn prepare_with(claims: &Path, state_dir: &Path, run_dir: &RunDir) -> std::io::Result<u32> {
     let root = run_dir
         .path()
         .parent()
         .ok_or_else(|| std::io::Error::other("run directory has no parent"))?;
-    // VMs pass through the run root to their own directory; nobody lists it.
+    // VMs pass through the run root (and our own state directory above it) to their own
+    // directory; nobody lists them.
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))?;
+    let root_abs = std::path::absolute(root)?;
+    let state_abs = std::path::absolute(state_dir)?;
+    if root_abs.starts_with(&state_abs) && state_abs.is_dir() {
+        std::fs::set_permissions(&state_abs, std::fs::Permissions::from_mode(0o711))?;
+    }
     reachable(root)?;
     let uid = claim(claims, run_dir)?;
     std::os::unix::fs::chown(run_dir.path(), Some(0), Some(uid))?;
@@ -125,7 +136,7 @@ mod tests {
     fn each_run_dir_gets_its_own_uid_until_it_is_gone() {
         let root = tempfile::tempdir().unwrap();
         let claims = tempfile::tempdir().unwrap();
-        let prepare = |rd: &RunDir| prepare_with(claims.path(), rd);
+        let prepare = |rd: &RunDir| prepare_with(claims.path(), claims.path(), rd);
         let a = RunDir::for_uid(root.path(), "pod-a");
         let b = RunDir::for_uid(root.path(), "pod-b");
         std::fs::create_dir_all(a.path()).unwrap();
@@ -169,11 +180,24 @@ mod tests {
         let claims = tempfile::tempdir().unwrap();
         let rd = RunDir::for_uid(&private.path().join("runs"), "pod");
         std::fs::create_dir_all(rd.path()).unwrap();
-        let err = prepare_with(claims.path(), &rd).unwrap_err();
+        let err = prepare_with(claims.path(), claims.path(), &rd).unwrap_err();
         assert!(
             err.to_string().contains("not reachable by VM users"),
             "{err}"
         );
         assert!(err.to_string().contains("mode 700"), "{err}");
+    }
+
+    #[test]
+    fn our_own_state_directory_is_opened_for_traversal() {
+        // As a launcher with umask 077 leaves /run/kubevirt-rs when it creates it first.
+        let state = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let claims = tempfile::tempdir().unwrap();
+        let rd = RunDir::for_uid(&state.path().join("vms"), "pod");
+        std::fs::create_dir_all(rd.path()).unwrap();
+        prepare_with(claims.path(), state.path(), &rd).unwrap();
+        let mode = std::fs::metadata(state.path()).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o711);
     }
 }
