@@ -289,12 +289,9 @@ impl Authorizer {
             }
             _ => return Ok(()),
         };
-        let (covered, missing) = kubevirt_rbac::covers(&policy.rules_for(user, ns), &requested);
-        if covered {
-            Ok(())
-        } else {
-            Err(refuse(kubevirt_rbac::escalation_message(user, &missing)))
-        }
+        policy
+            .confirm_no_escalation(user, ns, &requested)
+            .map_err(refuse)
     }
 }
 
