@@ -89,7 +89,30 @@ fn teams_run_their_own_vms_and_nobody_else_s() {
     let o = apply.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
 
-    // Alice starts it and reads its console.
+    // Alice waits for the controller to take the VM in (a start racing its first status
+    // write is refused as a conflict, as upstream's), then starts it and reads its console.
+    let printable = || {
+        let o = run_as(
+            &alice,
+            kubectl,
+            &[
+                "-n",
+                "team-a",
+                "get",
+                "vm",
+                name,
+                "-o",
+                "jsonpath={.status.printableStatus}",
+            ],
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    for _ in 0..300 {
+        if printable() == "Stopped" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let o = run_as(&alice, &virtctl, &["start", "-n", "team-a", name]);
     assert!(o.status.success(), "{}", text(&o));
     let wait_running = || {
