@@ -80,18 +80,7 @@ impl Signer {
         bound: Option<(&str, &str, &str)>,
         now: i64,
     ) -> Result<(String, i64), TokenError> {
-        let ns = sa
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let name = sa
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let uid = sa
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let (ns, name, uid) = identity(sa);
         let exp = now + expiration_seconds;
         let mut private = json!({
             "namespace": ns,
@@ -115,18 +104,7 @@ impl Signer {
 
     /// The never-expiring token kept in a `kubernetes.io/service-account-token` Secret.
     pub fn legacy_token(&self, sa: &Value, secret: &Value) -> Result<String, TokenError> {
-        let ns = sa
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let name = sa
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let uid = sa
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let (ns, name, uid) = identity(sa);
         let secret_name = secret
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -214,6 +192,16 @@ impl Signer {
             _ => Err(invalid("unknown issuer")),
         }
     }
+}
+
+/// A ServiceAccount's namespace, name and UID (empty when missing).
+fn identity(sa: &Value) -> (&str, &str, &str) {
+    let field = |f: &str| {
+        sa.pointer(&format!("/metadata/{f}"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    (field("namespace"), field("name"), field("uid"))
 }
 
 /// The user a service-account token authenticates as.
