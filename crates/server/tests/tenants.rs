@@ -115,29 +115,18 @@ fn teams_run_their_own_vms_and_nobody_else_s() {
     }
     let o = run_as(&alice, &virtctl, &["start", "-n", "team-a", name]);
     assert!(o.status.success(), "{}", text(&o));
-    let wait_running = || {
-        for _ in 0..300 {
-            let o = run_as(
-                &alice,
-                kubectl,
-                &[
-                    "-n",
-                    "team-a",
-                    "get",
-                    "vm",
-                    name,
-                    "-o",
-                    "jsonpath={.status.printableStatus}",
-                ],
-            );
-            if text(&o) == "Running" {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..300 {
+        if printable() == "Running" {
+            break;
         }
-        panic!("{name} never ran:\n{}", tail(&server.log(), 40));
-    };
-    wait_running();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(
+        printable(),
+        "Running",
+        "{name} never ran:\n{}",
+        tail(&server.log(), 40)
+    );
     let mut console = ConsoleCapture::start_as(&alice, &["console", "-n", "team-a", name]);
     let deadline = std::time::Instant::now() + TIMEOUT;
     while !console.text().contains("guest#") {
@@ -172,25 +161,7 @@ fn teams_run_their_own_vms_and_nobody_else_s() {
         assert!(!o.status.success(), "{args:?}: {}", text(&o));
         assert!(text(&o).contains("forbidden"), "{args:?}: {}", text(&o));
     }
-    assert_eq!(
-        String::from_utf8_lossy(
-            &run_as(
-                &alice,
-                kubectl,
-                &[
-                    "-n",
-                    "team-a",
-                    "get",
-                    "vm",
-                    name,
-                    "-o",
-                    "jsonpath={.status.printableStatus}"
-                ]
-            )
-            .stdout
-        ),
-        "Running"
-    );
+    assert_eq!(printable(), "Running");
 
     // A memory quota below what a second VM's launcher pod asks: that VM does not start,
     // and its VMI says why as upstream's does.
