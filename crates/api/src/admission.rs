@@ -229,6 +229,9 @@ pub const KINDS: [&str; 4] = [
     "VirtualMachineInstanceReplicaSet",
 ];
 
+/// The `cdi.kubevirt.io` kinds [`admit`] takes (CDI's webhook rules).
+pub const CDI_KINDS: [&str; 1] = ["DataVolume"];
+
 /// Decodes `obj` as `kind`, applies defaults (rewriting `obj`, pruning unknown fields),
 /// then validates, including update rules against `old` when `op` is `Update`.
 pub fn admit(
@@ -274,6 +277,14 @@ pub fn admit(
             defaults::set_replicaset_defaults,
             validation::validate_replicaset,
             validation::validate_replicaset_update,
+        ),
+        "DataVolume" => admit_typed::<crate::cdi::DataVolume>(
+            obj,
+            old,
+            op,
+            |_| {},
+            crate::cdi::validate_data_volume,
+            crate::cdi::validate_data_volume_update,
         ),
         other => Err(vec![FieldError::not_supported("kind", other, &KINDS)]),
     }
@@ -456,6 +467,7 @@ pub fn unknown_fields(kind: &str, obj: &Value) -> Vec<String> {
         "VirtualMachineInstance" => roundtrip::<VirtualMachineInstance>(obj),
         "VirtualMachineInstanceMigration" => roundtrip::<VirtualMachineInstanceMigration>(obj),
         "VirtualMachineInstanceReplicaSet" => roundtrip::<VirtualMachineInstanceReplicaSet>(obj),
+        "DataVolume" => roundtrip::<crate::cdi::DataVolume>(obj),
         _ => None,
     };
     let Some(typed) = typed else {

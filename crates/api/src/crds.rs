@@ -12,7 +12,7 @@ use crate::v1::{
     VirtualMachineInstanceReplicaSet,
 };
 
-/// Every CRD the API server serves: the four kinds this project runs ([`core()`]) followed by
+/// Every CRD the API server serves: the kinds this project runs (four of kubevirt.io and CDI's DataVolume) ([`core()`]) followed by
 /// the kubevirt kinds it only stores ([`storage_only`]), so that a repository of upstream
 /// manifests applies as-is.
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -28,6 +28,7 @@ pub fn core() -> Vec<CustomResourceDefinition> {
         VirtualMachineInstance::crd(),
         VirtualMachineInstanceMigration::crd(),
         VirtualMachineInstanceReplicaSet::crd(),
+        crate::cdi::DataVolume::crd(),
     ];
     for crd in &mut crds {
         add_type_meta(crd);

@@ -4,6 +4,7 @@
 //!
 //! - [`v1`]: `VirtualMachine`, `VirtualMachineInstance`, `VirtualMachineInstanceMigration`,
 //!   `VirtualMachineInstanceReplicaSet` and their parts (kube-rs `CustomResource`s).
+//! - [`cdi`]: CDI's `DataVolume` (`cdi.kubevirt.io/v1beta1`).
 //! - [`admission`]: decode + default + validate with field-path errors; unknown-field listing.
 //! - [`defaults`], [`validation`]: the typed building blocks of admission.
 //! - [`statechange`]: the VM `start`/`stop`/`restart` subresources' rules (virt-api's).
@@ -14,6 +15,7 @@
 //! - [`quantity`]: Kubernetes quantities.
 
 pub mod admission;
+pub mod cdi;
 pub mod crds;
 pub mod defaults;
 pub mod host_disk;

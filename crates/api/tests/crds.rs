@@ -248,8 +248,8 @@ fn yaml_is_multi_document_and_parses_back() {
         .collect();
     assert_eq!(docs.len(), crds::all().len());
     assert_eq!(docs, crds::all());
-    assert_eq!(crds::core().len(), 4);
-    assert_eq!(crds::all().len(), 4 + crds::storage_only().len());
+    assert_eq!(crds::core().len(), 5);
+    assert_eq!(crds::all().len(), 5 + crds::storage_only().len());
     for d in &docs {
         assert!(d.metadata.name.as_deref().unwrap().ends_with("kubevirt.io"));
     }

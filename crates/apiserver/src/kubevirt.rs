@@ -32,7 +32,12 @@ impl Admission for KubevirtAdmission {
         obj: &mut Value,
         old: Option<&Value>,
     ) -> Result<(), Vec<Cause>> {
-        if group != "kubevirt.io" || !kubevirt_api::admission::KINDS.contains(&kind) {
+        let ours = match group {
+            "kubevirt.io" => kubevirt_api::admission::KINDS.contains(&kind),
+            "cdi.kubevirt.io" => kubevirt_api::admission::CDI_KINDS.contains(&kind),
+            _ => false,
+        };
+        if !ours {
             return Ok(());
         }
         let op = match op {
@@ -62,7 +67,7 @@ impl Admission for KubevirtAdmission {
     }
 
     fn unknown_fields(&self, group: &str, kind: &str, obj: &Value) -> Vec<String> {
-        if group != "kubevirt.io" {
+        if !matches!(group, "kubevirt.io" | "cdi.kubevirt.io") {
             return Vec::new();
         }
         kubevirt_api::admission::unknown_fields(kind, obj)

@@ -20,6 +20,7 @@ pub mod schema;
 pub mod store;
 pub mod tls;
 pub mod view;
+mod volumes;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@ use k8s_openapi::api::coordination::v1 as coordination;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::events::v1 as events;
 use k8s_openapi::api::rbac::v1 as rbac;
+use k8s_openapi::api::storage::v1 as storage;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use serde_json::{json, Map, Value};
@@ -29,6 +30,7 @@ pub(crate) fn builtin_definitions() -> Map<String, Value> {
     gen.subschema_for::<core::Pod>();
     gen.subschema_for::<core::PersistentVolumeClaim>();
     gen.subschema_for::<core::PersistentVolume>();
+    gen.subschema_for::<storage::StorageClass>();
     gen.subschema_for::<core::Service>();
     gen.subschema_for::<core::ServiceAccount>();
     gen.subschema_for::<core::ResourceQuota>();

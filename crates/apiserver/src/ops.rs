@@ -214,6 +214,8 @@ struct Ctx {
     authz: Arc<Authorizer>,
     opts: WriteOpts,
     warnings: Arc<Mutex<Vec<String>>>,
+    /// StorageClasses, read before a claim is written (claim admission needs them).
+    storage_classes: Arc<Vec<Arc<Value>>>,
 }
 
 impl Ctx {
@@ -292,6 +294,7 @@ impl Ctx {
         if self.def.group.is_empty() && self.def.kind == "Secret" {
             fold_secret_string_data(obj);
         }
+        crate::volumes::admit(&self.def, op, obj, old, &self.storage_classes)?;
         let mut causes = Vec::new();
         if let Some(schema) = &self.def.schema {
             causes.extend(schema::validate(schema, obj));
@@ -766,6 +769,7 @@ impl Ops {
             authz: self.authz.clone(),
             opts,
             warnings: Arc::new(Mutex::new(Vec::new())),
+            storage_classes: crate::volumes::classes_for(&self.store, def),
         }
     }
 

@@ -41,6 +41,14 @@ pub enum ColumnSource {
     /// A ResourceQuota's `used/hard` pairs for `requests.*`/counts (`pods: 1/10, ...`), or
     /// for `limits.*` when the flag is set, as `kubectl get quota` prints them.
     QuotaUsage { limits: bool },
+    /// Access modes at this JSON pointer, abbreviated as kubectl does (`RWO,ROX`).
+    AccessModes(&'static str),
+    /// A PersistentVolume's `claimRef` as `namespace/name`.
+    ClaimRef,
+    /// The string at this path, `<unset>` when absent.
+    OrUnset(&'static str),
+    /// The boolean at this path, `false` when absent.
+    OrFalse(&'static str),
 }
 
 /// One served resource in one version.
@@ -377,7 +385,35 @@ pub fn builtins() -> Vec<ResourceDef> {
                     0,
                     "Capacity",
                 ),
+                col(
+                    "Access Modes",
+                    "string",
+                    ColumnSource::AccessModes("/status/accessModes"),
+                    0,
+                    "Access modes",
+                ),
+                col(
+                    "StorageClass",
+                    "string",
+                    path(".spec.storageClassName"),
+                    0,
+                    "StorageClass",
+                ),
+                col(
+                    "VolumeAttributesClass",
+                    "string",
+                    ColumnSource::OrUnset(".spec.volumeAttributesClassName"),
+                    0,
+                    "VolumeAttributesClass",
+                ),
                 age(),
+                col(
+                    "VolumeMode",
+                    "string",
+                    path(".spec.volumeMode"),
+                    1,
+                    "VolumeMode",
+                ),
             ],
         ),
         builtin(
@@ -397,7 +433,85 @@ pub fn builtins() -> Vec<ResourceDef> {
                     0,
                     "Capacity",
                 ),
+                col(
+                    "Access Modes",
+                    "string",
+                    ColumnSource::AccessModes("/spec/accessModes"),
+                    0,
+                    "Access modes",
+                ),
+                col(
+                    "Reclaim Policy",
+                    "string",
+                    path(".spec.persistentVolumeReclaimPolicy"),
+                    0,
+                    "Reclaim policy",
+                ),
                 col("Status", "string", path(".status.phase"), 0, "Phase"),
+                col("Claim", "string", ColumnSource::ClaimRef, 0, "Claim"),
+                col(
+                    "StorageClass",
+                    "string",
+                    path(".spec.storageClassName"),
+                    0,
+                    "StorageClass",
+                ),
+                col(
+                    "VolumeAttributesClass",
+                    "string",
+                    ColumnSource::OrUnset(".spec.volumeAttributesClassName"),
+                    0,
+                    "VolumeAttributesClass",
+                ),
+                col("Reason", "string", path(".status.reason"), 0, "Reason"),
+                age(),
+                col(
+                    "VolumeMode",
+                    "string",
+                    path(".spec.volumeMode"),
+                    1,
+                    "VolumeMode",
+                ),
+            ],
+        ),
+        builtin(
+            "storage.k8s.io",
+            "v1",
+            "StorageClass",
+            "storageclasses",
+            &["sc"],
+            false,
+            false,
+            "io.k8s.api.storage.v1.StorageClass",
+            vec![
+                col(
+                    "Provisioner",
+                    "string",
+                    path(".provisioner"),
+                    0,
+                    "Provisioner",
+                ),
+                col(
+                    "ReclaimPolicy",
+                    "string",
+                    path(".reclaimPolicy"),
+                    0,
+                    "ReclaimPolicy",
+                ),
+                col(
+                    "VolumeBindingMode",
+                    "string",
+                    path(".volumeBindingMode"),
+                    0,
+                    "VolumeBindingMode",
+                ),
+                col(
+                    "AllowVolumeExpansion",
+                    "string",
+                    ColumnSource::OrFalse(".allowVolumeExpansion"),
+                    0,
+                    "AllowVolumeExpansion",
+                ),
                 age(),
             ],
         ),

@@ -455,6 +455,42 @@ fn cell(def_type: &str, source: &ColumnSource, obj: &Value) -> Value {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
         )),
+        ColumnSource::AccessModes(pointer) => Value::String(
+            obj.pointer(pointer)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|m| match m {
+                    "ReadWriteOnce" => "RWO",
+                    "ReadOnlyMany" => "ROX",
+                    "ReadWriteMany" => "RWX",
+                    "ReadWriteOncePod" => "RWOP",
+                    other => other,
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ColumnSource::ClaimRef => match obj.pointer("/spec/claimRef") {
+            Some(c) => Value::String(format!(
+                "{}/{}",
+                c["namespace"].as_str().unwrap_or_default(),
+                c["name"].as_str().unwrap_or_default()
+            )),
+            None => Value::String(String::new()),
+        },
+        ColumnSource::OrUnset(path) => Value::String(
+            obj.pointer(&path.replace('.', "/"))
+                .and_then(Value::as_str)
+                .unwrap_or("<unset>")
+                .to_string(),
+        ),
+        ColumnSource::OrFalse(path) => Value::String(
+            obj.pointer(&path.replace('.', "/"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                .to_string(),
+        ),
         ColumnSource::QuotaUsage { limits } => {
             let hard = obj.pointer("/status/hard").and_then(Value::as_object);
             let used = obj.pointer("/status/used");
@@ -517,6 +553,21 @@ pub fn partial_metadata(obj: &Value) -> Value {
     })
 }
 
+/// The NAME cell: the object's name, and for the default StorageClass `name (default)`
+/// as kubectl's printer shows it.
+fn name_cell(def: &ResourceDef, o: &Value) -> Value {
+    let name = o.pointer("/metadata/name").cloned().unwrap_or(json!(""));
+    let default_class = def.group == "storage.k8s.io"
+        && def.kind == "StorageClass"
+        && o.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+            .and_then(Value::as_str)
+            == Some("true");
+    match (default_class, name.as_str()) {
+        (true, Some(n)) => Value::String(format!("{n} (default)")),
+        _ => name,
+    }
+}
+
 /// Renders objects as a `meta.k8s.io/v1 Table`.
 pub fn table(
     def: &ResourceDef,
@@ -538,7 +589,7 @@ pub fn table(
     let rows: Vec<Value> = objs
         .iter()
         .map(|o| {
-            let mut cells = vec![o.pointer("/metadata/name").cloned().unwrap_or(json!(""))];
+            let mut cells = vec![name_cell(def, o)];
             for c in &def.columns {
                 cells.push(cell(&c.type_, &c.source, o));
             }

@@ -422,6 +422,10 @@ fn kubevirt_cluster_roles() -> Vec<Value> {
                 KV_READ,
             )],
         ),
+        // CDI's user roles, aggregated into admin, edit and view as CDI installs them.
+        cdi_role("cdi.kubevirt.io:admin", TO_ADMIN, true),
+        cdi_role("cdi.kubevirt.io:edit", TO_EDIT, true),
+        cdi_role("cdi.kubevirt.io:view", TO_VIEW, false),
         // Not aggregated: cluster admins grant live migration explicitly.
         kubevirt_role(
             "kubevirt.io:migrate",
@@ -662,6 +666,43 @@ fn kube_aggregated(name: &str, aggregate_to: &[&str], selects: &str) -> Value {
     let mut role = kube_role(name, aggregate_to, Vec::new());
     role["aggregationRule"] = json!({"clusterRoleSelectors": [{"matchLabels": {selects: "true"}}]});
     role
+}
+
+/// A CDI user role: DataVolumes (and what CDI serves beside them); `write` adds creating,
+/// changing and deleting them, cloning from DataVolumes and upload tokens.
+fn cdi_role(name: &str, aggregate_to: &str, write: bool) -> Value {
+    let mut rules = vec![rule(
+        &["cdi.kubevirt.io"],
+        &[
+            "datavolumes",
+            "dataimportcrons",
+            "datasources",
+            "cdiconfigs",
+            "storageprofiles",
+        ],
+        KV_READ,
+    )];
+    if write {
+        rules = vec![
+            rule(
+                &["cdi.kubevirt.io"],
+                &["datavolumes", "dataimportcrons", "datasources"],
+                &["*"],
+            ),
+            rule(&["cdi.kubevirt.io"], &["datavolumes/source"], &["create"]),
+            rule(
+                &["upload.cdi.kubevirt.io"],
+                &["uploadtokenrequests"],
+                &["*"],
+            ),
+        ];
+    }
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "ClusterRole",
+        "metadata": metadata(name, &[("cdi.kubevirt.io", ""), (aggregate_to, "true")], &[]),
+        "rules": rules,
+    })
 }
 
 fn kubevirt_role(
