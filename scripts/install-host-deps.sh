@@ -28,7 +28,7 @@ fi
 backport_pkgs=(qemu-system-x86 qemu-system-common qemu-system-data qemu-guest-agent seabios qemu-utils)
 plain_pkgs=(ovmf swtpm swtpm-tools passt busybox-static xorriso isolinux syslinux-common genisoimage
   socat docker-registry skopeo iproute2 iptables nftables cpio zstd e2fsprogs dosfstools
-  dnsmasq-base curl ca-certificates)
+  dnsmasq-base curl ca-certificates nginx-light xz-utils)
 
 missing=()
 for p in "${backport_pkgs[@]}" "${plain_pkgs[@]}"; do

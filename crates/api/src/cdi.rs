@@ -116,8 +116,10 @@ pub struct DataVolumeSource {
     pub pvc: Option<DataVolumeSourcePvc>,
     pub upload: Option<Empty>,
     pub blank: Option<Empty>,
+    #[serde(default)]
     #[schemars(schema_with = "crate::v1::preserved_object")]
     pub imageio: Option<serde_json::Value>,
+    #[serde(default)]
     #[schemars(schema_with = "crate::v1::preserved_object")]
     pub vddk: Option<serde_json::Value>,
     pub snapshot: Option<DataVolumeSourcePvc>,
@@ -165,6 +167,7 @@ pub struct DataVolumeSourceRegistry {
     pub pull_method: Option<String>,
     pub secret_ref: Option<String>,
     pub cert_config_map: Option<String>,
+    #[serde(default)]
     #[schemars(schema_with = "crate::v1::preserved_object")]
     pub platform: Option<serde_json::Value>,
 }

@@ -4,8 +4,9 @@
 //! VMs whose strategy keeps them running (Always) or stopped (Halted) are started and stopped
 //! by changing `spec.runStrategy` (or the deprecated `spec.running`); Manual and
 //! RerunOnFailure VMs get a request appended to `status.stateChangeRequests`, which the VM
-//! controller serves. Every patch tests the VM's resourceVersion, so a concurrent change
-//! makes it fail (409) instead of being overwritten. A refusal carries upstream's message.
+//! controller serves. Every patch tests the field it changes, as virt-api's do, so a
+//! concurrent change of that field makes it fail (409) instead of being overwritten, while
+//! the controllers' status writes in between do not. A refusal carries upstream's message.
 
 use serde_json::{json, Value};
 
@@ -80,9 +81,9 @@ fn vmi_active(vmi: Option<&VirtualMachineInstance>) -> bool {
     })
 }
 
-/// The `test` guarding a patch: the VM is still the version that was read.
-fn unchanged(vm: &VirtualMachine) -> Value {
-    json!({"op": "test", "path": "/metadata/resourceVersion", "value": vm.metadata.resource_version})
+/// The `test` guarding a change of `path`: it still holds what was read.
+fn unchanged(path: &str, value: impl serde::Serialize) -> Value {
+    json!({"op": "test", "path": path, "value": value})
 }
 
 /// The patch switching the VM between Always and Halted, on whichever field it uses.
@@ -92,13 +93,16 @@ fn running_patch(vm: &VirtualMachine, running: bool) -> VmUpdate {
     } else {
         RunStrategy::Halted
     };
-    VmUpdate::Spec(match vm.spec.run_strategy {
-        Some(_) => json!([
-            unchanged(vm),
+    VmUpdate::Spec(match (vm.spec.run_strategy, vm.spec.running) {
+        (Some(current), _) => json!([
+            unchanged("/spec/runStrategy", current),
             {"op": "replace", "path": "/spec/runStrategy", "value": strategy},
         ]),
-        None => json!([
-            unchanged(vm),
+        (None, Some(current)) => json!([
+            unchanged("/spec/running", current),
+            {"op": "replace", "path": "/spec/running", "value": running},
+        ]),
+        (None, None) => json!([
             {"op": "add", "path": "/spec/running", "value": running},
         ]),
     })
@@ -111,11 +115,14 @@ fn change_requests(
     changes: Vec<VirtualMachineStateChangeRequest>,
 ) -> Result<VmUpdate, Refusal> {
     let status = vm.status.clone().unwrap_or_default();
-    let mut ops = vec![unchanged(vm)];
+    let mut ops = Vec::new();
     if status == Default::default() {
         ops.push(json!({"op": "add", "path": "/status",
             "value": {"stateChangeRequests": changes}}));
         return Ok(VmUpdate::Status(Value::Array(ops)));
+    }
+    if let Some(current) = &status.state_change_requests {
+        ops.push(unchanged("/status/stateChangeRequests", current));
     }
     let pending = status.state_change_requests.clone().unwrap_or_default();
     if pending.is_empty() {

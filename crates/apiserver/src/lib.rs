@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Routes merged behind authentication (e.g. `/apis/subresources.kubevirt.io/...`).
     pub extra_routes: Option<axum::Router>,
+    /// Routes that authenticate requests themselves (the upload proxy's tokens): served
+    /// beside the API, outside its authentication and authorization.
+    pub public_routes: Option<axum::Router>,
     /// API groups listed in discovery for `extra_routes`.
     pub extra_apis: Vec<ExtraApi>,
     /// CustomResourceDefinitions (JSON) installed at start-up (created or updated).
@@ -156,6 +159,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             listen,
             extra_routes: None,
+            public_routes: None,
             extra_apis: Vec::new(),
             crds: Vec::new(),
             admission: Vec::new(),
@@ -446,7 +450,11 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
     .layer(axum::middleware::from_fn_with_state(
         app.clone(),
         auth::middleware,
-    ))
+    ));
+    let router = match cfg.public_routes {
+        Some(public) => router.merge(public),
+        None => router,
+    }
     .layer(axum::middleware::from_fn_with_state(
         metrics,
         metrics::count,

@@ -19,6 +19,7 @@ use kubevirt_api::v1::{VirtualMachine, VirtualMachineInstance};
 use kubevirt_reconcile::events::{EventRecorder, EventType};
 use kubevirt_reconcile::{finalizer, status::write_status};
 
+use crate::datavolumes::{self, VolumesState};
 use crate::error::{ControllerError, Result};
 use crate::runstrategy::{decide, VmiAction};
 use crate::vm_status::{vm_status, SyncFailure};
@@ -119,7 +120,17 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         ))?;
     let vmi = owned(&vm, vmi);
     let now = Timestamp::now();
-    let decision = decide(&vm, vmi.as_ref(), now);
+    let mut decision = decide(&vm, vmi.as_ref(), now);
+    let volumes = if deleting {
+        VolumesState::Ready
+    } else {
+        datavolumes::sync(&ctx.client, &ctx.recorder, &vm).await?
+    };
+    // The VMI waits for the VM's DataVolumes (their claims watched through the DataVolumes).
+    let held = decision.action == VmiAction::Create && volumes != VolumesState::Ready;
+    if held {
+        decision.action = VmiAction::None;
+    }
 
     let mut failure = None;
     match &decision.action {
@@ -194,7 +205,10 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     }
 
     if !deleting {
-        let desired = vm_status(&vm, vmi.as_ref(), &decision, failure.as_ref(), now);
+        let mut desired = vm_status(&vm, vmi.as_ref(), &decision, failure.as_ref(), now);
+        if held {
+            desired.printable_status = volumes.printable().or(desired.printable_status);
+        }
         write_status(&vms, &*vm, vm.status.as_ref(), &desired).await?;
     }
     // The VM status has seen how this VMI ended: it may go.
@@ -234,8 +248,10 @@ pub async fn run(
 ) {
     let vms: Api<VirtualMachine> = Api::all(client.clone());
     let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
+    let dvs: Api<kubevirt_api::cdi::DataVolume> = Api::all(client.clone());
     Controller::new(vms, watcher::Config::default())
         .owns(vmis, watcher::Config::default())
+        .owns(dvs, watcher::Config::default())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(Context::new(client)))
         .for_each(|res| async move {

@@ -94,6 +94,49 @@ async fn sync_unpaused(
     Ok(())
 }
 
+/// Whether the VMI's claims can be used: a missing claim is named (upstream's
+/// `FailedPvcNotFound`); a DataVolume still filling its claim makes the pod wait.
+enum ClaimsReady {
+    Yes,
+    NotYet,
+    Missing(String),
+}
+
+async fn claims_ready(client: &kube::Client, vmi: &VirtualMachineInstance) -> Result<ClaimsReady> {
+    use kubevirt_api::v1::VolumeSource;
+    let ns = vmi.namespace().unwrap_or_default();
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), &ns);
+    let dvs: Api<kubevirt_api::cdi::DataVolume> = Api::namespaced(client.clone(), &ns);
+    for v in &vmi.spec.volumes.clone().unwrap_or_default() {
+        let (claim, data_volume) = match v.source() {
+            Some(VolumeSource::PersistentVolumeClaim(c)) => (c.claim_name.clone(), false),
+            Some(VolumeSource::DataVolume(d)) => (d.name.clone(), true),
+            _ => continue,
+        };
+        if data_volume {
+            let dv = dvs.get_opt(&claim).await.map_err(api_call_on(
+                "getting",
+                "DataVolume",
+                &ns,
+                &claim,
+            ))?;
+            if dv.is_some_and(|d| !d.succeeded()) {
+                return Ok(ClaimsReady::NotYet);
+            }
+        }
+        let exists = claims
+            .get_opt(&claim)
+            .await
+            .map_err(api_call_on("getting", "PersistentVolumeClaim", &ns, &claim))?
+            .is_some();
+        if !exists {
+            return Ok(ClaimsReady::Missing(claim));
+        }
+    }
+    Ok(ClaimsReady::Yes)
+}
+
 #[instrument(skip(vmi, ctx), fields(namespace = vmi.metadata.namespace.as_deref().unwrap_or(""), name = %vmi.name_any()))]
 pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = vmi.namespace().unwrap_or_default();
@@ -147,6 +190,24 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
             }
         }
     } else if current_pod(&vmi, &pods).is_none()
+        && matches!(vmi.phase(), Phase::Unset | Phase::Pending)
+    {
+        match claims_ready(&ctx.client, &vmi).await? {
+            ClaimsReady::Yes => {}
+            ClaimsReady::NotYet => return Ok(Action::requeue(POD_CREATE_RETRY)),
+            ClaimsReady::Missing(claim) => {
+                sync_error = Some(SyncError {
+                    reason: "FailedPvcNotFound",
+                    message: format!(
+                        "PVC {namespace}/{claim} does not exist, waiting for it to appear"
+                    ),
+                });
+            }
+        }
+    }
+    if sync_error.is_none()
+        && !deleting
+        && current_pod(&vmi, &pods).is_none()
         && matches!(vmi.phase(), Phase::Unset | Phase::Pending)
     {
         let pod = launcher_pod(&vmi, &ctx.pod_settings);

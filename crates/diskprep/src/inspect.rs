@@ -296,7 +296,7 @@ pub fn inspect_image<R: Read + Seek>(file: &mut R) -> std::io::Result<ImageInfo>
     if vmdk_text_probe(&head) || head.starts_with(b"# Disk DescriptorFile") {
         let desc = r.read_at(0, VMDK_DESC_MAX)?;
         let mut info = ImageInfo::new(ImageFormat::Vmdk);
-        vmdk_descriptor(&mut info, &desc);
+        vmdk_descriptor(&mut info, &desc, true);
         return Ok(info);
     }
     if le32(&head, 0x40) == Some(0xbeda_107f) {
@@ -549,28 +549,31 @@ fn qed<R: Read + Seek>(r: &mut Reader<'_, R>, head: &[u8]) -> std::io::Result<Im
 }
 
 /// Sparse VMDK (`KDMV` version 4, `COWD` version 3). QEMU opens the descriptor embedded at
-/// `desc_offset` as a full descriptor (extents included) when the capacity is zero, and looks
-/// for `parentFileNameHint` in the descriptor at 0x200.
+/// `desc_offset` as a full descriptor (extents included) only when the capacity is zero
+/// (`vmdk_open_vmdk4`); otherwise the file is its own single extent and the embedded
+/// descriptor's extent lines (which name the file itself, as in every monolithicSparse or
+/// streamOptimized image) are never opened. `parentFileNameHint` is looked for in the
+/// descriptor at 0x200 either way (`vmdk_parent_open`).
 fn vmdk_sparse<R: Read + Seek>(r: &mut Reader<'_, R>, head: &[u8]) -> std::io::Result<ImageInfo> {
     let mut info = ImageInfo::new(ImageFormat::Vmdk);
-    // (offset, bytes QEMU reads there)
-    let mut descriptors = vec![(0x200u64, VMDK_PARENT_DESC)];
+    // (offset, bytes QEMU reads there, whether its extent lines are opened)
+    let mut descriptors = vec![(0x200u64, VMDK_PARENT_DESC, false)];
     if head.starts_with(b"KDMV") {
-        match le64(head, 28) {
-            Some(0) => {}
-            Some(sectors) => match sectors.checked_mul(512) {
-                Some(0x200) => descriptors[0].1 = VMDK_DESC_MAX,
-                Some(at) if at < r.size => descriptors.push((at, VMDK_DESC_MAX)),
+        match (le64(head, 12), le64(head, 28)) {
+            (Some(0), Some(0)) | (Some(1..), Some(_)) => {}
+            (Some(0), Some(sectors)) => match sectors.checked_mul(512) {
+                Some(0x200) => descriptors[0] = (0x200, VMDK_DESC_MAX, true),
+                Some(at) if at < r.size => descriptors.push((at, VMDK_DESC_MAX, true)),
                 _ => info.push(malformed(format!(
                     "descriptor offset {sectors} (sectors) is beyond the end of the file"
                 ))),
             },
-            None => info.push(malformed("the file is shorter than a VMDK header")),
+            _ => info.push(malformed("the file is shorter than a VMDK header")),
         }
     }
-    for (at, len) in descriptors {
+    for (at, len, extents) in descriptors {
         let desc = r.read_at(at, len)?;
-        vmdk_descriptor(&mut info, &desc);
+        vmdk_descriptor(&mut info, &desc, extents);
     }
     Ok(info)
 }
@@ -610,9 +613,9 @@ fn vmdk_text_probe(buf: &[u8]) -> bool {
     false
 }
 
-/// Extent lines (`RW 2048 FLAT "file" 0`) and `parentFileNameHint="file"` of a descriptor.
-/// QEMU treats the descriptor as a C string: it ends at the first NUL.
-fn vmdk_descriptor(info: &mut ImageInfo, desc: &[u8]) {
+/// Extent lines (`RW 2048 FLAT "file" 0`, when `extents`) and `parentFileNameHint="file"` of
+/// a descriptor. QEMU treats the descriptor as a C string: it ends at the first NUL.
+fn vmdk_descriptor(info: &mut ImageInfo, desc: &[u8], extents: bool) {
     let end = desc.iter().position(|&b| b == 0).unwrap_or(desc.len());
     let desc = &desc[..end];
     // vmdk_parse_description / vmdk_parent_open: the first occurrence, then skip `="`.
@@ -624,6 +627,9 @@ fn vmdk_descriptor(info: &mut ImageInfo, desc: &[u8]) {
             name: name_of(&rest[..name_end]),
             format: None,
         });
+    }
+    if !extents {
+        return;
     }
     for line in desc.split(|&b| b == b'\n' || b == b'\r') {
         let text = String::from_utf8_lossy(line);
@@ -853,6 +859,23 @@ mod tests {
             .findings
             .iter()
             .any(|f| matches!(f, Finding::Malformed { .. })));
+
+        // A non-zero capacity makes the file its own extent (monolithicSparse,
+        // streamOptimized): QEMU opens no extent line, but still follows the parent hint.
+        h[12..20].copy_from_slice(&2048u64.to_le_bytes());
+        h[28..36].copy_from_slice(&1u64.to_le_bytes());
+        let own = b"# Disk DescriptorFile\nversion=1\nRW 2048 SPARSE \"disk.vmdk\"\n";
+        h[512..512 + own.len()].copy_from_slice(own);
+        h[512 + own.len()..1024].fill(0);
+        assert!(inspect(&h).findings.is_empty(), "{:?}", inspect(&h));
+        h[512 + own.len()..512 + own.len() + parent.len()].copy_from_slice(parent);
+        assert_eq!(
+            inspect(&h).findings,
+            vec![Finding::BackingFile {
+                name: "/var/lib/base.vmdk".into(),
+                format: None
+            }]
+        );
     }
 
     #[test]

@@ -33,3 +33,5 @@ pub use format::DiskFormat;
 pub use hostdisk::{open_host_disk, HostDiskFile, HostDiskType};
 pub use inspect::{inspect_image, ImageFormat, ImageInfo, ImagePolicy};
 pub use overlay::create_overlay;
+/// The `qemu-img` this crate runs (`KUBEVIRT_QEMU_IMG` overrides it), for crates that run it too.
+pub use qemu_img::program as qemu_img_program;

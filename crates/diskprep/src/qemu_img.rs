@@ -5,7 +5,7 @@ use std::process::Command;
 use crate::error::{DiskPrepError, Result};
 
 /// Program name or path; `KUBEVIRT_QEMU_IMG` overrides it (tests, non-standard installs).
-fn program() -> String {
+pub fn program() -> String {
     std::env::var("KUBEVIRT_QEMU_IMG").unwrap_or_else(|_| "qemu-img".to_owned())
 }
 

@@ -163,8 +163,13 @@ impl Launchers {
     }
 
     /// The launcher of `key`: the known one, else one still running from before a restart
-    /// (adopted), else what a finished one left behind, else a new process (`start` true).
-    pub fn ensure(&self, key: &PodKey, start: bool) -> Result<Option<Arc<Launcher>>> {
+    /// (adopted), else what a finished one left behind, else a new process when `start`
+    /// gives the disks of the pod's claims (claim name -> disk file).
+    pub fn ensure(
+        &self,
+        key: &PodKey,
+        start: Option<&[(String, PathBuf)]>,
+    ) -> Result<Option<Arc<Launcher>>> {
         // Held throughout: two reconciles of one pod must not both start a launcher.
         let mut map = lock(&self.map);
         if let Some(l) = map.get(&key.uid) {
@@ -178,8 +183,8 @@ impl Launchers {
                 (None, Some(pid), Timestamp::now())
             }
             None if final_status(&run_dir).is_some() => (None, None, Timestamp::now()),
-            None if start => {
-                let child = self.spawn(key, &run_dir)?;
+            None if start.is_some() => {
+                let child = self.spawn(key, &run_dir, start.unwrap_or_default())?;
                 let pid = child.id();
                 (Some(child), pid, Timestamp::now())
             }
@@ -201,7 +206,12 @@ impl Launchers {
         Ok(Some(launcher))
     }
 
-    fn spawn(&self, key: &PodKey, run_dir: &RunDir) -> Result<tokio::process::Child> {
+    fn spawn(
+        &self,
+        key: &PodKey,
+        run_dir: &RunDir,
+        claims: &[(String, PathBuf)],
+    ) -> Result<tokio::process::Child> {
         let io = |source| HandlerError::Io {
             path: run_dir.path().to_path_buf(),
             source,
@@ -247,6 +257,11 @@ impl Launchers {
             .arg("--persistent-dir")
             .arg(&persistent)
             .args(&self.config.extra_args)
+            .args(
+                claims.iter().flat_map(|(name, disk)| {
+                    ["--claim".into(), format!("{name}={}", disk.display())]
+                }),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))

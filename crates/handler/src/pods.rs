@@ -5,12 +5,13 @@
 //! reason, as a kubelet refuses a pod it cannot admit.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -120,9 +121,26 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
         return Ok(Action::await_change());
     };
     let now = Timestamp::now();
+    let wants_launcher = deleting.is_none() && !finished(&pod);
+    // A launcher this agent does not know yet needs the pod's claims in place, as a kubelet
+    // mounts a pod's volumes before starting its containers.
+    let claims = if wants_launcher && ctx.launchers.get(&key.uid).is_none() {
+        match claim_disks(&ctx.client, &pod).await {
+            Ok(c) => Some(c),
+            Err(reason) => {
+                let message = format!("Unable to attach or mount volumes: {reason}");
+                ctx.recorder
+                    .publish(&*pod, EventType::Warning, "FailedMount", &message)
+                    .await;
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+        }
+    } else {
+        None
+    };
     let launcher = ctx
         .launchers
-        .ensure(&key, deleting.is_none() && !finished(&pod))?;
+        .ensure(&key, claims.as_deref().filter(|_| wants_launcher))?;
     let observed = launcher.as_ref().map(|l| l.observed());
     if let Some(deadline) = deleting {
         let running = launcher.as_ref().filter(|l| !l.exited());
@@ -187,6 +205,44 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
             .await;
     }
     Ok(Action::await_change())
+}
+
+/// The disk file of each claim the pod uses (claim name -> file), from its bound volume on
+/// this node; `Err` says which claim is not usable yet.
+async fn claim_disks(
+    client: &Client,
+    pod: &Pod,
+) -> std::result::Result<Vec<(String, PathBuf)>, String> {
+    use kubevirt_api::cdi::annotations::{IMPORT_SOURCE, POD_PHASE, UPLOAD_REQUEST};
+    let ns = pod.namespace().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let mut out = Vec::new();
+    for claim in kubevirt_storage::claims::pod_claims(pod) {
+        let pvc = claims
+            .get_opt(claim)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("persistentvolumeclaim \"{claim}\" not found"))?;
+        let annotations = pvc.metadata.annotations.clone().unwrap_or_default();
+        let filled_by_cdi =
+            annotations.contains_key(IMPORT_SOURCE) || annotations.contains_key(UPLOAD_REQUEST);
+        if filled_by_cdi && annotations.get(POD_PHASE).map(String::as_str) != Some("Succeeded") {
+            return Err(format!(
+                "persistentvolumeclaim \"{claim}\" is still being populated"
+            ));
+        }
+        let volume = pvc
+            .spec
+            .and_then(|s| s.volume_name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("persistentvolumeclaim \"{claim}\" is not bound"))?;
+        let pv = volumes.get(&volume).await.map_err(|e| e.to_string())?;
+        let disk = kubevirt_storage::local::ensure_disk(&pv)
+            .map_err(|e| format!("MountVolume.SetUp failed for volume \"{volume}\" : {e}"))?;
+        out.push((claim.to_string(), disk));
+    }
+    Ok(out)
 }
 
 pub fn error_policy(pod: Arc<Pod>, error: &HandlerError, _ctx: Arc<Context>) -> Action {

@@ -15,11 +15,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    Binding, Node, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference, Pod, PodCondition,
-    Taint,
+    Binding, Node, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference,
+    PersistentVolumeClaim, Pod, PodCondition, Taint,
 };
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
@@ -245,6 +246,83 @@ impl Context {
     }
 }
 
+/// What the pod's claims allow, as kube-scheduler's VolumeBinding plugin decides it.
+enum VolumeCheck {
+    Ready,
+    /// A `WaitForFirstConsumer` claim is being provisioned for this node.
+    Wait,
+    Unschedulable(String),
+}
+
+async fn volume_check(ctx: &Context, pod: &Pod) -> Result<VolumeCheck> {
+    let ns = pod.namespace().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+    let mut unbound_immediate = false;
+    let mut wait = false;
+    for name in kubevirt_storage::claims::pod_claims(pod) {
+        let Some(pvc) = claims.get_opt(name).await.map_err(api_call_on(
+            "getting",
+            "PersistentVolumeClaim",
+            &ns,
+            name,
+        ))?
+        else {
+            return Ok(VolumeCheck::Unschedulable(format!(
+                "persistentvolumeclaim \"{name}\" not found"
+            )));
+        };
+        if pvc.metadata.deletion_timestamp.is_some() {
+            return Ok(VolumeCheck::Unschedulable(format!(
+                "persistentvolumeclaim \"{name}\" is being deleted"
+            )));
+        }
+        let spec = pvc.spec.clone().unwrap_or_default();
+        if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+            continue;
+        }
+        let class_name = spec.storage_class_name.unwrap_or_default();
+        let class = match class_name.as_str() {
+            "" => None,
+            c => classes
+                .get_opt(c)
+                .await
+                .map_err(api_call_on("getting", "StorageClass", "", c))?,
+        };
+        let delayed = class
+            .as_ref()
+            .and_then(|c| c.volume_binding_mode.as_deref())
+            == Some("WaitForFirstConsumer");
+        if !delayed {
+            unbound_immediate = true;
+            continue;
+        }
+        wait = true;
+        if !pvc
+            .annotations()
+            .contains_key(kubevirt_storage::claims::SELECTED_NODE)
+        {
+            claims
+                .patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                        kubevirt_storage::claims::SELECTED_NODE: ctx.node,
+                    }}})),
+                )
+                .await
+                .map_err(api_call("selecting the node of", &pvc))?;
+        }
+    }
+    Ok(if unbound_immediate {
+        VolumeCheck::Unschedulable("pod has unbound immediate PersistentVolumeClaims".into())
+    } else if wait {
+        VolumeCheck::Wait
+    } else {
+        VolumeCheck::Ready
+    })
+}
+
 pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
     let spec = pod.spec.clone().unwrap_or_default();
     let scheduler = spec.scheduler_name.as_deref().unwrap_or("");
@@ -262,6 +340,13 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
                 .await
                 .map_err(api_call_on("getting", "Node", "", &ctx.node))?,
         ),
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let volumes = match volume_check(&ctx, &pod).await? {
+        VolumeCheck::Ready => None,
+        // kube-scheduler holds the pod in PreBind until its claims are bound.
+        VolumeCheck::Wait => return Ok(Action::requeue(Duration::from_millis(500))),
+        VolumeCheck::Unschedulable(reason) => Some(reason),
     };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     // Decided and reserved under one lock: pods are bound concurrently, and two of them must
@@ -285,13 +370,12 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
                     .map(|(_, r)| r.clone()),
             )
             .collect();
-        let verdict = unfit(&pod, &node, &others);
+        let verdict = volumes.or_else(|| unfit(&pod, &node, &others));
         if verdict.is_none() {
             assumed.insert(uid.clone(), requested(&pod));
         }
         verdict
     };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Some(reason) = verdict {
         let message = unschedulable_message(&reason);
         let mut status = pod.status.clone().unwrap_or_default();

@@ -211,6 +211,27 @@ fn core_api() -> kubevirt_apiserver::ExtraApi {
     }
 }
 
+/// `--registry-mirror HOST=URL` flags as a map (the launcher parses the same flags).
+fn registry_mirrors(flags: &[String]) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    flags
+        .iter()
+        .map(|m| {
+            m.split_once('=')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--registry-mirror {m:?} is not HOST=URL"))
+        })
+        .collect()
+}
+
+/// CDI's upload token API (served by the storage crate).
+fn upload_api() -> kubevirt_apiserver::ExtraApi {
+    kubevirt_apiserver::ExtraApi {
+        group: kubevirt_storage::upload::GROUP.into(),
+        version: kubevirt_storage::upload::VERSION.into(),
+        resources: kubevirt_storage::upload::discovery_resources(),
+    }
+}
+
 async fn server(args: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = args.api.into_config();
     let data_dir = cfg.data_dir.clone();
@@ -263,13 +284,20 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let sub = SubresourceState::new(launchers.clone());
 
-    cfg.extra_routes = Some(router(sub.clone()).merge(kubevirt_handler::logs::router(sub.clone())));
-    cfg.extra_apis = vec![subresource_api(), core_api()];
+    let uploads = Arc::new(kubevirt_storage::upload::UploadState::new());
+    cfg.extra_routes = Some(
+        router(sub.clone())
+            .merge(kubevirt_handler::logs::router(sub.clone()))
+            .merge(kubevirt_storage::upload::token_router(uploads.clone())),
+    );
+    cfg.public_routes = Some(kubevirt_storage::upload::proxy_router(uploads.clone()));
+    cfg.extra_apis = vec![subresource_api(), core_api(), upload_api()];
     let handle = kubevirt_apiserver::start(cfg)
         .await
         .map_err(|e| anyhow::anyhow!("starting the API server: {e} ({e:?})"))?;
     let client = client_from(&handle.kubeconfig_path).await?;
     sub.set_client(client.clone());
+    uploads.set_client(client.clone());
 
     kubevirt_handler::node::register(&client, &node, kvm)
         .await
@@ -319,6 +347,19 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
             launchers.clone(),
         )),
         pods_rx,
+        stopped(),
+    ));
+    tasks.spawn(kubevirt_storage::run(
+        client.clone(),
+        kubevirt_storage::StorageConfig {
+            volumes: kubevirt_storage::LocalVolumes::new(data_dir.join("volumes")),
+            node: node.clone(),
+            registry: kubevirt_diskprep::RegistryConfig {
+                mirrors: registry_mirrors(&args.registry_mirrors)?,
+                insecure: args.insecure_registries.clone(),
+            },
+            cache_dir: data_dir.join("containerdisks"),
+        },
         stopped(),
     ));
     tasks.spawn(kubevirt_handler::agent::run(

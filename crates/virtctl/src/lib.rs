@@ -5,6 +5,7 @@
 mod client;
 mod console;
 mod create;
+mod upload;
 mod vnc;
 
 use std::path::PathBuf;
@@ -106,6 +107,8 @@ enum Cmd {
     },
     /// Return guest agent info about the operating system.
     Guestosinfo { vmi: String },
+    /// Upload a VM image to a DataVolume or PersistentVolumeClaim.
+    ImageUpload(upload::UploadArgs),
     /// Create a manifest for a resource (prints YAML).
     Create {
         #[command(subcommand)]
@@ -276,6 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let server = s.server_version().await?;
             println!("Server Version: {server}");
         }
+        Cmd::ImageUpload(args) => upload::run(&s, &args).await?,
         Cmd::Create { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
