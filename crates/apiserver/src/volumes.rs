@@ -67,6 +67,14 @@ fn add_finalizer(obj: &mut Value, finalizer: &str) {
     }
 }
 
+/// Kubernetes' defaulting of a field left out (the `status` a client sends on create is
+/// dropped, as kube-apiserver does, for the phase every new claim and volume starts in).
+fn default_field(obj: &mut Value, parent: &str, field: &str, value: &str) {
+    if let Some(Value::Object(p)) = obj.pointer_mut(parent) {
+        p.entry(field).or_insert_with(|| json!(value));
+    }
+}
+
 /// Admission of claims and volumes; `classes` from [`classes_for`].
 pub fn admit(
     def: &ResourceDef,
@@ -77,6 +85,9 @@ pub fn admit(
 ) -> ApiResult<()> {
     if is_core(def, "PersistentVolume") && op == Operation::Create {
         add_finalizer(obj, PV_PROTECTION);
+        default_field(obj, "/spec", "persistentVolumeReclaimPolicy", "Retain");
+        default_field(obj, "/spec", "volumeMode", "Filesystem");
+        obj["status"] = json!({"phase": "Pending"});
     }
     if !is_core(def, "PersistentVolumeClaim") {
         return Ok(());
@@ -92,6 +103,8 @@ pub fn admit(
                 }
             }
             add_finalizer(obj, PVC_PROTECTION);
+            default_field(obj, "/spec", "volumeMode", "Filesystem");
+            obj["status"] = json!({"phase": "Pending"});
             Ok(())
         }
         (Operation::Update, Some(old)) => check_update(def, obj, old, classes),

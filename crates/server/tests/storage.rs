@@ -244,11 +244,64 @@ spec:
         .exists());
 }
 
+/// A small filesystem mounted on the server's volumes directory (as a full disk would be).
+struct SmallFilesystem(std::path::PathBuf);
+
+impl SmallFilesystem {
+    fn mount(dir: std::path::PathBuf, size: &str) -> SmallFilesystem {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {out:?}");
+        SmallFilesystem(dir)
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 #[test]
 fn claims_grow_and_imports_fail_in_cdi_s_words() {
     let server = Server::start(&[]);
     let g = kubevirt_testenv::guests();
     let http = HttpDir::serve(&g.dir);
+    // The volumes live on a 96 MiB filesystem.
+    let _small = SmallFilesystem::mount(server.data_dir.join("volumes"), "96m");
+    server.apply_yaml(
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: huge
+spec:
+  accessModes: [ReadWriteOnce]
+  resources:
+    requests:
+      storage: 1Gi
+"#,
+    );
+    wait_until("the ProvisioningFailed event", || {
+        events_of(&server, "huge").contains("not enough space")
+    });
+    let events = events_of(&server, "huge");
+    assert!(
+        events.contains(
+            "failed to provision volume with StorageClass \"local\": not enough space on node"
+        ) && events.contains("requested 1Gi"),
+        "{events}"
+    );
+    assert_eq!(server.jsonpath("pvc", "huge", "{.status.phase}"), "Pending");
     server.apply_yaml(
         r#"apiVersion: v1
 kind: PersistentVolumeClaim

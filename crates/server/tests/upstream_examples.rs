@@ -22,6 +22,7 @@ fn upstream_examples_run_as_is() {
     for image in [
         "kubevirt/cirros-container-disk-demo:devel",
         "kubevirt/fedora-with-test-tooling-container-disk:devel",
+        "kubevirt/alpine-container-disk-demo:devel",
     ] {
         registry.push_guest_containerdisk(image).unwrap();
     }
@@ -61,6 +62,23 @@ fn upstream_examples_run_as_is() {
         server.kubectl_ok(&["delete", "vmi", name, "--wait=true", "--timeout=120s"]);
         wait_no_processes(&uid);
     }
+
+    // vm-alpine-datavolume: its DataVolume imports the registry's containerDisk into a
+    // claim of the class `local`; started, the VM boots from that disk.
+    let name = "vm-alpine-datavolume";
+    server.apply_yaml(&example("vm-alpine-datavolume.yaml"));
+    server.wait_for("dv", "alpine-dv", "{.status.phase}", "Succeeded");
+    server.wait_for("pvc", "alpine-dv", "{.spec.storageClassName}", "local");
+    server.wait_for("vm", name, "{.status.printableStatus}", "Stopped");
+    let console = ConsoleCapture::start(&server, name);
+    let out = server.virtctl(&["start", name]);
+    assert!(out.status.success(), "{out:?}");
+    server.wait_for("vm", name, "{.status.printableStatus}", "Running");
+    console.wait_for(kubevirt_testenv::READY_MARKER);
+    drop(console);
+    server.kubectl_ok(&["delete", "vm", name, "--wait=true", "--timeout=120s"]);
+    server.wait_gone("dv", "alpine-dv");
+    server.wait_gone("pvc", "alpine-dv");
 }
 
 /// cloud-init user data from a Secret (`userDataSecretRef` is spelled `secretRef` in the
