@@ -497,6 +497,52 @@ spec:
     console.wait_for(kubevirt_testenv::READY_MARKER);
 }
 
+#[test]
+fn an_import_interrupted_by_kill_9_completes_after_restart() {
+    let mut server = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    // A big (sparse) raw image: long enough to download that the server dies halfway.
+    let image = dir.path().join("big.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let http = HttpDir::serve(dir.path());
+    server.apply_yaml(&format!(
+        r#"apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: big
+spec:
+  source:
+    http:
+      url: {}
+  storage:
+    resources:
+      requests:
+        storage: 2Gi
+"#,
+        http.url("big.img")
+    ));
+    server.wait_for("dv", "big", "{.status.phase}", "ImportInProgress");
+    server.kill9();
+    server.restart();
+    server.wait_for("dv", "big", "{.status.phase}", "Succeeded");
+    let volume = server.jsonpath("pvc", "big", "{.spec.volumeName}");
+    let disk = server
+        .data_dir
+        .join("volumes")
+        .join(volume)
+        .join("disk.img");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 2 << 30);
+    // Nothing of the interrupted attempt is left beside the disk.
+    let left: Vec<String> = std::fs::read_dir(disk.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["disk.img"]);
+}
+
 /// `kubectl apply -f -` of `yaml`, returning what kubectl printed (it may fail).
 fn apply_stdin(server: &Server, yaml: &str) -> String {
     use std::io::Write;
