@@ -1,7 +1,7 @@
 //! Throughput of the importer against the tools it stands in for, measured in one run:
 //! `import_http` over loopback nginx vs `qemu-img convert -O raw` of the same local file, and
-//! `clone_disk` vs `cp --sparse=always` (+ fsync). 512 MiB virtual, ~200 MiB of data; three
-//! repetitions, medians. Prints numbers; asserts nothing.
+//! `clone_disk` vs `cp --sparse=always` (+ fsync). 512 MiB virtual, ~200 MiB of data;
+//! `BENCH_REPS` repetitions (3), medians. Prints numbers; asserts nothing.
 //!
 //! cargo run --release -p kubevirt-importer --example import_bench
 
@@ -15,7 +15,6 @@ use kubevirt_importer::{clone_disk, import_http, HttpSource, Target};
 
 const MIB: u64 = 1 << 20;
 const VIRTUAL: u64 = 512 * MIB;
-const REPS: usize = 3;
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("running a command");
@@ -129,8 +128,17 @@ fn fresh_target(dir: &Path) -> Target {
     }
 }
 
+/// Repetitions: `BENCH_REPS`, 3 by default.
+fn reps() -> usize {
+    std::env::var("BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(3)
+}
+
 fn time_reps(mut f: impl FnMut() -> Duration) -> Duration {
-    median((0..REPS).map(|_| f()).collect())
+    median((0..reps()).map(|_| f()).collect())
 }
 
 fn line(what: &str, d: Duration, ours: Duration) {
@@ -215,7 +223,7 @@ async fn main() {
     for (name, path, fmt) in [("disk.qcow2", &qcow2, "qcow2"), ("disk.raw", &raw, "raw")] {
         let (mut ours, mut plain, mut durable, mut by_hand) = (vec![], vec![], vec![], vec![]);
         // Interleaved, so all see the same machine state.
-        for _ in 0..REPS {
+        for _ in 0..reps() {
             ours.push(import(name).await);
             plain.push(qemu_convert(path, fmt, false));
             durable.push(qemu_convert(path, fmt, true));
@@ -223,9 +231,10 @@ async fn main() {
         }
         let ours = median(ours);
         println!(
-            "{fmt}: import_http over loopback nginx {:.3}s ({:.1} MiB/s virtual); medians of {REPS}",
+            "{fmt}: import_http over loopback nginx {:.3}s ({:.1} MiB/s virtual); medians of {}",
             ours.as_secs_f64(),
-            mib_s(VIRTUAL, ours)
+            mib_s(VIRTUAL, ours),
+            reps()
         );
         line(
             &format!("qemu-img convert -O raw (local {fmt})"),
@@ -263,9 +272,10 @@ async fn main() {
         t.elapsed()
     });
     println!(
-        "raw: clone_disk {:.3}s ({:.1} MiB/s virtual); medians of {REPS}",
+        "raw: clone_disk {:.3}s ({:.1} MiB/s virtual); medians of {}",
         clone_ours.as_secs_f64(),
-        mib_s(VIRTUAL, clone_ours)
+        mib_s(VIRTUAL, clone_ours),
+        reps()
     );
     line("cp --sparse=always + sync", cp, clone_ours);
     let _ = nginx.kill();

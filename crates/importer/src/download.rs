@@ -145,7 +145,7 @@ pub(crate) async fn download(
         let resp = req.send().await.map_err(|e| request_error(&e, &src.url))?;
         let status = resp.status().as_u16();
         match (resume.take(), status) {
-            (Some((sidecar, at, validator)), 206) => {
+            (Some((sidecar, at, _)), 206) => {
                 let range = content_range(resp.headers());
                 let total = sidecar.total;
                 match range {
@@ -156,7 +156,6 @@ pub(crate) async fn download(
                     }
                     _ => {
                         tracing::warn!(url = %job.source_name, ?range, "unusable range response; starting over");
-                        let _ = validator;
                         forget_partial(job);
                     }
                 }

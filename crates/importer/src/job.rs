@@ -188,7 +188,8 @@ pub(crate) fn sync_dir(path: &Path) -> Result<()> {
 /// An exclusive flock on `<scratch>/<disk>.lock`, removed when released. A waiter that
 /// locked a file already removed (or replaced) tries again, so two holders never coexist.
 pub(crate) struct TargetLock {
-    file: File,
+    /// Held for its flock, released when dropped.
+    _file: File,
     path: PathBuf,
 }
 
@@ -214,7 +215,7 @@ impl TargetLock {
             .map_err(|e| ImportError::io("stat", path, e))?;
         match std::fs::metadata(path) {
             Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => Ok(Some(TargetLock {
-                file,
+                _file: file,
                 path: path.to_path_buf(),
             })),
             // Removed or replaced by the previous holder: lock the current file instead.
@@ -227,7 +228,6 @@ impl Drop for TargetLock {
     fn drop(&mut self) {
         // Removed while still locked; the lock goes with the descriptor.
         remove_if_exists(&self.path);
-        let _ = &self.file;
     }
 }
 

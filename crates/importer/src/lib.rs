@@ -9,9 +9,10 @@
 //!
 //! Sources may be gzip, xz or zstd compressed (found by magic number) and qcow2, VMDK (also
 //! inside an OVA), VHD, VHDX, VDI, raw or ISO. Every image is inspected by
-//! `kubevirt_diskprep`'s inspector first; images naming other files are refused. The disk
-//! appears at `Target::disk` only complete: it is written as `<disk>.tmp`, fsynced and
-//! renamed.
+//! `kubevirt_diskprep`'s inspector first; images naming other files are refused. A raw source
+//! streams straight into the disk; an image of known length is converted by qemu-img while
+//! it downloads (served to it over NBD from the growing scratch file). The disk appears at
+//! `Target::disk` only complete: it is written as `<disk>.tmp`, fsynced and renamed.
 
 mod checksum;
 mod clone;
@@ -191,6 +192,25 @@ fn finish_raw_target(job: &Job, iso: bool) -> Result<Converted> {
     })
 }
 
+/// The last steps once every byte arrived: check an image converted on the fly, or process
+/// the stored source, then finalize.
+fn finish(
+    job: &Job,
+    early: Option<(Converted, kubevirt_diskprep::ImageFormat)>,
+    layout: Layout,
+    iso: bool,
+) -> Result<Converted> {
+    let converted = match (early, layout) {
+        (Some((converted, format)), _) => {
+            process::check_downloaded(job, format)?;
+            converted
+        }
+        (None, Layout::Target) => finish_raw_target(job, iso)?,
+        (None, Layout::Source) => process_file(job, &job.source.clone(), Count::Nothing)?,
+    };
+    finalize(job, converted)
+}
+
 /// Finalizes unless the caller is gone (a dropped import must not make a disk appear later).
 fn finalize(job: &Job, converted: Converted) -> Result<Converted> {
     if job.cancelled() {
@@ -299,18 +319,7 @@ pub async fn import_http(
         let early = async { convert_early(&job, &lock, overlap_rx.await.ok()).await };
         let (dl, early) = both(download, early).await?;
         let (layout, iso) = (dl.layout, dl.iso);
-        let converted = blocking(&job, &lock, move |job| {
-            let converted = match (early, layout) {
-                (Some((converted, format)), _) => {
-                    process::check_downloaded(job, format)?;
-                    converted
-                }
-                (None, Layout::Target) => finish_raw_target(job, iso)?,
-                (None, Layout::Source) => process_file(job, &job.source.clone(), Count::Nothing)?,
-            };
-            finalize(job, converted)
-        })
-        .await?;
+        let converted = blocking(&job, &lock, move |job| finish(job, early, layout, iso)).await?;
         Ok(imported(converted, dl.bytes, dl.resumed_from))
     })
     .await;
@@ -408,18 +417,7 @@ pub async fn import_stream<R: AsyncRead + Unpin + Send>(
         };
         let early = convert_early(&job, &lock, overlap);
         let (written, early) = both(upload, early).await?;
-        let converted = blocking(&job, &lock, move |job| {
-            let converted = match (early, layout) {
-                (Some((converted, format)), _) => {
-                    process::check_downloaded(job, format)?;
-                    converted
-                }
-                (None, Layout::Target) => finish_raw_target(job, iso)?,
-                (None, Layout::Source) => process_file(job, &job.source.clone(), Count::Nothing)?,
-            };
-            finalize(job, converted)
-        })
-        .await?;
+        let converted = blocking(&job, &lock, move |job| finish(job, early, layout, iso)).await?;
         Ok(imported(converted, written.bytes, 0))
     })
     .await;

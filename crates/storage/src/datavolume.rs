@@ -714,7 +714,14 @@ async fn transfer(
                     importer::ImportErrorKind::Checksum => "ChecksumError",
                     _ => "Error",
                 };
-                set_condition(&mut conds, "Running", "False", reason, &e.message);
+                // CDI's controller words a full volume this way (simplifyKnownMessage).
+                let message = match e.kind {
+                    importer::ImportErrorKind::NoSpace => {
+                        "DataVolume too small to contain image".to_string()
+                    }
+                    _ => e.message.clone(),
+                };
+                set_condition(&mut conds, "Running", "False", reason, &message);
                 status.conditions = Some(conds);
                 if !e.retryable {
                     status.phase = Some(DataVolumePhase::Failed);
