@@ -89,7 +89,21 @@ pub async fn sync(
     vm: &VirtualMachine,
 ) -> Result<VolumesState> {
     let templates = vm.spec.data_volume_templates.as_deref().unwrap_or_default();
-    if templates.is_empty() {
+    // DataVolumes the VM's volumes name without a template: watched, never created.
+    let template_names: Vec<String> = templates
+        .iter()
+        .filter_map(|t| t.metadata.as_ref()?.name.clone())
+        .collect();
+    let named: Vec<String> = vm
+        .spec
+        .template
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.data_volume.as_ref().map(|d| d.name.clone()))
+        .filter(|n| !template_names.contains(n))
+        .collect();
+    if templates.is_empty() && named.is_empty() {
         return Ok(VolumesState::Ready);
     }
     let ns = vm.namespace().unwrap_or_default();
@@ -107,17 +121,27 @@ pub async fn sync(
             state = s;
         }
     };
-    for (i, t) in templates.iter().enumerate() {
-        let name = t
-            .metadata
-            .as_ref()
-            .and_then(|m| m.name.clone())
-            .unwrap_or_default();
+    let entries = templates
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let name = t.metadata.as_ref().and_then(|m| m.name.clone());
+            (Some(i), name.unwrap_or_default())
+        })
+        .chain(named.into_iter().map(|n| (None, n)));
+    for (template, name) in entries {
         let dv =
             dvs.get_opt(&name)
                 .await
                 .map_err(api_call_on("getting", "DataVolume", &ns, &name))?;
-        let Some(dv) = dv else {
+        let i = match (&dv, template) {
+            (Some(_), _) => None,
+            // Named by a volume, without a template, and not there: the VMI controller
+            // reports the missing claim.
+            (None, None) => continue,
+            (None, Some(i)) => Some(i),
+        };
+        if let Some(i) = i {
             let dv = match data_volume_from_template(vm, i) {
                 Ok(dv) => dv,
                 Err(message) => {
@@ -157,7 +181,8 @@ pub async fn sync(
             }
             worse(VolumesState::Provisioning);
             continue;
-        };
+        }
+        let Some(dv) = dv else { continue };
         match dv.phase() {
             Some(DataVolumePhase::Succeeded) => {}
             Some(DataVolumePhase::Failed) => worse(VolumesState::Error),

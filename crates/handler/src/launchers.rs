@@ -162,6 +162,16 @@ impl Launchers {
         lock(&self.map).values().cloned().collect()
     }
 
+    /// Whether [`Launchers::ensure`] would start a new process for `key`: none known, none
+    /// running from before a restart, none finished.
+    pub fn would_start(&self, key: &PodKey) -> bool {
+        if lock(&self.map).contains_key(&key.uid) {
+            return false;
+        }
+        let run_dir = self.run_dir(key);
+        live_pid(&run_dir.pid_file()).is_none() && final_status(&run_dir).is_none()
+    }
+
     /// The launcher of `key`: the known one, else one still running from before a restart
     /// (adopted), else what a finished one left behind, else a new process when `start`
     /// gives the disks of the pod's claims (claim name -> disk file).

@@ -122,9 +122,9 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
     };
     let now = Timestamp::now();
     let wants_launcher = deleting.is_none() && !finished(&pod);
-    // A launcher this agent does not know yet needs the pod's claims in place, as a kubelet
-    // mounts a pod's volumes before starting its containers.
-    let claims = if wants_launcher && ctx.launchers.get(&key.uid).is_none() {
+    // A new launcher needs the pod's claims in place, as a kubelet mounts a pod's volumes
+    // before starting its containers (a running one is adopted whatever its claims do).
+    let claims = if wants_launcher && ctx.launchers.would_start(&key) {
         match claim_disks(&ctx.client, &pod).await {
             Ok(c) => Some(c),
             Err(reason) => {
@@ -140,7 +140,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
     };
     let launcher = ctx
         .launchers
-        .ensure(&key, claims.as_deref().filter(|_| wants_launcher))?;
+        .ensure(&key, claims.as_deref().or(wants_launcher.then_some(&[])))?;
     let observed = launcher.as_ref().map(|l| l.observed());
     if let Some(deadline) = deleting {
         let running = launcher.as_ref().filter(|l| !l.exited());

@@ -97,6 +97,16 @@ spec:
         resources:
           requests:
             storage: 64Mi
+  - metadata:
+      name: {name}-blank
+    spec:
+      source:
+        blank: {{}}
+      storage:
+        storageClassName: local-delayed
+        resources:
+          requests:
+            storage: 16Mi
   template:
     spec:
       domain:
@@ -105,6 +115,8 @@ spec:
           - name: root
             disk: {{bus: virtio}}
           - name: data
+            disk: {{bus: virtio}}
+          - name: blank
             disk: {{bus: virtio}}
         memory:
           guest: 256Mi
@@ -116,6 +128,9 @@ spec:
       - name: data
         persistentVolumeClaim:
           claimName: {data_claim}
+      - name: blank
+        dataVolume:
+          name: {name}-blank
 "#
     )
 }
@@ -204,7 +219,7 @@ spec:
 
     let mut console = ConsoleCapture::start(&server, name);
     console.wait_for(kubevirt_testenv::READY_MARKER);
-    console.send("printf 'persist-%s' $((6*7)) > /dev/vdb && sync && echo written-$((1+1))\r");
+    console.send("printf 'persist-%s' $((6*7)) > /dev/vdb && printf 'blank-%s' $((6*7)) > /dev/vdc && sync && echo written-$((1+1))\r");
     console.wait_for("written-2");
     drop(console);
 
@@ -220,8 +235,8 @@ spec:
     server.wait_for("vm", name, "{.status.printableStatus}", "Running");
     let mut console = ConsoleCapture::start(&server, name);
     console.wait_for(kubevirt_testenv::READY_MARKER);
-    console.send("echo read-$(head -c 10 /dev/vdb)-done\r");
-    console.wait_for("read-persist-42-done");
+    console.send("echo read-$(head -c 10 /dev/vdb)-$(head -c 8 /dev/vdc)-done\r");
+    console.wait_for("read-persist-42-blank-42-done");
     drop(console);
 
     // Deleting the VM takes its DataVolume, claim and (reclaim Delete) volume with it; the
@@ -404,6 +419,75 @@ spec:
         .join(volume)
         .join("disk.img")
         .exists());
+
+    // A clone of the grown claim, sized from its source.
+    server.apply_yaml(
+        r#"apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: copy
+spec:
+  source:
+    pvc:
+      name: grow
+  storage: {}
+"#,
+    );
+    server.wait_for("dv", "copy", "{.status.phase}", "Succeeded");
+    assert!(events_of(&server, "copy")
+        .contains("Successfully cloned from default/grow into default/copy"));
+    let copy = server.jsonpath("pvc", "copy", "{.spec.volumeName}");
+    let copied = server.data_dir.join("volumes").join(copy).join("disk.img");
+    assert_eq!(std::fs::metadata(&copied).unwrap().len(), 48 << 20);
+
+    // What a VM shows while its volumes are not usable, in upstream's words.
+    for (vm, volume) in [
+        ("on-failed-dv", "dataVolume: {name: missing}"),
+        ("on-no-claim", "persistentVolumeClaim: {claimName: nope}"),
+    ] {
+        server.apply_yaml(&format!(
+            r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {vm}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      domain:
+        devices:
+          disks:
+          - name: d
+            disk: {{bus: virtio}}
+        memory:
+          guest: 128Mi
+      volumes:
+      - name: d
+        {volume}
+"#
+        ));
+    }
+    server.wait_for(
+        "vm",
+        "on-failed-dv",
+        "{.status.printableStatus}",
+        "DataVolumeError",
+    );
+    server.wait_for(
+        "vm",
+        "on-no-claim",
+        "{.status.printableStatus}",
+        "ErrorPvcNotFound",
+    );
+    let cond = server.jsonpath(
+        "vmi",
+        "on-no-claim",
+        r#"{.status.conditions[?(@.type=="Synchronized")].message}"#,
+    );
+    assert_eq!(
+        cond,
+        "PVC default/nope does not exist, waiting for it to appear"
+    );
 
     // CDI's admission: a DataVolume without a size, and one changed after creation.
     let out = apply_stdin(

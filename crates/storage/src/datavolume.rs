@@ -160,7 +160,10 @@ fn owned_by(pvc: &PersistentVolumeClaim, dv: &DataVolume) -> bool {
 }
 
 /// The claim CDI creates for a DataVolume: same name, owned by it, annotated with its source.
-fn claim_for(dv: &DataVolume, source_size: Option<String>) -> PersistentVolumeClaim {
+/// In embedded mode the claim is placed on this node at once: the transfer runs here, and a
+/// `WaitForFirstConsumer` class would otherwise wait for a VM that waits for the data (CDI
+/// without honorWaitForFirstConsumer binds such claims at once too).
+fn claim_for(dv: &DataVolume, source_size: Option<String>, node: &str) -> PersistentVolumeClaim {
     let mut spec = dv.spec.claim_spec();
     if spec
         .resources
@@ -201,6 +204,7 @@ fn claim_for(dv: &DataVolume, source_size: Option<String>) -> PersistentVolumeCl
     if source == "upload" {
         annotations.insert(ann::UPLOAD_REQUEST.to_string(), String::new());
     }
+    annotations.insert(crate::claims::SELECTED_NODE.to_string(), node.to_string());
     annotations.insert(
         ann::CONTENT_TYPE.to_string(),
         dv.spec
@@ -303,7 +307,10 @@ pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Context>) -> Result<Action>
             None => None,
         };
         match claims
-            .create(&PostParams::default(), &claim_for(&dv, source_size))
+            .create(
+                &PostParams::default(),
+                &claim_for(&dv, source_size, &ctx.config.node),
+            )
             .await
         {
             Ok(_) => {}
