@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{BufReader, Chain, Cursor, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use kubevirt_diskprep::inspect::{inspect_image, Finding, ImageFormat, ImageInfo};
@@ -278,25 +279,10 @@ fn process_region(job: &Job, file: &File, region: Region<'_>, count: Count) -> R
             }
         }
         format if convertible(format) => {
-            let convert =
-                |e: ImportError| e.context("Unable to convert source data to target format");
-            qemu::check(&region, format, &job.source_name, &job.cancel).map_err(convert)?;
+            qemu::check(&region, format, &job.source_name, &job.cancel).map_err(converting)?;
             let input = Input::Local(region.clone());
-            let virtual_size = qemu::virtual_size(&input, format, &job.source_name, &job.cancel)
-                .map_err(convert)?;
-            if virtual_size > job.capacity {
-                return Err(ImportError::too_large(virtual_size, job.capacity));
-            }
             let progress = (count == Count::FileBytes).then(|| (job.done_counter(), region.len));
-            qemu::convert(
-                &input,
-                format,
-                &job.tmp,
-                &job.source_name,
-                &job.cancel,
-                progress,
-            )
-            .map_err(convert)?;
+            let virtual_size = convert_fitting(job, &input, format, progress)?;
             Converted {
                 format: format.as_str().to_owned(),
                 virtual_size,
@@ -304,18 +290,51 @@ fn process_region(job: &Job, file: &File, region: Region<'_>, count: Count) -> R
             }
         }
         // CDI's `isSupportedFormat` allows raw, qcow2, vmdk, vdi, vpc and vhdx only.
-        other => {
-            return Err(ImportError::new(
-                ImportErrorKind::Refused,
-                format!("Invalid format {other} for image {}", job.source_name),
-            )
-            .retryable(false))
-        }
+        other => return Err(invalid_format(job, other)),
     };
     Ok(converted)
 }
 
 /// The formats converted with qemu-img (CDI's `isSupportedFormat`, less raw).
+/// A format CDI does not import, in its words.
+fn invalid_format(job: &Job, format: ImageFormat) -> ImportError {
+    ImportError::new(
+        ImportErrorKind::Refused,
+        format!("Invalid format {format} for image {}", job.source_name),
+    )
+    .retryable(false)
+}
+
+/// CDI's phase name on a failed conversion.
+fn converting(e: ImportError) -> ImportError {
+    e.context("Unable to convert source data to target format")
+}
+
+/// Converts `input` into `job.tmp` once its virtual size is known to fit the volume; returns
+/// that size.
+fn convert_fitting(
+    job: &Job,
+    input: &Input<'_>,
+    format: ImageFormat,
+    progress: Option<(&AtomicU64, u64)>,
+) -> Result<u64> {
+    let virtual_size =
+        qemu::virtual_size(input, format, &job.source_name, &job.cancel).map_err(converting)?;
+    if virtual_size > job.capacity {
+        return Err(ImportError::too_large(virtual_size, job.capacity));
+    }
+    qemu::convert(
+        input,
+        format,
+        &job.tmp,
+        &job.source_name,
+        &job.cancel,
+        progress,
+    )
+    .map_err(converting)?;
+    Ok(virtual_size)
+}
+
 fn convertible(format: ImageFormat) -> bool {
     matches!(
         format,
@@ -367,32 +386,14 @@ fn convert_growing_inner(
     refuse_findings(job, &info)?;
     let format = info.format;
     if !convertible(format) {
-        return Err(ImportError::new(
-            ImportErrorKind::Refused,
-            format!("Invalid format {format} for image {}", job.source_name),
-        )
-        .retryable(false));
+        return Err(invalid_format(job, format));
     }
-    let convert = |e: ImportError| e.context("Unable to convert source data to target format");
     let input = Input::Growing {
         path: &job.source,
         size,
         growing,
     };
-    let virtual_size =
-        qemu::virtual_size(&input, format, &job.source_name, &job.cancel).map_err(convert)?;
-    if virtual_size > job.capacity {
-        return Err(ImportError::too_large(virtual_size, job.capacity));
-    }
-    qemu::convert(
-        &input,
-        format,
-        &job.tmp,
-        &job.source_name,
-        &job.cancel,
-        None,
-    )
-    .map_err(convert)?;
+    let virtual_size = convert_fitting(job, &input, format, None)?;
     Ok((
         Converted {
             format: format.as_str().to_owned(),
@@ -414,8 +415,7 @@ pub(crate) fn check_downloaded(job: &Job, format: ImageFormat) -> Result<()> {
             len,
             whole: true,
         };
-        qemu::check(&region, format, &job.source_name, &job.cancel)
-            .map_err(|e| e.context("Unable to convert source data to target format"))
+        qemu::check(&region, format, &job.source_name, &job.cancel).map_err(converting)
     })();
     if result.is_err() {
         remove_if_exists(&job.tmp);

@@ -234,22 +234,7 @@ fn warning_events(server: &Server) -> String {
 }
 
 fn apply_expecting_error(server: &Server, yaml: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("kubectl")
-        .args(["apply", "-f", "-"])
-        .env("KUBECONFIG", &server.kubeconfig)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = server.apply_output(yaml);
     assert!(!out.status.success(), "applied: {yaml}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

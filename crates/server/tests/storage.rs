@@ -59,6 +59,25 @@ impl Drop for HttpDir {
     }
 }
 
+/// A DataVolume importing `url` into a claim of `size`.
+fn http_data_volume(name: &str, url: &str, size: &str) -> String {
+    format!(
+        r#"apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: {name}
+spec:
+  source:
+    http:
+      url: {url}
+  storage:
+    resources:
+      requests:
+        storage: {size}
+"#
+    )
+}
+
 fn events_of(server: &Server, name: &str) -> String {
     server.kubectl_ok(&[
         "get",
@@ -360,36 +379,12 @@ spec:
     );
 
     // A source that is not there, and an image larger than its volume.
-    server.apply_yaml(&format!(
-        r#"apiVersion: cdi.kubevirt.io/v1beta1
-kind: DataVolume
-metadata:
-  name: missing
-spec:
-  source:
-    http:
-      url: {}
-  storage:
-    resources:
-      requests:
-        storage: 64Mi
----
-apiVersion: cdi.kubevirt.io/v1beta1
-kind: DataVolume
-metadata:
-  name: small
-spec:
-  source:
-    http:
-      url: {}
-  storage:
-    resources:
-      requests:
-        storage: 4Mi
-"#,
-        http.url("no-such-disk.qcow2"),
-        http.url("disk.qcow2")
+    server.apply_yaml(&http_data_volume(
+        "missing",
+        &http.url("no-such-disk.qcow2"),
+        "64Mi",
     ));
+    server.apply_yaml(&http_data_volume("small", &http.url("disk.qcow2"), "4Mi"));
     server.wait_for("dv", "missing", "{.status.phase}", "Failed");
     let cond = server.jsonpath(
         "dv",
@@ -490,8 +485,7 @@ spec:
     );
 
     // CDI's admission: a DataVolume without a size, and one changed after creation.
-    let out = apply_stdin(
-        &server,
+    let out = server.apply_output(
         r#"apiVersion: cdi.kubevirt.io/v1beta1
 kind: DataVolume
 metadata:
@@ -502,7 +496,9 @@ spec:
   storage: {}
 "#,
     );
-    assert!(out.contains("Storage size is missing"), "{out}");
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Storage size is missing"), "{err}");
 }
 
 #[test]
@@ -592,22 +588,7 @@ fn an_import_interrupted_by_kill_9_completes_after_restart() {
         .set_len(2 << 30)
         .unwrap();
     let http = HttpDir::serve(dir.path());
-    server.apply_yaml(&format!(
-        r#"apiVersion: cdi.kubevirt.io/v1beta1
-kind: DataVolume
-metadata:
-  name: big
-spec:
-  source:
-    http:
-      url: {}
-  storage:
-    resources:
-      requests:
-        storage: 2Gi
-"#,
-        http.url("big.img")
-    ));
+    server.apply_yaml(&http_data_volume("big", &http.url("big.img"), "2Gi"));
     server.wait_for("dv", "big", "{.status.phase}", "ImportInProgress");
     server.kill9();
     server.restart();
@@ -625,29 +606,4 @@ spec:
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, ["disk.img"]);
-}
-
-/// `kubectl apply -f -` of `yaml`, returning what kubectl printed (it may fail).
-fn apply_stdin(server: &Server, yaml: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("kubectl")
-        .args(["apply", "-f", "-"])
-        .env("KUBECONFIG", &server.kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }

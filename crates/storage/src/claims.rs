@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{
     LocalVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference,
     PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimStatus, PersistentVolumeSpec,
@@ -400,25 +400,65 @@ async fn provision(
             created
         }
     };
-    // Record the binding on the claim; the next reconcile (the claim changed) finishes it.
-    let provisioner = PROVISIONER;
+    record_binding(claims, pvc, &pv.name_any(), Some(PROVISIONER)).await?;
+    Ok(Action::await_change())
+}
+
+/// The reference from a volume to the claim it is bound to.
+fn claim_ref(pvc: &PersistentVolumeClaim) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("PersistentVolumeClaim".into()),
+        namespace: pvc.namespace(),
+        name: Some(pvc.name_any()),
+        uid: pvc.metadata.uid.clone(),
+        resource_version: pvc.metadata.resource_version.clone(),
+        ..Default::default()
+    }
+}
+
+/// Points an existing volume at the claim.
+async fn set_claim_ref(
+    volumes: &Api<PersistentVolume>,
+    pv: &PersistentVolume,
+    pvc: &PersistentVolumeClaim,
+) -> Result<()> {
+    volumes
+        .patch(
+            &pv.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"claimRef": claim_ref(pvc)}})),
+        )
+        .await
+        .map_err(api_call("claiming", pv))?;
+    Ok(())
+}
+
+/// Records the binding on the claim (its volume, and who provisioned it); the next
+/// reconcile (the claim changed) finishes it.
+async fn record_binding(
+    claims: &Api<PersistentVolumeClaim>,
+    pvc: &PersistentVolumeClaim,
+    volume: &str,
+    provisioner: Option<&str>,
+) -> Result<()> {
+    let mut annotations = json!({BIND_COMPLETED: "yes", BOUND_BY_CONTROLLER: "yes"});
+    if let Some(p) = provisioner {
+        annotations[STORAGE_PROVISIONER] = json!(p);
+        annotations[STORAGE_PROVISIONER_BETA] = json!(p);
+    }
     claims
         .patch(
             &pvc.name_any(),
             &PatchParams::default(),
             &Patch::Merge(json!({
-                "metadata": {"annotations": {
-                    BIND_COMPLETED: "yes",
-                    BOUND_BY_CONTROLLER: "yes",
-                    STORAGE_PROVISIONER: provisioner,
-                    STORAGE_PROVISIONER_BETA: provisioner,
-                }},
-                "spec": {"volumeName": pv.name_any()},
+                "metadata": {"annotations": annotations},
+                "spec": {"volumeName": volume},
             })),
         )
         .await
         .map_err(api_call("binding", pvc))?;
-    Ok(Action::await_change())
+    Ok(())
 }
 
 fn new_volume(
@@ -447,15 +487,7 @@ fn new_volume(
         spec: Some(PersistentVolumeSpec {
             access_modes: spec.access_modes.clone(),
             capacity: Some(BTreeMap::from([("storage".into(), size)])),
-            claim_ref: Some(ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("PersistentVolumeClaim".into()),
-                namespace: pvc.namespace(),
-                name: Some(pvc.name_any()),
-                uid: pvc.metadata.uid.clone(),
-                resource_version: pvc.metadata.resource_version.clone(),
-                ..Default::default()
-            }),
+            claim_ref: Some(claim_ref(pvc)),
             persistent_volume_reclaim_policy: Some(
                 class
                     .reclaim_policy
@@ -532,29 +564,8 @@ async fn bind_static(
         .await;
         return Ok(Action::requeue(RETRY));
     };
-    volumes
-        .patch(
-            &pv.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"claimRef": {
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                "namespace": pvc.namespace(), "name": pvc.name_any(),
-                "uid": pvc.metadata.uid, "resourceVersion": pvc.metadata.resource_version,
-            }}})),
-        )
-        .await
-        .map_err(api_call("claiming", pv))?;
-    claims
-        .patch(
-            &pvc.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({
-                "metadata": {"annotations": {BIND_COMPLETED: "yes", BOUND_BY_CONTROLLER: "yes"}},
-                "spec": {"volumeName": pv.name_any()},
-            })),
-        )
-        .await
-        .map_err(api_call("binding", pvc))?;
+    set_claim_ref(volumes, pv, pvc).await?;
+    record_binding(claims, pvc, &pv.name_any(), None).await?;
     Ok(Action::await_change())
 }
 
@@ -587,18 +598,7 @@ async fn bind(
             .await;
             return Ok(Action::requeue(RETRY));
         }
-        volumes
-            .patch(
-                &pv.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"claimRef": {
-                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                    "namespace": pvc.namespace(), "name": pvc.name_any(),
-                    "uid": pvc.metadata.uid,
-                }}})),
-            )
-            .await
-            .map_err(api_call("claiming", pv))?;
+        set_claim_ref(volumes, pv, pvc).await?;
     }
     set_volume_phase(volumes, pv, "Bound").await?;
     let pv_spec = pv.spec.clone().unwrap_or_default();
@@ -754,31 +754,13 @@ pub async fn reconcile_volume(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> R
     Ok(Action::await_change())
 }
 
-fn error_policy<K: kube::Resource>(
-    obj: Arc<K>,
-    error: &StorageError,
-    _ctx: Arc<Context>,
-) -> Action {
-    kubevirt_reconcile::log_failure(
-        "syncing storage",
-        &kubevirt_reconcile::object_ref(&*obj),
-        error,
-        error.is_conflict(),
-    );
-    Action::requeue(if error.is_conflict() {
-        Duration::from_millis(200)
-    } else {
-        Duration::from_secs(2)
-    })
-}
-
 /// Runs the claim and volume controllers until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (claims_stop, volumes_stop) = split(shutdown);
+    let shutdown = shutdown.shared();
     let claims = Controller::new(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         watcher::Config::default(),
@@ -801,8 +783,8 @@ pub async fn run(
                 .collect::<Vec<_>>()
         },
     )
-    .graceful_shutdown_on(claims_stop)
-    .run(reconcile_claim, error_policy, ctx.clone())
+    .graceful_shutdown_on(shutdown.clone())
+    .run(reconcile_claim, crate::error_policy, ctx.clone())
     .for_each(|_| async {});
     let volumes = Controller::new(
         Api::<PersistentVolume>::all(client.clone()),
@@ -816,26 +798,8 @@ pub async fn run(
             Some(ObjectRef::new(&v))
         },
     )
-    .graceful_shutdown_on(volumes_stop)
-    .run(reconcile_volume, error_policy, ctx)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile_volume, crate::error_policy, ctx)
     .for_each(|_| async {});
     futures::join!(claims, volumes);
-}
-
-/// One shutdown signal for two controllers.
-pub(crate) fn split(
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> (
-    impl std::future::Future<Output = ()> + Send + Sync + 'static,
-    impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = tx.send(true);
-    });
-    let wait = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    (wait(rx.clone()), wait(rx))
 }

@@ -768,20 +768,6 @@ async fn transfer(
     // The claim's annotation wakes the controller, which writes Succeeded.
 }
 
-fn error_policy(dv: Arc<DataVolume>, error: &StorageError, _ctx: Arc<Context>) -> Action {
-    kubevirt_reconcile::log_failure(
-        "syncing DataVolume",
-        &kubevirt_reconcile::object_ref(&*dv),
-        error,
-        error.is_conflict(),
-    );
-    Action::requeue(if error.is_conflict() {
-        Duration::from_millis(200)
-    } else {
-        Duration::from_secs(2)
-    })
-}
-
 /// Runs the DataVolume controller until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -797,7 +783,7 @@ pub async fn run(
         watcher::Config::default(),
     )
     .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
+    .run(reconcile, crate::error_policy, ctx)
     .for_each(|_| async {})
     .await;
 }

@@ -64,6 +64,26 @@ impl StorageError {
     }
 }
 
+/// The storage controllers' error policy: a lost race is retried at once, anything else
+/// after 2 s.
+pub(crate) fn error_policy<K: kube::Resource, C>(
+    obj: Arc<K>,
+    error: &StorageError,
+    _ctx: Arc<C>,
+) -> kube::runtime::controller::Action {
+    kubevirt_reconcile::log_failure(
+        "syncing storage",
+        &kubevirt_reconcile::object_ref(&*obj),
+        error,
+        error.is_conflict(),
+    );
+    kube::runtime::controller::Action::requeue(if error.is_conflict() {
+        std::time::Duration::from_millis(200)
+    } else {
+        std::time::Duration::from_secs(2)
+    })
+}
+
 /// The built-in class as the server installs it: the default class, volumes bound at once
 /// (one node: nothing to wait for), deleted with their claim, growable.
 pub fn default_class() -> StorageClass {
@@ -131,7 +151,10 @@ pub async fn run(
         volumes: config.volumes.clone(),
         node: config.node.clone(),
     });
-    let (a, b) = claims::split(shutdown);
+    let shutdown = futures::FutureExt::shared(shutdown);
     let dv = Arc::new(datavolume::Context::new(client, config));
-    futures::join!(claims::run(ctx, a), datavolume::run(dv, b));
+    futures::join!(
+        claims::run(ctx, shutdown.clone()),
+        datavolume::run(dv, shutdown)
+    );
 }

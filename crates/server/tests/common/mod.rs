@@ -161,7 +161,8 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    pub fn apply_yaml(&self, yaml: &str) {
+    /// `kubectl apply -f -` of `yaml`, whatever it answers.
+    pub fn apply_output(&self, yaml: &str) -> Output {
         let mut child = Command::new("kubectl")
             .args(["apply", "-f", "-"])
             .env("KUBECONFIG", &self.kubeconfig)
@@ -177,7 +178,11 @@ impl Server {
             .unwrap()
             .write_all(yaml.as_bytes())
             .unwrap();
-        let out = child.wait_with_output().unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn apply_yaml(&self, yaml: &str) {
+        let out = self.apply_output(yaml);
         assert!(
             out.status.success(),
             "kubectl apply failed: {}",
