@@ -409,3 +409,89 @@ pub struct DomainEvent {
     pub name: String,
     pub data: serde_json::Value,
 }
+
+/// A disk added to a running domain ([`crate::Domain::attach_disk`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotplugDisk {
+    /// Device name, unique in the domain among boot and hot-plugged disks.
+    pub name: String,
+    /// `Scsi` or `Virtio` (SATA has no hot-plug).
+    pub bus: DiskBus,
+    #[serde(default)]
+    pub device: DiskDevice,
+    #[serde(default)]
+    pub readonly: bool,
+    /// Serial number the guest sees.
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+/// What a hot-plugged disk became in the VMM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedDisk {
+    /// The device's id in the VMM (e.g. `hotplug-data`).
+    pub device_id: String,
+}
+
+/// An image the caller opened for the VMM: it gets descriptors, never a path, so it can
+/// reach only this file even though it could not open the path itself.
+#[derive(Debug)]
+pub struct DiskImage {
+    pub format: DiskFormat,
+    /// Opened read-only (always there).
+    pub read_only: std::os::fd::OwnedFd,
+    /// Opened read-write, for a writable disk.
+    pub read_write: Option<std::os::fd::OwnedFd>,
+}
+
+impl DiskImage {
+    /// Opens `path` read-only, and read-write too when `writable`.
+    pub fn open(
+        path: &std::path::Path,
+        format: DiskFormat,
+        writable: bool,
+    ) -> crate::Result<DiskImage> {
+        let open = |write: bool| -> crate::Result<std::os::fd::OwnedFd> {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(path)
+                .map(Into::into)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => crate::HypervisorError::MissingFile {
+                        what: "disk image",
+                        path: path.to_path_buf(),
+                    },
+                    _ => crate::HypervisorError::Io {
+                        context: format!("opening disk image {}", path.display()),
+                        source: e,
+                    },
+                })
+        };
+        Ok(DiskImage {
+            format,
+            read_only: open(false)?,
+            read_write: if writable { Some(open(true)?) } else { None },
+        })
+    }
+
+    /// The image's size in bytes now (a regular file's length, a block device's capacity).
+    pub fn size(&self) -> std::io::Result<u64> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileTypeExt;
+        let file = std::fs::File::from(self.read_only.try_clone()?);
+        let meta = file.metadata()?;
+        if meta.file_type().is_block_device() {
+            // SAFETY: lseek(2) on a descriptor we own; it moves only the shared offset,
+            // which nobody relies on (the VMM reads and writes at explicit offsets).
+            let end = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
+            if end < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(end as u64)
+        } else {
+            Ok(meta.len())
+        }
+    }
+}

@@ -54,6 +54,15 @@ pub enum HypervisorError {
     /// The operation needs a running domain.
     #[error("domain {name} is not running")]
     NotRunning { name: String },
+    /// No disk of that name (at boot or hot-plugged).
+    #[error("domain {domain} has no disk {disk}")]
+    NoSuchDisk { domain: String, disk: String },
+    /// A disk or device of that name exists already.
+    #[error("domain {domain} already has a device named {disk}")]
+    DiskExists { domain: String, disk: String },
+    /// The machine has no free place for a disk on that bus.
+    #[error("cannot hot-plug disk {disk}: {reason}")]
+    NoHotplugSlot { disk: String, reason: String },
     /// The operation is not valid in the current state.
     #[error("domain {name}: {reason}")]
     InvalidState { name: String, reason: String },

@@ -73,6 +73,19 @@ pub trait Domain: Send + Sync {
         arguments: Option<serde_json::Value>,
         timeout: Duration,
     ) -> Result<serde_json::Value>;
+    /// Hot-plugs a disk reading `image` (the caller opened it; the VMM gets descriptors).
+    /// Fails with `DiskExists` for a taken name and `NoHotplugSlot` when the machine has no
+    /// free place on that bus.
+    fn attach_disk(&self, disk: &HotplugDisk, image: &DiskImage) -> Result<AttachedDisk>;
+    /// Unplugs a hot-plugged disk: waits up to `timeout` for the guest to release it, then
+    /// drops its block node and descriptors. After a timeout the request stands; calling
+    /// again waits again.
+    fn detach_disk(&self, name: &str, timeout: Duration) -> Result<()>;
+    /// Tells the VMM that disk `name` (at boot or hot-plugged) is now `size_bytes` long;
+    /// the guest sees the new capacity.
+    fn resize_disk(&self, name: &str, size_bytes: u64) -> Result<()>;
+    /// Ejects the medium of cdrom `name` and inserts `image` instead (`None`: left empty).
+    fn change_medium(&self, name: &str, image: Option<&DiskImage>) -> Result<()>;
     /// Waits until the VMM process exits (reaping it). `None` timeout waits forever.
     /// Returns `Ok(None)` on timeout.
     fn wait_exit(&self, timeout: Option<Duration>) -> Result<Option<ExitInfo>>;

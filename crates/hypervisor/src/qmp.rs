@@ -9,6 +9,7 @@
 //! asynchronous events go to an [`EventLog`] that callers can wait on.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -186,6 +187,138 @@ pub struct MigrationRam {
     pub total: u64,
 }
 
+/// `add-fd`: adds the descriptor sent with the command (see [`QmpClient::execute_with_fd`])
+/// to fd set `fdset_id`, creating the set if needed.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AddFd {
+    pub fdset_id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opaque: Option<String>,
+}
+impl QmpCommand for AddFd {
+    const NAME: &'static str = "add-fd";
+    type Return = AddFdInfo;
+}
+
+/// Answer of `add-fd`: the set and QEMU's number of its copy of the descriptor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AddFdInfo {
+    pub fdset_id: u32,
+    pub fd: i64,
+}
+
+/// `remove-fd`: drops a set (or one descriptor of it); QEMU closes each descriptor once
+/// nothing uses a copy of it any more.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RemoveFd {
+    pub fdset_id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i64>,
+}
+impl QmpCommand for RemoveFd {
+    const NAME: &'static str = "remove-fd";
+    type Return = Empty;
+}
+
+/// `blockdev-add`: its arguments are a block node's options, which vary by driver.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct BlockdevAdd(pub Value);
+impl QmpCommand for BlockdevAdd {
+    const NAME: &'static str = "blockdev-add";
+    type Return = Empty;
+}
+
+/// `blockdev-del` of a node added with `blockdev-add` (or `-blockdev`) that nothing uses.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevDel {
+    pub node_name: String,
+}
+impl QmpCommand for BlockdevDel {
+    const NAME: &'static str = "blockdev-del";
+    type Return = Empty;
+}
+
+/// `device_add`: the driver, id and the driver's properties.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct DeviceAdd(pub Value);
+impl QmpCommand for DeviceAdd {
+    const NAME: &'static str = "device_add";
+    type Return = Empty;
+}
+
+/// `device_del`: asks for the removal; `DEVICE_DELETED` says when it is gone (for PCI
+/// devices, once the guest released it).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceDel {
+    pub id: String,
+}
+impl QmpCommand for DeviceDel {
+    const NAME: &'static str = "device_del";
+    type Return = Empty;
+}
+
+/// `block_resize` of a node to `size` bytes; the guest device hears of the new size.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockResize {
+    pub node_name: String,
+    pub size: u64,
+}
+impl QmpCommand for BlockResize {
+    const NAME: &'static str = "block_resize";
+    type Return = Empty;
+}
+
+/// `blockdev-open-tray` of a removable-media device (by qdev id).
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockdevOpenTray {
+    pub id: String,
+    /// Open even if the guest locked the tray.
+    pub force: bool,
+}
+impl QmpCommand for BlockdevOpenTray {
+    const NAME: &'static str = "blockdev-open-tray";
+    type Return = Empty;
+}
+
+/// `blockdev-close-tray`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockdevCloseTray {
+    pub id: String,
+}
+impl QmpCommand for BlockdevCloseTray {
+    const NAME: &'static str = "blockdev-close-tray";
+    type Return = Empty;
+}
+
+/// `blockdev-remove-medium` (the tray must be open).
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockdevRemoveMedium {
+    pub id: String,
+}
+impl QmpCommand for BlockdevRemoveMedium {
+    const NAME: &'static str = "blockdev-remove-medium";
+    type Return = Empty;
+}
+
+/// `blockdev-insert-medium` (the tray must be open and empty).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevInsertMedium {
+    pub id: String,
+    pub node_name: String,
+}
+impl QmpCommand for BlockdevInsertMedium {
+    const NAME: &'static str = "blockdev-insert-medium";
+    type Return = Empty;
+}
+
 /// Asynchronous events, shared between the reader thread and callers.
 #[derive(Default)]
 pub struct EventLog {
@@ -279,11 +412,28 @@ impl EventLog {
 
     /// Waits for an event called `name` with absolute index >= `after`.
     pub fn wait_for(&self, name: &str, after: usize, timeout: Duration) -> Option<DomainEvent> {
+        self.wait_for_match(name, after, timeout, |_| true)
+    }
+
+    /// Waits for an event called `name` with absolute index >= `after` for which `matches`
+    /// holds (e.g. the `DEVICE_DELETED` of one device).
+    pub fn wait_for_match(
+        &self,
+        name: &str,
+        after: usize,
+        timeout: Duration,
+        matches: impl Fn(&DomainEvent) -> bool,
+    ) -> Option<DomainEvent> {
         let deadline = Instant::now() + timeout;
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let start = after.saturating_sub(g.dropped);
-            if let Some(ev) = g.events.iter().skip(start).find(|e| e.name == name) {
+            if let Some(ev) = g
+                .events
+                .iter()
+                .skip(start)
+                .find(|e| e.name == name && matches(e))
+            {
                 return Some(ev.clone());
             }
             let now = Instant::now();
@@ -421,8 +571,25 @@ impl QmpClient {
         })
     }
 
+    /// Runs a typed command with a descriptor attached (`SCM_RIGHTS`), for the commands
+    /// that take one from the monitor connection (`add-fd`, `getfd`). QEMU gets its own
+    /// copy; the caller keeps `fd`.
+    pub fn execute_with_fd<C: QmpCommand>(&self, cmd: &C, fd: BorrowedFd<'_>) -> Result<C::Return> {
+        let args = serde_json::to_value(cmd).map_err(|e| HypervisorError::QmpProtocol {
+            detail: format!("cannot encode {}: {e}", C::NAME),
+        })?;
+        let ret = self.send_and_wait(C::NAME, args, Some(fd))?;
+        serde_json::from_value(ret.clone()).map_err(|e| HypervisorError::QmpProtocol {
+            detail: format!("unexpected {} answer {ret}: {e}", C::NAME),
+        })
+    }
+
     /// Runs a command by name with JSON arguments (`null` for none) and returns `return`.
     pub fn execute_raw(&self, name: &str, args: Value) -> Result<Value> {
+        self.send_and_wait(name, args, None)
+    }
+
+    fn send_and_wait(&self, name: &str, args: Value, fd: Option<BorrowedFd<'_>>) -> Result<Value> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let id = conn.next_id;
         conn.next_id += 1;
@@ -432,9 +599,11 @@ impl QmpClient {
         }
         let mut bytes = msg.to_string().into_bytes();
         bytes.push(b'\n');
-        conn.writer
-            .write_all(&bytes)
-            .map_err(|e| HypervisorError::io(format!("sending QMP {name}"), e))?;
+        let sent = match fd {
+            None => conn.writer.write_all(&bytes),
+            Some(fd) => send_with_fd(&mut conn.writer, &bytes, fd),
+        };
+        sent.map_err(|e| HypervisorError::io(format!("sending QMP {name}"), e))?;
         let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -467,6 +636,22 @@ impl QmpClient {
             }
         }
     }
+}
+
+/// Writes `bytes` with `fd` riding along the first chunk; the rest follows as plain data.
+fn send_with_fd(w: &mut UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(bytes)];
+    let n = loop {
+        match sendmsg::<()>(w.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(n) => break n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    w.write_all(&bytes[n..])
 }
 
 fn read_loop(mut reader: BufReader<UnixStream>, tx: mpsc::Sender<Value>, events: Arc<EventLog>) {
@@ -547,6 +732,68 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         c.execute(&Stop).unwrap();
+    }
+
+    #[test]
+    fn a_descriptor_rides_along_its_command() {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = UnixStream::pair().unwrap();
+        let peer = std::thread::spawn(move || {
+            let mut w = b.try_clone().unwrap();
+            w.write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 0, \"major\": 10}}, \"capabilities\": []}}\n").unwrap();
+            let mut got = None;
+            let mut text = Vec::new();
+            // qmp_capabilities, then add-fd with its descriptor.
+            while text.iter().filter(|&&c| c == b'\n').count() < 2 {
+                let mut buf = [0u8; 4096];
+                let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let msg =
+                    recvmsg::<()>(b.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
+                        .unwrap();
+                for c in msg.cmsgs().unwrap() {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        // SAFETY: the descriptor was just received and is owned by nobody else.
+                        got = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+                    }
+                }
+                let n = msg.bytes;
+                text.extend_from_slice(&buf[..n]);
+                let lines: Vec<Value> = String::from_utf8_lossy(&text)
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                if let Some(last) = lines.last() {
+                    if text.ends_with(b"\n") {
+                        let reply = if last["execute"] == "add-fd" {
+                            json!({"return": {"fdset-id": last["arguments"]["fdset-id"], "fd": 42}, "id": last["id"]})
+                        } else {
+                            json!({"return": {}, "id": last["id"]})
+                        };
+                        w.write_all(format!("{reply}\n").as_bytes()).unwrap();
+                    }
+                }
+            }
+            got
+        });
+        let c = QmpClient::handshake(a, Duration::from_secs(5)).unwrap();
+        let file = tempfile::tempfile().unwrap();
+        let info = c
+            .execute_with_fd(
+                &AddFd {
+                    fdset_id: 1000,
+                    opaque: None,
+                },
+                file.as_fd(),
+            )
+            .unwrap();
+        assert_eq!((info.fdset_id, info.fd), (1000, 42));
+        let received = peer.join().unwrap().expect("no descriptor received");
+        let theirs = std::fs::File::from(received).metadata().unwrap();
+        let ours = file.metadata().unwrap();
+        assert_eq!((theirs.dev(), theirs.ino()), (ours.dev(), ours.ino()));
     }
 
     #[test]

@@ -12,7 +12,12 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use crate::protocol::{ApiError, LauncherStatus, MigrateRequest, StopRequest, SyncRequest};
+use std::time::Duration;
+
+use crate::protocol::{
+    ApiError, FreezeRequest, HotplugVolumeRequest, HotplugVolumeStatus, InsertMediumRequest,
+    LauncherStatus, MigrateRequest, StopRequest, SyncRequest,
+};
 use crate::rundir::RunDir;
 
 /// Errors talking to a launcher.
@@ -33,6 +38,8 @@ pub enum ClientError {
     Status { status: u16, message: String },
     #[error("unexpected launcher answer: {reason}")]
     Decode { reason: String },
+    #[error("invalid request: {reason}")]
+    InvalidArgument { reason: String },
 }
 
 /// A bidirectional byte stream (console or VNC) proxied by the launcher.
@@ -250,6 +257,81 @@ impl LauncherClient {
     /// The guest agent's `guest-get-osinfo` answer.
     pub async fn guest_osinfo(&self) -> Result<serde_json::Value, ClientError> {
         Self::need(self.call(Method::GET, "/v1/guest-osinfo", None).await?)
+    }
+
+    /// Freezes the guest's filesystems through its agent (for a snapshot); the launcher
+    /// thaws them by itself after `unfreeze_timeout` (default 5 minutes) without an
+    /// [`LauncherClient::unfreeze`]. Fails with 409 `guest agent is not connected`.
+    pub async fn freeze(&self, unfreeze_timeout: Option<Duration>) -> Result<(), ClientError> {
+        let body = Self::encode(&FreezeRequest {
+            unfreeze_timeout_seconds: unfreeze_timeout.map(|t| t.as_secs()),
+        })?;
+        self.post("/v1/freeze", Some(body)).await
+    }
+
+    /// Thaws the guest's filesystems (fine when they are not frozen).
+    pub async fn unfreeze(&self) -> Result<(), ClientError> {
+        self.post("/v1/unfreeze", None).await
+    }
+
+    /// Hot-plugs a volume into the running VM.
+    pub async fn hotplug_volume(
+        &self,
+        request: &HotplugVolumeRequest,
+    ) -> Result<HotplugVolumeStatus, ClientError> {
+        let body = Self::encode(request)?;
+        Self::need(self.call(Method::POST, "/v1/volumes", Some(body)).await?)
+    }
+
+    /// Unplugs a hot-plugged volume; returns once the guest released it.
+    pub async fn unplug_volume(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/volumes/{}", Self::segment(name)?);
+        self.call::<serde_json::Value>(Method::DELETE, &path, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Makes volume `name` take its raw image's current size (grow the file first).
+    pub async fn resize_volume(&self, name: &str) -> Result<(), ClientError> {
+        self.post(
+            &format!("/v1/volumes/{}/resize", Self::segment(name)?),
+            None,
+        )
+        .await
+    }
+
+    /// Puts the image at `path` (raw) into cdrom `name`.
+    pub async fn insert_medium(&self, name: &str, path: &Path) -> Result<(), ClientError> {
+        let body = Self::encode(&InsertMediumRequest {
+            path: path.to_path_buf(),
+            format: None,
+        })?;
+        self.post(
+            &format!("/v1/volumes/{}/insert", Self::segment(name)?),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Ejects the medium of cdrom `name`.
+    pub async fn eject_medium(&self, name: &str) -> Result<(), ClientError> {
+        self.post(&format!("/v1/volumes/{}/eject", Self::segment(name)?), None)
+            .await
+    }
+
+    /// A volume name as a path segment (names never need escaping; others are refused).
+    fn segment(name: &str) -> Result<&str, ClientError> {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Ok(name)
+        } else {
+            Err(ClientError::InvalidArgument {
+                reason: format!("{name:?} is not a volume name"),
+            })
+        }
     }
 
     async fn upgrade(&self, path: &str, proto: &str) -> Result<ByteStream, ClientError> {

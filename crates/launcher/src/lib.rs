@@ -8,6 +8,8 @@
 
 pub mod client;
 mod footprint;
+mod freeze;
+mod hotplug;
 mod network;
 pub mod prepare;
 mod privileges;
@@ -23,8 +25,9 @@ pub mod vmm_user;
 pub use client::{final_status, live_pid, ByteStream, ClientError, LauncherClient};
 pub use process::{run, ExitCode, LauncherArgs, LauncherError};
 pub use protocol::{
-    FailedStep, InterfaceStatus, LauncherStatus, Stage, StartFailure, StopRequest, SyncRequest,
-    VmiRef,
+    FailedStep, FreezeRequest, HotplugBus, HotplugVolumeRequest, HotplugVolumeStatus,
+    InsertMediumRequest, InterfaceStatus, LauncherStatus, Stage, StartFailure, StopRequest,
+    SyncRequest, VmiRef,
 };
 pub use rundir::{RunDir, DEFAULT_RUN_ROOT};
 pub use translate::{translate, LauncherEnv, TranslateError};

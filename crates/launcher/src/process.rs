@@ -331,6 +331,7 @@ struct Running {
     vm: Arc<Vm>,
     net: crate::network::NetState,
     net_tasks: Vec<tokio::task::JoinHandle<()>>,
+    _opened_for_qemu: Vec<std::fs::File>,
 }
 
 /// Translates the VMI, prepares its volumes and network, and starts QEMU.
@@ -424,8 +425,9 @@ async fn start(
     let net = net_task.await.map_err(|e| LauncherError::Network {
         reason: format!("network setup task: {e}"),
     })?;
-    // The hostDisks opened for QEMU stay open until it has started.
-    let (net, _opened_for_qemu) = match (prepared, net) {
+    // The hostDisks opened for QEMU stay open while it runs: their `/proc/self/fd` names
+    // are how the launcher finds their size when a disk grows.
+    let (net, opened_for_qemu) = match (prepared, net) {
         (Ok(files), Ok(net)) => (net, files),
         (Err(e), Ok(net)) => {
             net.teardown();
@@ -470,7 +472,12 @@ async fn start(
     });
     tracing::info!(pid = ?domain.pid(), "VM running");
     crate::footprint::release_code_pages();
-    Ok(Running { vm, net, net_tasks })
+    Ok(Running {
+        vm,
+        net,
+        net_tasks,
+        _opened_for_qemu: opened_for_qemu,
+    })
 }
 
 /// QEMU as the VM's own user, bounded by a cgroup from the pod's resources.
@@ -507,7 +514,12 @@ async fn follow(
     status: &Arc<StatusCell>,
     mut term_rx: tokio::sync::watch::Receiver<bool>,
 ) -> ExitCode {
-    let Running { vm, net, net_tasks } = running;
+    let Running {
+        vm,
+        net,
+        net_tasks,
+        _opened_for_qemu,
+    } = running;
     let wake = Arc::new(tokio::sync::Notify::new());
     let hook_wake = wake.clone();
     vm.domain

@@ -19,6 +19,13 @@
 //! | GET    | `/v1/migration`     | -> `kubevirt_hypervisor::MigrationStatus`              |
 //! | GET    | `/v1/console`       | `Upgrade: console` -> 101, raw serial stream           |
 //! | GET    | `/v1/vnc`           | `Upgrade: vnc` -> 101, raw RFB stream                  |
+//! | POST   | `/v1/freeze`        | [`FreezeRequest`] -> 204 once the guest agent froze the filesystems; 409 without an agent; thawed by itself after the timeout (default 300 s) |
+//! | POST   | `/v1/unfreeze`      | -> 204 (also when not frozen)                          |
+//! | POST   | `/v1/volumes`       | [`HotplugVolumeRequest`] -> 200 [`HotplugVolumeStatus`] once QEMU added the device; 409 for a taken name or no free slot on that bus |
+//! | DELETE | `/v1/volumes/{name}` | -> 204 once the guest released the device (waits up to 30 s, else 504); 404 if not hot-plugged |
+//! | POST   | `/v1/volumes/{name}/resize` | -> 204 after the disk took its raw file's current size |
+//! | POST   | `/v1/volumes/{name}/insert` | [`InsertMediumRequest`] -> 204; a cdrom gets this medium |
+//! | POST   | `/v1/volumes/{name}/eject`  | -> 204; a cdrom is left empty                  |
 //!
 //! The status is facts, not a verdict: where the launcher is ([`Stage`]), the domain state
 //! the hypervisor reports, how QEMU exited, whether a stop was requested, and a structured
@@ -122,6 +129,13 @@ pub struct LauncherStatus {
     pub exit: Option<ExitInfo>,
     /// Why the VM could not start.
     pub failure: Option<StartFailure>,
+    /// `frozen` while the guest agent holds the filesystems frozen (upstream's VMI
+    /// `status.fsFreezeStatus`), else none.
+    #[serde(default)]
+    pub fs_freeze_status: Option<String>,
+    /// Volumes hot-plugged into the running VM, in the order they came.
+    #[serde(default)]
+    pub hotplug_volumes: Vec<HotplugVolumeStatus>,
 }
 
 impl LauncherStatus {
@@ -140,6 +154,8 @@ impl LauncherStatus {
             stop_requested: false,
             exit: None,
             failure: None,
+            fs_freeze_status: None,
+            hotplug_volumes: Vec::new(),
         }
     }
 }
@@ -173,6 +189,77 @@ pub struct MigrateRequest {
     pub uri: String,
 }
 
+/// `fs_freeze_status` while frozen.
+pub const FS_FROZEN: &str = "frozen";
+
+/// Body of `POST /v1/freeze`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FreezeRequest {
+    /// Seconds after which the launcher thaws the guest by itself if no unfreeze came
+    /// (default 300).
+    #[serde(default)]
+    pub unfreeze_timeout_seconds: Option<u64>,
+}
+
+/// The bus a hot-plugged disk goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HotplugBus {
+    /// The virtio-scsi controller every VM has (`scsi-hd`/`scsi-cd`).
+    Scsi,
+    /// A virtio-blk device on a spare PCIe root port.
+    Virtio,
+}
+
+/// Body of `POST /v1/volumes`: a host file (or block device) to attach to the running VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HotplugVolumeRequest {
+    /// The VMI volume name (a DNS label: `[a-z0-9-]`, at most 63).
+    pub name: String,
+    /// The image on the host: a regular file or a block device.
+    pub path: std::path::PathBuf,
+    pub bus: HotplugBus,
+    /// Serial number the guest sees (up to 20 of `[A-Za-z0-9_-]`).
+    #[serde(default)]
+    pub serial: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// A CD-ROM (read-only, SCSI only).
+    #[serde(default)]
+    pub cdrom: bool,
+    /// `raw` (default) or `qcow2` (self-contained: no backing or data file).
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// A hot-plugged volume, as the status reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HotplugVolumeStatus {
+    pub name: String,
+    pub bus: HotplugBus,
+    pub serial: Option<String>,
+    /// The device id in QEMU, e.g. `hotplug-data`.
+    pub target: String,
+    pub read_only: bool,
+    pub cdrom: bool,
+    /// Size of the image (0 for an ejected cdrom).
+    pub size_bytes: u64,
+}
+
+/// Body of `POST /v1/volumes/{name}/insert`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InsertMediumRequest {
+    /// The image on the host (raw, as CD-ROM images are; or `format`).
+    pub path: std::path::PathBuf,
+    /// `raw` (default) or `qcow2`.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
 /// Migration URIs the launcher accepts: QEMU also knows `exec:` (runs a shell command),
 /// which must never be reachable through the API.
 pub fn valid_migration_uri(uri: &str) -> Result<(), String> {
@@ -192,4 +279,57 @@ pub fn valid_migration_uri(uri: &str) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_status_from_before_freeze_and_hotplug_still_parses() {
+        let mut v = serde_json::to_value(LauncherStatus::new(None)).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        assert!(obj.remove("fsFreezeStatus").is_some());
+        assert!(obj.remove("hotplugVolumes").is_some());
+        let st: LauncherStatus = serde_json::from_value(v).unwrap();
+        assert_eq!(st.fs_freeze_status, None);
+        assert!(st.hotplug_volumes.is_empty());
+    }
+
+    #[test]
+    fn volume_and_freeze_bodies_on_the_wire() {
+        let r: HotplugVolumeRequest = serde_json::from_value(json!({
+            "name": "data", "path": "/img/d.raw", "bus": "virtio", "readOnly": true
+        }))
+        .unwrap();
+        assert_eq!(r.bus, HotplugBus::Virtio);
+        assert!(r.read_only && !r.cdrom && r.serial.is_none() && r.format.is_none());
+        assert!(serde_json::from_value::<HotplugVolumeRequest>(
+            json!({"name": "d", "path": "/x", "bus": "sata"})
+        )
+        .is_err());
+        assert!(serde_json::from_value::<HotplugVolumeRequest>(
+            json!({"name": "d", "path": "/x", "bus": "scsi", "lun": 1})
+        )
+        .is_err());
+        let f: FreezeRequest =
+            serde_json::from_value(json!({"unfreezeTimeoutSeconds": 30})).unwrap();
+        assert_eq!(f.unfreeze_timeout_seconds, Some(30));
+        assert!(serde_json::from_value::<FreezeRequest>(json!({"timeout": 30})).is_err());
+        let st = HotplugVolumeStatus {
+            name: "data".into(),
+            bus: HotplugBus::Scsi,
+            serial: None,
+            target: "hotplug-data".into(),
+            read_only: false,
+            cdrom: false,
+            size_bytes: 1,
+        };
+        assert_eq!(
+            serde_json::to_value(&st).unwrap(),
+            json!({"name": "data", "bus": "scsi", "serial": null, "target": "hotplug-data",
+                   "readOnly": false, "cdrom": false, "sizeBytes": 1})
+        );
+    }
 }

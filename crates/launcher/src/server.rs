@@ -17,7 +17,13 @@ use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 
-use crate::protocol::{valid_migration_uri, ApiError, MigrateRequest, StopRequest, SyncRequest};
+use std::time::Duration;
+
+use crate::hotplug::HotplugError;
+use crate::protocol::{
+    valid_migration_uri, ApiError, FreezeRequest, HotplugVolumeRequest, InsertMediumRequest,
+    MigrateRequest, StopRequest, SyncRequest,
+};
 use crate::status::StatusCell;
 use crate::vm::{Vm, VmError};
 
@@ -89,17 +95,87 @@ fn empty(status: StatusCode) -> Resp {
 }
 
 fn vm_error(e: VmError) -> Resp {
+    use kubevirt_hypervisor::HypervisorError as H;
     let status = match &e {
-        VmError::WrongStage { .. } => StatusCode::CONFLICT,
-        VmError::Hypervisor(kubevirt_hypervisor::HypervisorError::GuestAgent { .. }) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        VmError::Hypervisor(kubevirt_hypervisor::HypervisorError::NotRunning { .. }) => {
-            StatusCode::CONFLICT
-        }
+        VmError::WrongStage { .. } | VmError::AgentNotConnected => StatusCode::CONFLICT,
+        VmError::Hypervisor(H::GuestAgent { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+        VmError::Hypervisor(
+            H::NotRunning { .. }
+            | H::DiskExists { .. }
+            | H::NoHotplugSlot { .. }
+            | H::InvalidState { .. },
+        ) => StatusCode::CONFLICT,
+        VmError::Hypervisor(H::NoSuchDisk { .. }) => StatusCode::NOT_FOUND,
+        VmError::Hypervisor(H::InvalidConfig { .. }) => StatusCode::BAD_REQUEST,
+        VmError::Hypervisor(H::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+        VmError::Hotplug(h) => match h {
+            HotplugError::Invalid { .. } | HotplugError::Image(_) | HotplugError::Io { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            HotplugError::NotFound { .. } => StatusCode::NOT_FOUND,
+            HotplugError::Conflict { .. } => StatusCode::CONFLICT,
+        },
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e.to_string())
+}
+
+/// Parses a JSON body; an empty one is `T::default()` when `empty_ok`. The error is the
+/// message of a 400.
+fn parse<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    empty_ok: bool,
+) -> Result<T, String> {
+    if empty_ok && body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("body: {e}"))
+}
+
+/// `/v1/volumes/...` routes.
+async fn volumes(shared: &Shared, method: Method, rest: &str, req: Request<Incoming>) -> Resp {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(vm) = shared.vm() else {
+        return not_running();
+    };
+    match (method, parts.as_slice()) {
+        (Method::POST, [""]) => match serde_json::from_slice::<HotplugVolumeRequest>(&body) {
+            Err(e) => error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+            Ok(r) => match vm.hotplug_volume(r).await {
+                Ok(st) => json(StatusCode::OK, &st),
+                Err(e) => vm_error(e),
+            },
+        },
+        (Method::DELETE, [name]) if !name.is_empty() => done(
+            vm.unplug_volume(name.to_string()).await,
+            StatusCode::NO_CONTENT,
+        ),
+        (Method::POST, [name, "resize"]) => done(
+            vm.resize_volume(name.to_string()).await,
+            StatusCode::NO_CONTENT,
+        ),
+        (Method::POST, [name, "eject"]) => done(
+            vm.change_medium(name.to_string(), None).await,
+            StatusCode::NO_CONTENT,
+        ),
+        (Method::POST, [name, "insert"]) => {
+            match serde_json::from_slice::<InsertMediumRequest>(&body) {
+                Err(e) => error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+                Ok(m) => done(
+                    vm.change_medium(name.to_string(), Some(m)).await,
+                    StatusCode::NO_CONTENT,
+                ),
+            }
+        }
+        (_, [""] | [_] | [_, "resize" | "eject" | "insert"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no route /v1/volumes{rest}")),
+    }
 }
 
 fn done(r: Result<(), VmError>, ok: StatusCode) -> Resp {
@@ -228,13 +304,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
         (Method::POST, "/v1/stop") => match read_body(req).await {
             Err(r) => r,
             Ok(body) => {
-                let parsed: Result<StopRequest, _> = if body.iter().all(u8::is_ascii_whitespace) {
-                    Ok(StopRequest::default())
-                } else {
-                    serde_json::from_slice(&body)
-                };
+                let parsed = parse::<StopRequest>(&body, true);
                 match (parsed, shared.vm()) {
-                    (Err(e), _) => error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+                    (Err(e), _) => error(StatusCode::BAD_REQUEST, e),
                     (Ok(_), None) => not_running(),
                     (Ok(r), Some(vm)) => {
                         vm.request_stop(r.grace_seconds);
@@ -251,6 +323,28 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
             Some(vm) => done(vm.unpause().await, StatusCode::NO_CONTENT),
             None => not_running(),
         },
+        (Method::POST, "/v1/freeze") => match (read_body(req).await, shared.vm()) {
+            (Err(r), _) => r,
+            (_, None) => not_running(),
+            (Ok(body), Some(vm)) => match parse::<FreezeRequest>(&body, true) {
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
+                Ok(f) => done(
+                    vm.freeze(f.unfreeze_timeout_seconds.map(Duration::from_secs))
+                        .await,
+                    StatusCode::NO_CONTENT,
+                ),
+            },
+        },
+        (Method::POST, "/v1/unfreeze") => match shared.vm() {
+            Some(vm) => done(vm.unfreeze().await, StatusCode::NO_CONTENT),
+            None => not_running(),
+        },
+        (m, p) if p == "/v1/volumes" || p.starts_with("/v1/volumes/") => {
+            let rest = p.strip_prefix("/v1/volumes").unwrap_or_default();
+            let rest = rest.strip_prefix('/').unwrap_or(rest);
+            // `/v1/volumes` itself is the collection (`[""]` below).
+            volumes(&shared, m, rest, req).await
+        }
         (Method::POST, "/v1/reset") => match shared.vm() {
             Some(vm) => done(vm.reset(), StatusCode::NO_CONTENT),
             None => not_running(),
@@ -299,7 +393,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
             _,
             "/v1/status" | "/v1/watch" | "/v1/sync" | "/v1/stop" | "/v1/pause" | "/v1/unpause"
             | "/v1/reset" | "/v1/soft-reboot" | "/v1/guest-osinfo" | "/v1/console" | "/v1/vnc"
-            | "/v1/migrate" | "/v1/migration",
+            | "/v1/migrate" | "/v1/migration" | "/v1/freeze" | "/v1/unfreeze",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
     };

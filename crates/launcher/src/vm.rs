@@ -2,6 +2,7 @@
 //! signal handler and the event follower. Every state change is published through the
 //! launcher's [`StatusCell`].
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,11 @@ pub enum VmError {
     WrongStage { stage: Stage, operation: String },
     #[error("background task failed: {reason}")]
     Task { reason: String },
+    /// The node agent maps this exact message.
+    #[error("guest agent is not connected")]
+    AgentNotConnected,
+    #[error(transparent)]
+    Hotplug(#[from] crate::hotplug::HotplugError),
 }
 
 /// The ID of the guest agent's virtio-serial port in the QEMU command line.
@@ -33,6 +39,11 @@ pub struct Vm {
     pub status: Arc<StatusCell>,
     /// The agent channel takes one client at a time.
     agent: Arc<Mutex<()>>,
+    /// Bumped by every freeze and unfreeze: a pending automatic thaw runs only if nothing
+    /// happened since its freeze.
+    pub(crate) freeze_generation: AtomicU64,
+    /// Hot-plugged volumes; held across each hot-plug operation.
+    pub(crate) volumes: Arc<Mutex<crate::hotplug::Volumes>>,
 }
 
 impl Vm {
@@ -42,10 +53,12 @@ impl Vm {
             default_grace,
             status,
             agent: Arc::new(Mutex::new(())),
+            freeze_generation: AtomicU64::new(0),
+            volumes: Arc::default(),
         })
     }
 
-    fn require_live(&self, operation: &str) -> Result<(), VmError> {
+    pub(crate) fn require_live(&self, operation: &str) -> Result<(), VmError> {
         let st = self.status.get();
         if st.stage != Stage::Started || st.stop_requested {
             return Err(VmError::WrongStage {
@@ -77,6 +90,10 @@ impl Vm {
     pub async fn on_event(self: &Arc<Self>, ev: &DomainEvent) {
         match ev.name.as_str() {
             "STOP" | "RESUME" | "SHUTDOWN" | "RESET" | "GUEST_PANICKED" | "MIGRATION" => {
+                if ev.name == "RESET" {
+                    // A guest that starts over has nothing frozen.
+                    self.status.update(|s| s.fs_freeze_status = None);
+                }
                 self.refresh_state().await
             }
             "VSERPORT_CHANGE"
@@ -87,7 +104,13 @@ impl Vm {
                     .get("open")
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
-                self.status.update(|s| s.agent_connected = open);
+                self.status.update(|s| {
+                    s.agent_connected = open;
+                    if !open {
+                        // No agent, nothing holds the filesystems frozen.
+                        s.fs_freeze_status = None;
+                    }
+                });
                 if open {
                     let vm = self.clone();
                     // The agent needs a moment after opening the port before it answers.
@@ -124,6 +147,14 @@ impl Vm {
     /// Starts a live migration to `uri` (`tcp:HOST:PORT` or `unix:PATH`).
     pub fn migrate(&self, uri: &str) -> Result<(), VmError> {
         self.require_live("migrate")?;
+        // The target starts from the VMI: it would lack what was plugged since.
+        if let Some(v) = self.status.get().hotplug_volumes.first() {
+            return Err(crate::hotplug::HotplugError::Conflict {
+                name: v.name.clone(),
+                reason: "hot-plugged volumes do not migrate: unplug them first".into(),
+            }
+            .into());
+        }
         self.domain.migrate_out(uri)?;
         Ok(())
     }
@@ -145,12 +176,22 @@ impl Vm {
         command: &'static str,
         args: Option<Value>,
     ) -> Result<Value, VmError> {
+        self.agent_within(command, args, AGENT_TIMEOUT).await
+    }
+
+    /// Runs a guest-agent command that may take up to `timeout`.
+    pub async fn agent_within(
+        self: &Arc<Self>,
+        command: &'static str,
+        args: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, VmError> {
         self.require_live(command)?;
         let vm = self.clone();
         let agent = self.agent.clone();
         tokio::task::spawn_blocking(move || {
             let _g = agent.lock().unwrap_or_else(|p| p.into_inner());
-            vm.domain.guest_agent(command, args, AGENT_TIMEOUT)
+            vm.domain.guest_agent(command, args, timeout)
         })
         .await
         .map_err(|e| VmError::Task {

@@ -24,12 +24,20 @@ fn path(p: &Path) -> String {
     escape(&p.to_string_lossy())
 }
 
-fn valid_id(s: &str) -> bool {
+pub(crate) fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Disk serials go onto the command line as they are: up to 20 of `[A-Za-z0-9_-]`.
+pub(crate) fn valid_serial(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 20
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn valid_mac(s: &str) -> bool {
@@ -41,13 +49,13 @@ fn valid_mac(s: &str) -> bool {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chipset {
+pub(crate) enum Chipset {
     Q35,
     I440fx,
     Microvm,
 }
 
-fn chipset(machine: &str) -> Result<Chipset> {
+pub(crate) fn chipset(machine: &str) -> Result<Chipset> {
     if machine.contains("q35") {
         Ok(Chipset::Q35)
     } else if machine == "pc" || machine.starts_with("pc-i440fx") || machine.starts_with("pc-") {
@@ -191,6 +199,17 @@ pub fn validate(cfg: &DomainConfig) -> Result<()> {
     Ok(())
 }
 
+/// The id of the virtio-scsi controller (its bus is `scsi0.0`).
+pub const SCSI_CONTROLLER: &str = "scsi0";
+
+/// Spare hot-pluggable PCIe root ports on q35, one virtio-blk disk each.
+pub const HOTPLUG_ROOT_PORTS: usize = 3;
+
+/// The id (and bus name) of spare root port `i`.
+pub fn hotplug_port_id(i: usize) -> String {
+    format!("hpport{i}")
+}
+
 /// The seccomp filter QEMU installs on itself: no obsolete system calls, no set*id, no
 /// fork/exec, no scheduler or affinity changes. (QEMU never needs them: it gets its files
 /// and taps as descriptors and runs no helper scripts.)
@@ -309,8 +328,11 @@ pub fn build_argv(
     // Disks.
     let mut sata_index = 0u32;
     let mut scsi_index = 0u32;
-    if cfg.disks.iter().any(|d| d.bus == DiskBus::Scsi) {
-        push(&["-device", "virtio-scsi-pci,id=scsi0"]);
+    // The SCSI controller is always there (but on microvm, which has no PCI bus unless a
+    // disk needs one): disks hot-plugged on SCSI need no PCI hot-plug, and a controller
+    // present at boot is scanned by the guest.
+    if chip != Chipset::Microvm || cfg.disks.iter().any(|d| d.bus == DiskBus::Scsi) {
+        push(&["-device", &format!("virtio-scsi-pci,id={SCSI_CONTROLLER}")]);
     }
     for (i, d) in cfg.disks.iter().enumerate() {
         let sets = fds
@@ -378,7 +400,7 @@ pub fn build_argv(
                     "scsi-hd"
                 };
                 let s = format!(
-                    "{model},bus=scsi0.0,channel=0,scsi-id=0,lun={scsi_index},drive={drive_id}"
+                    "{model},bus={SCSI_CONTROLLER}.0,channel=0,scsi-id=0,lun={scsi_index},drive={drive_id}"
                 );
                 scsi_index += 1;
                 s
@@ -389,11 +411,7 @@ pub fn build_argv(
             dev.push_str(&format!(",bootindex={o}"));
         }
         if let Some(serial) = &d.serial {
-            if !serial
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                || serial.len() > 20
-            {
+            if !valid_serial(serial) {
                 return Err(invalid(
                     format!("disks.{}.serial", d.name),
                     "serial must be up to 20 characters [A-Za-z0-9_-]",
@@ -504,6 +522,22 @@ pub fn build_argv(
         ]);
     }
 
+    // Spare PCIe root ports for virtio-blk hot-plug (q35 devices cannot be hot-plugged onto
+    // the root complex). Last on the command line, so they take no other device's slot.
+    // No I/O window: modern virtio devices need none, and I/O space is scarce.
+    if chip == Chipset::Q35 {
+        for i in 0..HOTPLUG_ROOT_PORTS {
+            push(&[
+                "-device",
+                &format!(
+                    "pcie-root-port,id={},chassis={},bus=pcie.0,io-reserve=0",
+                    hotplug_port_id(i),
+                    i + 1
+                ),
+            ]);
+        }
+    }
+
     if cfg.start_paused && !incoming {
         push(&["-S"]);
     }
@@ -606,6 +640,41 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("/img/"), "no path reaches QEMU: {s}");
+    }
+
+    #[test]
+    fn hotplug_needs_a_scsi_controller_and_spare_root_ports() {
+        let cfg = DomainConfig::new("vm1", 128, "/q");
+        let s = joined(&cfg);
+        assert_eq!(s.matches("virtio-scsi-pci,id=scsi0").count(), 1, "{s}");
+        for i in 0..HOTPLUG_ROOT_PORTS {
+            let port = format!(
+                "-device pcie-root-port,id=hpport{i},chassis={},bus=pcie.0,io-reserve=0",
+                i + 1
+            );
+            assert!(s.contains(&port), "{s}");
+        }
+        // Last, so no other device's slot moves.
+        let a = build_argv(&cfg, &tcg(), false, &FdRefs::placeholders(&cfg)).unwrap();
+        assert!(
+            a.last().unwrap().starts_with("pcie-root-port,id=hpport2"),
+            "{s}"
+        );
+        // One controller for boot and hot-plugged SCSI disks alike.
+        let mut cfg = cfg;
+        cfg.disks = vec![disk("data", DiskBus::Scsi, DiskDevice::Disk)];
+        assert_eq!(joined(&cfg).matches("virtio-scsi-pci").count(), 1);
+        // i440fx hot-plugs on its root bus: no root ports there; microvm has no PCI.
+        cfg.machine = "pc".into();
+        let s = joined(&cfg);
+        assert!(!s.contains("pcie-root-port"), "{s}");
+        let mut cfg = DomainConfig::new("vm1", 128, "/q");
+        cfg.machine = "microvm".into();
+        let s = joined(&cfg);
+        assert!(
+            !s.contains("virtio-scsi-pci") && !s.contains("pcie-root-port"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod argv;
 pub mod cgroup;
 pub mod fds;
+mod hotplug;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -78,6 +79,7 @@ impl Hypervisor for QemuHypervisor {
             binary: self.binary.clone(),
             runtime: Mutex::new(None),
             shared: Arc::new(Shared::default()),
+            disks: Mutex::new(hotplug::Disks::default()),
         }))
     }
 }
@@ -105,6 +107,8 @@ pub struct QemuDomain {
     binary: PathBuf,
     runtime: Mutex<Option<Running>>,
     shared: Arc<Shared>,
+    /// Hot-plugged disks and changed media; held across each QMP sequence.
+    disks: Mutex<hotplug::Disks>,
 }
 
 impl QemuDomain {
@@ -749,6 +753,30 @@ impl Domain for QemuDomain {
             });
         }
         crate::qga::guest_agent_command(sock, command, arguments, timeout)
+    }
+
+    fn attach_disk(&self, disk: &HotplugDisk, image: &DiskImage) -> Result<AttachedDisk> {
+        let qmp = self.qmp()?;
+        let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        disks.attach(&qmp, &self.cfg, disk, image)
+    }
+
+    fn detach_disk(&self, name: &str, timeout: Duration) -> Result<()> {
+        let qmp = self.qmp()?;
+        let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        disks.detach(&qmp, &self.cfg, name, timeout)
+    }
+
+    fn resize_disk(&self, name: &str, size_bytes: u64) -> Result<()> {
+        let qmp = self.qmp()?;
+        let disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        disks.resize(&qmp, &self.cfg, name, size_bytes)
+    }
+
+    fn change_medium(&self, name: &str, image: Option<&DiskImage>) -> Result<()> {
+        let qmp = self.qmp()?;
+        let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        disks.change_medium(&qmp, &self.cfg, name, image)
     }
 
     fn wait_exit(&self, timeout: Option<Duration>) -> Result<Option<ExitInfo>> {
