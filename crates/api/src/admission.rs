@@ -54,6 +54,8 @@ pub enum FieldErrorKind {
     TooMany,
     /// Invalid, worded as virt-api words some causes: the message alone, no value.
     InvalidMessage,
+    /// Missing, worded as virt-api words some causes: the message alone.
+    MissingMessage,
 }
 
 /// One problem with one field, with its path (`spec.domain.devices.disks[1].name`).
@@ -161,6 +163,7 @@ impl FieldError {
             FieldErrorKind::TooLong => "FieldValueTooLong",
             FieldErrorKind::TooMany => "FieldValueTooMany",
             FieldErrorKind::InvalidMessage => "FieldValueInvalid",
+            FieldErrorKind::MissingMessage => "FieldValueNotFound",
         }
     }
 
@@ -175,7 +178,9 @@ impl FieldError {
             FieldErrorKind::Forbidden => ("Forbidden", None),
             FieldErrorKind::TooLong => ("Too long", None),
             FieldErrorKind::TooMany => ("Too many", None),
-            FieldErrorKind::InvalidMessage => return self.message.clone(),
+            FieldErrorKind::InvalidMessage | FieldErrorKind::MissingMessage => {
+                return self.message.clone()
+            }
         };
         let mut s = match value {
             Some(v) => format!("{head}: {}", format_value(v)),
@@ -285,6 +290,32 @@ pub fn admit(
             |_| {},
             crate::cdi::validate_data_volume,
             crate::cdi::validate_data_volume_update,
+        ),
+        "VirtualMachineSnapshot" => admit_typed::<crate::snapshot::VirtualMachineSnapshot>(
+            obj,
+            old,
+            op,
+            |_| {},
+            crate::snapshot::validate_vm_snapshot,
+            crate::snapshot::validate_vm_snapshot_update,
+        ),
+        "VirtualMachineSnapshotContent" => {
+            admit_typed::<crate::snapshot::VirtualMachineSnapshotContent>(
+                obj,
+                old,
+                op,
+                |_| {},
+                crate::snapshot::validate_vm_snapshot_content,
+                crate::snapshot::validate_vm_snapshot_content_update,
+            )
+        }
+        "VirtualMachineRestore" => admit_typed::<crate::snapshot::VirtualMachineRestore>(
+            obj,
+            old,
+            op,
+            |_| {},
+            crate::snapshot::validate_vm_restore,
+            crate::snapshot::validate_vm_restore_update,
         ),
         other => Err(vec![FieldError::not_supported("kind", other, &KINDS)]),
     }
@@ -468,6 +499,11 @@ pub fn unknown_fields(kind: &str, obj: &Value) -> Vec<String> {
         "VirtualMachineInstanceMigration" => roundtrip::<VirtualMachineInstanceMigration>(obj),
         "VirtualMachineInstanceReplicaSet" => roundtrip::<VirtualMachineInstanceReplicaSet>(obj),
         "DataVolume" => roundtrip::<crate::cdi::DataVolume>(obj),
+        "VirtualMachineSnapshot" => roundtrip::<crate::snapshot::VirtualMachineSnapshot>(obj),
+        "VirtualMachineSnapshotContent" => {
+            roundtrip::<crate::snapshot::VirtualMachineSnapshotContent>(obj)
+        }
+        "VirtualMachineRestore" => roundtrip::<crate::snapshot::VirtualMachineRestore>(obj),
         _ => None,
     };
     let Some(typed) = typed else {

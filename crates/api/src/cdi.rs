@@ -38,6 +38,9 @@ pub mod annotations {
     pub const CLONE_REQUEST: &str = "k8s.io/CloneRequest";
     /// The content type (`kubevirt`).
     pub const CONTENT_TYPE: &str = "cdi.kubevirt.io/storage.contentType";
+    /// On a DataVolume whose claim was filled by someone else (a VM restore): the claim is
+    /// adopted as it is, nothing is imported.
+    pub const PRE_POPULATED: &str = "cdi.kubevirt.io/storage.prePopulated";
     /// Set on the PVC once its data is in place.
     pub const POPULATED_FOR: &str = "cdi.kubevirt.io/storage.populatedFor";
 }

@@ -12,7 +12,8 @@ use crate::v1::{
     VirtualMachineInstanceReplicaSet,
 };
 
-/// Every CRD the API server serves: the kinds this project runs (four of kubevirt.io and CDI's DataVolume) ([`core()`]) followed by
+/// Every CRD the API server serves: the kinds this project runs (four of kubevirt.io, CDI's
+/// DataVolume, the VM and volume snapshot kinds) ([`core()`]) followed by
 /// the kubevirt kinds it only stores ([`storage_only`]), so that a repository of upstream
 /// manifests applies as-is.
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -29,7 +30,16 @@ pub fn core() -> Vec<CustomResourceDefinition> {
         VirtualMachineInstanceMigration::crd(),
         VirtualMachineInstanceReplicaSet::crd(),
         crate::cdi::DataVolume::crd(),
+        crate::snapshot::VirtualMachineSnapshot::crd(),
+        crate::snapshot::VirtualMachineSnapshotContent::crd(),
+        crate::snapshot::VirtualMachineRestore::crd(),
+        crate::snapshot::VolumeSnapshot::crd(),
+        crate::snapshot::VolumeSnapshotContent::crd(),
     ];
+    // Written out: the kind keeps its fields at the top level, which the derive cannot.
+    crds.extend(serde_json::from_value(
+        crate::snapshot::volume_snapshot_class_crd(),
+    ));
     for crd in &mut crds {
         add_type_meta(crd);
         crd.metadata
@@ -40,6 +50,10 @@ pub fn core() -> Vec<CustomResourceDefinition> {
                 "kubevirt-rs".to_string(),
             );
     }
+    // Written out (the kind keeps its fields at the top level, which the derive cannot).
+    crds.extend(serde_json::from_value(
+        crate::snapshot::volume_snapshot_class_crd(),
+    ));
     crds
 }
 

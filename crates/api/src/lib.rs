@@ -5,6 +5,8 @@
 //! - [`v1`]: `VirtualMachine`, `VirtualMachineInstance`, `VirtualMachineInstanceMigration`,
 //!   `VirtualMachineInstanceReplicaSet` and their parts (kube-rs `CustomResource`s).
 //! - [`cdi`]: CDI's `DataVolume` (`cdi.kubevirt.io/v1beta1`).
+//! - [`snapshot`]: volume snapshots (`snapshot.storage.k8s.io/v1`) and VM snapshots and
+//!   restores (`snapshot.kubevirt.io/v1beta1`).
 //! - [`admission`]: decode + default + validate with field-path errors; unknown-field listing.
 //! - [`defaults`], [`validation`]: the typed building blocks of admission.
 //! - [`statechange`]: the VM `start`/`stop`/`restart` subresources' rules (virt-api's).
@@ -21,6 +23,7 @@ pub mod defaults;
 pub mod host_disk;
 pub mod launcher_pod;
 pub mod quantity;
+pub mod snapshot;
 pub mod statechange;
 pub mod support;
 #[cfg(any(test, feature = "testing"))]

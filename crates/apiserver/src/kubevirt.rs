@@ -35,6 +35,7 @@ impl Admission for KubevirtAdmission {
         let ours = match group {
             "kubevirt.io" => kubevirt_api::admission::KINDS.contains(&kind),
             "cdi.kubevirt.io" => kubevirt_api::admission::CDI_KINDS.contains(&kind),
+            kubevirt_api::snapshot::GROUP => kubevirt_api::snapshot::KINDS.contains(&kind),
             _ => false,
         };
         if !ours {
@@ -67,7 +68,10 @@ impl Admission for KubevirtAdmission {
     }
 
     fn unknown_fields(&self, group: &str, kind: &str, obj: &Value) -> Vec<String> {
-        if !matches!(group, "kubevirt.io" | "cdi.kubevirt.io") {
+        if !matches!(
+            group,
+            "kubevirt.io" | "cdi.kubevirt.io" | kubevirt_api::snapshot::GROUP
+        ) {
             return Vec::new();
         }
         kubevirt_api::admission::unknown_fields(kind, obj)

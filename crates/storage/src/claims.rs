@@ -380,6 +380,34 @@ async fn provision(
                     return Ok(Action::requeue(RETRY));
                 }
             };
+            if let Some(snapshot) = snapshot_source(pvc) {
+                let file = match mode {
+                    VolumeMode::Filesystem => dir.join(DISK_IMAGE),
+                    VolumeMode::Block => dir.join(BLOCK_FILE),
+                };
+                let ns = pvc.namespace().unwrap_or_default();
+                if let Err(e) = crate::snapshots::restore_into(
+                    &ctx.client,
+                    &ctx.volumes,
+                    &ns,
+                    snapshot,
+                    &file,
+                    capacity,
+                )
+                .await
+                {
+                    publish(
+                        ctx,
+                        pvc,
+                        EventType::Warning,
+                        "ProvisioningFailed",
+                        &fail(format!("error getting handle for DataSource Type VolumeSnapshot by Name {snapshot}: {e}")),
+                    )
+                    .await;
+                    let _ = ctx.volumes.remove(&pv_name);
+                    return Ok(Action::requeue(RETRY));
+                }
+            }
             let pv = new_volume(ctx, pvc, class, &pv_name, size, mode, &dir);
             let created = match volumes.create(&PostParams::default(), &pv).await {
                 Ok(pv) => pv,
@@ -402,6 +430,23 @@ async fn provision(
     };
     record_binding(claims, pvc, &pv.name_any(), Some(PROVISIONER)).await?;
     Ok(Action::await_change())
+}
+
+/// The VolumeSnapshot a claim is to be made from (`dataSource`, or `dataSourceRef` in the
+/// claim's own namespace).
+fn snapshot_source(pvc: &PersistentVolumeClaim) -> Option<&str> {
+    let spec = pvc.spec.as_ref()?;
+    let is_snapshot = |group: Option<&str>, kind: &str| {
+        group == Some(kubevirt_api::snapshot::VOLUME_SNAPSHOT_GROUP) && kind == "VolumeSnapshot"
+    };
+    if let Some(d) = &spec.data_source {
+        if is_snapshot(d.api_group.as_deref(), &d.kind) {
+            return Some(&d.name);
+        }
+    }
+    let r = spec.data_source_ref.as_ref()?;
+    let own_namespace = r.namespace.is_none() || r.namespace == pvc.metadata.namespace;
+    (own_namespace && is_snapshot(r.api_group.as_deref(), &r.kind)).then_some(r.name.as_str())
 }
 
 /// The reference from a volume to the claim it is bound to.

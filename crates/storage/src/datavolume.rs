@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -31,7 +31,7 @@ use kubevirt_importer as importer;
 use kubevirt_reconcile::api_call;
 use kubevirt_reconcile::events::{EventRecorder, EventType};
 
-use crate::local::{volume_path, VolumeMode, DISK_IMAGE};
+use crate::local::disk_file;
 use crate::{StorageConfig, StorageError};
 
 type Result<T> = std::result::Result<T, StorageError>;
@@ -68,10 +68,6 @@ impl Context {
     }
 }
 
-fn now() -> Time {
-    Time(jiff::Timestamp::now())
-}
-
 /// Sets one condition, keeping its transition time unless its status changes.
 fn set_condition(
     conds: &mut Vec<DataVolumeCondition>,
@@ -80,7 +76,7 @@ fn set_condition(
     reason: &str,
     message: &str,
 ) {
-    let t = now();
+    let t = crate::now();
     match conds.iter_mut().find(|c| c.type_ == type_) {
         Some(c) => {
             if c.status != status {
@@ -263,6 +259,8 @@ pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Context>) -> Result<Action>
     let ns = dv.namespace().unwrap_or_default();
     let name = dv.claim_name().to_string();
     let kind = dv.spec.source_kind();
+    // A claim filled by someone else (a VM restore): the DataVolume only adopts it.
+    let pre_populated = dv.annotations().contains_key(ann::PRE_POPULATED);
     let mut status = status_of(&dv);
     let mut conds = status.conditions.take().unwrap_or_default();
     let unsupported = match &kind {
@@ -270,7 +268,7 @@ pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Context>) -> Result<Action>
         SourceKind::Missing => Some("spec.source"),
         _ => None,
     };
-    if let Some(field) = unsupported {
+    if let Some(field) = unsupported.filter(|_| !pre_populated) {
         let message = format!("{field}: not supported by kubevirt-rs (http, registry, pvc, upload and blank sources are)");
         set_condition(
             &mut conds,
@@ -326,7 +324,7 @@ pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Context>) -> Result<Action>
         write_status(&ctx.client, &dv, status).await?;
         return Ok(Action::await_change());
     };
-    if !owned_by(&pvc, &dv) {
+    if !owned_by(&pvc, &dv) && !pre_populated {
         let message =
             format!("Resource \"{name}\" already exists and is not managed by DataVolume");
         ctx.recorder
@@ -367,9 +365,10 @@ pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Context>) -> Result<Action>
         "Bound",
         &format!("PVC {name} Bound"),
     );
-    let populated = pvc.annotations().get(ann::POD_PHASE).map(String::as_str) == Some("Succeeded");
+    let populated = pre_populated
+        || pvc.annotations().get(ann::POD_PHASE).map(String::as_str) == Some("Succeeded");
     if populated {
-        if dv.phase() != Some(DataVolumePhase::Succeeded) {
+        if dv.phase() != Some(DataVolumePhase::Succeeded) && !pre_populated {
             let (_, _, verb) = phases(&kind);
             let (reason, message) = match (&kind, clone_source(&dv)) {
                 (SourceKind::Pvc(_), Some((sns, sname))) => (
@@ -461,23 +460,6 @@ pub async fn reconcile(dv: Arc<DataVolume>, ctx: Arc<Context>) -> Result<Action>
 }
 
 /// Where a claim's disk is on this node and how much fits.
-fn disk_of(pv: &PersistentVolume) -> Option<(PathBuf, u64)> {
-    let (path, mode) = volume_path(pv)?;
-    let capacity = pv
-        .spec
-        .as_ref()?
-        .capacity
-        .as_ref()?
-        .get("storage")
-        .and_then(|q| kubevirt_api::Quantity::parse(&q.0).ok())?
-        .to_bytes();
-    let file = match mode {
-        VolumeMode::Filesystem => path.join(DISK_IMAGE),
-        VolumeMode::Block => path,
-    };
-    Some((file, capacity))
-}
-
 /// Resolves what a DataVolume's http source needs from Secrets and ConfigMaps.
 async fn http_source(
     client: &Client,
@@ -562,7 +544,7 @@ async fn attempt(
         message,
         retryable: true,
     };
-    let (disk, capacity) = disk_of(pv)
+    let (disk, capacity) = disk_file(pv)
         .ok_or_else(|| io_err("the claim's volume is not a local volume of this node".into()))?;
     let target = importer::Target {
         scratch_dir: disk.parent().map(PathBuf::from).unwrap_or_default(),
@@ -625,7 +607,7 @@ async fn attempt(
                 .get(&volume)
                 .await
                 .map_err(|e| io_err(format!("reading volume {volume}: {e}")))?;
-            let (src_disk, _) = disk_of(&spv).ok_or_else(|| {
+            let (src_disk, _) = disk_file(&spv).ok_or_else(|| {
                 io_err(format!(
                     "source claim {sns}/{sname} is not a local volume of this node"
                 ))
@@ -790,7 +772,7 @@ pub async fn run(
 
 /// The disk file an upload writes into, for the claim's volume (`None`: not a local volume).
 pub fn upload_target(pv: &PersistentVolume) -> Option<importer::Target> {
-    let (disk, capacity) = disk_of(pv)?;
+    let (disk, capacity) = disk_file(pv)?;
     Some(importer::Target {
         scratch_dir: disk.parent().map(PathBuf::from).unwrap_or_default(),
         disk,

@@ -5,6 +5,8 @@
 //!   bind, resize, reclaim, protection), what a cluster's volume binder and provisioner do.
 //! - [`datavolume`]: CDI's DataVolume controller: a claim, then its data (import over
 //!   http(s), from a registry, upload, clone, blank) through `kubevirt-importer`.
+//! - [`snapshots`]: VolumeSnapshots of the built-in class's volumes (a reflink or sparse
+//!   copy), and claims provisioned from them.
 //! - [`upload`]: upload tokens and the upload proxy (`virtctl image-upload`).
 //!
 //! In embedded mode all of it runs in the server ([`run`]); on a cluster the DataVolume
@@ -13,6 +15,7 @@
 pub mod claims;
 pub mod datavolume;
 pub mod local;
+pub mod snapshots;
 pub mod upload;
 
 use std::path::{Path, PathBuf};
@@ -62,6 +65,11 @@ impl StorageError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, StorageError::Api(e) if e.is_conflict())
     }
+}
+
+/// The time now, as object timestamps take it.
+pub(crate) fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())
 }
 
 /// The storage controllers' error policy: a lost race is retried at once, anything else
@@ -152,9 +160,15 @@ pub async fn run(
         node: config.node.clone(),
     });
     let shutdown = futures::FutureExt::shared(shutdown);
+    let snapshots = Arc::new(snapshots::Context {
+        recorder: EventRecorder::new(client.clone(), "snapshot-controller", None),
+        client: client.clone(),
+        volumes: config.volumes.clone(),
+    });
     let dv = Arc::new(datavolume::Context::new(client, config));
     futures::join!(
         claims::run(ctx, shutdown.clone()),
+        snapshots::run(snapshots, shutdown.clone()),
         datavolume::run(dv, shutdown)
     );
 }

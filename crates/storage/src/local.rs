@@ -136,12 +136,22 @@ pub fn volume_path(pv: &PersistentVolume) -> Option<(PathBuf, VolumeMode)> {
 /// sparse, `capacity` bytes, when the volume is still empty, as KubeVirt does for a blank
 /// filesystem claim) or a Block volume's file.
 pub fn ensure_disk(pv: &PersistentVolume) -> io::Result<PathBuf> {
-    let (dir, mode) = volume_path(pv).ok_or_else(|| {
+    let (file, capacity) = disk_file(pv).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             "the volume is not a local volume of this node",
         )
     })?;
+    if !file.exists() {
+        grow_sparse(&file, capacity)?;
+    }
+    Ok(file)
+}
+
+/// The disk file of a built-in volume (`disk.img` of a Filesystem volume, a Block volume's
+/// file) and the volume's capacity in bytes.
+pub fn disk_file(pv: &PersistentVolume) -> Option<(PathBuf, u64)> {
+    let (dir, mode) = volume_path(pv)?;
     let capacity = pv
         .spec
         .as_ref()
@@ -153,10 +163,7 @@ pub fn ensure_disk(pv: &PersistentVolume) -> io::Result<PathBuf> {
         VolumeMode::Filesystem => dir.join(DISK_IMAGE),
         VolumeMode::Block => dir.join(BLOCK_FILE),
     };
-    if !file.exists() {
-        grow_sparse(&file, capacity)?;
-    }
-    Ok(file)
+    Some((file, capacity))
 }
 
 #[cfg(test)]
