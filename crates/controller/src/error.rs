@@ -19,6 +19,9 @@ pub enum ControllerError {
         name: String,
         field: &'static str,
     },
+    /// What an object asks for cannot be built (a restore patch that does not apply, ...).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl ControllerError {
@@ -35,7 +38,9 @@ impl ControllerError {
                 Action::requeue(Duration::from_millis(200))
             }
             ControllerError::Api(_) => Action::requeue(Duration::from_secs(2)),
-            ControllerError::MissingField { .. } => Action::requeue(Duration::from_secs(300)),
+            ControllerError::MissingField { .. } | ControllerError::Invalid(_) => {
+                Action::requeue(Duration::from_secs(300))
+            }
         }
     }
 }

@@ -10,7 +10,9 @@
 
 pub mod datavolumes;
 pub mod error;
+pub mod restore;
 pub mod runstrategy;
+pub mod snapshot;
 pub mod vm_controller;
 pub mod vm_status;
 pub mod vmi_controller;

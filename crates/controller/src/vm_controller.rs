@@ -127,7 +127,13 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
         datavolumes::sync(&ctx.client, &ctx.recorder, &vm).await?
     };
     // The VMI waits for the VM's DataVolumes (their claims watched through the DataVolumes).
-    let held = decision.action == VmiAction::Create && volumes != VolumesState::Ready;
+    // A restore in progress holds the VM stopped until its disks are back.
+    let restoring = vm
+        .status
+        .as_ref()
+        .is_some_and(|s| s.restore_in_progress.is_some());
+    let held =
+        decision.action == VmiAction::Create && (volumes != VolumesState::Ready || restoring);
     if held {
         decision.action = VmiAction::None;
     }

@@ -161,6 +161,7 @@ async fn resource_list() -> Json<Value> {
             r("virtualmachineinstances/softreboot", &["update"]), r("virtualmachineinstances/reset", &["update"]),
             r("virtualmachineinstances/console", &["get"]), r("virtualmachineinstances/vnc", &["get"]),
             r("virtualmachineinstances/guestosinfo", &["get"]),
+            r("virtualmachineinstances/freeze", &["update"]), r("virtualmachineinstances/unfreeze", &["update"]),
         ]
     }))
 }
@@ -339,7 +340,20 @@ pub enum VmiAction {
 async fn vmi_action(
     State(state): State<AppState>,
     Path((ns, name, action)): Path<(String, String, String)>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
+    match action.as_str() {
+        "freeze" => return freeze(&state, &ns, &name, &body).await,
+        "unfreeze" => {
+            let (_, client) = running_vmi(&state, &ns, &name).await?;
+            client
+                .unfreeze()
+                .await
+                .map_err(|e| ApiError::conflict("virtualmachineinstance", &name, &e.to_string()))?;
+            return Ok(StatusCode::OK.into_response());
+        }
+        _ => {}
+    }
     let action = match action.as_str() {
         "pause" => VmiAction::Pause,
         "unpause" => VmiAction::Unpause,
@@ -379,6 +393,52 @@ async fn vmi_action(
     }
     .map_err(|e| ApiError::conflict("virtualmachineinstance", &name, &e.to_string()))?;
     Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `PUT .../freeze {"unfreezeTimeout": "5m"}`: the guest agent freezes the guest's
+/// filesystems (for a snapshot); the launcher thaws them by itself after the timeout.
+async fn freeze(
+    state: &SubresourceState,
+    ns: &str,
+    name: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let timeout = if body.is_empty() {
+        None
+    } else {
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("Can not unmarshal Request body to struct, error: {e}"),
+            )
+        })?;
+        match v.get("unfreezeTimeout") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) => {
+                Some(kubevirt_api::snapshot::parse_go_duration(d).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        format!("unfreezeTimeout: {e}"),
+                    )
+                })?)
+            }
+            Some(other) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("unfreezeTimeout: Invalid value: {other}: must be a duration"),
+                ))
+            }
+        }
+    };
+    let (_, client) = running_vmi(state, ns, name).await?;
+    client
+        .freeze(timeout)
+        .await
+        .map_err(|e| ApiError::conflict("virtualmachineinstance", name, &e.to_string()))?;
+    Ok(StatusCode::OK.into_response())
 }
 
 async fn vmi_get(

@@ -163,6 +163,7 @@ pub fn vmi_status(
         }
         None => {}
     }
+    st.fs_freeze_status = status.fs_freeze_status.clone().filter(|_| live);
     if live {
         let with_agent = status.agent_connected && status.guest_os_info.is_some();
         let ifaces: Vec<VirtualMachineInstanceNetworkInterface> = status

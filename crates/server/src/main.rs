@@ -328,6 +328,11 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
         client.clone(),
         stopped(),
     ));
+    tasks.spawn(kubevirt_controller::snapshot::run(
+        client.clone(),
+        stopped(),
+    ));
+    tasks.spawn(kubevirt_controller::restore::run(client.clone(), stopped()));
     tasks.spawn(kubevirt_controller::vmi_controller::run(
         client.clone(),
         pod_settings,

@@ -78,25 +78,6 @@ spec:
     )
 }
 
-fn events_of(server: &Server, name: &str) -> String {
-    server.kubectl_ok(&[
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name={name}"),
-        "-o",
-        "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
-    ])
-}
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 fn vm_with_disks(name: &str, root_url: &str, data_claim: &str) -> String {
     format!(
         r#"apiVersion: kubevirt.io/v1
@@ -187,7 +168,8 @@ spec:
 "#,
     );
     wait_until("the WaitForFirstConsumer event", || {
-        events_of(&server, "data")
+        server
+            .events_of("data")
             .contains("waiting for first consumer to be created before binding")
     });
     assert_eq!(server.jsonpath("pvc", "data", "{.status.phase}"), "Pending");
@@ -208,7 +190,7 @@ spec:
     );
     server.wait_for("vm", name, "{.status.printableStatus}", "Running");
     server.wait_for("pvc", "data", "{.status.phase}", "Bound");
-    let root_events = events_of(&server, &format!("{name}-root"));
+    let root_events = server.events_of(&format!("{name}-root"));
     for want in [
         "Import into pd-root scheduled",
         "Successfully imported into PVC pd-root",
@@ -216,7 +198,7 @@ spec:
     ] {
         assert!(root_events.contains(want), "{want}: {root_events}");
     }
-    let vm_events = events_of(&server, name);
+    let vm_events = server.events_of(name);
     assert!(
         vm_events.contains("Created DataVolume pd-root"),
         "{vm_events}"
@@ -326,9 +308,9 @@ spec:
 "#,
     );
     wait_until("the ProvisioningFailed event", || {
-        events_of(&server, "huge").contains("not enough space")
+        server.events_of("huge").contains("not enough space")
     });
-    let events = events_of(&server, "huge");
+    let events = server.events_of("huge");
     assert!(
         events.contains(
             "failed to provision volume with StorageClass \"local\": not enough space on node"
@@ -363,7 +345,7 @@ spec:
     ]);
     server.wait_for("pvc", "grow", "{.status.capacity.storage}", "48Mi");
     assert_eq!(std::fs::metadata(&block).unwrap().len(), 48 << 20);
-    assert!(events_of(&server, "grow").contains("Resize volume succeeded"));
+    assert!(server.events_of("grow").contains("Resize volume succeeded"));
     let shrink = server.kubectl(&[
         "patch",
         "pvc",
@@ -429,7 +411,8 @@ spec:
 "#,
     );
     server.wait_for("dv", "copy", "{.status.phase}", "Succeeded");
-    assert!(events_of(&server, "copy")
+    assert!(server
+        .events_of("copy")
         .contains("Successfully cloned from default/grow into default/copy"));
     let copy = server.jsonpath("pvc", "copy", "{.spec.volumeName}");
     let copied = server.data_dir.join("volumes").join(copy).join("disk.img");
@@ -523,7 +506,9 @@ fn an_uploaded_iso_boots() {
         assert!(printed.contains(want), "{want}: {printed}");
     }
     assert_eq!(server.jsonpath("dv", "iso", "{.status.phase}"), "Succeeded");
-    assert!(events_of(&server, "iso").contains("Successfully uploaded into iso"));
+    assert!(server
+        .events_of("iso")
+        .contains("Successfully uploaded into iso"));
     // The token is the upload's only credential: without one the proxy refuses.
     let url = server.kubectl_ok(&[
         "config",

@@ -243,6 +243,18 @@ impl Server {
         }
     }
 
+    /// The events of objects named `name`: type, reason and message per line.
+    pub fn events_of(&self, name: &str) -> String {
+        self.kubectl_ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
+        ])
+    }
+
     pub fn wait_gone(&self, kind: &str, name: &str) {
         let deadline = Instant::now() + TIMEOUT;
         while Instant::now() < deadline {
@@ -259,6 +271,15 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Waits until `check` holds (polling), failing the test after [`TIMEOUT`].
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
