@@ -334,6 +334,8 @@ pub fn build_argv(
     if chip != Chipset::Microvm || cfg.disks.iter().any(|d| d.bus == DiskBus::Scsi) {
         push(&["-device", &format!("virtio-scsi-pci,id={SCSI_CONTROLLER}")]);
     }
+    let no_boot_order = cfg.disks.iter().all(|d| d.boot_order.is_none())
+        && cfg.nics.iter().all(|n| n.boot_order.is_none());
     for (i, d) in cfg.disks.iter().enumerate() {
         let sets = fds
             .disks
@@ -407,8 +409,12 @@ pub fn build_argv(
             }
         };
         dev.push_str(&format!(",id=ua-{}", d.name));
-        if let Some(o) = d.boot_order {
-            dev.push_str(&format!(",bootindex={o}"));
+        match d.boot_order {
+            Some(o) => dev.push_str(&format!(",bootindex={o}")),
+            // No boot order anywhere: the first disk boots (as libvirt's `<boot dev='hd'/>`),
+            // so a disk hot-plugged while the firmware runs is never booted instead.
+            None if i == 0 && no_boot_order => dev.push_str(",bootindex=1"),
+            None => {}
         }
         if let Some(serial) = &d.serial {
             if !valid_serial(serial) {
