@@ -317,6 +317,14 @@ pub fn admit(
             crate::snapshot::validate_vm_restore,
             crate::snapshot::validate_vm_restore_update,
         ),
+        "VirtualMachineExport" => admit_typed::<crate::export::VirtualMachineExport>(
+            obj,
+            old,
+            op,
+            |_| {},
+            crate::export::validate_vm_export,
+            crate::export::validate_vm_export_update,
+        ),
         other => Err(vec![FieldError::not_supported("kind", other, &KINDS)]),
     }
 }
@@ -504,6 +512,7 @@ pub fn unknown_fields(kind: &str, obj: &Value) -> Vec<String> {
             roundtrip::<crate::snapshot::VirtualMachineSnapshotContent>(obj)
         }
         "VirtualMachineRestore" => roundtrip::<crate::snapshot::VirtualMachineRestore>(obj),
+        "VirtualMachineExport" => roundtrip::<crate::export::VirtualMachineExport>(obj),
         _ => None,
     };
     let Some(typed) = typed else {

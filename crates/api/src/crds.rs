@@ -35,11 +35,8 @@ pub fn core() -> Vec<CustomResourceDefinition> {
         crate::snapshot::VirtualMachineRestore::crd(),
         crate::snapshot::VolumeSnapshot::crd(),
         crate::snapshot::VolumeSnapshotContent::crd(),
+        crate::export::VirtualMachineExport::crd(),
     ];
-    // Written out: the kind keeps its fields at the top level, which the derive cannot.
-    crds.extend(serde_json::from_value(
-        crate::snapshot::volume_snapshot_class_crd(),
-    ));
     for crd in &mut crds {
         add_type_meta(crd);
         crd.metadata

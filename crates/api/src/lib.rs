@@ -7,6 +7,7 @@
 //! - [`cdi`]: CDI's `DataVolume` (`cdi.kubevirt.io/v1beta1`).
 //! - [`snapshot`]: volume snapshots (`snapshot.storage.k8s.io/v1`) and VM snapshots and
 //!   restores (`snapshot.kubevirt.io/v1beta1`).
+//! - [`export`]: VM exports (`export.kubevirt.io/v1beta1`).
 //! - [`admission`]: decode + default + validate with field-path errors; unknown-field listing.
 //! - [`defaults`], [`validation`]: the typed building blocks of admission.
 //! - [`statechange`]: the VM `start`/`stop`/`restart` subresources' rules (virt-api's).
@@ -20,7 +21,9 @@ pub mod admission;
 pub mod cdi;
 pub mod crds;
 pub mod defaults;
+pub mod export;
 pub mod host_disk;
+pub mod hotplug;
 pub mod launcher_pod;
 pub mod quantity;
 pub mod snapshot;

@@ -584,25 +584,13 @@ fn volume(f: &str, vol: &Volume, out: &mut Out) {
     match vol.source() {
         // A volume without exactly one source is invalid, not unsupported.
         None => {}
+        // Claims, hot-pluggable ones too.
+        Some(VolumeSource::PersistentVolumeClaim(_) | VolumeSource::DataVolume(_)) => {}
         Some(VolumeSource::HostDisk(h)) => {
             out.if_true(
                 format!("{f}.hostDisk.shared"),
                 h.shared,
                 "shared host disks",
-            );
-        }
-        Some(VolumeSource::PersistentVolumeClaim(c)) => {
-            out.if_true(
-                format!("{f}.persistentVolumeClaim.hotpluggable"),
-                c.hotpluggable,
-                "hotplug",
-            );
-        }
-        Some(VolumeSource::DataVolume(dv)) => {
-            out.if_true(
-                format!("{f}.dataVolume.hotpluggable"),
-                dv.hotpluggable,
-                "hotplug",
             );
         }
         Some(VolumeSource::ContainerDisk(c)) => {

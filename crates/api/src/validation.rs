@@ -144,7 +144,8 @@ pub fn validate_vmi_update(
     new: &VirtualMachineInstance,
     old: &VirtualMachineInstance,
 ) -> Vec<FieldError> {
-    if new.spec != old.spec {
+    // Only hot-pluggable volumes (and their disks) may come and go while a VMI exists.
+    if crate::hotplug::without_hotplug(&new.spec) != crate::hotplug::without_hotplug(&old.spec) {
         vec![FieldError::forbidden(
             "spec",
             "update of VMI object is restricted",

@@ -293,7 +293,6 @@ fn disks_and_volumes() {
             "spec.domain.devices.disks[3].lun",
             "spec.volumes[0].containerDisk.imagePullSecret",
             "spec.volumes[1].hostDisk.shared",
-            "spec.volumes[3].persistentVolumeClaim.hotpluggable",
             "spec.volumes[4].configMap",
         ]
     );

@@ -36,6 +36,7 @@ impl Admission for KubevirtAdmission {
             "kubevirt.io" => kubevirt_api::admission::KINDS.contains(&kind),
             "cdi.kubevirt.io" => kubevirt_api::admission::CDI_KINDS.contains(&kind),
             kubevirt_api::snapshot::GROUP => kubevirt_api::snapshot::KINDS.contains(&kind),
+            kubevirt_api::export::GROUP => kubevirt_api::export::KINDS.contains(&kind),
             _ => false,
         };
         if !ours {
@@ -70,7 +71,10 @@ impl Admission for KubevirtAdmission {
     fn unknown_fields(&self, group: &str, kind: &str, obj: &Value) -> Vec<String> {
         if !matches!(
             group,
-            "kubevirt.io" | "cdi.kubevirt.io" | kubevirt_api::snapshot::GROUP
+            "kubevirt.io"
+                | "cdi.kubevirt.io"
+                | kubevirt_api::snapshot::GROUP
+                | kubevirt_api::export::GROUP
         ) {
             return Vec::new();
         }

@@ -121,14 +121,7 @@ pub fn claim_volumes(vm: &VirtualMachine) -> Vec<(String, String)> {
         .unwrap_or_default();
     volumes
         .into_iter()
-        .filter_map(|v| {
-            let claim = v
-                .persistent_volume_claim
-                .as_ref()
-                .map(|p| p.claim_name.clone())
-                .or_else(|| v.data_volume.as_ref().map(|d| d.name.clone()))?;
-            Some((v.name, claim))
-        })
+        .filter_map(|v| Some((v.name.clone(), v.claim_name()?.to_string())))
         .collect()
 }
 

@@ -8,14 +8,16 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
 use kubevirt_api::v1::well_known::{VM_CONTROLLER_FINALIZER, VM_GENERATION_ANNOTATION};
-use kubevirt_api::v1::{VirtualMachine, VirtualMachineInstance};
+use kubevirt_api::v1::{
+    VirtualMachine, VirtualMachineInstance, VirtualMachineInstancePhase as Phase,
+};
 use kubevirt_reconcile::events::{EventRecorder, EventType};
 use kubevirt_reconcile::{finalizer, status::write_status};
 
@@ -207,6 +209,26 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
                     .into())
                 }
             }
+        }
+    }
+
+    // Declarative hot-plug: the running VMI gets the hot-pluggable volumes of the template.
+    if let Some(v) = vmi.as_ref().filter(|v| {
+        !deleting && v.metadata.deletion_timestamp.is_none() && v.phase() == Phase::Running
+    }) {
+        let template = vm.spec.template.spec.clone().unwrap_or_default();
+        let mut spec = v.spec.clone();
+        if kubevirt_api::hotplug::sync_from_template(&mut spec, &template) {
+            let patch = serde_json::json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": v.metadata.resource_version},
+                {"op": "replace", "path": "/spec", "value": spec},
+            ]);
+            let patch: json_patch::Patch = serde_json::from_value(patch)
+                .map_err(|e| crate::ControllerError::Invalid(e.to_string()))?;
+            vmis.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await
+                .map_err(kubevirt_reconcile::api_call("updating volumes of", v))?;
+            info!("hot-pluggable volumes of the VirtualMachineInstance updated");
         }
     }
 

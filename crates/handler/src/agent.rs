@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -308,7 +308,11 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
         .await;
     }
 
-    let desired = vmi_status(&vmi, &status, Timestamp::now());
+    let mut desired = vmi_status(&vmi, &status, Timestamp::now());
+    if !deleting && desired.phase == Some(Phase::Running) && status.stage == Stage::Started {
+        let volumes = crate::hotplug::sync(&ctx.client, &vmi, &launcher.client, &status).await;
+        desired.volume_status = Some(volumes).filter(|v| !v.is_empty());
+    }
     let vmis: Api<VirtualMachineInstance> =
         Api::namespaced(ctx.client.clone(), &vmi.namespace().unwrap_or_default());
     if write_status(&vmis, &*vmi, vmi.status.as_ref(), &desired).await? {
@@ -347,7 +351,33 @@ pub async fn run(
 ) {
     let vmis: Api<VirtualMachineInstance> = Api::all(ctx.client.clone());
     let wc = watcher::Config::default().labels(&format!("{NODE_NAME_LABEL}={}", ctx.node));
-    Controller::new(vmis, wc)
+    let controller = Controller::new(vmis, wc);
+    let store = controller.store();
+    // A claim that changes (grows, gets bound or filled) wakes the VMIs using it.
+    let claim_users = move |pvc: PersistentVolumeClaim| {
+        let ns = pvc.namespace();
+        let name = pvc.name_any();
+        store
+            .state()
+            .into_iter()
+            .filter(|vmi| {
+                vmi.namespace() == ns
+                    && vmi
+                        .spec
+                        .volumes
+                        .iter()
+                        .flatten()
+                        .any(|v| v.claim_name() == Some(name.as_str()))
+            })
+            .map(|vmi| ObjectRef::from_obj(&*vmi))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .watches(
+            Api::<PersistentVolumeClaim>::all(ctx.client.clone()),
+            watcher::Config::default(),
+            claim_users,
+        )
         .reconcile_on(crate::pods::tokio_stream_of(changes))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

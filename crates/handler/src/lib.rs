@@ -8,12 +8,14 @@
 //! - [`pods`] with [`pod_status`]: runs launcher pods and reports their status; refuses
 //!   other pods;
 //! - [`agent`] with [`vmi_status`]: hands each Scheduled VMI to its launcher, writes VMI
-//!   status from the launcher's reports, stops deleted VMIs;
+//!   status from the launcher's reports, stops deleted VMIs; [`hotplug`]: attaches and
+//!   detaches hot-pluggable volumes, grows disks whose claims grew;
 //! - [`subresources`] and [`logs`]: `subresources.kubevirt.io` (start/stop/restart,
 //!   pause/unpause/softreboot/reset, console/vnc, guestosinfo) and `pods/log`.
 
 pub mod agent;
 pub mod error;
+pub mod hotplug;
 pub mod launchers;
 pub mod logs;
 pub mod node;

@@ -162,6 +162,8 @@ async fn resource_list() -> Json<Value> {
             r("virtualmachineinstances/console", &["get"]), r("virtualmachineinstances/vnc", &["get"]),
             r("virtualmachineinstances/guestosinfo", &["get"]),
             r("virtualmachineinstances/freeze", &["update"]), r("virtualmachineinstances/unfreeze", &["update"]),
+            r("virtualmachineinstances/addvolume", &["update"]), r("virtualmachineinstances/removevolume", &["update"]),
+            r("virtualmachines/addvolume", &["update"]), r("virtualmachines/removevolume", &["update"]),
         ]
     }))
 }
@@ -223,6 +225,9 @@ async fn vm_action(
     Path((ns, name, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if matches!(action.as_str(), "addvolume" | "removevolume") {
+        return volume_request(&state, Owner::Vm, &ns, &name, &action, &body).await;
+    }
     let action = VmAction::parse(&action).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -343,6 +348,9 @@ async fn vmi_action(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     match action.as_str() {
+        "addvolume" | "removevolume" => {
+            return volume_request(&state, Owner::Vmi, &ns, &name, &action, &body).await
+        }
         "freeze" => return freeze(&state, &ns, &name, &body).await,
         "unfreeze" => {
             let (_, client) = running_vmi(&state, &ns, &name).await?;
@@ -392,6 +400,137 @@ async fn vmi_action(
         VmiAction::SoftReboot => client.soft_reboot().await,
     }
     .map_err(|e| ApiError::conflict("virtualmachineinstance", &name, &e.to_string()))?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// Whose spec a volume request changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// The VM's template (declarative: the VM controller carries it to the running VMI).
+    Vm,
+    /// A VMI without a VM.
+    Vmi,
+}
+
+/// What a volume request does to a VMI spec (the VM's template or the VMI's own).
+type SpecChange = Box<
+    dyn Fn(&mut kubevirt_api::v1::VirtualMachineInstanceSpec) -> Result<(), String> + Send + Sync,
+>;
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+/// `PUT .../addvolume` and `.../removevolume` of a VM or a VMI, as virt-api answers them.
+async fn volume_request(
+    state: &SubresourceState,
+    owner: Owner,
+    ns: &str,
+    name: &str,
+    action: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    use kubevirt_api::hotplug::{self, AddVolumeOptions, RemoveVolumeOptions};
+    if body.is_empty() {
+        return Err(bad_request(
+            "Request with no body, a new name is expected as the request body",
+        ));
+    }
+    let decode_error = |e: serde_json::Error| {
+        bad_request(format!(
+            "Can not unmarshal Request body to struct, error: {e}"
+        ))
+    };
+    let (change, dry_run): (SpecChange, bool) = if action == "addvolume" {
+        let opts: AddVolumeOptions = serde_json::from_slice(body).map_err(decode_error)?;
+        let (volume, disk) = hotplug::added_volume(&opts).map_err(bad_request)?;
+        (
+            Box::new(move |spec| hotplug::add_volume(spec, volume.clone(), disk.clone())),
+            hotplug::is_dry_run(&opts.dry_run),
+        )
+    } else {
+        let opts: RemoveVolumeOptions = serde_json::from_slice(body).map_err(decode_error)?;
+        if opts.name.is_empty() {
+            return Err(bad_request("RemoveVolumeOptions requires name to be set"));
+        }
+        let dry_run = hotplug::is_dry_run(&opts.dry_run);
+        (
+            Box::new(move |spec| hotplug::remove_volume(spec, &opts.name)),
+            dry_run,
+        )
+    };
+    let client = state.client()?;
+    let params = PatchParams {
+        dry_run,
+        ..Default::default()
+    };
+    match owner {
+        Owner::Vm => {
+            let vms: Api<VirtualMachine> = Api::namespaced(client, ns);
+            let vm = vms
+                .get_opt(name)
+                .await
+                .map_err(ApiError::from_kube)?
+                .ok_or_else(|| ApiError::not_found("virtualmachines", name))?;
+            let mut spec = vm.spec.template.spec.clone().unwrap_or_default();
+            change(&mut spec).map_err(|e| ApiError::conflict("virtualmachine", name, &e))?;
+            let patch = json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": vm.metadata.resource_version},
+                {"op": "replace", "path": "/spec/template/spec", "value": spec},
+            ]);
+            let patch: json_patch::Patch =
+                serde_json::from_value(patch).map_err(ApiError::internal)?;
+            vms.patch(name, &params, &Patch::Json::<()>(patch))
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(s) if s.code == 422 || s.code == 409 => {
+                        ApiError::conflict("virtualmachine", name, &s.message)
+                    }
+                    e => ApiError::from_kube(e),
+                })?;
+        }
+        Owner::Vmi => {
+            let vmis: Api<VirtualMachineInstance> = Api::namespaced(client, ns);
+            let vmi = vmis
+                .get_opt(name)
+                .await
+                .map_err(ApiError::from_kube)?
+                .ok_or_else(|| ApiError::not_found("virtualmachineinstances", name))?;
+            let owned_by_vm = vmi
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "VirtualMachine" && o.controller == Some(true));
+            if owned_by_vm {
+                return Err(bad_request(format!("VMI {ns}/{name} is owned by a VM")));
+            }
+            if vmi.phase() != VirtualMachineInstancePhase::Running {
+                return Err(ApiError::conflict(
+                    "virtualmachineinstance",
+                    name,
+                    "VMI is not running",
+                ));
+            }
+            let mut spec = vmi.spec.clone();
+            change(&mut spec)
+                .map_err(|e| ApiError::conflict("virtualmachineinstance", name, &e))?;
+            let patch = json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": vmi.metadata.resource_version},
+                {"op": "replace", "path": "/spec", "value": spec},
+            ]);
+            let patch: json_patch::Patch =
+                serde_json::from_value(patch).map_err(ApiError::internal)?;
+            vmis.patch(name, &params, &Patch::Json::<()>(patch))
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(s) if s.code == 422 || s.code == 409 => {
+                        ApiError::conflict("virtualmachineinstance", name, &s.message)
+                    }
+                    e => ApiError::from_kube(e),
+                })?;
+        }
+    }
     Ok(StatusCode::ACCEPTED.into_response())
 }
 

@@ -290,7 +290,13 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
             .merge(kubevirt_handler::logs::router(sub.clone()))
             .merge(kubevirt_storage::upload::token_router(uploads.clone())),
     );
-    cfg.public_routes = Some(kubevirt_storage::upload::proxy_router(uploads.clone()));
+    let exports = Arc::new(kubevirt_storage::export::Exports::new(
+        kubevirt_storage::LocalVolumes::new(data_dir.join("volumes")),
+    ));
+    cfg.public_routes = Some(
+        kubevirt_storage::upload::proxy_router(uploads.clone())
+            .merge(kubevirt_storage::export::router(exports.clone())),
+    );
     cfg.extra_apis = vec![subresource_api(), core_api(), upload_api()];
     let handle = kubevirt_apiserver::start(cfg)
         .await
@@ -298,6 +304,9 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
     let client = client_from(&handle.kubeconfig_path).await?;
     sub.set_client(client.clone());
     uploads.set_client(client.clone());
+    let api_url = kubevirt_apiserver::tls::kubeconfig_server(&data_dir)
+        .unwrap_or_else(|_| format!("https://{}", handle.addr));
+    exports.set_server(client.clone(), &api_url, &handle.ca_pem);
 
     kubevirt_handler::node::register(&client, &node, kvm)
         .await
@@ -364,6 +373,7 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
                 insecure: args.insecure_registries.clone(),
             },
             cache_dir: data_dir.join("containerdisks"),
+            exports: Some(exports.clone()),
         },
         stopped(),
     ));

@@ -8,12 +8,15 @@
 //! - [`snapshots`]: VolumeSnapshots of the built-in class's volumes (a reflink or sparse
 //!   copy), and claims provisioned from them.
 //! - [`upload`]: upload tokens and the upload proxy (`virtctl image-upload`).
+//! - [`export`]: VM exports: their controller, and the downloads they allow
+//!   (`virtctl vmexport`).
 //!
 //! In embedded mode all of it runs in the server ([`run`]); on a cluster the DataVolume
 //! controller runs against the cluster's classes (see README.md).
 
 pub mod claims;
 pub mod datavolume;
+pub mod export;
 pub mod local;
 pub mod snapshots;
 pub mod upload;
@@ -141,6 +144,8 @@ pub struct StorageConfig {
     /// Passed to registry imports (the containerDisk cache and registry settings).
     pub registry: kubevirt_diskprep::RegistryConfig,
     pub cache_dir: PathBuf,
+    /// Serves VM exports from this process (embedded mode); `None`: no export controller.
+    pub exports: Option<Arc<export::Exports>>,
 }
 
 /// Runs the embedded storage (default class, claims and volumes, DataVolumes) until
@@ -165,10 +170,24 @@ pub async fn run(
         client: client.clone(),
         volumes: config.volumes.clone(),
     });
+    let exports = config.exports.clone().map(|exports| {
+        Arc::new(export::Context {
+            recorder: EventRecorder::new(client.clone(), "export-controller", None),
+            client: client.clone(),
+            exports,
+        })
+    });
     let dv = Arc::new(datavolume::Context::new(client, config));
+    let exports_shutdown = shutdown.clone();
+    let exports = async move {
+        if let Some(ctx) = exports {
+            export::run(ctx, exports_shutdown).await;
+        }
+    };
     futures::join!(
         claims::run(ctx, shutdown.clone()),
         snapshots::run(snapshots, shutdown.clone()),
+        exports,
         datavolume::run(dv, shutdown)
     );
 }

@@ -40,6 +40,27 @@ fn describe(e: kube::Error) -> anyhow::Error {
     }
 }
 
+/// A failed API call, kept whole.
+#[derive(Debug)]
+pub struct ApiFailure(pub kube::Error);
+
+impl ApiFailure {
+    pub fn code(&self) -> Option<u16> {
+        match &self.0 {
+            kube::Error::Api(s) => Some(s.code),
+            _ => None,
+        }
+    }
+
+    /// The `Status` message, else the error itself.
+    pub fn message(&self) -> String {
+        match &self.0 {
+            kube::Error::Api(s) => s.message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl Session {
     pub async fn connect(
         kubeconfig: Option<PathBuf>,
@@ -81,6 +102,23 @@ impl Session {
             .header("content-type", "application/json")
             .body(serde_json::to_vec(&body)?)?;
         self.client.request_text(req).await.map_err(describe)?;
+        Ok(())
+    }
+
+    /// PUT `body` to a subresource, keeping the API's error (its code tells a missing
+    /// object from a refusal).
+    pub async fn put_subresource(
+        &self,
+        resource: &str,
+        name: &str,
+        sub: &str,
+        body: Value,
+    ) -> std::result::Result<(), ApiFailure> {
+        let req = http::Request::put(self.path(resource, name, sub))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap_or_default())
+            .map_err(|e| ApiFailure(kube::Error::HttpError(e)))?;
+        self.client.request_text(req).await.map_err(ApiFailure)?;
         Ok(())
     }
 

@@ -6,7 +6,9 @@ mod client;
 mod console;
 mod create;
 mod upload;
+mod vmexport;
 mod vnc;
+mod volumes;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,8 +109,14 @@ enum Cmd {
     },
     /// Return guest agent info about the operating system.
     Guestosinfo { vmi: String },
+    /// Export a VM volume.
+    Vmexport(vmexport::VmExportArgs),
     /// Upload a VM image to a DataVolume or PersistentVolumeClaim.
     ImageUpload(upload::UploadArgs),
+    /// Add a volume to a running VM.
+    Addvolume(volumes::AddVolumeArgs),
+    /// Remove a volume from a running VM.
+    Removevolume(volumes::RemoveVolumeArgs),
     /// Create a manifest for a resource (prints YAML).
     Create {
         #[command(subcommand)]
@@ -279,7 +287,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let server = s.server_version().await?;
             println!("Server Version: {server}");
         }
+        Cmd::Vmexport(args) => vmexport::run(&s, &args).await?,
         Cmd::ImageUpload(args) => upload::run(&s, &args).await?,
+        Cmd::Addvolume(args) => volumes::add(&s, &args).await?,
+        Cmd::Removevolume(args) => volumes::remove(&s, &args).await?,
         Cmd::Create { .. } => {}
     }
     Ok(ExitCode::SUCCESS)

@@ -173,7 +173,7 @@ async fn token(s: &Session, name: &str) -> Result<String> {
 
 /// Accepts any certificate (`--insecure`).
 #[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct AnyCert(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for AnyCert {
     fn verify_server_cert(

@@ -147,6 +147,24 @@ impl Volume {
             None
         }
     }
+    /// The claim behind a `persistentVolumeClaim` or `dataVolume` volume.
+    pub fn claim_name(&self) -> Option<&str> {
+        match self.source()? {
+            VolumeSource::PersistentVolumeClaim(c) => Some(&c.claim_name),
+            VolumeSource::DataVolume(d) => Some(&d.name),
+            _ => None,
+        }
+    }
+
+    /// The volume may come and go while the VM runs (it is hot-plugged, never on the QEMU
+    /// command line).
+    pub fn hotpluggable(&self) -> bool {
+        match self.source() {
+            Some(VolumeSource::PersistentVolumeClaim(c)) => c.hotpluggable == Some(true),
+            Some(VolumeSource::DataVolume(d)) => d.hotpluggable == Some(true),
+            _ => false,
+        }
+    }
 }
 
 /// A disk image shipped in an OCI image (`/disk/*.qcow2|raw` inside it).

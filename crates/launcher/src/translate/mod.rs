@@ -546,6 +546,10 @@ fn disks_and_volumes(
             );
             continue;
         };
+        if vol.hotpluggable() {
+            // Attached by the node agent once the VM runs, never at boot.
+            continue;
+        }
         let vf = format!("spec.volumes[{vi}]");
         let (device, bus_v, readonly) = if let Some(c) = &d.cdrom {
             let b = bus(c.bus.as_deref(), DiskBus::Sata);
