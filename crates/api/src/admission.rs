@@ -309,6 +309,14 @@ pub fn admit(
                 crate::snapshot::validate_vm_snapshot_content_update,
             )
         }
+        "VirtualMachineClone" => admit_typed::<crate::clone::VirtualMachineClone>(
+            obj,
+            old,
+            op,
+            |_| {},
+            crate::clone::validate_clone,
+            crate::clone::validate_clone_update,
+        ),
         "VirtualMachineRestore" => admit_typed::<crate::snapshot::VirtualMachineRestore>(
             obj,
             old,
@@ -512,6 +520,7 @@ pub fn unknown_fields(kind: &str, obj: &Value) -> Vec<String> {
             roundtrip::<crate::snapshot::VirtualMachineSnapshotContent>(obj)
         }
         "VirtualMachineRestore" => roundtrip::<crate::snapshot::VirtualMachineRestore>(obj),
+        "VirtualMachineClone" => roundtrip::<crate::clone::VirtualMachineClone>(obj),
         "VirtualMachineExport" => roundtrip::<crate::export::VirtualMachineExport>(obj),
         _ => None,
     };

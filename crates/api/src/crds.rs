@@ -36,6 +36,7 @@ pub fn core() -> Vec<CustomResourceDefinition> {
         crate::snapshot::VolumeSnapshot::crd(),
         crate::snapshot::VolumeSnapshotContent::crd(),
         crate::export::VirtualMachineExport::crd(),
+        crate::clone::VirtualMachineClone::crd(),
     ];
     for crd in &mut crds {
         add_type_meta(crd);

@@ -19,6 +19,7 @@
 
 pub mod admission;
 pub mod cdi;
+pub mod clone;
 pub mod crds;
 pub mod defaults;
 pub mod export;

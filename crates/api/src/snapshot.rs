@@ -652,12 +652,14 @@ pub fn validate_vm_restore_update(
     immutable_spec(&new.spec, &old.spec)
 }
 
-/// One restore patch, a JSON patch operation as a string; only paths under `/spec/` may be
-/// patched (virt-api's rule).
+/// One restore patch, a JSON patch operation as a string; only paths under `/spec/`, labels
+/// and annotations may be patched (virt-api's rule).
 pub fn parse_restore_patch(patch: &str) -> Result<json_patch::PatchOperation, String> {
     let op: json_patch::PatchOperation = serde_json::from_str(patch)
         .map_err(|e| format!("patch format is not valid: {patch}: {e}"))?;
-    if !op.path().to_string().starts_with("/spec/") {
+    let path = op.path().to_string();
+    let allowed = ["/spec/", "/metadata/labels/", "/metadata/annotations/"];
+    if !allowed.iter().any(|p| path.starts_with(p)) {
         return Err(format!(
             "patching is valid only for elements under /spec/ only: {patch}"
         ));

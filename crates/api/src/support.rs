@@ -347,7 +347,9 @@ fn firmware(spec: &VirtualMachineInstanceSpec, out: &mut Out) {
         return;
     };
     let f = "spec.domain.firmware";
-    out.if_set(format!("{f}.serial"), &fw.serial, "SMBIOS serial number");
+    // Empty is unset (a clone clears it).
+    let serial = fw.serial.clone().filter(|s| !s.is_empty());
+    out.if_set(format!("{f}.serial"), &serial, "SMBIOS serial number");
     out.if_set(format!("{f}.acpi"), &fw.acpi, "custom ACPI tables");
     if let Some(bios) = fw.bootloader.as_ref().and_then(|b| b.bios.as_ref()) {
         out.if_true(

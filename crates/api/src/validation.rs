@@ -1136,7 +1136,8 @@ fn validate_networks(path: &str, spec: &VirtualMachineInstanceSpec, errs: &mut V
                 ));
             }
         }
-        if let Some(mac) = iface.mac_address.as_deref() {
+        // Empty means none (a clone clears it so a new one is made).
+        if let Some(mac) = iface.mac_address.as_deref().filter(|m| !m.is_empty()) {
             if !is_mac(mac) {
                 errs.push(FieldError::invalid(
                     format!("{p}.macAddress"),

@@ -253,8 +253,8 @@ fn yaml_is_multi_document_and_parses_back() {
         .collect();
     assert_eq!(docs.len(), crds::all().len());
     assert_eq!(docs, crds::all());
-    assert_eq!(crds::core().len(), 12);
-    assert_eq!(crds::all().len(), 12 + crds::storage_only().len());
+    assert_eq!(crds::core().len(), 13);
+    assert_eq!(crds::all().len(), 13 + crds::storage_only().len());
     for d in &docs {
         let name = d.metadata.name.as_deref().unwrap();
         assert!(name.ends_with("kubevirt.io") || name.ends_with(".snapshot.storage.k8s.io"));

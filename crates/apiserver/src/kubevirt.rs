@@ -37,6 +37,7 @@ impl Admission for KubevirtAdmission {
             "cdi.kubevirt.io" => kubevirt_api::admission::CDI_KINDS.contains(&kind),
             kubevirt_api::snapshot::GROUP => kubevirt_api::snapshot::KINDS.contains(&kind),
             kubevirt_api::export::GROUP => kubevirt_api::export::KINDS.contains(&kind),
+            kubevirt_api::clone::GROUP => kubevirt_api::clone::KINDS.contains(&kind),
             _ => false,
         };
         if !ours {
@@ -75,6 +76,7 @@ impl Admission for KubevirtAdmission {
                 | "cdi.kubevirt.io"
                 | kubevirt_api::snapshot::GROUP
                 | kubevirt_api::export::GROUP
+                | kubevirt_api::clone::GROUP
         ) {
             return Vec::new();
         }

@@ -8,6 +8,7 @@
 //! - [`vm_controller`], [`vmi_controller`]: kube-rs `Controller`s wiring those decisions to
 //!   the API (events, finalizers and status patches from `kubevirt-reconcile`).
 
+pub mod clone;
 pub mod datavolumes;
 pub mod error;
 pub mod restore;

@@ -342,6 +342,7 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
         stopped(),
     ));
     tasks.spawn(kubevirt_controller::restore::run(client.clone(), stopped()));
+    tasks.spawn(kubevirt_controller::clone::run(client.clone(), stopped()));
     tasks.spawn(kubevirt_controller::vmi_controller::run(
         client.clone(),
         pod_settings,

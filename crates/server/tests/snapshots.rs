@@ -2,8 +2,8 @@
 //! writes a marker on a claim, an online snapshot (the guest agent freezes the guest) keeps
 //! it, the guest overwrites it, a restore onto the stopped VM and a restore into a new VM
 //! both read the original marker back; a snapshot of a VM whose agent is gone completes
-//! crash-consistent with `NoGuestAgent`; deleting a snapshot removes its volume snapshots
-//! and their stored copies.
+//! crash-consistent with `NoGuestAgent`; a clone boots with a new firmware UUID and the
+//! data; deleting a snapshot removes its volume snapshots and their stored copies.
 
 mod common;
 
@@ -247,6 +247,44 @@ fn snapshots_keep_what_the_guest_wrote_and_restores_bring_it_back() {
         "echo copy-$(head -c 10 /dev/vdb)-end",
         "copy-marker-one-end",
     );
+
+    // A clone of the (stopped) VM: a new VM with its own identity and a copy of its data;
+    // the temporary snapshot and restore go.
+    stop(&server, "snap-copy");
+    server.apply_yaml(
+        r#"apiVersion: clone.kubevirt.io/v1beta1
+kind: VirtualMachineClone
+metadata:
+  name: c1
+spec:
+  source:
+    apiGroup: kubevirt.io
+    kind: VirtualMachine
+    name: snap
+  target:
+    apiGroup: kubevirt.io
+    kind: VirtualMachine
+    name: snap-clone
+"#,
+    );
+    server.wait_for("vmclone", "c1", "{.status.phase}", "Succeeded");
+    let uuid_path = "{.spec.template.spec.domain.firmware.uuid}";
+    let clone_uuid = server.jsonpath("vm", "snap-clone", uuid_path);
+    assert!(!clone_uuid.is_empty());
+    assert_ne!(clone_uuid, server.jsonpath("vm", name, uuid_path));
+    let tmp = server.jsonpath("vmclone", "c1", "{.status.snapshotName}");
+    server.wait_gone("vmsnapshot", &tmp);
+    assert!(server.events_of("c1").contains("SnapshotCreated"));
+    let out = server.virtctl(&["start", "snap-clone"]);
+    assert!(out.status.success(), "{out:?}");
+    in_guest(
+        &server,
+        "snap-clone",
+        true,
+        "echo clone-$(head -c 10 /dev/vdb)-$(cat /sys/class/dmi/id/product_uuid)-end",
+        &format!("clone-marker-one-{clone_uuid}-end"),
+    );
+    stop(&server, "snap-clone");
 
     // Deleting a snapshot takes its content, volume snapshots and stored copies with it.
     let stored = server.data_dir.join("volumes/.snapshots");
