@@ -119,27 +119,33 @@ async fn report(
     })
 }
 
-async fn set_restore_lock(client: &Client, vm: &VirtualMachine, name: Option<&str>) -> Result<()> {
+/// Sets or clears the VM's `status.restoreInProgress`; returns the VM as it is now.
+async fn set_restore_lock(
+    client: &Client,
+    vm: &VirtualMachine,
+    name: Option<&str>,
+) -> Result<VirtualMachine> {
     let current = vm
         .status
         .as_ref()
         .and_then(|s| s.restore_in_progress.as_deref());
     if current == name {
-        return Ok(());
+        return Ok(vm.clone());
     }
     let api: Api<VirtualMachine> =
         Api::namespaced(client.clone(), &vm.namespace().unwrap_or_default());
-    api.patch_status(
-        &vm.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({
-            "metadata": {"resourceVersion": vm.metadata.resource_version},
-            "status": {"restoreInProgress": name},
-        })),
-    )
-    .await
-    .map_err(api_call("locking", vm))?;
-    Ok(())
+    let updated = api
+        .patch_status(
+            &vm.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"resourceVersion": vm.metadata.resource_version},
+                "status": {"restoreInProgress": name},
+            })),
+        )
+        .await
+        .map_err(api_call("locking", vm))?;
+    Ok(updated)
 }
 
 /// The name of the claim a volume is restored into.
@@ -331,7 +337,8 @@ pub async fn reconcile(r: Arc<VirtualMachineRestore>, ctx: Arc<Context>) -> Resu
         .unwrap_or_default();
     let in_place = source_name == target_name;
 
-    if let Some(vm) = &target {
+    let mut target = target;
+    if let Some(vm) = target.as_mut() {
         let ours = vm.annotations().get(RESTORE_NAME_ANNOTATION) == Some(&name);
         if !in_place && !ours {
             return report(
@@ -359,7 +366,7 @@ pub async fn reconcile(r: Arc<VirtualMachineRestore>, ctx: Arc<Context>) -> Resu
         if running {
             return target_not_ready(&ctx, &api, &r, status, vm).await;
         }
-        set_restore_lock(client, vm, Some(&name)).await?;
+        *vm = set_restore_lock(client, vm, Some(&name)).await?;
     }
 
     // The claims, from the volume snapshots.

@@ -582,6 +582,16 @@ pub async fn reconcile(s: Arc<VirtualMachineSnapshot>, ctx: Arc<Context>) -> Res
     );
     set_condition(&mut status.conditions, "Ready", true, "Ready");
     write_status(&api, &s, &status).await?;
+    // The VM as it is now (the lock changed it since it was read).
+    let vm = vms
+        .get(&vm_name)
+        .await
+        .map_err(kubevirt_reconcile::api_call_on(
+            "reading",
+            "virtualmachine",
+            &ns,
+            &vm_name,
+        ))?;
     lock_vm(client, &vm, None).await?;
     Ok(Action::await_change())
 }
