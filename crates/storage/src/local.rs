@@ -148,10 +148,10 @@ pub fn ensure_disk(pv: &PersistentVolume) -> io::Result<PathBuf> {
     Ok(file)
 }
 
-/// The disk file of a built-in volume (`disk.img` of a Filesystem volume, a Block volume's
-/// file) and the volume's capacity in bytes.
+/// The disk file of a built-in volume (`disk.img` in a Filesystem volume's directory; a
+/// Block volume's path is its file) and the volume's capacity in bytes.
 pub fn disk_file(pv: &PersistentVolume) -> Option<(PathBuf, u64)> {
-    let (dir, mode) = volume_path(pv)?;
+    let (path, mode) = volume_path(pv)?;
     let capacity = pv
         .spec
         .as_ref()
@@ -160,8 +160,8 @@ pub fn disk_file(pv: &PersistentVolume) -> Option<(PathBuf, u64)> {
         .and_then(|q| kubevirt_api::Quantity::parse(&q.0).ok())
         .map_or(0, |q| q.to_bytes());
     let file = match mode {
-        VolumeMode::Filesystem => dir.join(DISK_IMAGE),
-        VolumeMode::Block => dir.join(BLOCK_FILE),
+        VolumeMode::Filesystem => path.join(DISK_IMAGE),
+        VolumeMode::Block => path,
     };
     Some((file, capacity))
 }
