@@ -8,50 +8,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
 
-use kubevirt_api::clone::{clone_patches, VirtualMachineClone, VirtualMachineCloneStatus};
+use kubevirt_api::clone::{clone_patches, VirtualMachineClone};
 use kubevirt_api::snapshot::{
     VirtualMachineRestore, VirtualMachineRestoreSpec, VirtualMachineSnapshot,
     VirtualMachineSnapshotContent, VirtualMachineSnapshotSpec,
 };
 use kubevirt_api::v1::VirtualMachine;
-use kubevirt_reconcile::events::{EventRecorder, EventType};
+use kubevirt_reconcile::events::EventType;
 use kubevirt_reconcile::{api_call, api_call_on};
 
+use crate::operation::{write_status, Context};
 use crate::snapshot::{set_condition, vm_reference};
-use crate::{ControllerError, Result};
+use crate::Result;
 
 const POLL: Duration = Duration::from_millis(500);
-
-pub struct Context {
-    pub client: Client,
-    pub recorder: EventRecorder,
-}
-
-async fn write_status(
-    api: &Api<VirtualMachineClone>,
-    c: &VirtualMachineClone,
-    status: &VirtualMachineCloneStatus,
-) -> Result<()> {
-    if c.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    api.patch_status(
-        &c.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(api_call("updating status of", c))?;
-    Ok(())
-}
 
 /// Creates `obj` unless it exists; returns whether it was created now.
 async fn ensure<K>(api: &Api<K>, obj: &K) -> Result<bool>
@@ -339,35 +314,10 @@ pub async fn reconcile(c: Arc<VirtualMachineClone>, ctx: Arc<Context>) -> Result
     Ok(Action::await_change())
 }
 
-pub fn error_policy(
-    c: Arc<VirtualMachineClone>,
-    error: &ControllerError,
-    _ctx: Arc<Context>,
-) -> Action {
-    kubevirt_reconcile::log_failure(
-        "reconciling VirtualMachineClone",
-        &kubevirt_reconcile::object_ref(&*c),
-        error,
-        error.is_conflict(),
-    );
-    error.retry_after()
-}
-
-/// Runs the clone controller until `shutdown` resolves.
+/// Runs the VirtualMachineClone controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ctx = Arc::new(Context {
-        recorder: EventRecorder::new(client.clone(), "clone-controller", None),
-        client: client.clone(),
-    });
-    Controller::new(
-        Api::<VirtualMachineClone>::all(client),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    crate::operation::run(client, "clone-controller", reconcile, shutdown).await;
 }

@@ -11,6 +11,7 @@
 pub mod clone;
 pub mod datavolumes;
 pub mod error;
+pub mod operation;
 pub mod restore;
 pub mod runstrategy;
 pub mod snapshot;

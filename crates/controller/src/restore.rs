@@ -15,12 +15,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, TypedLocalObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -31,9 +29,10 @@ use kubevirt_api::snapshot::{
     DEFAULT_FAILURE_DEADLINE,
 };
 use kubevirt_api::v1::{RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineSpec};
-use kubevirt_reconcile::events::{EventRecorder, EventType};
+use kubevirt_reconcile::events::EventType;
 use kubevirt_reconcile::{api_call, api_call_on, finalizer};
 
+use crate::operation::{now, write_status, Context};
 use crate::snapshot::set_condition;
 use crate::{ControllerError, Result};
 
@@ -47,33 +46,6 @@ const WAIT_EVENTUALLY_MESSAGE: &str = "Waiting for target VM to be powered off. 
 const VMI_EXISTS_EVENT: &str =
     "Restore target VMI still exists, please stop the restore target to proceed with restore";
 const STOP_TARGET_MESSAGE: &str = "Automatically stopping restore target for restore operation";
-
-pub struct Context {
-    pub client: Client,
-    pub recorder: EventRecorder,
-}
-
-fn now() -> Time {
-    Time(jiff::Timestamp::now())
-}
-
-async fn write_status(
-    api: &Api<VirtualMachineRestore>,
-    r: &VirtualMachineRestore,
-    status: &VirtualMachineRestoreStatus,
-) -> Result<()> {
-    if r.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    api.patch_status(
-        &r.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(api_call("updating status of", r))?;
-    Ok(())
-}
 
 /// Records a problem that may pass (conditions and a warning event) and looks again later;
 /// `failed` makes it final (`Failure` condition, upstream's "Operation failed" event).
@@ -727,35 +699,10 @@ async fn target_not_ready(
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
-pub fn error_policy(
-    r: Arc<VirtualMachineRestore>,
-    error: &ControllerError,
-    _ctx: Arc<Context>,
-) -> Action {
-    kubevirt_reconcile::log_failure(
-        "reconciling VirtualMachineRestore",
-        &kubevirt_reconcile::object_ref(&*r),
-        error,
-        error.is_conflict(),
-    );
-    error.retry_after()
-}
-
-/// Runs the restore controller until `shutdown` resolves.
+/// Runs the VirtualMachineRestore controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ctx = Arc::new(Context {
-        recorder: EventRecorder::new(client.clone(), "restore-controller", None),
-        client: client.clone(),
-    });
-    Controller::new(
-        Api::<VirtualMachineRestore>::all(client),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    crate::operation::run(client, "restore-controller", reconcile, shutdown).await;
 }

@@ -20,43 +20,33 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, TypedLocalObjectReference};
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use kubevirt_api::snapshot::{
     SnapshotClaim, SnapshotCondition, SnapshotError, SnapshotSourceSpec, SnapshotVirtualMachine,
     SnapshotVolumesLists, SourceIndication, VirtualMachineSnapshot, VirtualMachineSnapshotContent,
-    VirtualMachineSnapshotContentSpec, VirtualMachineSnapshotContentStatus,
-    VirtualMachineSnapshotStatus, VolumeBackup, VolumeSnapshot, VolumeSnapshotClass,
-    VolumeSnapshotSource, VolumeSnapshotSpec, VolumeSnapshotState,
+    VirtualMachineSnapshotContentSpec, VirtualMachineSnapshotContentStatus, VolumeBackup,
+    VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotSource, VolumeSnapshotSpec,
+    VolumeSnapshotState,
 };
 use kubevirt_api::v1::{vmi_condition, VirtualMachine, VirtualMachineInstance};
-use kubevirt_reconcile::events::{EventRecorder, EventType};
+use kubevirt_reconcile::events::EventType;
 use kubevirt_reconcile::{api_call, finalizer};
 
-use crate::{ControllerError, Result};
+use crate::operation::{now, write_status, Context};
+use crate::Result;
 
 pub const SNAPSHOT_FINALIZER: &str = "snapshot.kubevirt.io/vmsnapshot-protection";
 const SOURCE_NAME_LABEL: &str = "snapshot.kubevirt.io/source-vm-name";
 const SOURCE_NAMESPACE_LABEL: &str = "snapshot.kubevirt.io/source-vm-namespace";
 /// How often an operation in progress is looked at (its VolumeSnapshots are not watched).
 const POLL: Duration = Duration::from_millis(500);
-
-pub struct Context {
-    pub client: Client,
-    pub recorder: EventRecorder,
-}
-
-fn now() -> Time {
-    Time(jiff::Timestamp::now())
-}
 
 /// A condition as upstream's snapshot controllers write them: the reason, no message; the
 /// transition time kept while the status stays.
@@ -123,24 +113,6 @@ pub fn claim_volumes(vm: &VirtualMachine) -> Vec<(String, String)> {
         .into_iter()
         .filter_map(|v| Some((v.name.clone(), v.claim_name()?.to_string())))
         .collect()
-}
-
-async fn write_status(
-    api: &Api<VirtualMachineSnapshot>,
-    s: &VirtualMachineSnapshot,
-    status: &VirtualMachineSnapshotStatus,
-) -> Result<()> {
-    if s.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    api.patch_status(
-        &s.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(api_call("updating status of", s))?;
-    Ok(())
 }
 
 /// Sets or clears the VM's `status.snapshotInProgress` (the lock), if it names `name` or
@@ -765,35 +737,10 @@ pub fn vm_reference(name: &str) -> TypedLocalObjectReference {
     }
 }
 
-pub fn error_policy(
-    s: Arc<VirtualMachineSnapshot>,
-    error: &ControllerError,
-    _ctx: Arc<Context>,
-) -> Action {
-    kubevirt_reconcile::log_failure(
-        "reconciling VirtualMachineSnapshot",
-        &kubevirt_reconcile::object_ref(&*s),
-        error,
-        error.is_conflict(),
-    );
-    error.retry_after()
-}
-
-/// Runs the snapshot controller until `shutdown` resolves.
+/// Runs the VirtualMachineSnapshot controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ctx = Arc::new(Context {
-        recorder: EventRecorder::new(client.clone(), "snapshot-controller", None),
-        client: client.clone(),
-    });
-    Controller::new(
-        Api::<VirtualMachineSnapshot>::all(client),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| async {})
-    .await;
+    crate::operation::run(client, "snapshot-controller", reconcile, shutdown).await;
 }
