@@ -271,7 +271,11 @@ pub fn admit(
             obj,
             old,
             op,
-            defaults::set_migration_defaults,
+            |m: &mut VirtualMachineInstanceMigration| {
+                if op == Operation::Create {
+                    defaults::set_migration_defaults(m);
+                }
+            },
             validation::validate_migration,
             validation::validate_migration_update,
         ),

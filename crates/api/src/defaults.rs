@@ -86,7 +86,24 @@ pub fn set_vmi_spec_defaults(spec: &mut VirtualMachineInstanceSpec) {
 }
 
 /// Defaults a migration (nothing to fill in today beyond what the controller sets).
-pub fn set_migration_defaults(_migration: &mut VirtualMachineInstanceMigration) {}
+/// What virt-api's migration mutator adds on create: the `kubevirt.io/vmi-name` label (how
+/// a VMI's migrations are found) and the finalizer that holds a cancelled migration until its
+/// outcome is recorded.
+pub fn set_migration_defaults(migration: &mut VirtualMachineInstanceMigration) {
+    let vmi = migration.spec.vmi_name.clone().unwrap_or_default();
+    migration
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(crate::migration::VMI_NAME_LABEL.to_string(), vmi);
+    let finalizers = migration.metadata.finalizers.get_or_insert_with(Vec::new);
+    if !finalizers
+        .iter()
+        .any(|f| f == crate::migration::MIGRATION_FINALIZER)
+    {
+        finalizers.push(crate::migration::MIGRATION_FINALIZER.to_string());
+    }
+}
 
 /// Defaults a replica set: `replicas` 1, like upstream.
 pub fn set_replicaset_defaults(rs: &mut VirtualMachineInstanceReplicaSet) {

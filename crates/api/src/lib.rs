@@ -26,6 +26,7 @@ pub mod export;
 pub mod host_disk;
 pub mod hotplug;
 pub mod launcher_pod;
+pub mod migration;
 pub mod quantity;
 pub mod snapshot;
 pub mod statechange;

@@ -406,6 +406,7 @@ async fn handle_inner(app: Arc<AppState>, req: Request) -> ApiResult<Response> {
                 None => Part::Main,
                 Some("status") if def.status_subresource => Part::Status,
                 Some("binding") if def.group.is_empty() && def.plural == "pods" => Part::Binding,
+                Some("eviction") if def.group.is_empty() && def.plural == "pods" => Part::Eviction,
                 Some(_) => return Ok(not_found_route()),
             };
             resource(app.clone(), def, ns, name, part, q, req).await
@@ -602,6 +603,21 @@ async fn resource(
         .extensions()
         .get::<crate::auth::RequestUser>()
         .map(|u| u.0.clone());
+    if part == Part::Eviction {
+        return match (method, name, ns_ref) {
+            (Method::POST, Some(name), Some(ns)) => {
+                let (body, _) = read_body(req, app.max_body).await?;
+                ops.evict(&def, ns, &name, body).await?;
+                Ok(json_response(
+                    StatusCode::CREATED,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                ))
+            }
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
+        };
+    }
     if part == Part::Binding {
         return match (method, name, ns_ref) {
             (Method::POST, Some(name), Some(ns)) => {

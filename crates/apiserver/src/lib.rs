@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
 pub use error::{ApiError, Cause};
-pub use ops::{Admission, Operation};
+pub use ops::{Admission, EvictionCheck, Operation};
 pub use registry::ExtraApi;
 pub use store::StoreOptions;
 
@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub crds: Vec<Value>,
     /// In-process admission run on every create/update.
     pub admission: Vec<Arc<dyn Admission>>,
+    /// Checks run before a pod is evicted (`pods/eviction`).
+    pub eviction_checks: Vec<Arc<dyn EvictionCheck>>,
     pub store: StoreOptions,
     /// How often watches with `allowWatchBookmarks` get a BOOKMARK.
     pub bookmark_interval: Duration,
@@ -163,6 +165,7 @@ impl ServerConfig {
             extra_apis: Vec::new(),
             crds: Vec::new(),
             admission: Vec::new(),
+            eviction_checks: Vec::new(),
             store: StoreOptions::default(),
             bookmark_interval: Duration::from_secs(30),
             limits: Limits::default(),
@@ -390,6 +393,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
         store: store.clone(),
         registry: registry.clone(),
         admission: cfg.admission.clone(),
+        eviction_checks: cfg.eviction_checks.clone(),
         authz: authz.clone(),
     };
     ops.refresh_registry();

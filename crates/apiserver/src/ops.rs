@@ -127,6 +127,8 @@ pub enum Part {
     Status,
     /// `pods/binding`: the scheduler assigns a pod to a node.
     Binding,
+    /// `pods/eviction`: a pod is deleted unless an eviction check refuses.
+    Eviction,
 }
 
 /// A successful write: the object and any `Warning` headers.
@@ -138,10 +140,23 @@ pub struct Outcome {
     pub deleted: bool,
 }
 
+/// A check before a pod is evicted (`pods/eviction`), what a validating webhook on
+/// evictions does upstream (virt-api's turns a launcher pod's eviction into a live
+/// migration). `Err(message)` refuses the eviction with 429 TooManyRequests, so `kubectl
+/// drain` tries again.
+pub trait EvictionCheck: Send + Sync {
+    fn check<'a>(
+        &'a self,
+        pod: &'a Value,
+        eviction: &'a Value,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>>;
+}
+
 pub struct Ops {
     pub store: Arc<Store>,
     pub registry: Arc<Registry>,
     pub admission: Vec<Arc<dyn Admission>>,
+    pub eviction_checks: Vec<Arc<dyn EvictionCheck>>,
     /// RBAC: role and binding writes may not grant more than their author holds.
     pub authz: Arc<Authorizer>,
 }
@@ -1161,6 +1176,62 @@ impl Ops {
             )
             .await?;
         self.after_write(def);
+        Ok(())
+    }
+
+    /// `POST pods/NAME/eviction` (policy/v1 `Eviction`): the checks may refuse (429);
+    /// otherwise the pod is deleted with the eviction's `deleteOptions` (grace period,
+    /// preconditions, dry run). PodDisruptionBudgets are not evaluated.
+    pub async fn evict(
+        &self,
+        def: &Arc<ResourceDef>,
+        ns: &str,
+        name: &str,
+        body: Value,
+    ) -> ApiResult<()> {
+        if body.get("kind").and_then(Value::as_str) != Some("Eviction") {
+            return Err(ApiError::bad_request(format!(
+                "the body of an eviction must be an Eviction, not {}",
+                body.get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("(no kind)")
+            )));
+        }
+        if meta_str(&body, "name").is_some_and(|n| n != name) {
+            return Err(ApiError::bad_request(
+                "name in URL does not match name in Eviction object",
+            ));
+        }
+        let Some(pod) = self.store.get(&Self::key(def, Some(ns), name)) else {
+            return Err(ApiError::not_found("pods", "", name));
+        };
+        for check in &self.eviction_checks {
+            if let Err(message) = check.check(&pod, &body).await {
+                return Err(ApiError::new(
+                    http::StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequests",
+                    message,
+                ));
+            }
+        }
+        let options = body.get("deleteOptions").cloned().unwrap_or(Value::Null);
+        let opts = DeleteOpts {
+            propagation: None,
+            grace_period: options.get("gracePeriodSeconds").and_then(Value::as_i64),
+            precondition_uid: options
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            precondition_rv: options
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            dry_run: options
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|d| d.iter().any(|v| v == "All")),
+        };
+        self.delete(def, Some(ns), name, opts).await?;
         Ok(())
     }
 

@@ -11,6 +11,8 @@
 pub mod clone;
 pub mod datavolumes;
 pub mod error;
+pub mod evacuation;
+pub mod migration;
 pub mod operation;
 pub mod restore;
 pub mod runstrategy;

@@ -49,7 +49,7 @@ fn crash_looping(vm: &VirtualMachine, decision: &Decision) -> bool {
         )
 }
 
-/// `status.printableStatus`, first match wins as upstream: Terminating, Stopping, Paused,
+/// `status.printableStatus`, first match wins as upstream: Terminating, Stopping, Migrating, Paused,
 /// Running, ErrorUnschedulable, ErrImagePull/ImagePullBackOff, Starting, CrashLoopBackOff,
 /// Stopped, Unknown.
 pub fn printable_status(
@@ -80,6 +80,9 @@ pub fn printable_status(
             || vm.run_strategy() == RunStrategy::Halted)
     {
         return Printable::Stopping;
+    }
+    if kubevirt_api::migration::migrating(v) {
+        return Printable::Migrating;
     }
     if phase == Phase::Running {
         return if v.condition_true(vmi_condition::PAUSED) {

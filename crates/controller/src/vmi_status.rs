@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use kubevirt_api::v1::well_known::COMPUTE_CONTAINER;
 use kubevirt_api::v1::{
     vmi_condition, ConditionStatus, PhaseTransitionTimestamp, VirtualMachineInstance,
@@ -43,14 +44,25 @@ pub fn controlled_pods<'a>(vmi: &VirtualMachineInstance, pods: &'a [Pod]) -> Vec
         .collect()
 }
 
-/// The VMI's current launcher pod: the newest controlled one, on the VMI's node once it has
-/// one.
+/// The VMI's current launcher pod: the one its migration state says runs the guest (the
+/// source until a migration completed, then the target), else the newest controlled one
+/// that is not a migration target, on the VMI's node once it has one.
 pub fn current_pod<'a>(vmi: &VirtualMachineInstance, pods: &'a [Pod]) -> Option<&'a Pod> {
+    let controlled = controlled_pods(vmi, pods);
+    if let Some(name) = kubevirt_api::migration::guest_pod(vmi) {
+        return controlled
+            .into_iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name));
+    }
     let node = vmi.status.as_ref().and_then(|s| s.node_name.as_deref());
-    controlled_pods(vmi, pods)
+    controlled
         .into_iter()
         .filter(|p| {
             node.is_none_or(|n| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(n))
+        })
+        .filter(|p| {
+            !p.labels()
+                .contains_key(kubevirt_api::migration::MIGRATION_JOB_LABEL)
         })
         .max_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
 }

@@ -47,6 +47,10 @@ pub struct Context {
     stopping: Mutex<HashMap<String, u64>>,
     /// VMIs handed to their launcher.
     synced: Mutex<HashSet<String>>,
+    /// Migration target pods (by UID) handed their incoming VMI.
+    targets_synced: Mutex<HashSet<String>>,
+    /// Where this node's VMIs can migrate to, for their `LiveMigratable` condition.
+    pub migration_scope: kubevirt_api::migration::Scope,
 }
 
 impl Context {
@@ -58,7 +62,18 @@ impl Context {
             launchers,
             stopping: Mutex::new(HashMap::new()),
             synced: Mutex::new(HashSet::new()),
+            targets_synced: Mutex::new(HashSet::new()),
+            migration_scope: kubevirt_api::migration::Scope::SameNode,
         }
+    }
+
+    /// Records that the target pod `pod_uid` is being synced; false if it already was.
+    pub(crate) fn mark_target_synced(&self, pod_uid: &str) -> bool {
+        lock(&self.targets_synced).insert(pod_uid.to_string())
+    }
+
+    pub(crate) fn unmark_target_synced(&self, pod_uid: &str) {
+        lock(&self.targets_synced).remove(pod_uid);
     }
 }
 
@@ -102,7 +117,7 @@ pub fn cloud_init_secret_names(vmi: &VirtualMachineInstance) -> Vec<String> {
     names
 }
 
-async fn cloud_init_secrets(
+pub(crate) async fn cloud_init_secrets(
     client: &Client,
     vmi: &VirtualMachineInstance,
 ) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
@@ -240,14 +255,37 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
     if !on_node {
         return Ok(Action::await_change());
     }
-    let Some(launcher) = ctx.launchers.for_vmi(&uid) else {
+    let deleting = vmi.metadata.deletion_timestamp.is_some();
+    let migration = match deleting {
+        false => crate::migration::sync(&ctx, &vmi).await?,
+        true => None,
+    };
+    // The VMI as it will be once the migration step is written: it decides which launcher
+    // runs the guest now.
+    let stored = vmi.clone();
+    let vmi = match migration {
+        Some(state) => {
+            let mut next = (*vmi).clone();
+            next.status
+                .get_or_insert_with(Default::default)
+                .migration_state = Some(state);
+            Arc::new(next)
+        }
+        None => vmi,
+    };
+    let Some(launcher) = ctx.launchers.guest(&vmi) else {
         // Its pod's launcher is not up yet; the pod runtime wakes us when it is.
         return Ok(Action::requeue(RESYNC));
     };
     let Some(status) = launcher.observed().status else {
         return Ok(Action::requeue(RESYNC));
     };
-    let deleting = vmi.metadata.deletion_timestamp.is_some();
+    if status.migrated_out {
+        // The guest has left this launcher and the target has not reported it running yet
+        // (the migration step above moves the VMI over once it has): its exit is no
+        // shutdown. The target's push wakes us.
+        return Ok(Action::requeue(RESYNC));
+    }
     let live = status.stage != Stage::Exited;
 
     if deleting && live && !vmi.is_final() {
@@ -283,6 +321,7 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
             Ok(secrets) => SyncRequest {
                 vmi: serde_json::to_value(&*vmi).expect("VMIs serialise"),
                 secrets,
+                incoming: None,
             },
             Err(e) => {
                 publish(&ctx, &vmi, EventType::Warning, "SyncFailed", &e.to_string()).await;
@@ -312,10 +351,19 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
     if !deleting && desired.phase == Some(Phase::Running) && status.stage == Stage::Started {
         let volumes = crate::hotplug::sync(&ctx.client, &vmi, &launcher.client, &status).await;
         desired.volume_status = Some(volumes).filter(|v| !v.is_empty());
+        let mut with_volumes = (*vmi).clone();
+        with_volumes.status = Some(desired.clone());
+        let migratable =
+            kubevirt_api::migration::live_migratable(&with_volumes, ctx.migration_scope);
+        desired.set_condition(
+            migratable,
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        );
+        desired.migration_method = Some("LiveMigration".into());
     }
     let vmis: Api<VirtualMachineInstance> =
         Api::namespaced(ctx.client.clone(), &vmi.namespace().unwrap_or_default());
-    if write_status(&vmis, &*vmi, vmi.status.as_ref(), &desired).await? {
+    if write_status(&vmis, &*stored, stored.status.as_ref(), &desired).await? {
         let to = desired.phase.unwrap_or_default();
         phase_events(&ctx, &vmi, vmi.phase(), to, &status).await;
     }

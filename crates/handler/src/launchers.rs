@@ -30,6 +30,8 @@ pub struct PodKey {
     pub uid: String,
     pub vmi_name: String,
     pub vmi_uid: String,
+    /// The pod is a migration target (`kubevirt.io/migrationJobUID`).
+    pub migration_target: bool,
 }
 
 /// How the launcher process ended (the `compute` container's termination).
@@ -148,11 +150,30 @@ impl Launchers {
         lock(&self.map).get(pod_uid).cloned()
     }
 
-    /// The launcher running VMI `vmi_uid` here: the one not yet exited, else the newest.
-    pub fn for_vmi(&self, vmi_uid: &str) -> Option<Arc<Launcher>> {
+    /// The launcher of the pod `namespace/name`.
+    pub fn by_pod(&self, namespace: &str, name: &str) -> Option<Arc<Launcher>> {
+        lock(&self.map)
+            .values()
+            .find(|l| l.key.namespace == namespace && l.key.name == name)
+            .cloned()
+    }
+
+    /// The launcher running `vmi`'s guest here: the pod its migration state names (the
+    /// source until a migration completed, then the target), else the VMI's launcher that is
+    /// not a migration target: the one not yet exited, else the newest.
+    pub fn guest(&self, vmi: &VirtualMachineInstance) -> Option<Arc<Launcher>> {
+        let vmi_uid = vmi.metadata.uid.as_deref().unwrap_or_default();
         let map = lock(&self.map);
-        let mut found: Vec<&Arc<Launcher>> =
-            map.values().filter(|l| l.key.vmi_uid == vmi_uid).collect();
+        if let Some(pod) = kubevirt_api::migration::guest_pod(vmi) {
+            return map
+                .values()
+                .find(|l| l.key.vmi_uid == vmi_uid && l.key.name == pod)
+                .cloned();
+        }
+        let mut found: Vec<&Arc<Launcher>> = map
+            .values()
+            .filter(|l| l.key.vmi_uid == vmi_uid && !l.key.migration_target)
+            .collect();
         found.sort_by_key(|l| (!l.exited(), l.observed().started_at));
         found.last().map(|l| (*l).clone())
     }

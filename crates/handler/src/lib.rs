@@ -9,7 +9,8 @@
 //!   other pods;
 //! - [`agent`] with [`vmi_status`]: hands each Scheduled VMI to its launcher, writes VMI
 //!   status from the launcher's reports, stops deleted VMIs; [`hotplug`]: attaches and
-//!   detaches hot-pluggable volumes, grows disks whose claims grew;
+//!   detaches hot-pluggable volumes, grows disks whose claims grew; [`migration`]: the
+//!   source's and target's steps of a live migration;
 //! - [`subresources`] and [`logs`]: `subresources.kubevirt.io` (start/stop/restart,
 //!   pause/unpause/softreboot/reset, console/vnc, guestosinfo) and `pods/log`.
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod hotplug;
 pub mod launchers;
 pub mod logs;
+pub mod migration;
 pub mod node;
 pub mod pod_status;
 pub mod pods;

@@ -69,6 +69,9 @@ fn key(pod: &Pod) -> Option<PodKey> {
         uid: pod.metadata.uid.clone()?,
         vmi_name,
         vmi_uid,
+        migration_target: pod
+            .labels()
+            .contains_key(kubevirt_api::migration::MIGRATION_JOB_LABEL),
     })
 }
 

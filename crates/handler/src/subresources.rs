@@ -156,7 +156,7 @@ async fn resource_list() -> Json<Value> {
         "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "subresources.kubevirt.io/v1",
         "resources": [
             r("virtualmachines/start", &["update"]), r("virtualmachines/stop", &["update"]),
-            r("virtualmachines/restart", &["update"]),
+            r("virtualmachines/restart", &["update"]), r("virtualmachines/migrate", &["update"]),
             r("virtualmachineinstances/pause", &["update"]), r("virtualmachineinstances/unpause", &["update"]),
             r("virtualmachineinstances/softreboot", &["update"]), r("virtualmachineinstances/reset", &["update"]),
             r("virtualmachineinstances/console", &["get"]), r("virtualmachineinstances/vnc", &["get"]),
@@ -227,6 +227,9 @@ async fn vm_action(
 ) -> Result<Response, ApiError> {
     if matches!(action.as_str(), "addvolume" | "removevolume") {
         return volume_request(&state, Owner::Vm, &ns, &name, &action, &body).await;
+    }
+    if action == "migrate" {
+        return migrate_vm(&state, &ns, &name, &body).await;
     }
     let action = VmAction::parse(&action).ok_or_else(|| {
         ApiError::new(
@@ -305,6 +308,69 @@ async fn vm_action(
     }
 }
 
+/// `virtualmachines/migrate`: creates a VirtualMachineInstanceMigration
+/// (`kubevirt-migrate-vm-*`) for the VM's running VMI, as virt-api does.
+async fn migrate_vm(
+    state: &SubresourceState,
+    ns: &str,
+    name: &str,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let opts: kubevirt_api::migration::MigrateOptions = if body.iter().all(u8::is_ascii_whitespace)
+    {
+        Default::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("Can not unmarshal Request body to struct, error: {e}"),
+            )
+        })?
+    };
+    let client = state.client()?;
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), ns);
+    let vmis: Api<VirtualMachineInstance> = Api::namespaced(client.clone(), ns);
+    vms.get_opt(name)
+        .await
+        .map_err(ApiError::from_kube)?
+        .ok_or_else(|| ApiError::not_found("virtualmachines", name))?;
+    let vmi = vmis
+        .get_opt(name)
+        .await
+        .map_err(ApiError::from_kube)?
+        .ok_or_else(|| ApiError::not_found("virtualmachineinstances", name))?;
+    if vmi.phase() != VirtualMachineInstancePhase::Running {
+        return Err(ApiError::conflict(
+            "virtualmachine",
+            name,
+            "VM is not running",
+        ));
+    }
+    let migration = kubevirt_api::v1::VirtualMachineInstanceMigration {
+        metadata: kube::api::ObjectMeta {
+            generate_name: Some("kubevirt-migrate-vm-".into()),
+            ..Default::default()
+        },
+        spec: kubevirt_api::v1::VirtualMachineInstanceMigrationSpec {
+            vmi_name: Some(name.to_string()),
+            added_node_selector: opts.added_node_selector,
+            ..Default::default()
+        },
+        status: None,
+    };
+    let params = kube::api::PostParams {
+        dry_run: kubevirt_api::hotplug::is_dry_run(&opts.dry_run),
+        ..Default::default()
+    };
+    let api: Api<kubevirt_api::v1::VirtualMachineInstanceMigration> = Api::namespaced(client, ns);
+    api.create(&params, &migration).await.map_err(|e| match e {
+        kube::Error::Api(s) => ApiError::internal(s.message),
+        other => ApiError::internal(other),
+    })?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
 /// The VMI, which must be Running, and the client of its launcher on this node.
 async fn running_vmi(
     state: &SubresourceState,
@@ -324,10 +390,9 @@ async fn running_vmi(
             "VMI is not running",
         ));
     }
-    let uid = vmi.metadata.uid.clone().unwrap_or_default();
     let launcher = state
         .launchers
-        .for_vmi(&uid)
+        .guest(&vmi)
         .filter(|l| !l.exited())
         .ok_or_else(|| ApiError::conflict("virtualmachineinstance", name, "VMI is not running"))?;
     Ok((vmi, launcher.client.clone()))

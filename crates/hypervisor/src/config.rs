@@ -381,6 +381,32 @@ impl MigrationStatus {
     }
 }
 
+/// How an outgoing live migration runs ([`crate::Domain::migrate_out`]). Every field is
+/// set for each migration, so nothing carries over from an earlier one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationParams {
+    /// Bytes per second; `None`: unlimited.
+    pub max_bandwidth: Option<u64>,
+    /// The longest pause of the guest the switch-over may plan for, in ms (`None`: the
+    /// VMM's default, 300).
+    pub downtime_limit_ms: Option<u64>,
+    /// Throttle the guest's vCPUs when it dirties memory faster than it is sent.
+    pub auto_converge: bool,
+    /// Allow [`crate::Domain::migrate_start_postcopy`]. The receiving VMM must allow it too
+    /// (see [`crate::qemu::postcopy_possible`]), or the migration fails at once.
+    pub post_copy: bool,
+}
+
+/// Where an outgoing live migration goes.
+#[derive(Debug)]
+pub enum MigrationTarget {
+    /// A URI the VMM connects to by itself: `tcp:HOST:PORT` or `unix:PATH`.
+    Uri(String),
+    /// A stream the caller connected (to a socket the VMM's user may not reach); the VMM
+    /// gets the descriptor.
+    Connected(std::os::fd::OwnedFd),
+}
+
 /// Why the VMM exited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

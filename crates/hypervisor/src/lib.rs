@@ -44,7 +44,11 @@ pub trait Domain: Send + Sync {
     fn config(&self) -> &DomainConfig;
     /// Boots the domain (spawns the VMM and connects its control channel).
     fn start(&self) -> Result<()>;
-    /// Starts the VMM waiting for an incoming live migration on `uri` (e.g. `tcp:127.0.0.1:4444`).
+    /// Starts the VMM waiting for an incoming live migration on `uri` (`tcp:HOST:PORT`, or
+    /// `unix:PATH`: the VMM creates that socket as its own user), listening once this
+    /// returns. Post-copy is allowed when the host lets the VMM use it. The VMM reports
+    /// every change of the migration's status as a `MIGRATION` event, and stays after a
+    /// failed migration (status `failed` and why): stop it.
     fn prepare_incoming(&self, uri: &str) -> Result<()>;
     /// Process id of the VMM while it runs.
     fn pid(&self) -> Option<u32>;
@@ -62,8 +66,16 @@ pub trait Domain: Send + Sync {
     fn state(&self) -> Result<DomainState>;
     /// vCPU, block and memory statistics.
     fn stats(&self) -> Result<DomainStats>;
-    /// Starts an outgoing live migration to `uri`; poll [`Domain::migration_status`].
-    fn migrate_out(&self, uri: &str) -> Result<()>;
+    /// Starts an outgoing live migration with `params`; the VMM reports every change of its
+    /// status as a `MIGRATION` event (see also [`Domain::migration_status`]).
+    fn migrate_out(&self, to: MigrationTarget, params: &MigrationParams) -> Result<()>;
+    /// Aborts the outgoing migration (before post-copy started): the guest keeps running
+    /// here. Also succeeds when none is active, so check the status first.
+    fn migrate_cancel(&self) -> Result<()>;
+    /// Switches an outgoing migration started with [`MigrationParams::post_copy`] to
+    /// post-copy: the guest runs on the target from now on and fetches the memory it
+    /// misses from here.
+    fn migrate_start_postcopy(&self) -> Result<()>;
     /// Progress of the current (outgoing or incoming) migration.
     fn migration_status(&self) -> Result<MigrationStatus>;
     /// Runs a guest-agent command (e.g. `guest-get-osinfo`) and returns its `return` value.

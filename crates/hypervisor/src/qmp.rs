@@ -147,11 +147,83 @@ impl QmpCommand for Migrate {
 
 /// `migrate-incoming` on a URI (QEMU started with `-incoming defer`).
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct MigrateIncoming {
     pub uri: String,
+    /// `false`: a failed migration leaves QEMU running (status `failed`, with the error)
+    /// instead of exiting, so the supervisor learns why.
+    pub exit_on_error: bool,
 }
 impl QmpCommand for MigrateIncoming {
     const NAME: &'static str = "migrate-incoming";
+    type Return = Empty;
+}
+
+unit_command!(
+    /// Aborts the outgoing migration.
+    MigrateCancel,
+    "migrate_cancel"
+);
+unit_command!(
+    /// Switches the outgoing migration to post-copy.
+    MigrateStartPostcopy,
+    "migrate-start-postcopy"
+);
+
+/// `migrate-set-capabilities`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrateSetCapabilities {
+    pub capabilities: Vec<MigrationCapability>,
+}
+impl QmpCommand for MigrateSetCapabilities {
+    const NAME: &'static str = "migrate-set-capabilities";
+    type Return = Empty;
+}
+
+impl MigrateSetCapabilities {
+    /// The capabilities named, each on or off.
+    pub fn of(caps: &[(&str, bool)]) -> Self {
+        MigrateSetCapabilities {
+            capabilities: caps
+                .iter()
+                .map(|(c, on)| MigrationCapability {
+                    capability: c.to_string(),
+                    state: *on,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One migration capability (`events`, `postcopy-ram`, `auto-converge`, ...).
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationCapability {
+    pub capability: String,
+    pub state: bool,
+}
+
+/// `migrate-set-parameters` (only the ones we set).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MigrateSetParameters {
+    /// Bytes per second; 0 turns the rate limit off.
+    pub max_bandwidth: u64,
+    /// Milliseconds.
+    pub downtime_limit: u64,
+}
+impl QmpCommand for MigrateSetParameters {
+    const NAME: &'static str = "migrate-set-parameters";
+    type Return = Empty;
+}
+
+/// `getfd`: names the descriptor sent with the command (see
+/// [`QmpClient::execute_with_fd`]), for commands that take an fd by name (`fd:NAME` URIs).
+#[derive(Debug, Clone, Serialize)]
+pub struct GetFd {
+    pub fdname: String,
+}
+impl QmpCommand for GetFd {
+    const NAME: &'static str = "getfd";
     type Return = Empty;
 }
 

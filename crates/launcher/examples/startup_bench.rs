@@ -95,6 +95,7 @@ fn bare_run(disk: &Path, rt: &tokio::runtime::Runtime) -> f64 {
         .block_on(kubevirt_launcher::prepare::prepare_volumes(
             &mut t,
             &Default::default(),
+            None,
         ))
         .unwrap();
     // QEMU as the launcher would run it, started straight through the hypervisor crate.

@@ -239,12 +239,16 @@ impl LauncherClient {
         self.post("/v1/soft-reboot", None).await
     }
 
-    /// Starts an outgoing live migration to a launcher started with `--incoming uri`.
-    pub async fn migrate(&self, uri: &str) -> Result<(), ClientError> {
-        let body = Self::encode(&MigrateRequest {
-            uri: uri.to_string(),
-        })?;
+    /// Starts an outgoing live migration to a launcher waiting for it (`--incoming uri`, or
+    /// a sync with [`crate::IncomingMigration`] whose status names `incoming_uri`).
+    pub async fn migrate(&self, request: &MigrateRequest) -> Result<(), ClientError> {
+        let body = Self::encode(request)?;
         self.post("/v1/migrate", Some(body)).await
+    }
+
+    /// Aborts the outgoing migration; the guest keeps running here.
+    pub async fn migrate_cancel(&self) -> Result<(), ClientError> {
+        self.post("/v1/migrate/cancel", None).await
     }
 
     /// Progress of the current migration.

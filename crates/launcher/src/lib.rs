@@ -10,6 +10,7 @@ pub mod client;
 mod footprint;
 mod freeze;
 mod hotplug;
+mod migration;
 mod network;
 pub mod prepare;
 mod privileges;
@@ -26,8 +27,8 @@ pub use client::{final_status, live_pid, ByteStream, ClientError, LauncherClient
 pub use process::{run, ExitCode, LauncherArgs, LauncherError};
 pub use protocol::{
     FailedStep, FreezeRequest, HotplugBus, HotplugVolumeRequest, HotplugVolumeStatus,
-    InsertMediumRequest, InterfaceStatus, LauncherStatus, Stage, StartFailure, StopRequest,
-    SyncRequest, VmiRef,
+    IncomingMigration, InsertMediumRequest, InterfaceStatus, LauncherStatus, MigrateRequest,
+    MigrationOptions, Stage, StartFailure, StopRequest, SyncRequest, VmiRef,
 };
 pub use rundir::{RunDir, DEFAULT_RUN_ROOT};
 pub use translate::{translate, LauncherEnv, TranslateError};

@@ -4,7 +4,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use kubevirt_diskprep as diskprep;
-use kubevirt_hypervisor::{BackingImage, DiskFormat};
+use kubevirt_hypervisor::{BackingImage, DiskFormat, Firmware};
 
 use crate::translate::{Translation, VolumePrep};
 
@@ -28,6 +28,44 @@ pub struct ContainerDiskConfig {
     pub mirrors: std::collections::HashMap<String, String>,
     /// Registries reached over plain HTTP.
     pub insecure: Vec<String>,
+}
+
+/// A live-migration target on this node takes over the files its source made in its run
+/// directory (empty disks, overlays, cloud-init ISOs, UEFI variables) instead of making
+/// them anew, so its QEMU runs on what the guest wrote. Until the guest arrived the target
+/// QEMU does not write them (its disks are inactive), the source's afterwards.
+#[derive(Debug, Clone, Copy)]
+pub struct TakeOver<'a> {
+    /// This launcher's run directory.
+    pub run_dir: &'a Path,
+    /// The source launcher's, beside it.
+    pub source_run_dir: &'a Path,
+}
+
+impl TakeOver<'_> {
+    /// Hard-links the source's file at `target`'s place in its run directory to `target`.
+    /// The inode stays root's and 0600, right for any VM's QEMU: each gets descriptors
+    /// from its launcher, never the path; the source's QEMU keeps its own.
+    pub fn link(&self, volume: &str, target: &Path) -> Result<(), PrepareError> {
+        let unavailable = |reason: String| PrepareError::Unavailable {
+            volume: volume.to_string(),
+            reason,
+        };
+        let relative = target.strip_prefix(self.run_dir).map_err(|_| {
+            unavailable(format!(
+                "{} is not in the run directory, so not the migration source's",
+                target.display()
+            ))
+        })?;
+        let source = self.source_run_dir.join(relative);
+        let _ = std::fs::remove_file(target);
+        std::fs::hard_link(&source, target).map_err(|e| {
+            unavailable(format!(
+                "taking over {} from the migration source: {e}",
+                source.display()
+            ))
+        })
+    }
 }
 
 fn new_cache(c: &ContainerDiskConfig) -> diskprep::ContainerDiskCache {
@@ -89,11 +127,13 @@ fn set_overlay(t: &mut Translation, overlay: &Path, base: &Path, base_format: Di
 
 /// Prepares every volume of `t` (creating overlays, empty disks, ISOs, pulling images) and
 /// fixes up the disk formats in `t.domain`. Files created in the run dir are removed with it.
+/// With `take_over` (a migration target), those files are the source's instead.
 /// Returns the files opened for QEMU (hostDisks, named `/proc/self/fd/N` in `t.domain`):
 /// keep them open until QEMU has started.
 pub async fn prepare_volumes(
     t: &mut Translation,
     containerdisks: &ContainerDiskConfig,
+    take_over: Option<TakeOver<'_>>,
 ) -> Result<Vec<std::fs::File>, PrepareError> {
     let mut held = Vec::new();
     let mut cache: Option<diskprep::ContainerDiskCache> = None;
@@ -131,13 +171,18 @@ pub async fn prepare_volumes(
                 target,
                 capacity,
             } => {
-                let _ = std::fs::remove_file(&target);
-                diskprep::create_empty_disk(
-                    &volume,
-                    &target,
-                    &capacity,
-                    diskprep::DiskFormat::Raw,
-                )?;
+                match take_over {
+                    Some(from) => from.link(&volume, &target)?,
+                    None => {
+                        let _ = std::fs::remove_file(&target);
+                        diskprep::create_empty_disk(
+                            &volume,
+                            &target,
+                            &capacity,
+                            diskprep::DiskFormat::Raw,
+                        )?;
+                    }
+                }
                 set_format(t, &target, DiskFormat::Raw);
             }
             VolumePrep::Ephemeral {
@@ -151,8 +196,18 @@ pub async fn prepare_volumes(
                     &base,
                     diskprep::inspect::ImagePolicy::OpenedAsRaw,
                 )?;
-                let _ = std::fs::remove_file(&target);
-                diskprep::create_overlay(&volume, &base, diskprep::DiskFormat::Raw, &target)?;
+                match take_over {
+                    Some(from) => from.link(&volume, &target)?,
+                    None => {
+                        let _ = std::fs::remove_file(&target);
+                        diskprep::create_overlay(
+                            &volume,
+                            &base,
+                            diskprep::DiskFormat::Raw,
+                            &target,
+                        )?;
+                    }
+                }
                 set_overlay(t, &target, &base, DiskFormat::Raw);
             }
             VolumePrep::KernelBoot {
@@ -202,8 +257,14 @@ pub async fn prepare_volumes(
                 )
                 .await?;
                 tracing::info!(volume, image, digest = %pulled.manifest_digest, from_cache = pulled.from_cache, "containerDisk ready");
-                let _ = std::fs::remove_file(&target);
-                diskprep::create_overlay(&volume, &pulled.path, pulled.format, &target)?;
+                // Pulled even when taken over: the overlay's backing is the cached base.
+                match take_over {
+                    Some(from) => from.link(&volume, &target)?,
+                    None => {
+                        let _ = std::fs::remove_file(&target);
+                        diskprep::create_overlay(&volume, &pulled.path, pulled.format, &target)?;
+                    }
+                }
                 set_overlay(t, &target, &pulled.path, to_hv(pulled.format));
             }
             VolumePrep::CloudInit {
@@ -240,10 +301,23 @@ pub async fn prepare_volumes(
                     uid,
                     hostname: Some(hostname),
                 };
-                let _ = std::fs::remove_file(&target);
-                diskprep::cloudinit::write_seed_iso(&volume, kind, &source, &identity, &target)?;
+                match take_over {
+                    Some(from) => from.link(&volume, &target)?,
+                    None => {
+                        let _ = std::fs::remove_file(&target);
+                        diskprep::cloudinit::write_seed_iso(
+                            &volume, kind, &source, &identity, &target,
+                        )?;
+                    }
+                }
                 set_format(t, &target, DiskFormat::Raw);
             }
+        }
+    }
+    // Non-persistent UEFI variables live in the run dir too: the guest's, so taken over.
+    if let (Some(from), Firmware::Uefi { vars_path, .. }) = (take_over, &t.domain.firmware) {
+        if vars_path.starts_with(from.run_dir) {
+            from.link("UEFI variables", vars_path)?;
         }
     }
     Ok(held)

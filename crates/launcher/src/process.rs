@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kubevirt_api::v1::VirtualMachineInstance;
 use kubevirt_hypervisor::{
@@ -18,7 +19,7 @@ use kubevirt_hypervisor::{
 use tokio::sync::oneshot;
 
 use crate::client::live_pid;
-use crate::prepare::{prepare_volumes, ContainerDiskConfig, PrepareError};
+use crate::prepare::{prepare_volumes, ContainerDiskConfig, PrepareError, TakeOver};
 use crate::protocol::{FailedStep, LauncherStatus, Stage, StartFailure, SyncRequest, VmiRef};
 use crate::rundir::{RunDir, DEFAULT_RUN_ROOT};
 use crate::server::Shared;
@@ -79,10 +80,6 @@ pub struct LauncherArgs {
     /// refers to.
     #[arg(long)]
     pub secrets_file: Option<PathBuf>,
-    /// Wait for an incoming live migration on this URI (`tcp:HOST:PORT` or `unix:PATH`)
-    /// instead of booting the guest.
-    #[arg(long)]
-    pub incoming: Option<String>,
     /// State directory of the pod network allocator.
     #[arg(long, default_value = "/run/kubevirt-rs/podnet")]
     pub podnet_state_dir: PathBuf,
@@ -109,6 +106,13 @@ pub enum LauncherError {
     Hypervisor(#[from] kubevirt_hypervisor::HypervisorError),
     #[error("pod network: {reason}")]
     Network { reason: String },
+    #[error(
+        "this VMI cannot be live-migrated yet: {}",
+        crate::translate::join_issues(issues)
+    )]
+    NotMigratable {
+        issues: Vec<crate::translate::FieldIssue>,
+    },
 }
 
 impl LauncherError {
@@ -117,7 +121,8 @@ impl LauncherError {
         let step = match self {
             LauncherError::Input { .. }
             | LauncherError::Io { .. }
-            | LauncherError::AlreadyRunning { .. } => FailedStep::Input,
+            | LauncherError::AlreadyRunning { .. }
+            | LauncherError::NotMigratable { .. } => FailedStep::Input,
             LauncherError::Translate(_) => FailedStep::Translate,
             LauncherError::Prepare(_) => FailedStep::Volumes,
             LauncherError::Network { .. } => FailedStep::Network,
@@ -128,6 +133,7 @@ impl LauncherError {
             message: self.to_string(),
             fields: match self {
                 LauncherError::Translate(t) => t.issues().to_vec(),
+                LauncherError::NotMigratable { issues } => issues.clone(),
                 _ => Vec::new(),
             },
         }
@@ -189,7 +195,11 @@ fn read_sync_file(args: &LauncherArgs, path: &PathBuf) -> Result<SyncRequest, La
             })?
         }
     };
-    Ok(SyncRequest { vmi, secrets })
+    Ok(SyncRequest {
+        vmi,
+        secrets,
+        incoming: None,
+    })
 }
 
 fn identity(args: &LauncherArgs) -> Option<VmiRef> {
@@ -237,17 +247,13 @@ pub fn run(args: LauncherArgs) -> Result<ExitCode, LauncherError> {
     let _ = std::fs::remove_file(run_dir.final_state());
     std::fs::write(run_dir.pid_file(), format!("{}\n", std::process::id()))
         .map_err(io("writing launcher.pid"))?;
-    if let Some(uri) = &args.incoming {
-        crate::protocol::valid_migration_uri(uri)
-            .map_err(|reason| LauncherError::Input { reason })?;
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io("building the runtime"))?;
     let code = rt.block_on(supervise(args, run_dir.clone()));
     // Blocking threads (QMP reader, stale agent calls) must not keep the process alive.
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    rt.shutdown_timeout(Duration::from_secs(1));
     run_dir.clean_runtime_files();
     code
 }
@@ -319,18 +325,17 @@ async fn supervise(args: LauncherArgs, run_dir: RunDir) -> Result<ExitCode, Laun
     let json = serde_json::to_vec_pretty(&last).unwrap_or_default();
     std::fs::write(run_dir.final_state(), json).map_err(io("writing final-state.json"))?;
     // Let watchers read the last status before the socket goes.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     signals.abort();
     server.abort();
     let _ = std::fs::remove_file(run_dir.launcher_socket());
     Ok(code)
 }
 
-/// A started VM and what must be torn down after it.
+/// A started VM and what must be released after it.
 struct Running {
     vm: Arc<Vm>,
-    net: crate::network::NetState,
-    net_tasks: Vec<tokio::task::JoinHandle<()>>,
+    net: Arc<crate::network::NetState>,
     _opened_for_qemu: Vec<std::fs::File>,
 }
 
@@ -343,6 +348,7 @@ async fn start(
     request: Result<SyncRequest, LauncherError>,
 ) -> Result<Running, LauncherError> {
     let request = request?;
+    let incoming = request.incoming.is_some();
     let mut vmi: VirtualMachineInstance =
         serde_json::from_value(request.vmi.clone()).map_err(|e| LauncherError::Input {
             reason: format!("not a VirtualMachineInstance: {e}"),
@@ -371,7 +377,24 @@ async fn start(
         serde_json::to_vec(&request.vmi).unwrap_or_default(),
     )
     .map_err(io("writing vmi.json"))?;
-    tracing::info!(vmi = %vref, accel = accel.kind.as_str(), reason = %accel.reason, "starting the VM");
+    tracing::info!(vmi = %vref, accel = accel.kind.as_str(), reason = %accel.reason, incoming, "starting the VM");
+    // A migration target: what it takes over from its source, checked before anything.
+    let source = match &request.incoming {
+        Some(i) => {
+            let source = crate::migration::source_run_dir(run_dir, &i.source_run_dir)
+                .map_err(|reason| LauncherError::Input { reason })?;
+            let issues = crate::migration::migration_blockers(&vmi);
+            if !issues.is_empty() {
+                return Err(LauncherError::NotMigratable { issues });
+            }
+            Some(source)
+        }
+        None => None,
+    };
+    let take_over = source.as_ref().map(|s| TakeOver {
+        run_dir: run_dir.path(),
+        source_run_dir: s.path(),
+    });
 
     let persistent_dir = args.persistent_dir.clone().unwrap_or_else(|| {
         PathBuf::from("/var/lib/kubevirt-rs/vms").join(format!("{}_{}", vref.namespace, vref.name))
@@ -418,10 +441,10 @@ async fn start(
             args.podnet_state_dir.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            crate::network::setup(&vref, &run_dir, &networks, &state_dir, vmm_user)
+            crate::network::setup(&vref, &run_dir, &networks, &state_dir, vmm_user, incoming)
         })
     };
-    let prepared = prepare_volumes(&mut translation, &containerdisks).await;
+    let prepared = prepare_volumes(&mut translation, &containerdisks, take_over).await;
     let net = net_task.await.map_err(|e| LauncherError::Network {
         reason: format!("network setup task: {e}"),
     })?;
@@ -430,7 +453,7 @@ async fn start(
     let (net, opened_for_qemu) = match (prepared, net) {
         (Ok(files), Ok(net)) => (net, files),
         (Err(e), Ok(net)) => {
-            net.teardown();
+            net.release();
             return Err(e.into());
         }
         (_, Err(e)) => return Err(e),
@@ -441,23 +464,38 @@ async fn start(
     let domain: Arc<dyn Domain> = match hv.create_domain(translation.domain.clone()) {
         Ok(d) => Arc::from(d),
         Err(e) => {
-            net.teardown();
+            net.release();
             return Err(e.into());
         }
     };
+    // Where a target's QEMU waits for the guest: its own directory, which the source's
+    // launcher (root) reaches for its QEMU.
+    let incoming_uri = match &source {
+        Some(_) => Some(format!(
+            "unix:{}",
+            std::path::absolute(run_dir.migration_socket())
+                .map_err(io("locating the migration socket"))?
+                .display()
+        )),
+        None => None,
+    };
     // Started on this (the main) thread: QEMU's parent-death signal follows this thread.
-    let started = match &args.incoming {
+    let started = match &incoming_uri {
         Some(uri) => domain.prepare_incoming(uri),
         None => domain.start(),
     };
     if let Err(e) = started {
-        net.teardown();
+        net.release();
         return Err(e.into());
     }
     let vm = Vm::new(domain.clone(), grace, status.clone());
-    let net_tasks = net.spawn_tasks();
+    let net = Arc::new(net);
+    // A target's guest runs here only once it arrived.
+    if incoming_uri.is_none() {
+        net.start_dhcp().await;
+    }
     // What QEMU was started as; events from now on keep it current.
-    let state = if args.incoming.is_some() {
+    let state = if incoming_uri.is_some() {
         DomainState::Incoming
     } else if translation.domain.start_paused {
         DomainState::Paused
@@ -469,13 +507,13 @@ async fn start(
         s.domain = Some(state);
         s.qemu_pid = domain.pid();
         s.interfaces = net.interfaces();
+        s.incoming_uri = incoming_uri;
     });
     tracing::info!(pid = ?domain.pid(), "VM running");
     crate::footprint::release_code_pages();
     Ok(Running {
         vm,
         net,
-        net_tasks,
         _opened_for_qemu: opened_for_qemu,
     })
 }
@@ -517,7 +555,6 @@ async fn follow(
     let Running {
         vm,
         net,
-        net_tasks,
         _opened_for_qemu,
     } = running;
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -525,15 +562,29 @@ async fn follow(
     vm.domain
         .set_event_hook(Arc::new(move || hook_wake.notify_one()));
     let events_vm = vm.clone();
-    let events = tokio::spawn(async move {
+    let events_net = net.clone();
+    let events_wake = wake.clone();
+    let mut events = tokio::spawn(async move {
         let mut next = 0;
         loop {
+            // QEMU's exit is recorded after its last event: once it is, this pass reads
+            // everything left (a migration's last word comes just before QEMU goes).
+            let gone = matches!(
+                events_vm.domain.wait_exit(Some(Duration::ZERO)),
+                Ok(Some(_))
+            );
             let (evs, after) = events_vm.domain.events_since(next);
             next = after;
             for ev in &evs {
-                events_vm.on_event(ev).await;
+                if events_vm.on_event(ev).await {
+                    // An incoming migration completed: the guest is ours to serve.
+                    events_net.start_dhcp().await;
+                }
             }
-            wake.notified().await;
+            if gone {
+                return;
+            }
+            events_wake.notified().await;
         }
     });
     let stop_vm = vm.clone();
@@ -548,25 +599,55 @@ async fn follow(
         .ok()
         .and_then(Result::ok)
         .flatten();
-    events.abort();
     stopper.abort();
-    for t in net_tasks {
-        t.abort();
+    wake.notify_one();
+    if tokio::time::timeout(Duration::from_secs(10), &mut events)
+        .await
+        .is_err()
+    {
+        events.abort();
     }
-    net.teardown();
-    let stop_requested = status.get().stop_requested;
-    let clean = exit.as_ref().is_some_and(|e| {
-        matches!(
-            e.reason,
-            ExitReason::GuestShutdown | ExitReason::HostRequest
-        ) || stop_requested
-    });
-    tracing::info!(?exit, stop_requested, "VM ended");
+    net.release();
+    let st = status.get();
+    // A target whose QEMU went away before the guest arrived, not asked to stop: the
+    // migration failed without QEMU saying so (e.g. it crashed).
+    let lost =
+        (st.incoming_uri.is_some() && st.failure.is_none() && !st.stop_requested).then(|| {
+            StartFailure {
+                step: FailedStep::Hypervisor,
+                message: "incoming live migration failed: QEMU exited before the guest arrived"
+                    .into(),
+                fields: Vec::new(),
+            }
+        });
+    let clean = st.failure.is_none()
+        && lost.is_none()
+        && (st.migrated_out
+            || st.stop_requested
+            || exit.as_ref().is_some_and(|e| {
+                matches!(
+                    e.reason,
+                    ExitReason::GuestShutdown | ExitReason::HostRequest
+                )
+            }));
+    tracing::info!(?exit, st.stop_requested, st.migrated_out, "VM ended");
     status.update(|s| {
         s.stage = Stage::Exited;
         s.domain = None;
         s.qemu_pid = None;
         s.exit = exit;
+        s.incoming_uri = None;
+        if lost.is_some() {
+            s.failure = lost;
+        }
+        // QEMU went away before saying how its migration ended (e.g. the guest powered
+        // off while it was being cancelled): it ended with QEMU.
+        if let Some(m) = s.migration.as_mut().filter(|m| !m.is_finished()) {
+            let cancelled = m.status == "cancelling";
+            m.status = if cancelled { "cancelled" } else { "failed" }.into();
+            m.error
+                .get_or_insert_with(|| "QEMU exited during the migration".into());
+        }
     });
     if clean {
         0

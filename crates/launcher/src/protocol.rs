@@ -15,8 +15,9 @@
 //! | POST   | `/v1/reset`         | -> 204                                                 |
 //! | POST   | `/v1/soft-reboot`   | -> 204 (guest agent reboot, else reset)                |
 //! | GET    | `/v1/guest-osinfo`  | -> guest agent `guest-get-osinfo` answer               |
-//! | POST   | `/v1/migrate`       | [`MigrateRequest`] -> 202 (outgoing live migration)    |
+//! | POST   | `/v1/migrate`       | [`MigrateRequest`] -> 202 (outgoing live migration); 409 while one is in progress, with hot-plugged volumes, or before an incoming one completed; 502 if a `unix:` target cannot be reached |
 //! | GET    | `/v1/migration`     | -> `kubevirt_hypervisor::MigrationStatus`              |
+//! | POST   | `/v1/migrate/cancel` | -> 204; the outgoing migration is aborted, the guest stays here; 409 if none is in progress (or post-copy started) |
 //! | GET    | `/v1/console`       | `Upgrade: console` -> 101, raw serial stream           |
 //! | GET    | `/v1/vnc`           | `Upgrade: vnc` -> 101, raw RFB stream                  |
 //! | POST   | `/v1/freeze`        | [`FreezeRequest`] -> 204 once the guest agent froze the filesystems; 409 without an agent; thawed by itself after the timeout (default 300 s) |
@@ -136,6 +137,26 @@ pub struct LauncherStatus {
     /// Volumes hot-plugged into the running VM, in the order they came.
     #[serde(default)]
     pub hotplug_volumes: Vec<HotplugVolumeStatus>,
+    /// On a migration target, from the moment QEMU listens (pushed with stage `Started`
+    /// and domain `Incoming`) until the guest arrived (cleared in the same push as
+    /// `migration` `completed` and the domain `Running`) or the launcher exits: where the
+    /// source launcher sends the guest ([`MigrateRequest::uri`]),
+    /// `unix:<target run dir>/vmm/migration.sock`.
+    #[serde(default)]
+    pub incoming_uri: Option<String>,
+    /// The current or last live migration (outgoing on a source, incoming on a target), as
+    /// the hypervisor reports it; pushed on every change of its status word (QEMU's:
+    /// `setup`, `active`, `device`, `postcopy-active`, `completed`, `failed`,
+    /// `cancelling`, `cancelled`). An outgoing migration cancelled at its completion
+    /// timeout says so in `error`; one cut short by QEMU's exit ends `cancelled` (if it
+    /// was being cancelled) or `failed`.
+    #[serde(default)]
+    pub migration: Option<kubevirt_hypervisor::MigrationStatus>,
+    /// The guest left this launcher by a completed live migration: set with `migration`
+    /// `completed`, then QEMU is stopped and the launcher exits 0. Not a shutdown, and the
+    /// pod network stays for the target.
+    #[serde(default)]
+    pub migrated_out: bool,
 }
 
 impl LauncherStatus {
@@ -156,6 +177,9 @@ impl LauncherStatus {
             failure: None,
             fs_freeze_status: None,
             hotplug_volumes: Vec::new(),
+            incoming_uri: None,
+            migration: None,
+            migrated_out: false,
         }
     }
 }
@@ -169,6 +193,21 @@ pub struct SyncRequest {
     /// Secrets its cloud-init volumes name: `{secret: {key: base64}}`.
     #[serde(default)]
     pub secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// Set when this launcher is the target of a live migration on this node: it prepares
+    /// the VM and waits for its state instead of booting it.
+    #[serde(default)]
+    pub incoming: Option<IncomingMigration>,
+}
+
+/// What a migration target needs to know of its source (same node).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IncomingMigration {
+    /// The source launcher's run directory, beside this launcher's (the same run root): the
+    /// disk files it made there (overlays, empty disks, cloud-init ISOs, UEFI variables) are
+    /// taken over by hard link, so the target runs on what the guest wrote. The pod network
+    /// (same VMI UID) is joined on a tap of the target's own, not rebuilt.
+    pub source_run_dir: std::path::PathBuf,
 }
 
 /// Body of `POST /v1/stop`.
@@ -185,8 +224,36 @@ pub struct StopRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MigrateRequest {
-    /// `tcp:HOST:PORT` or `unix:PATH` where the target launcher (`--incoming`) listens.
+    /// Where the target listens: its launcher's `incomingUri` (`unix:PATH`; this launcher
+    /// connects and hands QEMU the stream), or `tcp:HOST:PORT` (QEMU connects itself).
     pub uri: String,
+    #[serde(default)]
+    pub options: MigrationOptions,
+}
+
+/// How to migrate (from the MigrationPolicy and the cluster's migration configuration).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MigrationOptions {
+    /// Bandwidth cap in bytes per second (none: unlimited).
+    #[serde(default)]
+    pub bandwidth_bytes_per_second: Option<u64>,
+    /// The longest pause of the guest QEMU may plan for the switch-over, in ms.
+    #[serde(default)]
+    pub downtime_limit_ms: Option<u64>,
+    /// Throttle the guest's vCPUs when memory is dirtied faster than it is sent.
+    #[serde(default)]
+    pub auto_converge: bool,
+    /// Switch to post-copy at the completion timeout instead of cancelling. Needs
+    /// userfaultfd for the target's QEMU (`vm.unprivileged_userfaultfd = 1`, or
+    /// `/dev/userfaultfd` open to VM users); without it the migration stays pre-copy and
+    /// the timeout cancels it, saying so.
+    #[serde(default)]
+    pub allow_post_copy: bool,
+    /// Cancel the migration (the guest stays here; status `cancelled`, error `migration
+    /// did not complete within N seconds`) if it has not completed by then.
+    #[serde(default)]
+    pub completion_timeout_seconds: Option<u64>,
 }
 
 /// `fs_freeze_status` while frozen.

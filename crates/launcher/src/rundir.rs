@@ -61,6 +61,11 @@ impl RunDir {
     pub fn qga_socket(&self) -> PathBuf {
         self.vmm_dir().join("qga.sock")
     }
+    /// Where a migration target's QEMU waits for the guest (its source's launcher, root,
+    /// connects to it for its own QEMU, which could not).
+    pub fn migration_socket(&self) -> PathBuf {
+        self.vmm_dir().join("migration.sock")
+    }
     pub fn qemu_log(&self) -> PathBuf {
         self.0.join("qemu.log")
     }

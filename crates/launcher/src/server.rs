@@ -97,7 +97,10 @@ fn empty(status: StatusCode) -> Resp {
 fn vm_error(e: VmError) -> Resp {
     use kubevirt_hypervisor::HypervisorError as H;
     let status = match &e {
-        VmError::WrongStage { .. } | VmError::AgentNotConnected => StatusCode::CONFLICT,
+        VmError::WrongStage { .. } | VmError::AgentNotConnected | VmError::Conflict(_) => {
+            StatusCode::CONFLICT
+        }
+        VmError::TargetUnreachable { .. } => StatusCode::BAD_GATEWAY,
         VmError::Hypervisor(H::GuestAgent { .. }) => StatusCode::SERVICE_UNAVAILABLE,
         VmError::Hypervisor(
             H::NotRunning { .. }
@@ -360,9 +363,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
                 Err(e) => error(StatusCode::BAD_REQUEST, format!("body: {e}")),
                 Ok(m) => match valid_migration_uri(&m.uri) {
                     Err(reason) => error(StatusCode::BAD_REQUEST, format!("uri: {reason}")),
-                    Ok(()) => done(vm.migrate(&m.uri), StatusCode::ACCEPTED),
+                    Ok(()) => done(vm.migrate(m).await, StatusCode::ACCEPTED),
                 },
             },
+        },
+        (Method::POST, "/v1/migrate/cancel") => match shared.vm() {
+            Some(vm) => done(vm.migrate_cancel().await, StatusCode::NO_CONTENT),
+            None => not_running(),
         },
         (Method::GET, "/v1/migration") => match shared.vm() {
             Some(vm) => match vm.migration_status() {
@@ -393,7 +400,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
             _,
             "/v1/status" | "/v1/watch" | "/v1/sync" | "/v1/stop" | "/v1/pause" | "/v1/unpause"
             | "/v1/reset" | "/v1/soft-reboot" | "/v1/guest-osinfo" | "/v1/console" | "/v1/vnc"
-            | "/v1/migrate" | "/v1/migration" | "/v1/freeze" | "/v1/unfreeze",
+            | "/v1/migrate" | "/v1/migrate/cancel" | "/v1/migration" | "/v1/freeze"
+            | "/v1/unfreeze",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
     };

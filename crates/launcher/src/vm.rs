@@ -26,6 +26,12 @@ pub enum VmError {
     AgentNotConnected,
     #[error(transparent)]
     Hotplug(#[from] crate::hotplug::HotplugError),
+    /// Not possible in the VM's current state (the message says why).
+    #[error("{0}")]
+    Conflict(String),
+    /// A migration target's socket could not be connected to.
+    #[error("cannot reach the migration target at {uri}: {reason}")]
+    TargetUnreachable { uri: String, reason: String },
 }
 
 /// The ID of the guest agent's virtio-serial port in the QEMU command line.
@@ -44,6 +50,8 @@ pub struct Vm {
     pub(crate) freeze_generation: AtomicU64,
     /// Hot-plugged volumes; held across each hot-plug operation.
     pub(crate) volumes: Arc<Mutex<crate::hotplug::Volumes>>,
+    /// The outgoing migration's bookkeeping (its deadline, why it was cancelled).
+    pub(crate) outgoing: Mutex<crate::migration::Outgoing>,
 }
 
 impl Vm {
@@ -55,6 +63,7 @@ impl Vm {
             agent: Arc::new(Mutex::new(())),
             freeze_generation: AtomicU64::new(0),
             volumes: Arc::default(),
+            outgoing: Mutex::default(),
         })
     }
 
@@ -66,30 +75,48 @@ impl Vm {
                 operation: operation.into(),
             });
         }
+        if st.incoming_uri.is_some() {
+            return Err(VmError::Conflict(format!(
+                "the guest has not arrived yet (incoming migration); {operation} is not possible"
+            )));
+        }
         Ok(())
     }
 
-    /// Asks QEMU for its run state and publishes it.
+    /// Asks QEMU for its run state and publishes it. A migration target's domain stays
+    /// `Incoming` until the guest arrived: that change comes with the migration's end, in
+    /// one update ([`Vm::on_migration_event`]).
     pub async fn refresh_state(self: &Arc<Self>) {
-        let vm = self.clone();
-        let state = tokio::task::spawn_blocking(move || vm.domain.state())
-            .await
-            .ok()
-            .and_then(Result::ok);
-        if let Some(state) = state.filter(|s| *s != DomainState::Exited) {
+        if let Some(state) = self.current_state().await {
             self.status.update(|s| {
-                if s.stage == Stage::Started {
+                if s.stage == Stage::Started && s.incoming_uri.is_none() {
                     s.domain = Some(state);
                 }
             });
         }
     }
 
+    /// QEMU's run state, unless it is gone.
+    pub(crate) async fn current_state(self: &Arc<Self>) -> Option<DomainState> {
+        let vm = self.clone();
+        tokio::task::spawn_blocking(move || vm.domain.state())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .filter(|s| *s != DomainState::Exited)
+    }
+
     /// Reacts to one event from the VMM: run-state changes are re-read from QEMU, the guest
-    /// agent channel opening or closing sets `agentConnected` (and fetches the guest OS).
-    pub async fn on_event(self: &Arc<Self>, ev: &DomainEvent) {
+    /// agent channel opening or closing sets `agentConnected` (and fetches the guest OS),
+    /// migration events go to [`Vm::on_migration_event`]. Returns true when an incoming
+    /// migration just completed (the guest now runs here).
+    pub async fn on_event(self: &Arc<Self>, ev: &DomainEvent) -> bool {
         match ev.name.as_str() {
-            "STOP" | "RESUME" | "SHUTDOWN" | "RESET" | "GUEST_PANICKED" | "MIGRATION" => {
+            "MIGRATION" => {
+                let word = ev.data.get("status").and_then(Value::as_str);
+                return self.on_migration_event(word.unwrap_or("unknown")).await;
+            }
+            "STOP" | "RESUME" | "SHUTDOWN" | "RESET" | "GUEST_PANICKED" => {
                 if ev.name == "RESET" {
                     // A guest that starts over has nothing frozen.
                     self.status.update(|s| s.fs_freeze_status = None);
@@ -128,6 +155,7 @@ impl Vm {
             }
             _ => {}
         }
+        false
     }
 
     pub async fn pause(self: &Arc<Self>) -> Result<(), VmError> {
@@ -141,21 +169,6 @@ impl Vm {
         self.require_live("unpause")?;
         self.domain.resume()?;
         self.refresh_state().await;
-        Ok(())
-    }
-
-    /// Starts a live migration to `uri` (`tcp:HOST:PORT` or `unix:PATH`).
-    pub fn migrate(&self, uri: &str) -> Result<(), VmError> {
-        self.require_live("migrate")?;
-        // The target starts from the VMI: it would lack what was plugged since.
-        if let Some(v) = self.status.get().hotplug_volumes.first() {
-            return Err(crate::hotplug::HotplugError::Conflict {
-                name: v.name.clone(),
-                reason: "hot-plugged volumes do not migrate: unplug them first".into(),
-            }
-            .into());
-        }
-        self.domain.migrate_out(uri)?;
         Ok(())
     }
 
@@ -227,9 +240,15 @@ impl Vm {
 
     /// Starts a graceful stop: ACPI power button, wait up to `grace` seconds (pressing it
     /// again every 5 s in case the guest was not listening yet), then quit/SIGKILL.
-    /// A later request with a shorter grace period shortens the wait.
+    /// A later request with a shorter grace period shortens the wait. A migration target
+    /// still waiting for the guest has nothing to shut down: it stops at once; a source
+    /// calls its migration off first.
     pub fn request_stop(self: &Arc<Self>, grace: Option<u64>) {
-        let grace = grace.unwrap_or(self.default_grace);
+        let grace = if self.status.get().incoming_uri.is_some() {
+            0
+        } else {
+            grace.unwrap_or(self.default_grace)
+        };
         let first = {
             let mut first = false;
             self.status.update(|s| {
@@ -244,6 +263,9 @@ impl Vm {
         tracing::info!(grace, first, "stop requested");
         let vm = self.clone();
         tokio::task::spawn_blocking(move || {
+            if first {
+                vm.call_off_outgoing_migration();
+            }
             let deadline = Instant::now() + Duration::from_secs(grace);
             while Instant::now() < deadline {
                 if let Err(e) = vm.domain.acpi_shutdown() {

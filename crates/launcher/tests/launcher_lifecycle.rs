@@ -1,6 +1,6 @@
 //! Launcher process lifecycle with real guests: independence from its parent, a new client
 //! finding it by its run directory, SIGTERM and SIGKILL cleanup, the wait-for-sync mode,
-//! containerDisk/ephemeral/cdrom volumes.
+//! containerDisk/ephemeral/cdrom volumes, live migration between two launchers.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use common::*;
 use kubevirt_hypervisor::DomainState;
-use kubevirt_launcher::{LauncherClient, Stage, SyncRequest};
+use kubevirt_launcher::{IncomingMigration, LauncherClient, Stage, SyncRequest};
 use kubevirt_testenv::{guests, Registry, READY_MARKER, UPSTREAM_DEMO_IMAGE};
 use serde_json::json;
 
@@ -257,62 +257,348 @@ fn cdrom_boot_configdrive_tpm_and_launcher_kill9() {
     assert_eq!(vm.leftovers(), Vec::<String>::new());
 }
 
-/// Live migration between two launchers on this host (shared hostDisk): the target waits
-/// with `--incoming`, the source migrates through the API, the guest's memory moves.
+/// A VMI on the pod network (masquerade) with a hostDisk root and an emptyDisk (serial
+/// `scratch`), as two launcher pods of one node run it during a migration.
+fn migratable_vmi(name: &str, root: &std::path::Path) -> serde_json::Value {
+    let mut v = vmi(
+        name,
+        json!({
+            "disks": [
+                {"name": "root", "disk": {"bus": "virtio"}},
+                {"name": "scratch", "disk": {"bus": "virtio"}, "serial": "scratch"}
+            ],
+            "interfaces": [{"name": "default", "masquerade": {}}]
+        }),
+        json!([
+            {"name": "root", "hostDisk": {"path": root, "type": "Disk"}},
+            {"name": "scratch", "emptyDisk": {"capacity": "16Mi"}}
+        ]),
+    );
+    v["spec"]["networks"] = json!([{"name": "default", "pod": {}}]);
+    v
+}
+
+/// Syncs `vm` with the VMI (as a migration target of `source` if given).
+fn sync(rt: &tokio::runtime::Runtime, vm: &TestVm, v: &serde_json::Value, source: Option<&TestVm>) {
+    rt.block_on(vm.client.sync(&SyncRequest {
+        vmi: v.clone(),
+        secrets: Default::default(),
+        incoming: source.map(|s| IncomingMigration {
+            source_run_dir: s.run_dir.path().to_path_buf(),
+        }),
+    }))
+    .unwrap();
+}
+
+/// The pod network of VMI `uid` (podnet's record), if any.
+fn pod_network(uid: &str) -> Option<kubevirt_podnet::PodNetworkHandle> {
+    kubevirt_podnet::PodNetwork::new(kubevirt_podnet::PodNetworkConfig::default())
+        .unwrap()
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|h| h.vm_id == uid)
+}
+
+/// The taps in a pod network's namespace.
+fn taps(h: &kubevirt_podnet::PodNetworkHandle) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-n", &h.netns_name, "-o", "link", "show", "type", "tun"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
+        .collect()
+}
+
+/// The line the guest's TCP server on port 8080 says to a client connecting to the pod IP
+/// (read up to the newline: busybox `nc -l` may keep the connection open after it).
+fn ask_guest(pod_ip: &str) -> String {
+    use std::io::BufRead;
+    let addr: std::net::SocketAddr = format!("{pod_ip}:8080").parse().unwrap();
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        if let Ok(s) =
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            let mut line = String::new();
+            if std::io::BufReader::new(s).read_line(&mut line).is_ok() && !line.is_empty() {
+                return line;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest never answered on {addr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// Boots the source (sync like the node agent) and leaves in its guest: a marker in memory,
+/// one on the emptyDisk, and a TCP server on port 8080 answering with the memory marker.
+/// Returns the launcher and its console (kept: a dropped test console stays connected).
+fn boot_source(
+    rt: &tokio::runtime::Runtime,
+    runs: &std::path::Path,
+    v: &serde_json::Value,
+) -> (TestVm, kubevirt_testenv::Console) {
+    let uid = v["metadata"]["uid"].as_str().unwrap();
+    let name = v["metadata"]["name"].as_str().unwrap();
+    let src = start_for_sync(
+        kubevirt_launcher::RunDir::new(runs.join("pod-src")),
+        name,
+        uid,
+    );
+    sync(rt, &src, v, None);
+    src.wait_started();
+    src.wait_serial("guest-ip: 10.0.2.2", 1);
+    let mut con = console(rt, &src.client);
+    con.run(
+        "echo memory-$((5*5)) > /tmp/state; \
+         for d in /sys/block/vd*; do [ \"$(cat $d/serial)\" = scratch ] && dev=/dev/${d##*/}; done; \
+         echo disk-$((6*7)) | dd of=$dev conv=fsync 2>/dev/null",
+        T,
+    )
+    .unwrap();
+    con.send_line(
+        "(while true; do echo from-$(cat /tmp/state) | nc -l -p 8080; done) >/dev/null 2>&1 &",
+    )
+    .unwrap();
+    con.run("until netstat -ltn | grep -q :8080; do sleep 0.2; done", T)
+        .unwrap();
+    (src, con)
+}
+
+/// Live migration between two launcher pods of one VMI on this node, as the node agent
+/// drives it: the target is synced with `incoming` (its run dir beside the source's), takes
+/// the source's emptyDisk over and joins the pod network on a tap of its own; the source
+/// migrates to the target's `incomingUri` (a socket only root and the target's QEMU reach).
+/// The guest keeps its memory, its disk, its pod IP and MAC, and is reachable through the
+/// pod IP; the source exits 0 with `migratedOut`, leaving the network to the target, which
+/// removes it when it stops.
 #[test]
 fn live_migration_between_launchers() {
     let g = guests();
     let images = tempfile::tempdir().unwrap();
     let root = copy_to(&g.disk_raw, images.path(), "shared.img");
-    let v = vmi(
-        "migrate",
-        json!({"disks": [{"name": "root", "disk": {"bus": "virtio"}}]}),
-        json!([{"name": "root", "hostDisk": {"path": root, "type": "Disk"}}]),
-    );
-    let mut src = launch(v.clone(), &[]);
+    let v = migratable_vmi("migrate", &root);
     let rt = rt();
-    src.wait_serial(READY_MARKER, 1);
-    let mut con = console(&rt, &src.client);
-    con.run("echo memory-$((5*5)) > /tmp/state", T).unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let (mut src, _) = boot_source(&rt, runs.path(), &v);
+    let before = src.status(&rt).interfaces;
+    assert!(ask_guest(before[0].ip_address.as_deref().unwrap()).contains("from-memory-25"));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let uri = format!("tcp:127.0.0.1:{port}");
-    let mut dst = launch(v, &["--incoming".into(), uri.clone()]);
-    assert_eq!(dst.status(&rt).domain, Some(DomainState::Incoming));
+    let mut dst = start_for_sync(
+        kubevirt_launcher::RunDir::new(runs.path().join("pod-dst")),
+        "migrate",
+        "uid-migrate",
+    );
+    sync(&rt, &dst, &v, Some(&src));
+    let waiting = wait_status(&dst, |s| s.incoming_uri.is_some());
+    assert_eq!(waiting.stage, Stage::Started);
+    assert_eq!(waiting.domain, Some(DomainState::Incoming));
+    assert_eq!(waiting.interfaces, before, "same MAC and pod IP");
+    let uri = waiting.incoming_uri.unwrap();
+    assert_eq!(
+        uri,
+        format!("unix:{}", dst.run_dir.migration_socket().display())
+    );
+    // The emptyDisk is the source's file, not a new one.
+    let inode = |vm: &TestVm| {
+        std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(vm.run_dir.path().join("empty-scratch.img")).unwrap(),
+        )
+    };
+    assert_eq!(inode(&dst), inode(&src));
+    let net = pod_network("uid-migrate").unwrap();
+    assert_eq!(taps(&net), ["tap0", "tap1"]);
+    // Nothing else than the guest's arrival: no stop grace, no pausing a guest not here.
+    let err = rt.block_on(dst.client.pause()).unwrap_err().to_string();
+    assert!(err.contains("409") && err.contains("not arrived"), "{err}");
     // exec: URIs would run a shell command in QEMU: refused.
-    let err = rt.block_on(src.client.migrate("exec:true")).unwrap_err();
+    let err = rt
+        .block_on(src.client.migrate(&migrate_to("exec:true")))
+        .unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
 
-    rt.block_on(src.client.migrate(&uri)).unwrap();
-    let deadline = std::time::Instant::now() + T;
-    let status = loop {
-        let s = rt.block_on(src.client.migration_status()).unwrap();
-        if s.is_finished() || std::time::Instant::now() > deadline {
-            break s;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    assert_eq!(status.status, "completed", "{status:?}");
-    let deadline = std::time::Instant::now() + T;
-    while dst.status(&rt).domain != Some(DomainState::Running) {
-        assert!(std::time::Instant::now() < deadline, "target never ran");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    drop(con);
-    let mut dcon = console(&rt, &dst.client);
-    let out = dcon.run("cat /tmp/state", T).unwrap();
-    assert!(out.contains("memory-25"), "{out}");
+    rt.block_on(src.client.migrate(&migrate_to(&uri))).unwrap();
+    let (code, fin) = src.wait_final();
+    assert_eq!(code, Some(0), "{fin:?}");
+    assert!(fin.migrated_out, "{fin:?}");
+    let m = fin.migration.as_ref().unwrap();
+    assert_eq!(m.status, "completed", "{m:?}");
+    assert!(
+        m.ram_total.unwrap_or(0) > 0 && m.total_time_ms.is_some(),
+        "{m:?}"
+    );
+    assert_eq!(src.leftovers(), Vec::<String>::new());
+    assert_eq!(taps(&net), ["tap1"], "the source left its tap only");
 
-    rt.block_on(src.client.stop(Some(0))).unwrap();
-    assert_eq!(src.wait_final().0, Some(0));
+    let arrived = wait_status(&dst, |s| s.domain == Some(DomainState::Running));
+    assert_eq!(arrived.incoming_uri, None);
+    assert_eq!(arrived.migration.as_ref().unwrap().status, "completed");
+    assert_eq!(arrived.interfaces, before);
+    let mut con = console(&rt, &dst.client);
+    let out = con
+        .run(
+            "cat /tmp/state; echo 3 > /proc/sys/vm/drop_caches; dd if=$dev bs=7 count=1 2>/dev/null; \
+             udhcpc -i eth0 -n -q -t 5 -T 1 -s /bin/true >/dev/null 2>&1; echo dhcp-$?",
+            T,
+        )
+        .unwrap();
+    assert!(out.contains("memory-25"), "{out}");
+    assert!(out.contains("disk-42"), "{out}");
+    assert!(
+        out.contains("dhcp-0"),
+        "the target's DHCP server answers: {out}"
+    );
+    let pod_ip = before[0].ip_address.as_deref().unwrap();
+    assert_eq!(ask_guest(pod_ip).trim(), "from-memory-25");
+
     rt.block_on(dst.client.stop(Some(0))).unwrap();
-    assert_eq!(dst.wait_final().0, Some(0));
+    let (code, fin) = dst.wait_final();
+    assert_eq!(code, Some(0), "{fin:?}");
+    assert!(!fin.migrated_out && fin.failure.is_none(), "{fin:?}");
+    assert_eq!(dst.leftovers(), Vec::<String>::new());
+    assert!(
+        pod_network("uid-migrate").is_none(),
+        "the last launcher removed it"
+    );
+}
+
+/// A migration throttled to 1 MiB/s is cancelled through the API: the guest keeps running
+/// on the source, the target exits with a failure and leaves no tap behind. A second one
+/// runs into its completion timeout, a third into a SIGTERM of the source. A target stopped
+/// before anything came stops at once.
+#[test]
+fn cancelled_and_timed_out_migrations_leave_the_guest_on_the_source() {
+    let g = guests();
+    let images = tempfile::tempdir().unwrap();
+    let root = copy_to(&g.disk_raw, images.path(), "shared.img");
+    let v = migratable_vmi("nomigrate", &root);
+    let rt = rt();
+    let runs = tempfile::tempdir().unwrap();
+    let (mut src, mut con) = boot_source(&rt, runs.path(), &v);
+    let net = pod_network("uid-nomigrate").unwrap();
+    let err = rt
+        .block_on(src.client.migrate_cancel())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("409"), "nothing to cancel: {err}");
+    // A target stopped before anything came: at once, cleanly, leaving only its tap.
+    let mut idle = start_for_sync(
+        kubevirt_launcher::RunDir::new(runs.path().join("pod-idle")),
+        "nomigrate",
+        "uid-nomigrate",
+    );
+    sync(&rt, &idle, &v, Some(&src));
+    wait_status(&idle, |s| s.incoming_uri.is_some());
+    rt.block_on(idle.client.stop(None)).unwrap();
+    let (code, fin) = idle.wait_final();
+    assert_eq!(code, Some(0), "{fin:?}");
+    assert!(
+        fin.failure.is_none() && fin.incoming_uri.is_none(),
+        "{fin:?}"
+    );
+    assert_eq!(taps(&net), ["tap0"]);
+
+    let slow = |uri: &str, timeout: Option<u64>| kubevirt_launcher::MigrateRequest {
+        uri: uri.into(),
+        options: kubevirt_launcher::MigrationOptions {
+            bandwidth_bytes_per_second: Some(1 << 20),
+            completion_timeout_seconds: timeout,
+            ..Default::default()
+        },
+    };
+    for (pod, timeout) in [("pod-dst1", None), ("pod-dst2", Some(1))] {
+        let mut dst = start_for_sync(
+            kubevirt_launcher::RunDir::new(runs.path().join(pod)),
+            "nomigrate",
+            "uid-nomigrate",
+        );
+        sync(&rt, &dst, &v, Some(&src));
+        let uri = wait_status(&dst, |s| s.incoming_uri.is_some())
+            .incoming_uri
+            .unwrap();
+        assert_eq!(taps(&net), ["tap0", "tap1"]);
+        rt.block_on(src.client.migrate(&slow(&uri, timeout)))
+            .unwrap();
+        let st = match timeout {
+            None => {
+                wait_status(&src, |s| {
+                    s.migration.as_ref().is_some_and(|m| m.status == "active")
+                });
+                let err = rt
+                    .block_on(src.client.migrate(&slow(&uri, None)))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains("409") && err.contains("in progress"), "{err}");
+                rt.block_on(src.client.migrate_cancel()).unwrap();
+                wait_status(&src, |s| {
+                    s.migration
+                        .as_ref()
+                        .is_some_and(|m| m.status == "cancelled")
+                })
+            }
+            // The first migration's `cancelled` is still there: wait for this one's.
+            Some(_) => wait_status(&src, |s| {
+                s.migration.as_ref().is_some_and(|m| {
+                    m.status == "cancelled"
+                        && m.error.as_deref() == Some("migration did not complete within 1 seconds")
+                })
+            }),
+        };
+        assert_eq!(st.domain, Some(DomainState::Running));
+        assert!(!st.migrated_out);
+        let (code, fin) = dst.wait_final();
+        assert_eq!(code, Some(1), "{fin:?}");
+        let failure = fin.failure.expect("the target failed");
+        assert_eq!(failure.step, kubevirt_launcher::FailedStep::Hypervisor);
+        assert!(
+            failure
+                .message
+                .starts_with("incoming live migration failed: "),
+            "{failure:?}"
+        );
+        assert_eq!(fin.incoming_uri, None);
+        assert_eq!(dst.leftovers(), Vec::<String>::new());
+        assert_eq!(taps(&net), ["tap0"], "the target left no tap behind");
+    }
+    let out = con.run("echo still-$(cat /tmp/state)", T).unwrap();
+    assert!(out.contains("still-memory-25"), "{out}");
+    assert!(ask_guest(net.pod_ip.to_string().as_str()).contains("from-memory-25"));
+
+    // SIGTERM (as the node agent stops an orphan) during a migration: the source calls it
+    // off and shuts its guest down, the target fails; the last one removes the network.
+    let mut dst = start_for_sync(
+        kubevirt_launcher::RunDir::new(runs.path().join("pod-dst3")),
+        "nomigrate",
+        "uid-nomigrate",
+    );
+    sync(&rt, &dst, &v, Some(&src));
+    let uri = wait_status(&dst, |s| s.incoming_uri.is_some())
+        .incoming_uri
+        .unwrap();
+    rt.block_on(src.client.migrate(&slow(&uri, None))).unwrap();
+    wait_status(&src, |s| {
+        s.migration.as_ref().is_some_and(|m| m.status == "active")
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(src.launcher_pid().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (code, fin) = src.wait_final();
+    assert_eq!(code, Some(0), "{fin:?}");
+    assert!(fin.stop_requested && !fin.migrated_out, "{fin:?}");
+    assert_eq!(fin.migration.unwrap().status, "cancelled");
+    assert_eq!(dst.wait_final().0, Some(1));
     assert_eq!(src.leftovers(), Vec::<String>::new());
     assert_eq!(dst.leftovers(), Vec::<String>::new());
+    assert!(pod_network("uid-nomigrate").is_none());
 }
 
 /// Without `--vmi` the launcher waits for the node agent's sync: it reports WaitingForSync,
@@ -329,50 +615,16 @@ fn waits_for_sync_and_runs_only_its_vmi() {
         json!([{"name": "root", "hostDisk": {"path": root, "type": "Disk"}}]),
     );
     let rt = rt();
-    let start = |dir: &tempfile::TempDir| {
-        let run_dir = kubevirt_launcher::RunDir::new(dir.path().join("run"));
-        std::fs::create_dir_all(run_dir.path()).unwrap();
-        let child = Command::new(launcher_bin())
-            .args([
-                "--namespace",
-                "tests",
-                "--name",
-                "synced",
-                "--uid",
-                "uid-synced",
-            ])
-            .arg("--run-dir")
-            .arg(run_dir.path())
-            .arg("--persistent-dir")
-            .arg(dir.path().join("persist"))
-            .arg("--host-disk-dir")
-            .arg(std::env::temp_dir())
-            .stdout(std::fs::File::create(run_dir.launcher_log()).unwrap())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        (run_dir, child)
+    let runs = tempfile::tempdir().unwrap();
+    let start = |pod: &str| {
+        start_for_sync(
+            kubevirt_launcher::RunDir::new(runs.path().join(pod)),
+            "synced",
+            "uid-synced",
+        )
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (run_dir, child) = start(&dir);
-    let mut vm = TestVm {
-        client: LauncherClient::for_run_dir(&run_dir),
-        run_dir,
-        dir,
-        child: Some(child),
-    };
-    let deadline = std::time::Instant::now() + T;
-    let st = loop {
-        if let Ok(st) = rt.block_on(vm.client.status()) {
-            break st;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "launcher never answered"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let mut vm = start("pod-a");
+    let st = vm.status(&rt);
     assert_eq!(st.stage, Stage::WaitingForSync);
     assert_eq!(st.vmi.as_ref().unwrap().uid, "uid-synced");
     let err = rt.block_on(vm.client.pause()).unwrap_err().to_string();
@@ -383,6 +635,7 @@ fn waits_for_sync_and_runs_only_its_vmi() {
         .block_on(vm.client.sync(&SyncRequest {
             vmi: other,
             secrets: Default::default(),
+            incoming: None,
         }))
         .unwrap_err()
         .to_string();
@@ -390,6 +643,7 @@ fn waits_for_sync_and_runs_only_its_vmi() {
     rt.block_on(vm.client.sync(&SyncRequest {
         vmi: v.clone(),
         secrets: Default::default(),
+        incoming: None,
     }))
     .unwrap();
     vm.wait_started();
@@ -398,22 +652,7 @@ fn waits_for_sync_and_runs_only_its_vmi() {
     assert_eq!(vm.wait_final().0, Some(0));
 
     // Terminated while waiting: nothing to stop, exit 0.
-    let dir = tempfile::tempdir().unwrap();
-    let (run_dir, child) = start(&dir);
-    let mut waiting = TestVm {
-        client: LauncherClient::for_run_dir(&run_dir),
-        run_dir,
-        dir,
-        child: Some(child),
-    };
-    let deadline = std::time::Instant::now() + T;
-    while rt.block_on(waiting.client.status()).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "launcher never answered"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut waiting = start("pod-b");
     let pid = waiting.child.as_ref().unwrap().id();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -423,4 +662,11 @@ fn waits_for_sync_and_runs_only_its_vmi() {
     let (code, fin) = waiting.wait_final();
     assert_eq!(code, Some(0));
     assert!(fin.stop_requested && fin.exit.is_none(), "{fin:?}");
+}
+
+fn migrate_to(uri: &str) -> kubevirt_launcher::MigrateRequest {
+    kubevirt_launcher::MigrateRequest {
+        uri: uri.into(),
+        options: Default::default(),
+    }
 }

@@ -4,7 +4,14 @@
 //! host:  kvrs0 10.244.0.1/16 ── kvh<id> ═veth═ eth0 10.244.x.y/16   (netns kvrs-<id>)
 //!                                                  │ NAT (nft table kubevirt_masq)
 //!                                  k6t-eth0 10.0.2.1/24 ── tap0 ── QEMU ── guest 10.0.2.2
+//!                                                      └── tap1 ── QEMU (migration target)
 //! ```
+//!
+//! A live migration on this node runs a second QEMU of the same VM beside the first, on a
+//! tap of its own on the same bridge ([`PodNetworkHandle::add_tap`]): same MAC, same
+//! addresses, and only one of them runs the guest at a time. Whoever's QEMU ends leaves
+//! with [`PodNetworkHandle::release`], which removes the network only once no QEMU uses a
+//! tap on the bridge any more.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -13,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
-use crate::cmd::{ip, ip_batch, link_exists, nft};
+use crate::cmd::{ip, ip_batch, ip_in, link_exists, nft};
 use crate::ipam::Ipam;
 use crate::{nft as rules, DhcpConfig, MacAddr, PodNetError, PortForward, Result};
 
@@ -21,8 +28,13 @@ use crate::{nft as rules, DhcpConfig, MacAddr, PodNetError, PortForward, Result}
 pub const POD_IFACE: &str = "eth0";
 /// The bridge in the VM's namespace that the tap hangs off (KubeVirt's name).
 pub const NETNS_BRIDGE: &str = "k6t-eth0";
-/// The tap QEMU opens (`-netdev tap,ifname=tap0,script=no,downscript=no,vhost=off`).
+/// The tap QEMU opens (`-netdev tap,ifname=tap0,script=no,downscript=no,vhost=off`);
+/// further taps (migration targets) are `tap1`, `tap2`, ...
 pub const TAP_NAME: &str = "tap0";
+
+/// How many taps one namespace bridge may get (a migration needs two).
+const MAX_TAPS: u32 = 8;
+
 /// The guest's address, handed out by DHCP.
 pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// The gateway the guest sees (`k6t-eth0`).
@@ -118,6 +130,8 @@ pub struct PodNetworkHandle {
     pub pod_prefix_len: u8,
     pub pod_gateway: Ipv4Addr,
     pub netns_bridge: String,
+    /// The tap this handle's QEMU uses. In the on-disk record: the one setup made (which
+    /// may be gone once a migration target took over on a tap of its own).
     pub tap_name: String,
     pub guest_ip: Ipv4Addr,
     pub guest_gateway: Ipv4Addr,
@@ -178,6 +192,111 @@ impl PodNetworkHandle {
         record_path(&self.state_dir, &self.vm_id)
     }
 
+    /// Adds a tap to the namespace bridge for another QEMU of this VM (the target of a live
+    /// migration on this node) and returns a handle naming it; MAC, addresses and the
+    /// on-disk record stay as they are. The name is the first free `tapN`. One target at a
+    /// time: two callers racing for a name could get the same tap.
+    ///
+    /// The bridge's own MAC (the guest's gateway, in its ARP cache) is pinned first: a
+    /// bridge nobody gave an address takes its lowest port's, so it would change as taps
+    /// come and go, and the guest would lose its gateway until its ARP entry expires.
+    pub fn add_tap(&self) -> Result<PodNetworkHandle> {
+        if self.mode != PodMode::Masquerade {
+            return Err(PodNetError::InvalidConfig {
+                field: "mode".into(),
+                reason: "only a masquerade pod network has taps".into(),
+            });
+        }
+        let ns = self.netns_name.as_str();
+        let links = links_in(&ip_in(ns, &["-j", "link", "show"])?)?;
+        let bridge_mac = links
+            .iter()
+            .find(|l| l.ifname == self.netns_bridge)
+            .and_then(|l| l.address.clone())
+            .ok_or_else(|| PodNetError::NotFound {
+                vm_id: self.vm_id.clone(),
+                reason: format!("{ns} has no {}", self.netns_bridge),
+            })?;
+        let name = (0..MAX_TAPS)
+            .map(|n| format!("tap{n}"))
+            .find(|n| !links.iter().any(|l| &l.ifname == n))
+            .ok_or_else(|| PodNetError::InvalidConfig {
+                field: "tapName".into(),
+                reason: format!("{ns} already has {MAX_TAPS} taps"),
+            })?;
+        let mtu = self.mtu.to_string();
+        let bridge = self.netns_bridge.as_str();
+        let added = ip_batch(
+            Some(ns),
+            &[
+                vec!["link", "set", "dev", bridge, "address", &bridge_mac],
+                vec!["tuntap", "add", "dev", &name, "mode", "tap"],
+                vec![
+                    "link", "set", "dev", &name, "mtu", &mtu, "master", bridge, "up",
+                ],
+            ],
+        );
+        if let Err(e) = added {
+            if link_exists(Some(ns), &name) {
+                let _ = ip_in(ns, &["link", "del", "dev", &name]);
+            }
+            return Err(e);
+        }
+        tracing::info!(vm_id = %self.vm_id, netns = ns, tap = name, "tap added");
+        Ok(PodNetworkHandle {
+            tap_name: name,
+            ..self.clone()
+        })
+    }
+
+    /// Removes this handle's tap (nothing to do if it, or the namespace, is gone).
+    pub fn remove_tap(&self) -> Result<()> {
+        if self.mode != PodMode::Masquerade
+            || !self.netns_path.exists()
+            || !link_exists(Some(&self.netns_name), &self.tap_name)
+        {
+            return Ok(());
+        }
+        ip_in(&self.netns_name, &["link", "del", "dev", &self.tap_name])?;
+        Ok(())
+    }
+
+    /// The taps on the namespace bridge that a process holds open (a running QEMU): the
+    /// kernel turns a tap's carrier on while it is attached (`LOWER_UP`), and off when the
+    /// last descriptor closes, whoever held it and however it died.
+    pub fn taps_in_use(&self) -> Result<Vec<String>> {
+        if self.mode != PodMode::Masquerade
+            || !self.netns_path.exists()
+            || !link_exists(Some(&self.netns_name), &self.netns_bridge)
+        {
+            return Ok(Vec::new());
+        }
+        let ports = ip_in(
+            &self.netns_name,
+            &["-j", "link", "show", "master", &self.netns_bridge],
+        )?;
+        Ok(links_in(&ports)?
+            .into_iter()
+            .filter(|l| l.flags.iter().any(|f| f == "LOWER_UP"))
+            .map(|l| l.ifname)
+            .collect())
+    }
+
+    /// Leaves the pod network once this handle's QEMU is gone: removes its tap and, unless
+    /// another QEMU still uses a tap on the bridge (the other side of a live migration on
+    /// this node), tears the whole network down. Returns whether it did. Stop the DHCP
+    /// server first. A passt network has one user and is torn down.
+    pub fn release(&self) -> Result<bool> {
+        self.remove_tap()?;
+        let in_use = self.taps_in_use()?;
+        if !in_use.is_empty() {
+            tracing::info!(vm_id = %self.vm_id, taps = ?in_use, "pod network kept: another QEMU of this VM uses it");
+            return Ok(false);
+        }
+        self.teardown()?;
+        Ok(true)
+    }
+
     /// Removes the namespace (with its tap, bridge and nft rules), the host veth, the IP
     /// lease and the record. Safe to call again, or on a half-built network. Stop QEMU and
     /// the DHCP server first: they hold the namespace open.
@@ -213,6 +332,25 @@ impl PodNetworkHandle {
         tracing::info!(vm_id = %self.vm_id, netns = %self.netns_name, "pod network removed");
         Ok(())
     }
+}
+
+/// A link as `ip -j link show` prints it (the fields we read).
+#[derive(serde::Deserialize)]
+struct Link {
+    ifname: String,
+    #[serde(default)]
+    flags: Vec<String>,
+    /// The MAC, for Ethernet-like links.
+    #[serde(default)]
+    address: Option<String>,
+}
+
+fn links_in(json: &str) -> Result<Vec<Link>> {
+    serde_json::from_str(json).map_err(|e| PodNetError::CommandFailed {
+        command: "ip -j link show".into(),
+        status: "unexpected output".into(),
+        stderr: e.to_string(),
+    })
 }
 
 fn short_id(vm_id: &str) -> String {
@@ -539,9 +677,13 @@ impl PodNetwork {
         if link_exists(None, &h.host_veth) {
             ip(&["link", "del", "dev", &h.host_veth])?;
         }
+        let pod_ip = h.pod_ip.to_string();
         ip_batch(
             None,
             &[
+                // An address can come back to a new pod within seconds: the host must not
+                // keep sending to the old pod's MAC until its neighbour entry ages out.
+                vec!["neigh", "flush", "to", &pod_ip, "dev", &h.host_bridge],
                 vec!["netns", "add", ns],
                 vec![
                     "link",
@@ -645,8 +787,13 @@ impl PodNetwork {
         if !h.netns_path.exists() {
             return Err(not_found(format!("{} is gone", h.netns_path.display())));
         }
-        if h.mode == PodMode::Masquerade && !link_exists(Some(&h.netns_name), &h.tap_name) {
-            return Err(not_found(format!("{} has no {}", h.netns_name, h.tap_name)));
+        // The bridge, not the tap the record names: a migration target on another tap may
+        // have taken over since.
+        if h.mode == PodMode::Masquerade && !link_exists(Some(&h.netns_name), &h.netns_bridge) {
+            return Err(not_found(format!(
+                "{} has no {}",
+                h.netns_name, h.netns_bridge
+            )));
         }
         if !link_exists(None, &h.host_veth) {
             return Err(not_found(format!("host veth {} is gone", h.host_veth)));

@@ -125,6 +125,42 @@ fn two_vms_get_different_pod_ips_and_restarts_do_not_reuse_them() {
     assert!(t.net.teardown_host().unwrap());
 }
 
+/// Addresses are reused (lowest free first): the host forgets the old pod's MAC, so the
+/// new pod is reachable at once rather than when the neighbour entry ages out.
+#[test]
+fn a_reused_pod_ip_is_reachable_at_once() {
+    let t = TestNet::new(16);
+    // Another pod keeps the bridge's carrier up: a bridge losing its last port would
+    // flush its neighbours by itself.
+    let other = t
+        .net
+        .setup(MasqueradeConfig::new(t.vm_id("other"), "other"))
+        .unwrap();
+    let a = t
+        .net
+        .setup(MasqueradeConfig::new(t.vm_id("a"), "a"))
+        .unwrap();
+    a.teardown().unwrap();
+    let ip = a.pod_ip;
+    let br = &a.host_bridge;
+    ok(&format!(
+        "ip neigh replace {ip} lladdr 02:00:00:00:00:01 dev {br} nud reachable"
+    ));
+    // With a port list, ICMP stays in the pod (it answers the ping).
+    let mut cfg = MasqueradeConfig::new(t.vm_id("b"), "b");
+    cfg.ports = vec![PortForward {
+        protocol: Protocol::Tcp,
+        port: 80,
+    }];
+    let b = t.net.setup(cfg).unwrap();
+    assert_eq!(b.pod_ip, ip);
+    let neigh = ok(&format!("ip neigh show {ip} dev {br}"));
+    assert!(!neigh.contains("02:00:00:00:00:01"), "{neigh}");
+    ok(&format!("busybox ping -c1 -W5 {ip}"));
+    b.teardown().unwrap();
+    other.teardown().unwrap();
+}
+
 #[test]
 fn leftovers_of_a_crashed_setup_are_cleaned_by_the_next_setup() {
     let t = TestNet::new(13);
@@ -171,4 +207,83 @@ fn a_corrupt_record_does_not_block_the_vm_forever() {
     assert_eq!(t.net.adopt(&h.vm_id).unwrap(), again);
     again.teardown().unwrap();
     assert_gone(&again);
+}
+
+/// Opens `tap` in `netns` as QEMU does: the tap's carrier is on while the descriptor lives.
+fn attach(netns: &std::path::Path, tap: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let name = tap.to_string();
+    kubevirt_podnet::run_in_netns(netns, move || {
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .unwrap();
+        // SAFETY: an all-zero ifreq is valid; the name is shorter than IFNAMSIZ.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16;
+        // SAFETY: TUNSETIFF reads the ifreq we own for the duration of the call.
+        assert_eq!(
+            unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &req) },
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        tun
+    })
+    .unwrap()
+}
+
+/// A migration target on this node gets a tap of its own on the same bridge; whoever's
+/// QEMU ends first leaves the network to the other, the last one removes it.
+#[test]
+fn a_second_tap_for_a_migration_target_and_release_by_the_last_user() {
+    let t = TestNet::new(15);
+    let source = t
+        .net
+        .setup(MasqueradeConfig::new(t.vm_id("a"), "a"))
+        .unwrap();
+    let ns = source.netns_name.clone();
+    let gateway_mac = || {
+        let link = ok(&format!("ip -n {ns} -br link show dev k6t-eth0"));
+        link.split_whitespace().nth(2).unwrap().to_string()
+    };
+    let gateway = gateway_mac();
+    let target = source.add_tap().unwrap();
+    assert_eq!(target.tap_name, "tap1");
+    assert_eq!((target.mac, target.pod_ip), (source.mac, source.pod_ip));
+    let tap = ok(&format!("ip -n {ns} -d link show dev tap1"));
+    assert!(tap.contains("master k6t-eth0"), "{tap}");
+    assert!(tap.contains("tun type tap"), "{tap}");
+    assert_eq!(source.taps_in_use().unwrap(), Vec::<String>::new());
+
+    let source_qemu = attach(&source.netns_path, "tap0");
+    let target_qemu = attach(&target.netns_path, "tap1");
+    assert_eq!(source.taps_in_use().unwrap(), vec!["tap0", "tap1"]);
+
+    // The source's QEMU ends (the guest moved): it leaves, the network stays.
+    drop(source_qemu);
+    assert!(!source.release().unwrap(), "kept for the target");
+    let (has_tap0, _) = sh(&format!("ip -n {ns} link show dev tap0"));
+    assert!(!has_tap0, "the source's tap is gone");
+    assert_eq!(gateway_mac(), gateway, "the guest's gateway keeps its MAC");
+    assert!(source.netns_path.exists());
+    // A later launcher of this VM finds it without tap0, and the next target gets tap0.
+    let adopted = t.net.adopt(&source.vm_id).unwrap();
+    assert_eq!(adopted.pod_ip, source.pod_ip);
+    let next = target.add_tap().unwrap();
+    assert_eq!(next.tap_name, "tap0");
+    next.remove_tap().unwrap();
+    next.remove_tap().unwrap(); // gone already: fine
+
+    // A running QEMU keeps its network even from a launcher that would rebuild it.
+    assert_eq!(adopted.taps_in_use().unwrap(), vec!["tap1"]);
+    drop(target_qemu);
+    assert_eq!(adopted.taps_in_use().unwrap(), Vec::<String>::new());
+    assert!(target.release().unwrap(), "the last user removes it");
+    assert_gone(&target);
+    assert!(target.release().unwrap(), "again: nothing left to do");
 }

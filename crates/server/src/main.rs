@@ -7,6 +7,9 @@
 //! - `kubeconfig`: writes a client-certificate kubeconfig for a user and groups.
 //! - `version`.
 
+mod eviction;
+mod update;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +46,9 @@ enum Cmd {
     Kubeconfig(KubeconfigArgs),
     /// Run one VirtualMachineInstance (started by the node agent; see `launcher --help`).
     Launcher,
+    /// Move every running VM onto a fresh launcher and QEMU (after an upgrade) by live
+    /// migration, without a guest reboot.
+    UpdateVms(update::UpdateArgs),
     /// Print the version.
     Version,
 }
@@ -136,6 +142,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Launcher => unreachable!("dispatched above"),
+        Cmd::UpdateVms(a) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the runtime")?
+            .block_on(update::run(a)),
         Cmd::Server(s) => {
             init_tracing();
             tokio::runtime::Builder::new_multi_thread()
@@ -172,6 +183,7 @@ fn subresource_api() -> kubevirt_apiserver::ExtraApi {
             r("virtualmachines/start", &["update"]),
             r("virtualmachines/stop", &["update"]),
             r("virtualmachines/restart", &["update"]),
+            r("virtualmachines/migrate", &["update"]),
             r("virtualmachineinstances/pause", &["update"]),
             r("virtualmachineinstances/unpause", &["update"]),
             r("virtualmachineinstances/softreboot", &["update"]),
@@ -283,6 +295,8 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
         },
     ));
     let sub = SubresourceState::new(launchers.clone());
+    let evictions = Arc::new(eviction::LauncherEviction::default());
+    cfg.eviction_checks = vec![evictions.clone()];
 
     let uploads = Arc::new(kubevirt_storage::upload::UploadState::new());
     cfg.extra_routes = Some(
@@ -303,6 +317,7 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("starting the API server: {e} ({e:?})"))?;
     let client = client_from(&handle.kubeconfig_path).await?;
     sub.set_client(client.clone());
+    evictions.set_client(client.clone());
     uploads.set_client(client.clone());
     let api_url = kubevirt_apiserver::tls::kubeconfig_server(&data_dir)
         .unwrap_or_else(|_| format!("https://{}", handle.addr));
@@ -343,6 +358,15 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
     ));
     tasks.spawn(kubevirt_controller::restore::run(client.clone(), stopped()));
     tasks.spawn(kubevirt_controller::clone::run(client.clone(), stopped()));
+    tasks.spawn(kubevirt_controller::evacuation::run(
+        client.clone(),
+        stopped(),
+    ));
+    tasks.spawn(kubevirt_controller::migration::run(
+        client.clone(),
+        pod_settings.clone(),
+        stopped(),
+    ));
     tasks.spawn(kubevirt_controller::vmi_controller::run(
         client.clone(),
         pod_settings,

@@ -5,6 +5,7 @@
 mod client;
 mod console;
 mod create;
+mod migrate;
 mod upload;
 mod vmexport;
 mod vnc;
@@ -113,6 +114,10 @@ enum Cmd {
     Vmexport(vmexport::VmExportArgs),
     /// Upload a VM image to a DataVolume or PersistentVolumeClaim.
     ImageUpload(upload::UploadArgs),
+    /// Migrate a virtual machine.
+    Migrate(migrate::MigrateArgs),
+    /// Cancel migration of a virtual machine.
+    MigrateCancel(migrate::MigrateCancelArgs),
     /// Add a volume to a running VM.
     Addvolume(volumes::AddVolumeArgs),
     /// Remove a volume from a running VM.
@@ -289,6 +294,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Vmexport(args) => vmexport::run(&s, &args).await?,
         Cmd::ImageUpload(args) => upload::run(&s, &args).await?,
+        Cmd::Migrate(args) => migrate::migrate(&s, &args).await?,
+        Cmd::MigrateCancel(args) => migrate::cancel(&s, &args).await?,
         Cmd::Addvolume(args) => volumes::add(&s, &args).await?,
         Cmd::Removevolume(args) => volumes::remove(&s, &args).await?,
         Cmd::Create { .. } => {}

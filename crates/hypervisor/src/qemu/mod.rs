@@ -393,9 +393,7 @@ impl QemuDomain {
         }
         *self.shared.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(events);
         if let Some(uri) = incoming {
-            if let Err(e) = qmp.execute(&qmp::MigrateIncoming {
-                uri: uri.to_string(),
-            }) {
+            if let Err(e) = self.listen_for_migration(&qmp, uri) {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 return Err(e);
             }
@@ -416,6 +414,29 @@ impl QemuDomain {
         }
         tracing::info!(domain = %self.cfg.name, pid, qemu = %qmp.version, accel = self.accel.kind.as_str(), "QEMU started");
         Ok(Running { pid, qmp })
+    }
+
+    /// Makes a VMM started with `-incoming defer` listen on `uri`: migration events on,
+    /// post-copy allowed when the host lets QEMU's user have it (the source decides whether
+    /// to use it), and a failed migration leaves QEMU up to report why.
+    fn listen_for_migration(&self, qmp: &QmpClient, uri: &str) -> Result<()> {
+        qmp.execute(&qmp::MigrateSetCapabilities::of(&[("events", true)]))?;
+        match postcopy_possible(self.cfg.confinement.as_ref()) {
+            Ok(()) => {
+                let caps = qmp::MigrateSetCapabilities::of(&[("postcopy-ram", true)]);
+                if let Err(error) = qmp.execute(&caps) {
+                    tracing::warn!(domain = %self.cfg.name, %error, "post-copy is not available to this VMM");
+                }
+            }
+            Err(reason) => {
+                tracing::debug!(domain = %self.cfg.name, reason, "no post-copy into this VMM")
+            }
+        }
+        qmp.execute(&qmp::MigrateIncoming {
+            uri: uri.to_string(),
+            exit_on_error: false,
+        })?;
+        Ok(())
     }
 
     /// The VMM's cgroup, when the domain is confined. A host where cgroups cannot be
@@ -714,12 +735,42 @@ impl Domain for QemuDomain {
         })
     }
 
-    fn migrate_out(&self, uri: &str) -> Result<()> {
-        self.qmp()?
-            .execute(&qmp::Migrate {
-                uri: uri.to_string(),
-            })
-            .map(|_| ())
+    fn migrate_out(&self, to: MigrationTarget, params: &MigrationParams) -> Result<()> {
+        let qmp = self.qmp()?;
+        qmp.execute(&qmp::MigrateSetCapabilities::of(&[
+            ("events", true),
+            ("auto-converge", params.auto_converge),
+            ("postcopy-ram", params.post_copy),
+        ]))?;
+        qmp.execute(&qmp::MigrateSetParameters {
+            max_bandwidth: params.max_bandwidth.unwrap_or(0),
+            downtime_limit: params
+                .downtime_limit_ms
+                .unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
+        })?;
+        let uri = match to {
+            MigrationTarget::Uri(uri) => uri,
+            MigrationTarget::Connected(fd) => {
+                // QEMU takes the descriptor out of the monitor's table when `migrate` uses
+                // it; ours closes when `fd` drops.
+                qmp.execute_with_fd(
+                    &qmp::GetFd {
+                        fdname: MIGRATION_FD_NAME.into(),
+                    },
+                    std::os::fd::AsFd::as_fd(&fd),
+                )?;
+                format!("fd:{MIGRATION_FD_NAME}")
+            }
+        };
+        qmp.execute(&qmp::Migrate { uri }).map(|_| ())
+    }
+
+    fn migrate_cancel(&self) -> Result<()> {
+        self.qmp()?.execute(&qmp::MigrateCancel).map(|_| ())
+    }
+
+    fn migrate_start_postcopy(&self) -> Result<()> {
+        self.qmp()?.execute(&qmp::MigrateStartPostcopy).map(|_| ())
     }
 
     fn migration_status(&self) -> Result<MigrationStatus> {
@@ -867,6 +918,65 @@ impl Drop for QemuDomain {
     }
 }
 
+/// QEMU's `downtime-limit` when none is asked for.
+const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;
+
+/// The name an outgoing migration's connected stream gets in QEMU's monitor.
+const MIGRATION_FD_NAME: &str = "migration";
+
+const USERFAULTFD_DEVICE: &str = "/dev/userfaultfd";
+
+/// Whether a VMM running as `confinement`'s user (without one: as this process's) can
+/// receive a post-copy migration. The receiving QEMU needs userfaultfd, which Linux gives
+/// an unprivileged process only when `vm.unprivileged_userfaultfd` is 1 or through
+/// read-write access to `/dev/userfaultfd` (which QEMU tries first). The error says why not.
+pub fn postcopy_possible(confinement: Option<&Confinement>) -> std::result::Result<(), String> {
+    let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false);
+    if sysctl {
+        return Ok(());
+    }
+    let (uid, gid, groups) = match confinement {
+        Some(c) => (c.uid, c.gid, c.groups.clone()),
+        None => (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+            nix::unistd::getgroups()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| g.as_raw())
+                .collect(),
+        ),
+    };
+    let device_open = std::fs::metadata(USERFAULTFD_DEVICE).is_ok_and(|md| {
+        use std::os::unix::fs::MetadataExt;
+        read_write_for(md.uid(), md.gid(), md.mode(), uid, gid, &groups)
+    });
+    if device_open {
+        return Ok(());
+    }
+    Err(format!(
+        "userfaultfd is not available to the VMM's user {uid}: vm.unprivileged_userfaultfd \
+         is 0 and {USERFAULTFD_DEVICE} is not open to it"
+    ))
+}
+
+/// Whether a file owned by `owner:group` with `mode` may be opened read-write by
+/// `uid`/`gid`/`groups` (root: always).
+fn read_write_for(owner: u32, group: u32, mode: u32, uid: u32, gid: u32, groups: &[u32]) -> bool {
+    let bits = if uid == 0 {
+        return true;
+    } else if owner == uid {
+        mode >> 6
+    } else if group == gid || groups.contains(&group) {
+        mode >> 3
+    } else {
+        mode
+    };
+    bits & 0o6 == 0o6
+}
+
 /// Kills a left-over swtpm recorded in `pid_file` (after a crash of the supervisor).
 pub fn kill_stale_swtpm(pid_file: &Path) {
     swtpm::kill_from_pid_file(pid_file);
@@ -874,7 +984,19 @@ pub fn kill_stale_swtpm(pid_file: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use super::nice_for_shares;
+    use super::{nice_for_shares, read_write_for};
+
+    #[test]
+    fn userfaultfd_device_access_follows_the_mode_bits() {
+        // Debian's default: root's alone.
+        assert!(!read_write_for(0, 0, 0o20600, 1000, 1000, &[]));
+        assert!(read_write_for(0, 0, 0o20600, 0, 0, &[]));
+        // A group the VMM's user is given.
+        assert!(read_write_for(0, 36, 0o20660, 1000, 1000, &[36]));
+        assert!(!read_write_for(0, 36, 0o20640, 1000, 1000, &[36]));
+        assert!(!read_write_for(0, 36, 0o20660, 1000, 1000, &[]));
+        assert!(read_write_for(0, 0, 0o20666, 1000, 1000, &[]));
+    }
 
     #[test]
     fn shares_map_to_the_nearest_nice_level_never_above_normal() {

@@ -49,7 +49,7 @@ impl std::fmt::Display for FieldIssue {
 #[derive(Debug, thiserror::Error)]
 pub enum TranslateError {
     /// Fields this launcher does not support or that are inconsistent.
-    #[error("cannot run this VirtualMachineInstance: {}", join(issues))]
+    #[error("cannot run this VirtualMachineInstance: {}", join_issues(issues))]
     Unsupported { issues: Vec<FieldIssue> },
 }
 
@@ -62,7 +62,7 @@ impl TranslateError {
     }
 }
 
-fn join(issues: &[FieldIssue]) -> String {
+pub(crate) fn join_issues(issues: &[FieldIssue]) -> String {
     issues
         .iter()
         .map(ToString::to_string)

@@ -193,6 +193,65 @@ impl TestVm {
     }
 }
 
+/// Starts `kubevirt-launcher` for VMI `name`/`uid` in `run_dir` the way the node agent
+/// does (no `--vmi`: it waits for the sync; its own process group), logging to its run
+/// dir; returns once it answers on its socket.
+pub fn start_for_sync(run_dir: RunDir, name: &str, uid: &str) -> TestVm {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(run_dir.path()).unwrap();
+    let log = std::fs::File::create(run_dir.launcher_log()).unwrap();
+    let child = Command::new(launcher_bin())
+        .args(["--namespace", "tests", "--name", name, "--uid", uid])
+        .arg("--run-dir")
+        .arg(run_dir.path())
+        .arg("--persistent-dir")
+        .arg(dir.path().join("persist"))
+        .arg("--host-disk-dir")
+        .arg(std::env::temp_dir())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let vm = TestVm {
+        client: LauncherClient::for_run_dir(&run_dir),
+        run_dir,
+        dir,
+        child: Some(child),
+    };
+    let rt = rt();
+    let deadline = Instant::now() + T;
+    while rt.block_on(vm.client.status()).is_err() {
+        assert!(Instant::now() < deadline, "launcher never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    vm
+}
+
+/// Follows the launcher's status stream until `done` holds for a status (panics if the
+/// launcher exits first); returns that status.
+pub fn wait_status(vm: &TestVm, done: impl Fn(&LauncherStatus) -> bool) -> LauncherStatus {
+    use futures::StreamExt;
+    let rt = rt();
+    rt.block_on(async {
+        let stream = vm.client.watch().await.unwrap();
+        let mut stream = std::pin::pin!(stream);
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let next = tokio::time::timeout_at(deadline, stream.next()).await;
+            match next {
+                Ok(Some(Ok(st))) if done(&st) => return st,
+                Ok(Some(Ok(_))) => {}
+                other => panic!(
+                    "status never came ({other:?}); launcher log:\n{}",
+                    std::fs::read_to_string(vm.run_dir.launcher_log()).unwrap_or_default()
+                ),
+            }
+        }
+    })
+}
+
 pub fn launcher_args(vm: &TestVm) -> Vec<String> {
     vec![
         "--vmi".into(),

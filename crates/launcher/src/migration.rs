@@ -1,0 +1,408 @@
+//! Live migration between two launchers of one VMI on this node.
+//!
+//! The target is a launcher synced with an [`crate::protocol::IncomingMigration`]: it
+//! prepares the VM from the same VMI, but takes over by hard link the files its source made
+//! in its run directory (`prepare`), joins the pod network on a tap of its own (`network`),
+//! and starts QEMU waiting for the guest on a unix socket in its own `vmm/` directory: the
+//! status's `incomingUri`. The source is told that URI (`POST /v1/migrate`). Each VM's QEMU
+//! runs as a user of its own, so the source's QEMU could not reach the target's socket:
+//! the source launcher (root) connects and hands QEMU the stream.
+//!
+//! Both follow QEMU's `MIGRATION` events into the status. When the guest arrived, the
+//! target starts its DHCP server and is the VM's launcher from then on; the source stops
+//! its QEMU and exits 0 with `migratedOut`. A failed or cancelled migration leaves the
+//! guest running on the source, and the target exits with a failure.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubevirt_api::v1::VirtualMachineInstance;
+use kubevirt_hypervisor::{MigrationParams, MigrationStatus, MigrationTarget};
+
+use crate::protocol::{FailedStep, MigrateRequest, StartFailure};
+use crate::rundir::RunDir;
+use crate::translate::FieldIssue;
+use crate::vm::{Vm, VmError};
+
+/// What keeps this VMI from being live-migrated to a launcher on this node, one issue per
+/// field: `kubevirt_api::migration::blockers`, the rule the VMI's `LiveMigratable`
+/// condition reports.
+pub(crate) fn migration_blockers(vmi: &VirtualMachineInstance) -> Vec<FieldIssue> {
+    kubevirt_api::migration::blockers(vmi, kubevirt_api::migration::Scope::SameNode)
+        .into_iter()
+        .map(|b| FieldIssue {
+            field: b.field,
+            reason: b.message,
+        })
+        .collect()
+}
+
+/// The source's run directory, checked: it must exist beside this launcher's (the same run
+/// root) and not be this launcher's own.
+pub(crate) fn source_run_dir(own: &RunDir, source: &Path) -> Result<RunDir, String> {
+    let field = "incoming.sourceRunDir";
+    let src = source
+        .canonicalize()
+        .map_err(|e| format!("{field} {}: {e}", source.display()))?;
+    let mine = own
+        .path()
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", own.path().display()))?;
+    if src == mine {
+        return Err(format!(
+            "{field} {} is this launcher's own run directory",
+            source.display()
+        ));
+    }
+    if !src.is_dir() || src.parent() != mine.parent() {
+        return Err(format!(
+            "{field} {} is not a run directory beside this launcher's ({})",
+            source.display(),
+            mine.parent().unwrap_or(&mine).display()
+        ));
+    }
+    Ok(RunDir::new(src))
+}
+
+/// Bookkeeping of the outgoing migration beyond QEMU's status word.
+#[derive(Default)]
+pub(crate) struct Outgoing {
+    /// Bumped by every migration: a deadline acts on its own migration only.
+    generation: u64,
+    /// Set when the deadline cancelled the migration: the error its `cancelled` reports.
+    timed_out: Option<String>,
+}
+
+/// QEMU's status words of a migration that has not ended.
+fn in_progress(status: &str) -> bool {
+    !matches!(status, "none" | "completed" | "failed" | "cancelled")
+}
+
+/// Post-copy started: the guest runs on the target, there is no going back.
+fn in_post_copy(status: &str) -> bool {
+    status.starts_with("postcopy")
+}
+
+impl Vm {
+    async fn query_migration(self: &Arc<Self>) -> Result<MigrationStatus, VmError> {
+        let vm = self.clone();
+        tokio::task::spawn_blocking(move || vm.migration_status())
+            .await
+            .map_err(|e| VmError::Task {
+                reason: e.to_string(),
+            })?
+    }
+
+    /// Starts an outgoing live migration (the URI is validated by the caller); progress
+    /// and the end come as `MIGRATION` events ([`Vm::on_migration_event`]).
+    pub async fn migrate(self: &Arc<Self>, req: MigrateRequest) -> Result<(), VmError> {
+        self.require_live("migrate")?;
+        // The target starts from the VMI: it would lack what was plugged since.
+        if let Some(v) = self.status.get().hotplug_volumes.first() {
+            return Err(crate::hotplug::HotplugError::Conflict {
+                name: v.name.clone(),
+                reason: "hot-plugged volumes do not migrate: unplug them first".into(),
+            }
+            .into());
+        }
+        let current = self.query_migration().await?;
+        if in_progress(&current.status) {
+            return Err(VmError::Conflict(format!(
+                "a migration is in progress ({})",
+                current.status
+            )));
+        }
+        let to = match req.uri.strip_prefix("unix:") {
+            Some(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .and_then(|s| s.into_std())
+                    .map_err(|e| VmError::TargetUnreachable {
+                        uri: req.uri.clone(),
+                        reason: e.to_string(),
+                    })?;
+                MigrationTarget::Connected(stream.into())
+            }
+            None => MigrationTarget::Uri(req.uri.clone()),
+        };
+        let opts = &req.options;
+        // The target's QEMU runs as a VM user like ours: if ours may not use userfaultfd,
+        // neither may it, and a post-copy-enabled migration would fail at once.
+        let no_post_copy = opts
+            .allow_post_copy
+            .then(|| {
+                kubevirt_hypervisor::qemu::postcopy_possible(
+                    self.domain.config().confinement.as_ref(),
+                )
+                .err()
+            })
+            .flatten();
+        if let Some(reason) = &no_post_copy {
+            tracing::warn!(
+                reason,
+                "post-copy is not available on this node; pre-copy only"
+            );
+        }
+        let params = MigrationParams {
+            max_bandwidth: opts.bandwidth_bytes_per_second,
+            downtime_limit_ms: opts.downtime_limit_ms,
+            auto_converge: opts.auto_converge,
+            post_copy: opts.allow_post_copy && no_post_copy.is_none(),
+        };
+        let generation = {
+            let mut o = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
+            o.generation += 1;
+            o.timed_out = None;
+            o.generation
+        };
+        let vm = self.clone();
+        let post_copy = params.post_copy;
+        tokio::task::spawn_blocking(move || vm.domain.migrate_out(to, &params))
+            .await
+            .map_err(|e| VmError::Task {
+                reason: e.to_string(),
+            })??;
+        tracing::info!(uri = req.uri, options = ?req.options, "outgoing migration started");
+        if let Some(secs) = opts.completion_timeout_seconds {
+            let vm = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                vm.migration_deadline(generation, secs, post_copy, no_post_copy)
+                    .await;
+            });
+        }
+        Ok(())
+    }
+
+    /// The completion timeout of migration `generation` passed: switch to post-copy if
+    /// allowed, else cancel (the guest stays here).
+    async fn migration_deadline(
+        self: &Arc<Self>,
+        generation: u64,
+        secs: u64,
+        post_copy: bool,
+        no_post_copy: Option<String>,
+    ) {
+        if self
+            .outgoing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation
+            != generation
+        {
+            return;
+        }
+        let Ok(current) = self.query_migration().await else {
+            return;
+        };
+        if !in_progress(&current.status) || in_post_copy(&current.status) {
+            return;
+        }
+        let vm = self.clone();
+        let result = if post_copy {
+            tracing::info!(secs, "migration not complete at its deadline: post-copy");
+            tokio::task::spawn_blocking(move || vm.domain.migrate_start_postcopy()).await
+        } else {
+            let mut error = format!("migration did not complete within {secs} seconds");
+            if let Some(reason) = no_post_copy {
+                error.push_str(&format!(" (post-copy is not available: {reason})"));
+            }
+            tracing::warn!(error, "cancelling the migration");
+            self.outgoing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .timed_out = Some(error);
+            tokio::task::spawn_blocking(move || vm.domain.migrate_cancel()).await
+        };
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "acting on the migration deadline"),
+            Err(error) => tracing::error!(%error, "acting on the migration deadline"),
+        }
+    }
+
+    /// Aborts the outgoing migration; the guest keeps running here.
+    pub async fn migrate_cancel(self: &Arc<Self>) -> Result<(), VmError> {
+        self.require_live("cancel a migration")?;
+        let current = self.query_migration().await?;
+        if !in_progress(&current.status) {
+            return Err(VmError::Conflict("no migration is in progress".into()));
+        }
+        if in_post_copy(&current.status) {
+            return Err(VmError::Conflict(
+                "the migration is in post-copy: the guest already runs on the target".into(),
+            ));
+        }
+        let vm = self.clone();
+        tokio::task::spawn_blocking(move || vm.domain.migrate_cancel())
+            .await
+            .map_err(|e| VmError::Task {
+                reason: e.to_string(),
+            })??;
+        tracing::info!("outgoing migration cancelled");
+        Ok(())
+    }
+
+    /// Cancels an outgoing migration still in pre-copy (blocking): a VM asked to stop must
+    /// not go on running elsewhere. In post-copy the guest already runs on the target.
+    pub(crate) fn call_off_outgoing_migration(&self) {
+        if self.status.get().incoming_uri.is_some() {
+            return;
+        }
+        let Ok(current) = self.migration_status() else {
+            return;
+        };
+        if in_progress(&current.status) && !in_post_copy(&current.status) {
+            tracing::info!("stop requested: cancelling the outgoing migration");
+            if let Err(error) = self.domain.migrate_cancel() {
+                tracing::warn!(%error, "cancelling the migration");
+            }
+        }
+    }
+
+    /// Follows QEMU's `MIGRATION` event with status `word` into the status, and acts on
+    /// the end: a source whose guest left stops QEMU (`migratedOut`), a target whose
+    /// migration failed records why and stops QEMU. Returns true when an incoming
+    /// migration just completed: the guest runs here now.
+    pub(crate) async fn on_migration_event(self: &Arc<Self>, word: &str) -> bool {
+        // Totals, downtime and errors come with the query; the word is the event's, so
+        // every change is reported in order.
+        let mut m = self.query_migration().await.unwrap_or_default();
+        m.status = word.to_string();
+        let incoming = self.status.get().incoming_uri.is_some();
+        let mut stop = false;
+        match (incoming, word) {
+            (true, "completed") => {
+                tracing::info!("incoming migration completed: the guest runs here");
+                // QEMU resumed the guest (unless it was paused) before saying so.
+                let state = self.current_state().await;
+                self.status.update(|s| {
+                    s.migration = Some(m);
+                    s.incoming_uri = None;
+                    s.domain = state.or(s.domain);
+                });
+                return true;
+            }
+            (true, "failed" | "cancelled") => {
+                let why = m
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("the migration was {word}"));
+                tracing::error!(error = why, "incoming migration failed");
+                self.status.update(|s| {
+                    s.migration = Some(m);
+                    s.failure = Some(StartFailure {
+                        step: FailedStep::Hypervisor,
+                        message: format!("incoming live migration failed: {why}"),
+                        fields: Vec::new(),
+                    });
+                });
+                stop = true;
+            }
+            (false, _) => {
+                if word == "cancelled" {
+                    let timed_out = self
+                        .outgoing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .timed_out
+                        .take();
+                    if timed_out.is_some() {
+                        m.error = timed_out;
+                    }
+                }
+                let left = word == "completed";
+                if left {
+                    tracing::info!(total_ms = ?m.total_time_ms, downtime_ms = ?m.downtime_ms, "the guest migrated out; stopping QEMU");
+                }
+                self.status.update(|s| {
+                    s.migration = Some(m);
+                    s.migrated_out |= left;
+                });
+                stop = left;
+            }
+            (true, _) => self.status.update(|s| s.migration = Some(m)),
+        }
+        if stop {
+            let vm = self.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(error) = vm.domain.stop() {
+                    tracing::error!(%error, "stopping QEMU after the migration");
+                }
+            });
+        } else {
+            self.refresh_state().await;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vmi(spec: serde_json::Value) -> VirtualMachineInstance {
+        serde_json::from_value(json!({
+            "metadata": {"name": "m", "namespace": "ns"},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn persistent_state_and_passt_block_migration() {
+        let plain = vmi(json!({"domain": {
+            "devices": {"tpm": {}, "interfaces": [{"name": "default", "masquerade": {}}]},
+            "firmware": {"bootloader": {"efi": {"secureBoot": false}}}
+        }}));
+        assert_eq!(migration_blockers(&plain), vec![]);
+        let blocked = vmi(json!({"domain": {
+            "devices": {
+                "tpm": {"persistent": true},
+                "interfaces": [{"name": "default", "passt": {}}]
+            },
+            "firmware": {"bootloader": {"efi": {"persistent": true}}}
+        }}));
+        let fields: Vec<String> = migration_blockers(&blocked)
+            .into_iter()
+            .map(|i| i.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.domain.devices.interfaces[0].passt",
+                "spec.domain.devices.tpm.persistent",
+                "spec.domain.firmware.bootloader.efi.persistent",
+            ]
+        );
+        let disabled = vmi(json!({"domain": {"devices": {
+            "tpm": {"enabled": false, "persistent": true}
+        }}}));
+        assert_eq!(migration_blockers(&disabled), vec![]);
+    }
+
+    #[test]
+    fn the_source_run_dir_is_a_sibling() {
+        let root = tempfile::tempdir().unwrap();
+        let own = RunDir::for_uid(root.path(), "pod-b");
+        let src = root.path().join("pod-a");
+        std::fs::create_dir_all(own.path()).unwrap();
+        let err = source_run_dir(&own, &src).unwrap_err();
+        assert!(err.starts_with("incoming.sourceRunDir"), "{err}");
+        std::fs::create_dir_all(&src).unwrap();
+        assert_eq!(
+            source_run_dir(&own, &src).unwrap().path(),
+            src.canonicalize().unwrap()
+        );
+        let err = source_run_dir(&own, own.path()).unwrap_err();
+        assert!(err.contains("own run directory"), "{err}");
+        let elsewhere = tempfile::tempdir().unwrap();
+        let err = source_run_dir(&own, elsewhere.path()).unwrap_err();
+        assert!(err.contains("not a run directory beside"), "{err}");
+        std::fs::write(root.path().join("file"), "").unwrap();
+        let err = source_run_dir(&own, &root.path().join("file")).unwrap_err();
+        assert!(err.contains("not a run directory beside"), "{err}");
+    }
+}

@@ -1,0 +1,405 @@
+//! Live migration end to end with a real guest, virtctl and kubectl: `virtctl migrate` moves
+//! a running guest onto a new launcher pod (memory, a run-dir disk and a counter carry on; no
+//! reboot; the pod-network address and a port into the guest stay), evicting the launcher
+//! pod of a VM with `evictionStrategy: LiveMigrate` migrates it again, so does `kubevirt-rs
+//! update-vms`, and `virtctl
+//! migrate-cancel` of a migration slowed by a MigrationPolicy, or a target that cannot
+//! start, leaves the guest on its source.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use common::*;
+
+/// A console that runs commands and waits for their output.
+struct Guest(ConsoleCapture);
+
+impl Guest {
+    fn attach(server: &Server, vm: &str) -> Guest {
+        Guest(ConsoleCapture::start(server, vm))
+    }
+
+    fn run(&mut self, command: &str, want: &str) {
+        self.0.send(&format!("{command}\r"));
+        self.0.wait_for(want);
+    }
+
+    /// The counter the guest writes to /tmp/ticks, read twice a second apart: it must grow.
+    fn ticks_grow(&mut self, tag: &str) -> u64 {
+        // `$((1+1))end` prints `2end`, which the echoed command line does not contain.
+        self.run(
+            &format!(
+                "a=$(cat /tmp/ticks); sleep 1; b=$(cat /tmp/ticks); echo {tag}-$a-$b-$((1+1))end"
+            ),
+            "-2end",
+        );
+        let text = self.0.text();
+        let line = text
+            .lines()
+            .map(str::trim)
+            .rev()
+            .find(|l| l.starts_with(&format!("{tag}-")) && l.ends_with("-2end"))
+            .unwrap_or_else(|| panic!("no {tag} line in:\n{text}"));
+        let nums: Vec<u64> = line
+            .split('-')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect();
+        assert!(
+            nums.len() == 2 && nums[1] > nums[0],
+            "counter stuck: {line}"
+        );
+        nums[1]
+    }
+}
+
+fn vm(server: &Server, name: &str, labels: &str) -> String {
+    hostdisk_vm(name, "Always", &server.data_dir)
+        .replace(
+            "  template:\n    spec:\n",
+            &format!("  template:\n    metadata:\n      labels: {labels}\n    spec:\n"),
+        )
+        .replace(
+            "        memory:\n",
+            "          - name: scratch\n            disk:\n              bus: virtio\n          interfaces:\n          - name: default\n            masquerade: {}\n        memory:\n",
+        )
+        .replace(
+            "      volumes:\n",
+            "      networks:\n      - name: default\n        pod: {}\n      volumes:\n      - name: scratch\n        emptyDisk:\n          capacity: 8Mi\n",
+        )
+}
+
+fn migration_of(server: &Server, vm: &str, path: &str) -> String {
+    String::from_utf8_lossy(
+        &server
+            .kubectl(&[
+                "get",
+                "vmim",
+                "-l",
+                &format!("kubevirt.io/vmi-name={vm}"),
+                "-o",
+                &format!("jsonpath={{.items[0]{path}}}"),
+            ])
+            .stdout,
+    )
+    .into_owned()
+}
+
+fn wait_migration_phase(server: &Server, vm: &str, want: &str) {
+    wait_until(&format!("migration of {vm} {want}"), || {
+        let phase = migration_of(server, vm, ".status.phase");
+        assert!(
+            phase != "Failed" || want == "Failed",
+            "migration failed: {}\n{}",
+            server.kubectl_ok(&["get", "vmim", "-o", "yaml"]),
+            tail(&server.log(), 40)
+        );
+        phase == want
+    });
+}
+
+/// What the guest's port 8080 answers through the pod IP.
+fn ask(ip: &str) -> String {
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("{ip}:8080").parse().unwrap(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+#[test]
+fn migrate_moves_a_running_guest_to_a_new_launcher() {
+    let server = Server::start(&["--stop-vms-on-exit"]);
+    let name = "mover";
+    server.apply_yaml(&vm(&server, name, "{app: mover}").replace(
+        "      terminationGracePeriodSeconds",
+        "      evictionStrategy: LiveMigrate\n      terminationGracePeriodSeconds",
+    ));
+    server.wait_for("vm", name, "{.status.printableStatus}", "Running");
+    server.wait_for(
+        "vmi",
+        name,
+        "{.status.conditions[?(@.type==\"LiveMigratable\")].status}",
+        "True",
+    );
+    assert_eq!(
+        server.jsonpath("vmi", name, "{.status.migrationMethod}"),
+        "LiveMigration"
+    );
+    let mut guest = Guest::attach(&server, name);
+    guest.0.wait_for(kubevirt_testenv::READY_MARKER);
+    guest.run(
+        "echo before-$((6*7)) > /tmp/mem && printf disk-%s kept > /dev/vdb && sync && echo wrote-$((1+1))",
+        "wrote-2",
+    );
+    guest.run(
+        "(i=0; while true; do i=$((i+1)); echo $i > /tmp/ticks; sleep 0.2; done) & echo counting-$((2+2))",
+        "counting-4",
+    );
+    guest.run(
+        "(while true; do echo guest-says-hi | nc -l -p 8080; done) & until netstat -ltn | grep -q :8080; do sleep 0.2; done; echo listening-$((3+3))",
+        "listening-6",
+    );
+    let ip = server.jsonpath("vmi", name, "{.status.interfaces[0].ipAddress}");
+    assert_eq!(ask(&ip).trim(), "guest-says-hi");
+    let before = guest.ticks_grow("t1");
+    let source = server.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "kubevirt.io=virt-launcher",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+
+    let out = server.virtctl(&["migrate", name]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("VM {name} was scheduled to migrate")
+    );
+    wait_migration_phase(&server, name, "Succeeded");
+    let state = |f: &str| server.jsonpath("vmi", name, &format!("{{.status.migrationState.{f}}}"));
+    assert_eq!(state("completed"), "true");
+    assert_eq!(state("sourcePod"), source);
+    let target = state("targetPod");
+    assert!(target.starts_with(&format!("virt-launcher-{name}-")) && target != source);
+    assert_eq!(state("mode"), "PreCopy");
+    assert!(!state("startTimestamp").is_empty() && !state("endTimestamp").is_empty());
+    assert_eq!(
+        migration_of(&server, name, ".status.migrationState.targetPod"),
+        target,
+        "the migration records the VMI's migration state"
+    );
+    server.wait_for("pod", &target, "{.status.phase}", "Running");
+    server.wait_for("pod", &source, "{.status.phase}", "Succeeded");
+    server.wait_for("vm", name, "{.status.printableStatus}", "Running");
+    server.wait_for("vmi", name, "{.status.phase}", "Running");
+    let vmim = migration_of(&server, name, ".metadata.name");
+    let events = server.events_of(&vmim);
+    for want in [
+        "Created migration target pod",
+        "Migration target pod is ready for preparation by virt-handler.",
+        "Source node reported migration succeeded",
+    ] {
+        assert!(events.contains(want), "{want:?} missing from:\n{events}");
+    }
+    let events = server.events_of(name);
+    assert!(
+        events.contains("The VirtualMachineInstance migrated to node"),
+        "{events}"
+    );
+
+    // The same guest, not a new boot: memory, the run-dir disk, the counter, the address.
+    drop(guest);
+    let mut guest = Guest::attach(&server, name);
+    guest.run("cat /tmp/mem", "before-42");
+    guest.run("head -c 9 /dev/vdb; echo", "disk-kept");
+    let after = guest.ticks_grow("t2");
+    assert!(after > before, "counter went back: {before} -> {after}");
+    assert_eq!(
+        server.jsonpath("vmi", name, "{.status.interfaces[0].ipAddress}"),
+        ip
+    );
+    assert_eq!(ask(&ip).trim(), "guest-says-hi");
+
+    // Evicting its launcher pod (what `kubectl drain` does) migrates it again (its
+    // evictionStrategy is LiveMigrate): refused with 429 while the VMI is evacuated.
+    let evict = |pod: &str| {
+        let body = format!(
+            r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"default"}}}}"#
+        );
+        let path = std::env::temp_dir().join(format!("eviction-{pod}.json"));
+        std::fs::write(&path, body).unwrap();
+        let out = server.kubectl(&[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/default/pods/{pod}/eviction"),
+            "-f",
+            path.to_str().unwrap(),
+        ]);
+        let _ = std::fs::remove_file(&path);
+        out
+    };
+    let refused = evict(&target);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("TooManyRequests")
+            && stderr.contains(
+                "admission webhook \"virt-launcher-eviction-interceptor.kubevirt.io\" denied the request: Eviction triggered evacuation of VMI \"default/mover\""
+            ),
+        "{refused:?}"
+    );
+    wait_until("second migration", || {
+        server
+            .kubectl_ok(&["get", "vmim", "-o", "jsonpath={.items[*].status.phase}"])
+            .split_whitespace()
+            .filter(|p| *p == "Succeeded")
+            .count()
+            == 2
+    });
+    assert!(
+        server
+            .kubectl_ok(&["get", "vmim", "-o", "name"])
+            .contains("kubevirt-evacuation-"),
+        "the evacuation made a migration"
+    );
+    assert_eq!(
+        server.jsonpath("vmi", name, "{.status.evacuationNodeName}"),
+        ""
+    );
+    // The pod it left may go now.
+    server.wait_for("pod", &target, "{.status.phase}", "Succeeded");
+    let out = evict(&target);
+    assert!(out.status.success(), "{out:?}");
+    server.wait_gone("pod", &target);
+    drop(guest);
+    let mut guest = Guest::attach(&server, name);
+    guest.run("cat /tmp/mem", "before-42");
+    assert_eq!(ask(&ip).trim(), "guest-says-hi");
+
+    // After an upgrade, `kubevirt-rs update-vms` moves every running VM onto a fresh
+    // launcher the same way.
+    let out = std::process::Command::new(kubevirt_rs())
+        .args(["update-vms", "--kubeconfig"])
+        .arg(&server.kubeconfig)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("default/mover: moved (kubevirt-workload-update-"),
+        "{text}"
+    );
+    assert!(text.contains("1 moved, 0 failed, 0 left alone"), "{text}");
+    drop(guest);
+    let mut guest = Guest::attach(&server, name);
+    guest.run("cat /tmp/mem", "before-42");
+    guest.ticks_grow("t3");
+
+    let out = server.virtctl(&["stop", name]);
+    assert!(out.status.success(), "{out:?}");
+    server.wait_for("vm", name, "{.status.printableStatus}", "Stopped");
+}
+
+#[test]
+fn migrate_cancel_leaves_the_guest_on_its_source() {
+    let server = Server::start(&["--stop-vms-on-exit"]);
+    // A migration this slow is still copying when the cancel comes.
+    server.apply_yaml(
+        r#"apiVersion: migrations.kubevirt.io/v1alpha1
+kind: MigrationPolicy
+metadata:
+  name: slow
+spec:
+  bandwidthPerMigration: 1Mi
+  selectors:
+    virtualMachineInstanceSelector:
+      speed: slow
+"#,
+    );
+    let name = "stayer";
+    server.apply_yaml(&hostdisk_vm(name, "Always", &server.data_dir).replace(
+        "  template:\n    spec:\n",
+        "  template:\n    metadata:\n      labels: {speed: slow}\n    spec:\n",
+    ));
+    server.wait_for("vm", name, "{.status.printableStatus}", "Running");
+    let mut guest = Guest::attach(&server, name);
+    guest.0.wait_for(kubevirt_testenv::READY_MARKER);
+    guest.run(
+        "dd if=/dev/urandom of=/tmp/fill bs=1M count=24 2>/dev/null; echo filled-$((5*5))",
+        "filled-25",
+    );
+    let source = server.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "kubevirt.io=virt-launcher",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+
+    let out = server.virtctl(&["migrate", name]);
+    assert!(out.status.success(), "{out:?}");
+    wait_migration_phase(&server, name, "Running");
+    server.wait_for("vm", name, "{.status.printableStatus}", "Migrating");
+    let state = |f: &str| server.jsonpath("vmi", name, &format!("{{.status.migrationState.{f}}}"));
+    assert_eq!(state("migrationPolicyName"), "slow");
+    assert_eq!(
+        state("migrationConfiguration.bandwidthPerMigration"),
+        "1048576"
+    );
+    let vmim = migration_of(&server, name, ".metadata.name");
+    let target = state("targetPod");
+
+    let out = server.virtctl(&["migrate-cancel", name]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("VM {name} was scheduled to migrate-cancel")
+    );
+    server.wait_gone("vmim", &vmim);
+    assert_eq!(state("abortStatus"), "Succeeded");
+    assert_eq!(state("failed"), "true");
+    assert_eq!(state("completed"), "");
+    server.wait_gone("pod", &target);
+    assert_eq!(
+        server.jsonpath("pod", &source, "{.status.phase}"),
+        "Running"
+    );
+    server.wait_for("vm", name, "{.status.printableStatus}", "Running");
+    // The guest never left: the same console still answers.
+    guest.run("ls -la /tmp/fill | wc -l; echo still-$((7*7))", "still-49");
+
+    // A target that cannot start (its root disk is gone from the host; the source's QEMU
+    // still holds it open) fails the migration with the target's reason; the guest stays.
+    std::fs::remove_file(server.data_dir.join(format!("{name}.img"))).unwrap();
+    let out = server.virtctl(&["migrate", name]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until("the second migration to fail", || {
+        server.kubectl_ok(&[
+            "get",
+            "vmim",
+            "-l",
+            &format!("kubevirt.io/vmi-name={name}"),
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ]) == "Failed"
+    });
+    let reason = state("failureReason");
+    assert!(reason.contains("root"), "{reason}");
+    let failed = migration_of(&server, name, ".metadata.name");
+    let events = server.events_of(&failed);
+    assert!(
+        events.contains("source node reported migration failed"),
+        "{events}"
+    );
+    assert_eq!(
+        server.jsonpath("pod", &source, "{.status.phase}"),
+        "Running"
+    );
+    server.wait_for("vm", name, "{.status.printableStatus}", "Running");
+    guest.run("echo still-here-$((8*8))", "still-here-64");
+
+    let again = server.virtctl(&["migrate-cancel", name]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("Found no migration to cancel for stayer"),
+        "{again:?}"
+    );
+    // A migration names its VMI.
+    let out = server.apply_output(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: nameless\nspec: {}\n",
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.vmiName"),
+        "{out:?}"
+    );
+}
