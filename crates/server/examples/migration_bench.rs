@@ -257,8 +257,8 @@ fn main() -> Result<()> {
     let run_root = dir.join("run");
     let run = RunDir::for_uid(&run_root, pod.metadata.uid.as_deref().unwrap_or_default());
     let mut con = launcher_console(&handle, &LauncherClient::for_run_dir(&run))?;
-    con.wait_for(READY_MARKER, T)?;
-    con.run(DIRTIER, T)?;
+    con.wait_for(READY_MARKER, T).context("the VM's guest")?;
+    con.run(DIRTIER, T).context("the VM's guest")?;
     drop(con);
 
     // Bare QEMU's guest, the same disk image (a copy).
@@ -266,8 +266,8 @@ fn main() -> Result<()> {
     std::fs::copy(&guests.disk_raw, &bare_disk)?;
     let mut bare = bare_vm(&bare_disk, false, &handle)?;
     let mut con = Console::connect(&bare.run.serial_socket(), T)?;
-    con.wait_for(READY_MARKER, T)?;
-    con.run(DIRTIER, T)?;
+    con.wait_for(READY_MARKER, T).context("bare QEMU's guest")?;
+    con.run(DIRTIER, T).context("bare QEMU's guest")?;
     drop(con);
 
     println!("{n} migrations each of a 256 MiB guest dirtying memory, interleaved (ms):");
