@@ -81,11 +81,15 @@ fn vms_survive_server_crash_and_are_adopted() {
         assert!(run_root.join(uid).is_dir(), "{n}: run directory kept");
     }
 
-    // The adopted VMs are fully controllable.
-    let console = ConsoleCapture::start(&server, "crash-a");
-    let mut console = console;
-    console.send("echo adopted-$((6*7))\r");
-    console.wait_for("adopted-42");
+    // The adopted VMs are fully controllable. Under load the guest may still be booting
+    // (nothing above waited for it): what is typed before its shell runs is lost, so type
+    // again until the shell answers.
+    let mut console = ConsoleCapture::start(&server, "crash-a");
+    wait_until("the adopted guest's shell to answer", || {
+        console.send("echo adopted-$((6*7))\r");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        console.text().contains("adopted-42")
+    });
     drop(console);
     for (n, _, uid, _) in &before {
         server.kubectl_ok(&["delete", "vm", n, "--wait=true", "--timeout=120s"]);

@@ -48,9 +48,9 @@ fn vm_lifecycle_through_kubectl_and_virtctl() {
     drop(console);
     server.wait_for("vm", name, "{.status.ready}", "true");
     server.wait_for("vmi", name, "{.status.guestOSInfo.id}", "kubevirt-rs-guest");
-    // No condition of our own: software emulation is an annotation (and an event).
+    // Upstream's conditions only: software emulation is an annotation (and an event).
     let types = server.jsonpath("vmi", name, "{.status.conditions[*].type}");
-    assert_eq!(types, "Ready AgentConnected", "{types}");
+    assert_eq!(types, "Ready LiveMigratable AgentConnected", "{types}");
     let vmi_uid = server.jsonpath("vmi", name, "{.metadata.uid}");
 
     // Its virt-launcher Pod, as upstream's: found by the VMI's UID, owned by the VMI,
