@@ -197,6 +197,28 @@ pub async fn reconcile(
     let api: Api<VirtualMachineInstanceMigration> = Api::namespaced(ctx.client.clone(), &ns);
     let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    if vmi_name.is_empty() {
+        // A decentralized migration's receiving side (`spec.receive` without a VMI).
+        if phase_of(&m) != Phase::Failed {
+            let st = VirtualMachineInstanceMigrationStatus {
+                phase: Some(Phase::Failed),
+                ..m.status.clone().unwrap_or_default()
+            };
+            write_status(&api, &*m, m.status.as_ref(), &st).await?;
+            ctx.recorder
+                .publish(
+                    &*m,
+                    EventType::Warning,
+                    "FailedMigration",
+                    "decentralized live migration is not supported by kubevirt-rs",
+                )
+                .await;
+        }
+        if finalizer::has_finalizer(&*m, MIGRATION_FINALIZER) {
+            finalizer::remove(&api, &*m, MIGRATION_FINALIZER).await?;
+        }
+        return Ok(Action::await_change());
+    }
     let vmi = vmis.get_opt(&vmi_name).await.map_err(api_call_on(
         "getting",
         "VirtualMachineInstance",
