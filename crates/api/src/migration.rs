@@ -380,6 +380,22 @@ pub fn eviction(
     Eviction::Evacuate(what)
 }
 
+/// A migration of the VMI `vmi_name`, named by the API server from `generate_name`
+/// (virt-api's `kubevirt-migrate-vm-`, the evacuation's, the workload updater's).
+pub fn new_migration(generate_name: &str, vmi_name: &str) -> VirtualMachineInstanceMigration {
+    VirtualMachineInstanceMigration {
+        metadata: kube::api::ObjectMeta {
+            generate_name: Some(generate_name.into()),
+            ..Default::default()
+        },
+        spec: crate::v1::VirtualMachineInstanceMigrationSpec {
+            vmi_name: Some(vmi_name.into()),
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
 /// The VMI name a migration is for.
 pub fn vmi_name(m: &VirtualMachineInstanceMigration) -> &str {
     m.spec.vmi_name.as_deref().unwrap_or("")

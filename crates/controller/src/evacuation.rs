@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -16,8 +16,7 @@ use tracing::info;
 
 use kubevirt_api::migration::{self as rules, EVACUATION_ANNOTATION, VMI_NAME_LABEL};
 use kubevirt_api::v1::{
-    VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstanceMigrationSpec,
-    VirtualMachineInstancePhase,
+    VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstancePhase,
 };
 use kubevirt_reconcile::api_call;
 use kubevirt_reconcile::events::{EventRecorder, EventType};
@@ -60,18 +59,9 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
     if pending {
         return Ok(Action::await_change());
     }
-    let migration = VirtualMachineInstanceMigration {
-        metadata: ObjectMeta {
-            generate_name: Some("kubevirt-evacuation-".into()),
-            annotations: Some([(EVACUATION_ANNOTATION.to_string(), node.clone())].into()),
-            ..Default::default()
-        },
-        spec: VirtualMachineInstanceMigrationSpec {
-            vmi_name: Some(vmi.name_any()),
-            ..Default::default()
-        },
-        status: None,
-    };
+    let mut migration = rules::new_migration("kubevirt-evacuation-", &vmi.name_any());
+    migration.metadata.annotations =
+        Some([(EVACUATION_ANNOTATION.to_string(), node.clone())].into());
     let created = api
         .create(&PostParams::default(), &migration)
         .await

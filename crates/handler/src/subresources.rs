@@ -347,18 +347,8 @@ async fn migrate_vm(
             "VM is not running",
         ));
     }
-    let migration = kubevirt_api::v1::VirtualMachineInstanceMigration {
-        metadata: kube::api::ObjectMeta {
-            generate_name: Some("kubevirt-migrate-vm-".into()),
-            ..Default::default()
-        },
-        spec: kubevirt_api::v1::VirtualMachineInstanceMigrationSpec {
-            vmi_name: Some(name.to_string()),
-            added_node_selector: opts.added_node_selector,
-            ..Default::default()
-        },
-        status: None,
-    };
+    let mut migration = kubevirt_api::migration::new_migration("kubevirt-migrate-vm-", name);
+    migration.spec.added_node_selector = opts.added_node_selector;
     let params = kube::api::PostParams {
         dry_run: kubevirt_api::hotplug::is_dry_run(&opts.dry_run),
         ..Default::default()

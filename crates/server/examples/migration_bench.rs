@@ -165,10 +165,7 @@ async fn product_migrate(
     vm: &str,
 ) -> Result<(MigrationStatus, f64)> {
     let api: Api<VirtualMachineInstanceMigration> = Api::namespaced(client.clone(), "default");
-    let m: VirtualMachineInstanceMigration = serde_json::from_value(serde_json::json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
-        "metadata": {"generateName": "bench-"}, "spec": {"vmiName": vm},
-    }))?;
+    let m = kubevirt_api::migration::new_migration("bench-", vm);
     let start = Instant::now();
     let name = api.create(&PostParams::default(), &m).await?.name_any();
     let deadline = start + T;

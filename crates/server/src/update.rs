@@ -8,12 +8,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use kubevirt_api::v1::{
     vmi_condition, ConditionStatus, VirtualMachineInstance, VirtualMachineInstanceMigration,
-    VirtualMachineInstanceMigrationPhase as Phase, VirtualMachineInstanceMigrationSpec,
-    VirtualMachineInstancePhase,
+    VirtualMachineInstanceMigrationPhase as Phase, VirtualMachineInstancePhase,
 };
 
 #[derive(clap::Args, Debug)]
@@ -111,17 +110,7 @@ pub async fn run(args: UpdateArgs) -> anyhow::Result<()> {
 async fn start(client: &Client, vmi: &VirtualMachineInstance) -> anyhow::Result<String> {
     let api: Api<VirtualMachineInstanceMigration> =
         Api::namespaced(client.clone(), &vmi.namespace().unwrap_or_default());
-    let m = VirtualMachineInstanceMigration {
-        metadata: ObjectMeta {
-            generate_name: Some("kubevirt-workload-update-".into()),
-            ..Default::default()
-        },
-        spec: VirtualMachineInstanceMigrationSpec {
-            vmi_name: Some(vmi.name_any()),
-            ..Default::default()
-        },
-        status: None,
-    };
+    let m = kubevirt_api::migration::new_migration("kubevirt-workload-update-", &vmi.name_any());
     Ok(api.create(&PostParams::default(), &m).await?.name_any())
 }
 

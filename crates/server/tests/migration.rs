@@ -99,6 +99,18 @@ fn wait_migration_phase(server: &Server, vm: &str, want: &str) {
     });
 }
 
+/// The name of the one launcher pod there is.
+fn only_launcher_pod(server: &Server) -> String {
+    server.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "kubevirt.io=virt-launcher",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ])
+}
+
 /// What the guest's port 8080 answers through the pod IP.
 fn ask(ip: &str) -> String {
     let mut s = std::net::TcpStream::connect_timeout(
@@ -148,14 +160,7 @@ fn migrate_moves_a_running_guest_to_a_new_launcher() {
     let ip = server.jsonpath("vmi", name, "{.status.interfaces[0].ipAddress}");
     assert_eq!(ask(&ip).trim(), "guest-says-hi");
     let before = guest.ticks_grow("t1");
-    let source = server.kubectl_ok(&[
-        "get",
-        "pods",
-        "-l",
-        "kubevirt.io=virt-launcher",
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ]);
+    let source = only_launcher_pod(&server);
 
     let out = server.virtctl(&["migrate", name]);
     assert!(out.status.success(), "{out:?}");
@@ -316,14 +321,7 @@ spec:
         "dd if=/dev/urandom of=/tmp/fill bs=1M count=24 2>/dev/null; echo filled-$((5*5))",
         "filled-25",
     );
-    let source = server.kubectl_ok(&[
-        "get",
-        "pods",
-        "-l",
-        "kubevirt.io=virt-launcher",
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ]);
+    let source = only_launcher_pod(&server);
 
     let out = server.virtctl(&["migrate", name]);
     assert!(out.status.success(), "{out:?}");
