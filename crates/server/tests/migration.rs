@@ -391,6 +391,52 @@ spec:
         String::from_utf8_lossy(&again.stderr).contains("Found no migration to cancel for stayer"),
         "{again:?}"
     );
+    // Bodies that are not what they claim get a clear refusal and change nothing.
+    let raw = |verb: &str, path: &str, body: &str| {
+        let file = server.data_dir.join("raw-body.json");
+        std::fs::write(&file, body).unwrap();
+        server.kubectl(&[verb, "--raw", path, "-f", file.to_str().unwrap()])
+    };
+    let bad = raw(
+        "replace",
+        &format!(
+            "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines/{name}/migrate"
+        ),
+        r#"{"addedNodeSelector": ["not", "a", "map"]}"#,
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("Can not unmarshal Request body to struct"),
+        "{bad:?}"
+    );
+    let bad = raw(
+        "create",
+        &format!("/api/v1/namespaces/default/pods/{source}/eviction"),
+        r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"someone-else"}}"#,
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("name in URL does not match name in Eviction object"),
+        "{bad:?}"
+    );
+    assert_eq!(
+        server.kubectl_ok(&[
+            "get",
+            "vmim",
+            "-l",
+            &format!("kubevirt.io/vmi-name={name}"),
+            "-o",
+            "jsonpath={.items[*].status.phase}"
+        ]),
+        "Failed",
+        "no migration was made"
+    );
+    assert_eq!(
+        server.jsonpath("pod", &source, "{.status.phase}"),
+        "Running"
+    );
+
     // A migration names its VMI.
     let out = server.apply_output(
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: nameless\nspec: {}\n",
