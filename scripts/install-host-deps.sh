@@ -24,11 +24,12 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 
-# Host tools: hypervisor and firmware, TPM, networking, image and ISO tools, an OCI registry.
+# Host tools: hypervisor and firmware, TPM, networking, image and ISO tools, an OCI registry,
+# etcd for the cluster-mode tests' real Kubernetes control plane (scripts/build-k8s.sh).
 backport_pkgs=(qemu-system-x86 qemu-system-common qemu-system-data qemu-guest-agent seabios qemu-utils)
 plain_pkgs=(ovmf swtpm swtpm-tools passt busybox-static xorriso isolinux syslinux-common genisoimage
   socat docker-registry skopeo iproute2 iptables nftables cpio zstd e2fsprogs dosfstools
-  dnsmasq-base curl ca-certificates nginx-light xz-utils)
+  dnsmasq-base curl ca-certificates nginx-light xz-utils etcd-server)
 
 missing=()
 for p in "${backport_pkgs[@]}" "${plain_pkgs[@]}"; do
@@ -55,6 +56,17 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
   systemctl stop docker-registry || true
   systemctl disable docker-registry >/dev/null 2>&1 || true
+fi
+
+# etcd-server's package enables (and on a systemd host starts) a system etcd on :2379; the
+# tests start their own etcd on free ports, so keep the system one stopped and disabled.
+if command -v systemctl >/dev/null 2>&1; then
+  if systemctl is-active --quiet etcd 2>/dev/null; then
+    systemctl stop etcd || true
+  fi
+  if systemctl is-enabled --quiet etcd 2>/dev/null; then
+    systemctl disable etcd >/dev/null 2>&1 || true
+  fi
 fi
 
 echo "install-host-deps: ok ($(qemu-system-x86_64 --version | head -n1))"

@@ -1,13 +1,16 @@
 //! Test infrastructure shared by every crate's tests: the guest images (built once per
 //! machine by `scripts/build-guests.sh` and cached), a local OCI registry (Debian's
-//! `docker-registry`), and a serial console reader that waits for what a guest prints.
+//! `docker-registry`), a serial console reader that waits for what a guest prints, and a
+//! real Kubernetes control plane for cluster-mode tests ([`KubeCluster`]).
 //!
 //! Nothing here is used outside tests.
 
 mod console;
+pub mod kube_cluster;
 mod registry;
 
 pub use console::Console;
+pub use kube_cluster::KubeCluster;
 pub use registry::Registry;
 
 use anyhow::{bail, Context, Result};
