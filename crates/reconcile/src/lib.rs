@@ -3,6 +3,8 @@
 //!
 //! - [`events`]: core/v1 Events about any typed object (what `kubectl describe` lists).
 //! - [`finalizer`]: add or remove one finalizer without touching anyone else's.
+//! - [`leader`]: leader election over a `coordination.k8s.io/v1` Lease (client-go's
+//!   semantics), so of several controller replicas only one acts.
 //! - [`status`]: write a typed status as a JSON patch that only touches changed fields and
 //!   fails (409/422) if someone changed them meanwhile.
 //! - [`ApiCallError`]: a failed API call with what was being done to which object.
@@ -12,6 +14,7 @@ pub mod events;
 #[cfg(feature = "testing")]
 pub mod fake;
 pub mod finalizer;
+pub mod leader;
 pub mod status;
 
 use kube::Resource;
