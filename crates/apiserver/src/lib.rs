@@ -2,7 +2,7 @@
 //! revision-log store (see README.md).
 
 pub mod auth;
-mod conn;
+pub mod conn;
 pub mod convert;
 pub mod decode;
 pub mod error;

@@ -70,8 +70,7 @@ pub fn cluster_roles() -> Vec<Value> {
 pub fn cluster_role_bindings() -> Vec<Value> {
     let bootstrap = [BOOTSTRAP_LABEL];
     let autoupdate = [AUTOUPDATE_ANNOTATION];
-    let kubevirt = [KUBEVIRT_LABEL];
-    vec![
+    let mut bindings = vec![
         binding(
             "cluster-admin",
             &bootstrap,
@@ -96,6 +95,17 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &autoupdate,
             &["system:authenticated", "system:unauthenticated"],
         ),
+    ];
+    bindings.extend(kubevirt_cluster_role_bindings());
+    bindings
+}
+
+/// The ClusterRoleBindings KubeVirt's operator installs (every authenticated user may read
+/// the KubeVirt CR, versions and cluster instancetypes).
+pub fn kubevirt_cluster_role_bindings() -> Vec<Value> {
+    let kubevirt = [KUBEVIRT_LABEL];
+    let autoupdate = [AUTOUPDATE_ANNOTATION];
+    vec![
         binding(
             "kubevirt.io:default",
             &kubevirt,
@@ -380,7 +390,9 @@ fn aggregate_to_view_rules() -> Vec<Value> {
     ]
 }
 
-fn kubevirt_cluster_roles() -> Vec<Value> {
+/// The ClusterRoles KubeVirt's operator installs: the user roles aggregated into `admin`,
+/// `edit` and `view`, CDI's, and `kubevirt.io:migrate`.
+pub fn kubevirt_cluster_roles() -> Vec<Value> {
     vec![
         kubevirt_role(
             "kubevirt.io:default",

@@ -3,10 +3,14 @@
 //! - `server`: the embedded all-in-one (API server, VM and VMI controllers, node agent,
 //!   subresources) in one process; VMs run in launcher processes that outlive it.
 //! - `launcher`: one VM's supervisor (started by the node agent).
-//! - `crds`: prints the CustomResourceDefinitions for installing on a real cluster.
+//! - `crds`: prints the CustomResourceDefinitions.
+//! - `install`, `uninstall`: everything a Kubernetes cluster needs (printed or applied).
+//! - `virt-api`, `virt-controller`, `virt-handler`: the components of cluster mode.
 //! - `kubeconfig`: writes a client-certificate kubeconfig for a user and groups.
 //! - `version`.
 
+mod cluster;
+mod components;
 mod eviction;
 mod update;
 
@@ -20,8 +24,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
 
-use kubevirt_api::launcher_pod::LauncherPodSettings;
-use kubevirt_handler::launchers::{LauncherConfig, Launchers, Notify};
 use kubevirt_handler::subresources::{router, SubresourceState};
 
 #[derive(Parser, Debug)]
@@ -49,6 +51,16 @@ enum Cmd {
     /// Move every running VM onto a fresh launcher and QEMU (after an upgrade) by live
     /// migration, without a guest reboot.
     UpdateVms(update::UpdateArgs),
+    /// Print (or `--apply`) everything a Kubernetes cluster needs to run kubevirt-rs.
+    Install(cluster::InstallArgs),
+    /// Print (or `--apply`: delete) what `install` created.
+    Uninstall(cluster::InstallArgs),
+    /// Cluster mode: the admission webhooks over TLS, with a self-managed CA.
+    VirtApi(cluster::VirtApiArgs),
+    /// Cluster mode: the controllers, one leader among the replicas (a Lease).
+    VirtController(cluster::VirtControllerArgs),
+    /// Cluster mode: the node agent, running the launcher pods bound to its node.
+    VirtHandler(cluster::VirtHandlerArgs),
     /// Print the version.
     Version,
 }
@@ -61,24 +73,8 @@ struct ServeArgs {
     /// By default they keep running and the next server adopts them.
     #[arg(long)]
     stop_vms_on_exit: bool,
-    /// Name of this node (default: the host name).
-    #[arg(long)]
-    node_name: Option<String>,
-    /// Root of the VMs' run directories.
-    #[arg(long, default_value = kubevirt_launcher::DEFAULT_RUN_ROOT)]
-    run_root: PathBuf,
-    /// Registry mapping HOST=TARGET for containerDisks, e.g.
-    /// `registry:5000=http://127.0.0.1:5000` (repeatable).
-    #[arg(long = "registry-mirror")]
-    registry_mirrors: Vec<String>,
-    /// Registry reached over plain HTTP (repeatable).
-    #[arg(long = "insecure-registry")]
-    insecure_registries: Vec<String>,
-    /// Directory VMs may use hostDisks in (repeatable). Without one, hostDisk volumes are
-    /// refused, as upstream's HostDisk feature gate is off by default: a hostDisk is a file
-    /// of this host.
-    #[arg(long = "host-disk-dir")]
-    host_disk_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    node: components::NodeArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -147,15 +143,23 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("building the runtime")?
             .block_on(update::run(a)),
-        Cmd::Server(s) => {
-            init_tracing();
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("building the runtime")?
-                .block_on(server(s))
-        }
+        Cmd::Server(s) => multi_thread(server(s)),
+        Cmd::Install(a) => multi_thread(cluster::install(a)),
+        Cmd::Uninstall(a) => multi_thread(cluster::uninstall(a)),
+        Cmd::VirtApi(a) => multi_thread(cluster::virt_api(a)),
+        Cmd::VirtController(a) => multi_thread(cluster::virt_controller(a)),
+        Cmd::VirtHandler(a) => multi_thread(cluster::virt_handler(a)),
     }
+}
+
+/// Runs a long-lived command (with logs) on a multi-threaded runtime.
+fn multi_thread(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    init_tracing();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?
+        .block_on(f)
 }
 
 fn init_tracing() {
@@ -195,23 +199,6 @@ fn subresource_api() -> kubevirt_apiserver::ExtraApi {
     }
 }
 
-/// How the node agent runs a launcher: `kubevirt-launcher` from beside this binary (a
-/// binary with nothing but the launcher: a smaller resident set per VM), else this binary's
-/// `launcher` subcommand.
-fn launcher_command() -> anyhow::Result<Vec<std::ffi::OsString>> {
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let dedicated = exe.with_file_name("kubevirt-launcher");
-    Ok(if dedicated.is_file() {
-        vec![dedicated.into()]
-    } else {
-        tracing::info!(
-            "no kubevirt-launcher beside {}; launchers run as its subcommand",
-            exe.display()
-        );
-        vec![exe.into(), "launcher".into()]
-    })
-}
-
 /// The core/v1 subresources the node agent serves (listed in discovery).
 fn core_api() -> kubevirt_apiserver::ExtraApi {
     kubevirt_apiserver::ExtraApi {
@@ -221,18 +208,6 @@ fn core_api() -> kubevirt_apiserver::ExtraApi {
             json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}),
         ],
     }
-}
-
-/// `--registry-mirror HOST=URL` flags as a map (the launcher parses the same flags).
-fn registry_mirrors(flags: &[String]) -> anyhow::Result<std::collections::HashMap<String, String>> {
-    flags
-        .iter()
-        .map(|m| {
-            m.split_once('=')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| anyhow::anyhow!("--registry-mirror {m:?} is not HOST=URL"))
-        })
-        .collect()
 }
 
 /// CDI's upload token API (served by the storage crate).
@@ -247,53 +222,18 @@ fn upload_api() -> kubevirt_apiserver::ExtraApi {
 async fn server(args: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = args.api.into_config();
     let data_dir = cfg.data_dir.clone();
-    let node = args
-        .node_name
-        .clone()
-        .unwrap_or_else(kubevirt_handler::node::local_node_name);
     let accel = kubevirt_hypervisor::detect_accelerator();
     let kvm = accel.kind == kubevirt_hypervisor::AcceleratorKind::Kvm;
     tracing::info!(accel = accel.kind.as_str(), reason = %accel.reason, "guests will use");
 
-    let host_disk_dirs = args
-        .host_disk_dirs
-        .iter()
-        .map(|d| std::path::absolute(d).with_context(|| format!("--host-disk-dir {}", d.display())))
-        .collect::<anyhow::Result<Vec<_>>>()?;
     cfg.admission = vec![Arc::new(kubevirt_apiserver::kubevirt::KubevirtAdmission {
         host_disks: kubevirt_api::host_disk::HostDiskPolicy {
-            dirs: host_disk_dirs.clone(),
+            dirs: args.node.host_disk_dirs()?,
         },
     })];
-    let mut extra = Vec::new();
-    for d in &host_disk_dirs {
-        extra.push("--host-disk-dir".to_string());
-        extra.push(d.display().to_string());
-    }
-    for m in &args.registry_mirrors {
-        extra.push("--registry-mirror".to_string());
-        extra.push(m.clone());
-    }
-    for r in &args.insecure_registries {
-        extra.push("--insecure-registry".to_string());
-        extra.push(r.clone());
-    }
-    extra.push("--cache-dir".into());
-    extra.push(data_dir.join("containerdisks").display().to_string());
-    let (pods_tx, pods_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (vmis_tx, vmis_rx) = tokio::sync::mpsc::unbounded_channel();
-    let launchers = Arc::new(Launchers::new(
-        LauncherConfig {
-            run_root: args.run_root.clone(),
-            persistent_root: data_dir.join("vms"),
-            command: launcher_command()?,
-            extra_args: extra,
-        },
-        Notify {
-            pods: pods_tx,
-            vmis: vmis_tx,
-        },
-    ));
+    let agent = components::NodeAgent::new(&args.node, &data_dir)?;
+    let node = agent.node.clone();
+    let launchers = agent.launchers.clone();
     let sub = SubresourceState::new(launchers.clone());
     let evictions = Arc::new(eviction::LauncherEviction::default());
     cfg.eviction_checks = vec![evictions.clone()];
@@ -323,70 +263,20 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| format!("https://{}", handle.addr));
     exports.set_server(client.clone(), &api_url, &handle.ca_pem);
 
-    kubevirt_handler::node::register(&client, &node, kvm)
-        .await
-        .context("registering the node")?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    };
-    let pod_settings = LauncherPodSettings {
-        emulation: !kvm,
-        ..LauncherPodSettings::new(
-            concat!("kubevirt-rs/virt-launcher:", env!("CARGO_PKG_VERSION")),
-            vec!["/usr/bin/kubevirt-rs".into(), "launcher".into()],
-        )
-    };
-    let pods = kubevirt_handler::pods::controller(&client, &node);
-    let node_pods = pods.store();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(kubevirt_handler::node::heartbeat_loop(
-        client.clone(),
-        node.clone(),
-        kvm,
-    ));
-    tasks.spawn(kubevirt_controller::vm_controller::run(
-        client.clone(),
-        stopped(),
-    ));
-    tasks.spawn(kubevirt_controller::snapshot::run(
-        client.clone(),
-        stopped(),
-    ));
-    tasks.spawn(kubevirt_controller::restore::run(client.clone(), stopped()));
-    tasks.spawn(kubevirt_controller::clone::run(client.clone(), stopped()));
-    tasks.spawn(kubevirt_controller::evacuation::run(
-        client.clone(),
-        stopped(),
-    ));
-    tasks.spawn(kubevirt_controller::migration::run(
-        client.clone(),
-        pod_settings.clone(),
-        stopped(),
-    ));
-    tasks.spawn(kubevirt_controller::vmi_controller::run(
-        client.clone(),
-        pod_settings,
-        stopped(),
-    ));
+    let node_pods = agent.start(&mut tasks, &client, kvm, &stop).await?;
+    components::spawn_controllers(
+        &mut tasks,
+        &client,
+        components::pod_settings(components::EMBEDDED_LAUNCHER_IMAGE, !kvm),
+        &stop,
+    );
     tasks.spawn(kubevirt_handler::scheduler::run(
         client.clone(),
         node.clone(),
         node_pods,
-        stopped(),
-    ));
-    tasks.spawn(kubevirt_handler::pods::run(
-        pods,
-        Arc::new(kubevirt_handler::pods::Context::new(
-            client.clone(),
-            node.clone(),
-            launchers.clone(),
-        )),
-        pods_rx,
-        stopped(),
+        components::stopped(&stop),
     ));
     tasks.spawn(kubevirt_storage::run(
         client.clone(),
@@ -394,22 +284,13 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
             volumes: kubevirt_storage::LocalVolumes::new(data_dir.join("volumes")),
             node: node.clone(),
             registry: kubevirt_diskprep::RegistryConfig {
-                mirrors: registry_mirrors(&args.registry_mirrors)?,
-                insecure: args.insecure_registries.clone(),
+                mirrors: args.node.registry_mirrors()?,
+                insecure: args.node.insecure_registries.clone(),
             },
             cache_dir: data_dir.join("containerdisks"),
             exports: Some(exports.clone()),
         },
-        stopped(),
-    ));
-    tasks.spawn(kubevirt_handler::agent::run(
-        Arc::new(kubevirt_handler::agent::Context::new(
-            client.clone(),
-            node.clone(),
-            launchers.clone(),
-        )),
-        vmis_rx,
-        stopped(),
+        components::stopped(&stop),
     ));
 
     let addr: SocketAddr = handle.addr;
@@ -419,50 +300,17 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
         handle.kubeconfig_path.display()
     );
 
-    wait_for_signal().await;
+    components::wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     if args.stop_vms_on_exit {
         tracing::info!("stopping the VMs");
-        stop_all(&launchers, 30).await;
+        components::stop_all(&launchers, 30).await;
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     handle.shutdown().await;
     Ok(())
-}
-
-/// Stops every running launcher (ACPI, hard stop after `grace_seconds`) and waits for them.
-async fn stop_all(launchers: &Launchers, grace_seconds: u64) {
-    let running: Vec<_> = launchers
-        .all()
-        .into_iter()
-        .filter(|l| !l.exited())
-        .collect();
-    for l in &running {
-        if let Err(error) = l.client.stop(Some(grace_seconds)).await {
-            tracing::warn!(%error, pod = %l.key.name, "could not stop launcher");
-        }
-    }
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(grace_seconds + 15);
-    while tokio::time::Instant::now() < deadline && running.iter().any(|l| !l.exited()) {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -486,7 +334,7 @@ mod tests {
         match cli.command {
             Cmd::Server(s) => {
                 assert!(s.stop_vms_on_exit);
-                assert_eq!(s.registry_mirrors.len(), 1);
+                assert_eq!(s.node.registry_mirrors.len(), 1);
             }
             other => panic!("{other:?}"),
         }

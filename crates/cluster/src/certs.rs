@@ -1,0 +1,424 @@
+//! virt-api's self-managed PKI, kept in Secrets of its namespace as upstream's operator
+//! keeps it: a CA (`kubevirt-ca`, 7 days) and virt-api's serving certificate
+//! (`kubevirt-virt-api-certs`, 24 hours) for its Service's DNS names, each renewed when 80 %
+//! of its life has passed. The CA Secret also holds the bundle clients must trust: the
+//! current CA and, until it expires, the one before it, so that certificates signed by the
+//! old CA stay valid while every replica and every webhook configuration catches up.
+//!
+//! Any virt-api replica may renew; writes carry the resourceVersion they read, so two
+//! replicas racing cannot both win, and the loser reads what the winner wrote.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::api::{Api, ObjectMeta, PostParams};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+pub const CA_SECRET: &str = "kubevirt-ca";
+pub const CERT_SECRET: &str = "kubevirt-virt-api-certs";
+const TLS_CRT: &str = "tls.crt";
+const TLS_KEY: &str = "tls.key";
+/// In the CA Secret: every CA certificate clients should trust (PEM, newest first).
+const CA_BUNDLE: &str = "ca-bundle";
+/// In the certificate Secret: the CA certificate that signed it.
+const SIGNED_BY: &str = "ca.crt";
+
+/// How long certificates live (upstream KubeVirt's defaults: CA 168 h, certificates 24 h).
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    pub ca: Duration,
+    pub cert: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes {
+            ca: Duration::from_secs(7 * 24 * 3600),
+            cert: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("Secret {name}: {source}")]
+    Api {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("Secret {name} holds an unreadable {key}: {why}")]
+    Malformed {
+        name: String,
+        key: &'static str,
+        why: String,
+    },
+    #[error("loading the serving certificate: {0}")]
+    Tls(String),
+}
+
+/// The PKI as read from (or written to) the Secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pki {
+    /// PEM: the CA certificates clients trust (the webhooks' and APIService's `caBundle`).
+    pub ca_bundle: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn data(secret: &Secret, key: &'static str) -> Option<String> {
+    secret
+        .data
+        .as_ref()?
+        .get(key)
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+/// `not_before` and `not_after` of the first certificate in `pem`.
+fn validity(pem: &str) -> Option<(SystemTime, SystemTime)> {
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = parsed.parse_x509().ok()?;
+    let v = cert.validity();
+    let at = |t: x509_parser::time::ASN1Time| -> Option<SystemTime> {
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).ok()?))
+    };
+    Some((at(v.not_before)?, at(v.not_after)?))
+}
+
+/// Whether a certificate is missing, unreadable, expired, or past 80 % of its life.
+pub fn needs_renewal(pem: Option<&str>, now: SystemTime) -> bool {
+    let Some((from, until)) = pem.and_then(validity) else {
+        return true;
+    };
+    let life = until.duration_since(from).unwrap_or_default();
+    let renew_at = from + life.mul_f64(0.8);
+    now >= renew_at || now >= until
+}
+
+fn params_valid_for(life: Duration) -> Result<CertificateParams, rcgen::Error> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    // A minute of slack for clocks a little behind ours.
+    let now = SystemTime::now() - Duration::from_secs(60);
+    p.not_before = now.into();
+    p.not_after = (now + life).into();
+    Ok(p)
+}
+
+fn new_ca(life: Duration) -> Result<(String, String), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut p = params_valid_for(life)?;
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    p.distinguished_name
+        .push(DnType::CommonName, format!("kubevirt.io@{stamp}"));
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = p.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn new_serving_cert(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    dns_names: &[String],
+    life: Duration,
+) -> Result<(String, String), rcgen::Error> {
+    let issuer = Issuer::from_ca_cert_pem(ca_pem, KeyPair::from_pem(ca_key_pem)?)?;
+    let key = KeyPair::generate()?;
+    let mut p = params_valid_for(life)?;
+    p.subject_alt_names = CertificateParams::new(dns_names.to_vec())?.subject_alt_names;
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(first) = dns_names.first() {
+        p.distinguished_name
+            .push(DnType::CommonName, first.as_str());
+    }
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.signed_by(&key, &issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Splits a PEM bundle into its certificates (each as PEM).
+fn pem_certs(bundle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in bundle.lines() {
+        cur.push_str(line);
+        cur.push('\n');
+        if line.starts_with("-----END") {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    out
+}
+
+fn secret(name: &str, ns: &str, entries: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            labels: Some(
+                [(
+                    crate::manifests::PART_OF.0.to_string(),
+                    crate::manifests::PART_OF.1.to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Writes `new` over `old` (same resourceVersion) or creates it. `Ok(false)` when another
+/// writer got there first.
+async fn write(
+    api: &Api<Secret>,
+    old: Option<&Secret>,
+    mut new: Secret,
+) -> Result<bool, CertError> {
+    let name = new.metadata.name.clone().unwrap_or_default();
+    let result = match old {
+        Some(old) => {
+            new.metadata.resource_version = old.metadata.resource_version.clone();
+            api.replace(&name, &PostParams::default(), &new).await
+        }
+        None => api.create(&PostParams::default(), &new).await,
+    };
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(source) => Err(CertError::Api { name, source }),
+    }
+}
+
+/// Reads the PKI, creating or renewing what needs it, and returns it. Renewal of the CA
+/// keeps the previous CA in the bundle until it expires.
+pub async fn reconcile(
+    client: &kube::Client,
+    ns: &str,
+    dns_names: &[String],
+    life: Lifetimes,
+) -> Result<Pki, CertError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let get = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            api.get_opt(name).await.map_err(|source| CertError::Api {
+                name: name.into(),
+                source,
+            })
+        }
+    };
+    // A lost race is retried with what the winner wrote; a handful of rounds is plenty.
+    for _ in 0..5 {
+        let now = SystemTime::now();
+        let ca_secret = get(CA_SECRET).await?;
+        let ca_cert = ca_secret.as_ref().and_then(|s| data(s, TLS_CRT));
+        if needs_renewal(ca_cert.as_deref(), now) {
+            let (cert, key) = new_ca(life.ca)?;
+            // The old CA stays trusted while it is valid: certificates it signed are still
+            // being served by replicas that have not yet reloaded.
+            let mut bundle = cert.clone();
+            if let Some(old) = ca_secret.as_ref().and_then(|s| data(s, CA_BUNDLE)) {
+                for c in pem_certs(&old) {
+                    if validity(&c).is_some_and(|(_, until)| until > now) {
+                        bundle.push_str(&c);
+                    }
+                }
+            }
+            let new = secret(
+                CA_SECRET,
+                ns,
+                &[(TLS_CRT, &cert), (TLS_KEY, &key), (CA_BUNDLE, &bundle)],
+            );
+            write(&api, ca_secret.as_ref(), new).await?;
+            tracing::info!(ns, "issued a new CA");
+            continue;
+        }
+        let ca_secret = ca_secret.unwrap_or_default();
+        let (Some(ca_cert), Some(ca_key)) = (ca_cert, data(&ca_secret, TLS_KEY)) else {
+            return Err(CertError::Malformed {
+                name: CA_SECRET.into(),
+                key: TLS_KEY,
+                why: "missing".into(),
+            });
+        };
+        let bundle = data(&ca_secret, CA_BUNDLE).unwrap_or_else(|| ca_cert.clone());
+
+        let cert_secret = get(CERT_SECRET).await?;
+        let cert = cert_secret.as_ref().and_then(|s| data(s, TLS_CRT));
+        let signed_by = cert_secret.as_ref().and_then(|s| data(s, SIGNED_BY));
+        let names_match = cert.as_deref().is_some_and(|c| covers_names(c, dns_names));
+        if needs_renewal(cert.as_deref(), now)
+            || signed_by.as_deref() != Some(ca_cert.as_str())
+            || !names_match
+        {
+            let (cert, key) = new_serving_cert(&ca_cert, &ca_key, dns_names, life.cert)?;
+            let new = secret(
+                CERT_SECRET,
+                ns,
+                &[(TLS_CRT, &cert), (TLS_KEY, &key), (SIGNED_BY, &ca_cert)],
+            );
+            write(&api, cert_secret.as_ref(), new).await?;
+            tracing::info!(ns, "issued a new serving certificate");
+            continue;
+        }
+        let cert_secret = cert_secret.unwrap_or_default();
+        let (Some(cert_pem), Some(key_pem)) = (cert, data(&cert_secret, TLS_KEY)) else {
+            return Err(CertError::Malformed {
+                name: CERT_SECRET.into(),
+                key: TLS_KEY,
+                why: "missing".into(),
+            });
+        };
+        return Ok(Pki {
+            ca_bundle: bundle,
+            cert_pem,
+            key_pem,
+        });
+    }
+    Err(CertError::Tls(
+        "the certificate Secrets kept changing under us; retrying later".into(),
+    ))
+}
+
+/// Whether the certificate's DNS names include every one of `names`.
+fn covers_names(pem: &str, names: &[String]) -> bool {
+    let Ok((_, parsed)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(cert) = parsed.parse_x509() else {
+        return false;
+    };
+    let have: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|g| match g {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.iter().all(|n| have.contains(n))
+}
+
+/// The serving certificate rustls hands out, swapped in place when it is renewed.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServingCert {
+    pub fn new(pki: &Pki) -> Result<Self, CertError> {
+        Ok(ServingCert {
+            current: RwLock::new(certified_key(pki)?),
+        })
+    }
+
+    pub fn update(&self, pki: &Pki) -> Result<(), CertError> {
+        let key = certified_key(pki)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn certified_key(pki: &Pki) -> Result<Arc<CertifiedKey>, CertError> {
+    let tls = |e: &dyn std::fmt::Display| CertError::Tls(e.to_string());
+    let certs = rustls_pemfile::certs(&mut pki.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls(&e))?;
+    let key = rustls_pemfile::private_key(&mut pki.key_pem.as_bytes())
+        .map_err(|e| tls(&e))?
+        .ok_or_else(|| CertError::Tls("no private key".into()))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| tls(&e))?;
+    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+}
+
+/// A rustls server configuration serving `cert` (HTTP/2 and HTTP/1.1).
+pub fn server_config(cert: Arc<ServingCert>) -> Result<Arc<rustls::ServerConfig>, CertError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CertError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The `caBundle` value of a webhook or APIService: the bundle, base64.
+pub fn ca_bundle_field(pki: &Pki) -> String {
+    base64::engine::general_purpose::STANDARD.encode(pki.ca_bundle.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_at_eighty_percent_of_life() {
+        let (ca, key) = new_ca(Duration::from_secs(1000)).unwrap();
+        let (from, until) = validity(&ca).unwrap();
+        assert!(!needs_renewal(Some(&ca), from + Duration::from_secs(100)));
+        // params_valid_for starts a minute early: 80 % of 1000 s after that.
+        assert!(needs_renewal(Some(&ca), from + Duration::from_secs(801)));
+        assert!(needs_renewal(Some(&ca), until));
+        assert!(needs_renewal(None, from));
+        assert!(needs_renewal(Some("not a certificate"), from));
+
+        let names = vec!["virt-api.kubevirt.svc".to_string()];
+        let (cert, _) = new_serving_cert(&ca, &key, &names, Duration::from_secs(100)).unwrap();
+        assert!(covers_names(&cert, &names));
+        assert!(!covers_names(&cert, &["other.svc".to_string()]));
+        assert_eq!(pem_certs(&format!("{ca}{cert}")).len(), 2);
+    }
+}

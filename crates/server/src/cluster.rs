@@ -1,0 +1,223 @@
+//! Cluster mode: `install`/`uninstall`, and the components a cluster runs as workloads
+//! (`virt-api`, `virt-controller`, `virt-handler`), each against the cluster's own
+//! kube-apiserver (in-cluster credentials, else `--kubeconfig` / `KUBECONFIG`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kube::Client;
+
+use kubevirt_cluster::manifests::{self, InstallOptions};
+
+use crate::components;
+
+/// Where the cluster's credentials come from.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Kubeconfig of the cluster; by default the in-cluster service account, else `KUBECONFIG`.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    async fn client(&self) -> anyhow::Result<Client> {
+        match &self.kubeconfig {
+            Some(path) => crate::client_from(path).await,
+            None => Ok(Client::try_default().await?),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Apply to the cluster (server-side apply) instead of printing YAML.
+    #[arg(long)]
+    apply: bool,
+    /// Namespace of the components.
+    #[arg(long, default_value = "kubevirt")]
+    namespace: String,
+    /// Image of the components (holds the `kubevirt-rs` binary).
+    #[arg(long)]
+    image: Option<String>,
+    /// Image of the VMs' virt-launcher pods.
+    #[arg(long)]
+    launcher_image: Option<String>,
+}
+
+impl InstallArgs {
+    fn objects(&self) -> Vec<serde_json::Value> {
+        let mut o = InstallOptions::new(kubevirt_launcher::DEFAULT_RUN_ROOT);
+        o.namespace = self.namespace.clone();
+        if let Some(i) = &self.image {
+            o.image = i.clone();
+        }
+        if let Some(i) = &self.launcher_image {
+            o.launcher_image = i.clone();
+        }
+        manifests::install(&o)
+    }
+}
+
+/// Writes the objects as YAML to standard output; a reader that stops early (`| head`)
+/// is not an error.
+fn print_yaml(objects: &[serde_json::Value]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(manifests::to_yaml(objects).as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `install`: prints the manifests, or applies them.
+pub async fn install(args: InstallArgs) -> anyhow::Result<()> {
+    let objects = args.objects();
+    if !args.apply {
+        return print_yaml(&objects);
+    }
+    let client = args.cluster.client().await?;
+    kubevirt_cluster::apply::apply(&client, &objects).await?;
+    println!(
+        "kubevirt-rs {} installed in namespace {}",
+        manifests::VERSION,
+        args.namespace
+    );
+    Ok(())
+}
+
+/// `uninstall`: prints what an install consists of, or deletes it.
+pub async fn uninstall(args: InstallArgs) -> anyhow::Result<()> {
+    let objects = args.objects();
+    if !args.apply {
+        return print_yaml(&objects);
+    }
+    let client = args.cluster.client().await?;
+    kubevirt_cluster::apply::uninstall(&client, &objects).await
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VirtApiArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The namespace virt-api runs in (its Service, CA and certificate Secrets).
+    #[arg(long, default_value = "kubevirt")]
+    namespace: String,
+    /// Address of the HTTPS listener (webhooks, `/healthz`).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Directory VMs may use hostDisks in (repeatable): hostDisk volumes are refused
+    /// without one, as upstream's HostDisk feature gate is off by default.
+    #[arg(long = "host-disk-dir")]
+    host_disk_dirs: Vec<PathBuf>,
+}
+
+pub async fn virt_api(args: VirtApiArgs) -> anyhow::Result<()> {
+    let client = args.cluster.client().await?;
+    let admission = Arc::new(kubevirt_apiserver::kubevirt::KubevirtAdmission {
+        host_disks: kubevirt_api::host_disk::HostDiskPolicy {
+            dirs: args.host_disk_dirs,
+        },
+    });
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let serve = tokio::spawn(kubevirt_cluster::virt_api::run(
+        client,
+        kubevirt_cluster::virt_api::VirtApiConfig {
+            namespace: args.namespace,
+            listen: args.listen,
+            admission,
+            lifetimes: Default::default(),
+        },
+        stop,
+    ));
+    tokio::select! {
+        r = serve => return r?,
+        _ = components::wait_for_signal() => {}
+    }
+    let _ = stop_tx.send(true);
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VirtControllerArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// The namespace of the leader-election Lease.
+    #[arg(long, default_value = "kubevirt")]
+    namespace: String,
+    /// Image of the VMs' virt-launcher pods.
+    #[arg(long, default_value = components::EMBEDDED_LAUNCHER_IMAGE)]
+    launcher_image: String,
+    /// Guests run under software emulation (no `devices.kubevirt.io/kvm` request), as
+    /// upstream's `useEmulation`.
+    #[arg(long)]
+    use_emulation: bool,
+    /// This replica's identity in the Lease (default: `POD_NAME`, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+/// The Lease the virt-controller replicas elect their leader with (upstream's name).
+pub const CONTROLLER_LEASE: &str = "virt-controller";
+
+pub async fn virt_controller(args: VirtControllerArgs) -> anyhow::Result<()> {
+    let client = args.cluster.client().await?;
+    let identity = args
+        .identity
+        .unwrap_or_else(kubevirt_handler::node::local_node_name);
+    let lease =
+        kubevirt_reconcile::leader::LeaseConfig::new(&args.namespace, CONTROLLER_LEASE, &identity);
+    let pods = components::pod_settings(&args.launcher_image, args.use_emulation);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let lead = {
+        let (client, stop) = (client.clone(), stop.clone());
+        move || async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            components::spawn_controllers(&mut tasks, &client, pods, &stop);
+            while tasks.join_next().await.is_some() {}
+        }
+    };
+    let elected =
+        kubevirt_reconcile::leader::run_as_leader(client, lease, components::stopped(&stop), lead);
+    tokio::pin!(elected);
+    tokio::select! {
+        r = &mut elected => return r.map_err(Into::into),
+        _ = components::wait_for_signal() => {}
+    }
+    let _ = stop_tx.send(true);
+    // Stopping releases the Lease, so a standby takes over at once.
+    elected.await.map_err(Into::into)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VirtHandlerArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    node: components::NodeArgs,
+    /// The node's persistent state (VMs' data, containerDisk cache).
+    #[arg(long, default_value = "/var/lib/kubevirt-rs")]
+    data_dir: PathBuf,
+}
+
+/// `virt-handler`: the node agent against a real kube-apiserver. It registers its node and
+/// runs the launcher pods kube-scheduler binds to it (kubelet's part for those pods), and
+/// syncs their VMIs.
+pub async fn virt_handler(args: VirtHandlerArgs) -> anyhow::Result<()> {
+    let client = args.cluster.client().await?;
+    let accel = kubevirt_hypervisor::detect_accelerator();
+    let kvm = accel.kind == kubevirt_hypervisor::AcceleratorKind::Kvm;
+    tracing::info!(accel = accel.kind.as_str(), reason = %accel.reason, "guests will use");
+    let agent = components::NodeAgent::new(&args.node, &args.data_dir)?;
+    let node = agent.node.clone();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    agent.start(&mut tasks, &client, kvm, &stop).await?;
+    println!("virt-handler is running on node {node}");
+    components::wait_for_signal().await;
+    let _ = stop_tx.send(true);
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

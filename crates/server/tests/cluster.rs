@@ -1,0 +1,699 @@
+//! Cluster mode against real Kubernetes: etcd, kube-apiserver, kube-controller-manager and
+//! kube-scheduler built from Go modules (`scripts/build-k8s.sh`). `kubevirt-rs install
+//! --apply` installs; virt-api, two virt-controllers and virt-handler run as processes with
+//! their ServiceAccounts' tokens (so the install's RBAC is what the real apiserver
+//! enforces on them). There is no kubelet here: the test stands in for it by running those
+//! processes, and for the endpoints controller by pointing virt-api's Service at the host
+//! address virt-api listens on; virt-handler runs the launcher pods kube-scheduler binds
+//! to its node.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{kubevirt_rs, tail, TIMEOUT};
+use kubevirt_testenv::KubeCluster;
+
+const NS: &str = "kubevirt";
+
+struct Kube<'a> {
+    cluster: &'a KubeCluster,
+    kubeconfig: PathBuf,
+}
+
+impl Kube<'_> {
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running kubectl");
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args, None);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, yaml: &str) -> Output {
+        self.kubectl(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    fn jsonpath(&self, args: &[&str], path: &str) -> String {
+        let mut a = args.to_vec();
+        let p = format!("jsonpath={path}");
+        a.extend(["-o", &p]);
+        String::from_utf8_lossy(&self.kubectl(&a, None).stdout).into_owned()
+    }
+
+    fn wait_for(&self, args: &[&str], path: &str, want: &str, logs: &Components) {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            last = self.jsonpath(args, path);
+            if last == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!(
+            "{args:?} {path}: wanted {want:?}, last {last:?}\n{}",
+            logs.tails(self.cluster.dir())
+        );
+    }
+
+    /// A kubeconfig holding a token of ServiceAccount `sa` in the install's namespace.
+    fn service_account_kubeconfig(&self, sa: &str, dir: &Path) -> PathBuf {
+        let token = self.ok(&["-n", NS, "create", "token", sa, "--duration", "2h"]);
+        let path = dir.join(format!("{sa}.kubeconfig"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {sa}\n  user:\n    token: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: {sa}}}\ncurrent-context: c\n",
+                self.cluster.server_url(),
+                self.cluster.ca_pem().display(),
+                token.trim()
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+/// The component processes, killed on drop; their logs are in the cluster's directory.
+#[derive(Default)]
+struct Components {
+    children: Vec<(String, Child)>,
+}
+
+impl Components {
+    fn spawn(&mut self, dir: &Path, name: &str, args: &[&str], kubeconfig: &Path) -> u32 {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(kubevirt_rs())
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env("RUST_LOG", "info,kube_runtime=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let pid = child.id();
+        self.children.push((name.to_string(), child));
+        pid
+    }
+
+    fn kill(&mut self, name: &str) {
+        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut c) = self.children.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn tails(&self, dir: &Path) -> String {
+        let mut out = String::new();
+        for (name, _) in &self.children {
+            let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+            out.push_str(&format!("--- {name}.log\n{}\n", tail(&log, 25)));
+        }
+        out
+    }
+}
+
+impl Drop for Components {
+    fn drop(&mut self) {
+        // virt-handler leaves VMs running by design; the test's VMs are deleted before
+        // this, and the launchers of a failed run are stopped by their run root's removal.
+        for (_, c) in &mut self.children {
+            let _ = nix_term(c.id());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn nix_term(pid: u32) -> std::io::Result<()> {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
+
+/// The host's address on its default route: pods' Endpoints may not name loopback.
+fn host_ip() -> String {
+    let out = Command::new("ip")
+        .args(["-4", "route", "get", "1.1.1.1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "src" {
+            return words.next().unwrap_or_default().to_string();
+        }
+    }
+    panic!("no default route to take a host address from: {text}");
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn install(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(kubevirt_rs())
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .output()
+        .unwrap()
+}
+
+const INVALID_VM: &str = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {name: broken}
+spec:
+  runStrategy: Halted
+  template:
+    spec:
+      domain:
+        devices: {disks: [{name: containerdisk, disk: {bus: virtio}}]}
+        resources: {requests: {memory: 64M}}
+      volumes: [{name: other, containerDisk: {image: registry:5000/kubevirt/cirros-container-disk-demo:devel}}]
+"#;
+
+#[test]
+fn install_and_run_a_vm_on_real_kubernetes() {
+    let cluster = match KubeCluster::start() {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("KUBEVIRT_RS_REQUIRE_K8S").is_none() => {
+            eprintln!("skipping: {e:#}");
+            return;
+        }
+        Err(e) => panic!("{e:#}"),
+    };
+    let dir = cluster.dir().to_path_buf();
+    let admin = Kube {
+        cluster: &cluster,
+        kubeconfig: cluster.admin_kubeconfig().to_path_buf(),
+    };
+    let mut parts = Components::default();
+
+    // Install: applied, then applied again without changing anything.
+    let out = install(admin.kubeconfig.as_path(), &["install", "--apply"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rv = |kind: &str, name: &str| {
+        admin.jsonpath(
+            &["-n", NS, "get", kind, name],
+            "{.metadata.resourceVersion}",
+        )
+    };
+    let before = (
+        rv("deployment", "virt-controller"),
+        rv("clusterrole", "kubevirt.io:edit"),
+    );
+    let out = install(admin.kubeconfig.as_path(), &["install", "--apply"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        before,
+        (
+            rv("deployment", "virt-controller"),
+            rv("clusterrole", "kubevirt.io:edit")
+        ),
+        "a second install changes nothing"
+    );
+    // kube's RBAC controller aggregated KubeVirt's roles into `edit`.
+    let deadline = Instant::now() + TIMEOUT;
+    while !admin
+        .ok(&["get", "clusterrole", "edit", "-o", "json"])
+        .contains("virtualmachines")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "edit does not aggregate kubevirt.io:edit"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // virt-api, reached through its Service (Endpoints: this host's address).
+    let ip = host_ip();
+    let port = free_port(&ip);
+    admin.ok(&[
+        "-n",
+        NS,
+        "patch",
+        "service",
+        "virt-api",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/selector"}]"#,
+    ]);
+    let endpoints = format!(
+        "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: virt-api, namespace: {NS}}}\nsubsets:\n- addresses: [{{ip: {ip}}}]\n  ports: [{{name: https, port: {port}, protocol: TCP}}]\n"
+    );
+    let out = admin.apply(&endpoints);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let api_kc = admin.service_account_kubeconfig("kubevirt-apiserver", &dir);
+    let listen = format!("{ip}:{port}");
+    parts.spawn(
+        &dir,
+        "virt-api",
+        &["virt-api", "--listen", &listen],
+        &api_kc,
+    );
+    // virt-api's CA reaches every webhook of both configurations.
+    for cfg in [
+        "mutatingwebhookconfiguration/virt-api-mutator",
+        "validatingwebhookconfiguration/virt-api-validator",
+    ] {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let bundles = admin.jsonpath(&["get", cfg], "{.webhooks[*].clientConfig.caBundle}");
+            let n = admin
+                .jsonpath(&["get", cfg], "{.webhooks[*].name}")
+                .split_whitespace()
+                .count();
+            if n > 0 && bundles.split_whitespace().count() == n {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{cfg} has no caBundle\n{}",
+                parts.tails(&dir)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    // The real apiserver asks virt-api: an invalid VM is refused with its field path
+    // (kubectl prints the Status's causes, as it does for upstream's virt-api) ...
+    let out = admin.apply(INVALID_VM);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("The request is invalid: spec.template.spec.domain.devices.disks[0].name"),
+        "{err}\n{}",
+        parts.tails(&dir)
+    );
+    // ... and the Status itself names the webhook, as kube-apiserver words a denial.
+    let status = denial_status(cluster.admin_kubeconfig(), INVALID_VM);
+    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+    assert!(
+        status.message.starts_with(
+            r#"admission webhook "virtualmachine-validator.kubevirt.io" denied the request: "#
+        ),
+        "{}",
+        status.message
+    );
+    let causes = status.details.map(|d| d.causes).unwrap_or_default();
+    assert!(
+        causes
+            .iter()
+            .any(|c| c.field == "spec.template.spec.domain.devices.disks[0].name"),
+        "{causes:?}"
+    );
+    assert!(admin
+        .kubectl(&["get", "vm", "broken"], None)
+        .stderr
+        .starts_with(b"Error from server (NotFound)"));
+
+    // A new CA (its Secret deleted, as an administrator would to rotate it now): virt-api
+    // issues it, the webhooks' caBundle follows, and admission keeps working.
+    let bundle = admin.jsonpath(
+        &[
+            "get",
+            "validatingwebhookconfiguration",
+            "virt-api-validator",
+        ],
+        "{.webhooks[0].clientConfig.caBundle}",
+    );
+    admin.ok(&["-n", NS, "delete", "secret", "kubevirt-ca"]);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let now = admin.jsonpath(
+            &[
+                "get",
+                "validatingwebhookconfiguration",
+                "virt-api-validator",
+            ],
+            "{.webhooks[0].clientConfig.caBundle}",
+        );
+        if now != bundle
+            && !now.is_empty()
+            && denial_status(cluster.admin_kubeconfig(), INVALID_VM).code == 422
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new CA\n{}",
+            parts.tails(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // RBAC by the real apiserver: a `view` user may read VMs, not create them.
+    admin.ok(&["create", "namespace", "team-a"]);
+    admin.ok(&[
+        "-n",
+        "team-a",
+        "create",
+        "rolebinding",
+        "viewer",
+        "--clusterrole=view",
+        "--user=vera",
+    ]);
+    let vera = Kube {
+        cluster: &cluster,
+        kubeconfig: cluster.user_kubeconfig("vera", &[]).unwrap(),
+    };
+    assert!(vera
+        .kubectl(&["-n", "team-a", "get", "vms"], None)
+        .status
+        .success());
+    let out = vera.kubectl(
+        &["-n", "team-a", "apply", "-f", "-"],
+        Some(&vm_yaml("denied", "Halted")),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Forbidden") || err.contains("forbidden"),
+        "{err}"
+    );
+
+    // The controllers (two replicas, one leader) and the node agent.
+    let ctl_kc = admin.service_account_kubeconfig("kubevirt-controller", &dir);
+    let handler_kc = admin.service_account_kubeconfig("kubevirt-handler", &dir);
+    for id in ["ctl-a", "ctl-b"] {
+        parts.spawn(
+            &dir,
+            id,
+            &["virt-controller", "--use-emulation", "--identity", id],
+            &ctl_kc,
+        );
+        // The first one started leads (the second waits on the Lease).
+        if id == "ctl-a" {
+            admin.wait_for(
+                &["-n", NS, "get", "lease", "virt-controller"],
+                "{.spec.holderIdentity}",
+                "ctl-a",
+                &parts,
+            );
+        }
+    }
+    let registry = kubevirt_testenv::Registry::start().unwrap();
+    registry
+        .push_guest_containerdisk(kubevirt_testenv::UPSTREAM_DEMO_IMAGE)
+        .unwrap();
+    let mirror = format!("registry:5000=http://{}", registry.host());
+    let run_root = dir.join("run");
+    let data = dir.join("node-data");
+    let handler_args = [
+        "virt-handler",
+        "--node-name",
+        "node-1",
+        "--run-root",
+        run_root.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--registry-mirror",
+        &mirror,
+    ];
+    parts.spawn(&dir, "virt-handler", &handler_args, &handler_kc);
+    admin.wait_for(
+        &["get", "node", "node-1"],
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        &parts,
+    );
+
+    // A VM as a user of `edit` writes it: scheduled by kube-scheduler, run on node-1.
+    admin.ok(&[
+        "-n",
+        "team-a",
+        "create",
+        "rolebinding",
+        "editor",
+        "--clusterrole=edit",
+        "--user=eddie",
+    ]);
+    let eddie = Kube {
+        cluster: &cluster,
+        kubeconfig: cluster.user_kubeconfig("eddie", &[]).unwrap(),
+    };
+    let out = eddie.kubectl(
+        &["-n", "team-a", "apply", "-f", "-"],
+        Some(&vm_yaml("cirros", "Always")),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    admin.wait_for(
+        &["-n", "team-a", "get", "vmi", "cirros"],
+        "{.status.phase}",
+        "Running",
+        &parts,
+    );
+    let pod = admin.jsonpath(
+        &[
+            "-n",
+            "team-a",
+            "get",
+            "pods",
+            "-l",
+            "vm.kubevirt.io/name=cirros",
+        ],
+        "{.items[0].metadata.name}",
+    );
+    assert_eq!(
+        admin.jsonpath(&["-n", "team-a", "get", "pod", &pod], "{.spec.nodeName}"),
+        "node-1"
+    );
+    let scheduled = admin.ok(&[
+        "-n",
+        "team-a",
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={pod},reason=Scheduled"),
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        scheduled.contains("Successfully assigned"),
+        "kube-scheduler bound the pod: {scheduled}"
+    );
+    // The guest booted: its agent connected.
+    admin.wait_for(
+        &["-n", "team-a", "get", "vmi", "cirros"],
+        "{.status.conditions[?(@.type==\"AgentConnected\")].status}",
+        "True",
+        &parts,
+    );
+    // The defaults came from virt-api's mutating webhook (as the real apiserver stored them).
+    assert_eq!(
+        admin.jsonpath(
+            &["-n", "team-a", "get", "vm", "cirros"],
+            "{.spec.template.spec.domain.machine.type}"
+        ),
+        "q35"
+    );
+
+    // An upgrade restarts virt-handler: the VM keeps running in the same QEMU.
+    let pod_uid = admin.jsonpath(&["-n", "team-a", "get", "pod", &pod], "{.metadata.uid}");
+    let qemu = common::qemu_pids(&pod_uid);
+    assert_eq!(qemu.len(), 1, "one QEMU for pod {pod_uid}");
+    parts.kill("virt-handler");
+    parts.spawn(&dir, "virt-handler", &handler_args, &handler_kc);
+    std::thread::sleep(Duration::from_secs(3));
+    admin.wait_for(
+        &["-n", "team-a", "get", "vmi", "cirros"],
+        "{.status.phase}",
+        "Running",
+        &parts,
+    );
+    assert_eq!(
+        common::qemu_pids(&pod_uid),
+        qemu,
+        "the guest was adopted, not restarted"
+    );
+
+    // Leader failover: the leader dies; the standby takes the Lease and acts.
+    parts.kill("ctl-a");
+    admin.wait_for(
+        &["-n", NS, "get", "lease", "virt-controller"],
+        "{.spec.holderIdentity}",
+        "ctl-b",
+        &parts,
+    );
+    admin.ok(&[
+        "-n",
+        "team-a",
+        "patch",
+        "vm",
+        "cirros",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"runStrategy":"Halted"}}"#,
+    ]);
+    admin.wait_for(
+        &["-n", "team-a", "get", "vm", "cirros"],
+        "{.status.printableStatus}",
+        "Stopped",
+        &parts,
+    );
+
+    // Uninstall refuses while a VMI exists; once the VM is gone it removes everything.
+    admin.ok(&[
+        "-n",
+        "team-a",
+        "patch",
+        "vm",
+        "cirros",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"runStrategy":"Always"}}"#,
+    ]);
+    admin.wait_for(
+        &["-n", "team-a", "get", "vmi", "cirros"],
+        "{.status.phase}",
+        "Running",
+        &parts,
+    );
+    let out = install(admin.kubeconfig.as_path(), &["uninstall", "--apply"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("team-a/cirros"),
+        "{out:?}"
+    );
+    admin.ok(&[
+        "-n",
+        "team-a",
+        "delete",
+        "vm",
+        "cirros",
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    let deadline = Instant::now() + TIMEOUT;
+    while !admin
+        .ok(&["get", "vmi", "-A", "-o", "name"])
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "VMIs remain\n{}",
+            parts.tails(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = install(admin.kubeconfig.as_path(), &["uninstall", "--apply"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crds = admin.ok(&["get", "crd", "-o", "name"]);
+    assert!(!crds.contains("kubevirt.io"), "{crds}");
+    assert!(admin
+        .kubectl(
+            &[
+                "get",
+                "validatingwebhookconfiguration",
+                "virt-api-validator"
+            ],
+            None
+        )
+        .stderr
+        .starts_with(b"Error from server (NotFound)"));
+}
+
+/// The Status the API server answers a create of `yaml` with (which must fail).
+fn denial_status(kubeconfig: &Path, yaml: &str) -> kube::core::Status {
+    let obj: kube::api::DynamicObject = serde_yaml::from_str(yaml).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        let client = kube::Client::try_from(config).unwrap();
+        let ar = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine"),
+            "virtualmachines",
+        );
+        let api: kube::Api<kube::api::DynamicObject> =
+            kube::Api::namespaced_with(client, "default", &ar);
+        match api.create(&Default::default(), &obj).await {
+            Err(kube::Error::Api(status)) => *status,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    })
+}
+
+/// A VM booting upstream's demo containerDisk (served by the local registry).
+fn vm_yaml(name: &str, run_strategy: &str) -> String {
+    format!(
+        r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata: {{name: {name}}}
+spec:
+  runStrategy: {run_strategy}
+  template:
+    metadata: {{labels: {{kubevirt.io/vm: {name}}}}}
+    spec:
+      domain:
+        devices: {{disks: [{{name: containerdisk, disk: {{bus: virtio}}}}]}}
+        resources: {{requests: {{memory: 128Mi}}}}
+      volumes: [{{name: containerdisk, containerDisk: {{image: "registry:5000/{image}"}}}}]
+"#,
+        image = kubevirt_testenv::UPSTREAM_DEMO_IMAGE
+    )
+}
