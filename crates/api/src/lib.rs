@@ -30,6 +30,7 @@ pub mod migration;
 pub mod quantity;
 pub mod snapshot;
 pub mod statechange;
+pub mod subresources;
 pub mod support;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

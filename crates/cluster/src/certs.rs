@@ -24,11 +24,17 @@ use rustls::sign::CertifiedKey;
 
 pub const CA_SECRET: &str = "kubevirt-ca";
 pub const CERT_SECRET: &str = "kubevirt-virt-api-certs";
+/// virt-handler's serving certificate and the bundle it checks virt-api's client
+/// certificate against (virt-handler reads only this Secret, never the CA's key).
+pub const HANDLER_CERT_SECRET: &str = "kubevirt-virt-handler-certs";
+/// The name virt-handler's certificate is issued for; virt-api connects with it as the
+/// TLS server name whatever the node's address.
+pub const HANDLER_SERVER_NAME: &str = "virt-handler";
 const TLS_CRT: &str = "tls.crt";
 const TLS_KEY: &str = "tls.key";
 /// In the CA Secret: every CA certificate clients should trust (PEM, newest first).
 const CA_BUNDLE: &str = "ca-bundle";
-/// In the certificate Secret: the CA certificate that signed it.
+/// In a certificate Secret: the CA certificate that signed it.
 const SIGNED_BY: &str = "ca.crt";
 
 /// How long certificates live (upstream KubeVirt's defaults: CA 168 h, certificates 24 h).
@@ -134,10 +140,11 @@ fn new_ca(life: Duration) -> Result<(String, String), rcgen::Error> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-fn new_serving_cert(
+fn new_leaf_cert(
     ca_pem: &str,
     ca_key_pem: &str,
     dns_names: &[String],
+    usages: &[ExtendedKeyUsagePurpose],
     life: Duration,
 ) -> Result<(String, String), rcgen::Error> {
     let issuer = Issuer::from_ca_cert_pem(ca_pem, KeyPair::from_pem(ca_key_pem)?)?;
@@ -153,7 +160,7 @@ fn new_serving_cert(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.extended_key_usages = usages.to_vec();
     let cert = p.signed_by(&key, &issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -273,32 +280,43 @@ pub async fn reconcile(
         };
         let bundle = data(&ca_secret, CA_BUNDLE).unwrap_or_else(|| ca_cert.clone());
 
-        let cert_secret = get(CERT_SECRET).await?;
-        let cert = cert_secret.as_ref().and_then(|s| data(s, TLS_CRT));
-        let signed_by = cert_secret.as_ref().and_then(|s| data(s, SIGNED_BY));
-        let names_match = cert.as_deref().is_some_and(|c| covers_names(c, dns_names));
-        if needs_renewal(cert.as_deref(), now)
-            || signed_by.as_deref() != Some(ca_cert.as_str())
-            || !names_match
+        let issuing = Issuing {
+            ca_cert: &ca_cert,
+            ca_key: &ca_key,
+            bundle: &bundle,
+            life: life.cert,
+            now,
+        };
+        // virt-api's certificate serves its webhooks and API, and is its client
+        // certificate towards virt-handler.
+        let Some((cert_pem, key_pem)) = ensure_leaf(
+            &api,
+            ns,
+            CERT_SECRET,
+            dns_names,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            &issuing,
+        )
+        .await?
+        else {
+            continue;
+        };
+        if ensure_leaf(
+            &api,
+            ns,
+            HANDLER_CERT_SECRET,
+            &[HANDLER_SERVER_NAME.to_string()],
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+            &issuing,
+        )
+        .await?
+        .is_none()
         {
-            let (cert, key) = new_serving_cert(&ca_cert, &ca_key, dns_names, life.cert)?;
-            let new = secret(
-                CERT_SECRET,
-                ns,
-                &[(TLS_CRT, &cert), (TLS_KEY, &key), (SIGNED_BY, &ca_cert)],
-            );
-            write(&api, cert_secret.as_ref(), new).await?;
-            tracing::info!(ns, "issued a new serving certificate");
             continue;
         }
-        let cert_secret = cert_secret.unwrap_or_default();
-        let (Some(cert_pem), Some(key_pem)) = (cert, data(&cert_secret, TLS_KEY)) else {
-            return Err(CertError::Malformed {
-                name: CERT_SECRET.into(),
-                key: TLS_KEY,
-                why: "missing".into(),
-            });
-        };
         return Ok(Pki {
             ca_bundle: bundle,
             cert_pem,
@@ -308,6 +326,62 @@ pub async fn reconcile(
     Err(CertError::Tls(
         "the certificate Secrets kept changing under us; retrying later".into(),
     ))
+}
+
+/// What a leaf certificate is issued with.
+struct Issuing<'a> {
+    ca_cert: &'a str,
+    ca_key: &'a str,
+    bundle: &'a str,
+    life: Duration,
+    now: SystemTime,
+}
+
+/// The certificate and key in Secret `name` when they are current (signed by the current
+/// CA, for `names`, not due for renewal) and the Secret holds the current bundle; else
+/// writes a fresh Secret and returns `None` (the caller reads again).
+async fn ensure_leaf(
+    api: &Api<Secret>,
+    ns: &str,
+    name: &'static str,
+    names: &[String],
+    usages: &[ExtendedKeyUsagePurpose],
+    how: &Issuing<'_>,
+) -> Result<Option<(String, String)>, CertError> {
+    let current = api.get_opt(name).await.map_err(|source| CertError::Api {
+        name: name.into(),
+        source,
+    })?;
+    let field = |k| current.as_ref().and_then(|s| data(s, k));
+    let (cert, key) = (field(TLS_CRT), field(TLS_KEY));
+    let fresh = !needs_renewal(cert.as_deref(), how.now)
+        && field(SIGNED_BY).as_deref() == Some(how.ca_cert)
+        && cert.as_deref().is_some_and(|c| covers_names(c, names))
+        && key.is_some();
+    let (cert, key) = match (fresh, cert, key) {
+        (true, Some(cert), Some(key)) => {
+            if field(CA_BUNDLE).as_deref() == Some(how.bundle) {
+                return Ok(Some((cert, key)));
+            }
+            (cert, key)
+        }
+        _ => {
+            tracing::info!(ns, secret = name, "issuing a new certificate");
+            new_leaf_cert(how.ca_cert, how.ca_key, names, usages, how.life)?
+        }
+    };
+    let new = secret(
+        name,
+        ns,
+        &[
+            (TLS_CRT, &cert),
+            (TLS_KEY, &key),
+            (SIGNED_BY, how.ca_cert),
+            (CA_BUNDLE, how.bundle),
+        ],
+    );
+    write(api, current.as_ref(), new).await?;
+    Ok(None)
 }
 
 /// Whether the certificate's DNS names include every one of `names`.
@@ -383,16 +457,112 @@ fn certified_key(pki: &Pki) -> Result<Arc<CertifiedKey>, CertError> {
     Ok(Arc::new(CertifiedKey::new(certs, signing)))
 }
 
-/// A rustls server configuration serving `cert` (HTTP/2 and HTTP/1.1).
-pub fn server_config(cert: Arc<ServingCert>) -> Result<Arc<rustls::ServerConfig>, CertError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_err(e: impl std::fmt::Display) -> CertError {
+    CertError::Tls(e.to_string())
+}
+
+/// The certificates of a PEM bundle as a root store.
+fn root_store(bundle: &str) -> Result<Arc<rustls::RootCertStore>, CertError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut bundle.as_bytes()) {
+        roots.add(c.map_err(tls_err)?).map_err(tls_err)?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// virt-api's server configuration (HTTP/2 and HTTP/1.1) serving `cert`. With
+/// `client_roots` (the cluster's front-proxy CA), a client certificate is verified when
+/// one is offered: kube-apiserver's aggregator proxies with one.
+pub fn server_config(
+    cert: Arc<ServingCert>,
+    client_roots: Option<&str>,
+) -> Result<Arc<rustls::ServerConfig>, CertError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| CertError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(cert);
+        .map_err(tls_err)?;
+    let mut cfg = match client_roots {
+        Some(pem) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                root_store(pem)?,
+                provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(tls_err)?;
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(cert)
+        }
+        None => builder.with_no_client_auth().with_cert_resolver(cert),
+    };
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// virt-handler's server configuration: its certificate, and a client certificate
+/// signed by the bundle is required (only virt-api holds one).
+pub fn handler_server_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, CertError> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        root_store(&pki.ca_bundle)?,
+        provider(),
+    )
+    .build()
+    .map_err(tls_err)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(ServingCert::new(pki)?));
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// virt-api's client configuration towards virt-handler: trusts the bundle, presents
+/// virt-api's certificate.
+pub fn handler_client_config(pki: &Pki) -> Result<Arc<rustls::ClientConfig>, CertError> {
+    let certs = rustls_pemfile::certs(&mut pki.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(tls_err)?;
+    let key = rustls_pemfile::private_key(&mut pki.key_pem.as_bytes())
+        .map_err(tls_err)?
+        .ok_or_else(|| CertError::Tls("no private key".into()))?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .with_root_certificates(root_store(&pki.ca_bundle)?)
+        .with_client_auth_cert(certs, key)
+        .map_err(tls_err)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// virt-handler's certificate, key and the bundle, as virt-api last wrote them.
+pub async fn read_handler_pki(client: &kube::Client, ns: &str) -> Result<Option<Pki>, CertError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let Some(s) = api
+        .get_opt(HANDLER_CERT_SECRET)
+        .await
+        .map_err(|source| CertError::Api {
+            name: HANDLER_CERT_SECRET.into(),
+            source,
+        })?
+    else {
+        return Ok(None);
+    };
+    Ok(
+        match (data(&s, TLS_CRT), data(&s, TLS_KEY), data(&s, CA_BUNDLE)) {
+            (Some(cert_pem), Some(key_pem), Some(ca_bundle)) => Some(Pki {
+                ca_bundle,
+                cert_pem,
+                key_pem,
+            }),
+            _ => None,
+        },
+    )
 }
 
 /// The `caBundle` value of a webhook or APIService: the bundle, base64.
@@ -416,7 +586,14 @@ mod tests {
         assert!(needs_renewal(Some("not a certificate"), from));
 
         let names = vec!["virt-api.kubevirt.svc".to_string()];
-        let (cert, _) = new_serving_cert(&ca, &key, &names, Duration::from_secs(100)).unwrap();
+        let (cert, _) = new_leaf_cert(
+            &ca,
+            &key,
+            &names,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+            Duration::from_secs(100),
+        )
+        .unwrap();
         assert!(covers_names(&cert, &names));
         assert!(!covers_names(&cert, &["other.svc".to_string()]));
         assert_eq!(pem_certs(&format!("{ca}{cert}")).len(), 2);

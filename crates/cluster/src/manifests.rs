@@ -25,6 +25,9 @@ pub const VIRT_HANDLER: &str = "virt-handler";
 pub const API_SERVICE_ACCOUNT: &str = "kubevirt-apiserver";
 pub const CONTROLLER_SERVICE_ACCOUNT: &str = "kubevirt-controller";
 pub const HANDLER_SERVICE_ACCOUNT: &str = "kubevirt-handler";
+/// The APIService through which kube-apiserver's aggregator serves
+/// `subresources.kubevirt.io` from virt-api.
+pub const API_SERVICE: &str = "v1.subresources.kubevirt.io";
 /// The port virt-api listens on inside its pod; its Service maps 443 to it.
 pub const VIRT_API_PORT: u16 = 8443;
 
@@ -128,6 +131,19 @@ pub fn install(o: &InstallOptions) -> Vec<Value> {
     }));
     out.push(webhook_configuration(ns, Role::Mutate));
     out.push(webhook_configuration(ns, Role::Validate));
+    // Without `caBundle`: virt-api sets it (and keeps it current).
+    out.push(json!({
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": meta(API_SERVICE, None, Some(VIRT_API)),
+        "spec": {
+            "group": kubevirt_api::subresources::GROUP,
+            "version": kubevirt_api::subresources::VERSION,
+            "groupPriorityMinimum": 1000,
+            "versionPriority": 15,
+            "service": {"namespace": ns, "name": VIRT_API, "port": 443},
+        },
+    }));
     out.extend(workloads(o));
     out
 }
@@ -164,6 +180,8 @@ fn rbac(ns: &str) -> Vec<Value> {
     let kv_status: Vec<&str> = kv_status.iter().map(String::as_str).collect();
     let controller = vec![
         rule(&[""], &["pods"], WRITE),
+        // The launcher pod's readiness gate: False while the VMI is paused.
+        rule(&[""], &["pods/status"], &["patch", "update"]),
         rule(&[""], &["events"], &["create", "patch", "update"]),
         rule(&[""], &["nodes"], READ),
         rule(&[""], &["persistentvolumeclaims"], WRITE),
@@ -253,7 +271,29 @@ fn rbac(ns: &str) -> Vec<Value> {
             &["get", "list", "watch", "update", "patch"],
         ),
         rule(&["kubevirt.io"], &kv_kinds, READ),
+        // The VM-level subresources: start/stop/restart change the VM (and a stop's grace
+        // period annotates its VMI), migrate creates a migration, volumes edit the VM.
+        rule(
+            &["kubevirt.io"],
+            &["virtualmachines", "virtualmachineinstances"],
+            &["patch", "update"],
+        ),
+        rule(
+            &["kubevirt.io"],
+            &["virtualmachineinstancemigrations"],
+            &["create"],
+        ),
+        rule(&[""], &["persistentvolumeclaims"], READ),
+        rule(&["cdi.kubevirt.io"], &["datavolumes"], READ),
         rule(&["migrations.kubevirt.io"], &["migrationpolicies"], READ),
+        // The subresources API: who may do what is asked of the cluster; where a VMI runs
+        // is read from its node.
+        rule(
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+            &["create"],
+        ),
+        rule(&[""], &["nodes"], READ),
     ];
     let mut out = Vec::new();
     for (sa, rules) in [
@@ -304,6 +344,31 @@ fn rbac(ns: &str) -> Vec<Value> {
         }));
         out.push(binding("RoleBinding", sa, Some(ns), "Role", sa, ns));
     }
+    // The cluster's front-proxy settings, as every aggregated API server reads them.
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta("kubevirt-apiserver-auth-reader", Some("kube-system"), None),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                    "name": "extension-apiserver-authentication-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": API_SERVICE_ACCOUNT, "namespace": ns}],
+    }));
+    // virt-handler reads its certificate (issued by virt-api) in the install's namespace.
+    out.push(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": meta(HANDLER_SERVICE_ACCOUNT, Some(ns), None),
+        "rules": [{"apiGroups": [""], "resources": ["secrets"],
+                   "resourceNames": [crate::certs::HANDLER_CERT_SECRET], "verbs": ["get"]}],
+    }));
+    out.push(binding(
+        "RoleBinding",
+        HANDLER_SERVICE_ACCOUNT,
+        Some(ns),
+        "Role",
+        HANDLER_SERVICE_ACCOUNT,
+        ns,
+    ));
     out
 }
 
@@ -450,7 +515,9 @@ fn workloads(o: &InstallOptions) -> Vec<Value> {
                         "image": o.image,
                         "imagePullPolicy": o.image_pull_policy,
                         "command": ["kubevirt-rs", "virt-handler", "--node-name", "$(NODE_NAME)",
-                                    "--run-root", o.run_root],
+                                    "--namespace", ns, "--run-root", o.run_root],
+                        "ports": [{"name": "subresources", "containerPort": crate::node_api::DEFAULT_PORT,
+                                   "hostPort": crate::node_api::DEFAULT_PORT, "protocol": "TCP"}],
                         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
                         "resources": {"requests": {"cpu": "10m", "memory": "48Mi"}},
                         // The node agent manages the VMs' launchers, their network

@@ -3,7 +3,7 @@
 //! PKI fresh and the webhook configurations' `caBundle` in step with it.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::routing::get;
@@ -19,6 +19,7 @@ use kubevirt_apiserver::Admission;
 
 use crate::certs::{self, Lifetimes, Pki, ServingCert};
 use crate::manifests::VIRT_API;
+use crate::subresources::{ProxyState, RequestHeaderAuth};
 use crate::webhooks::{MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION};
 
 /// How often the PKI and the `caBundle`s are checked.
@@ -29,6 +30,10 @@ pub struct VirtApiConfig {
     pub listen: SocketAddr,
     pub admission: Arc<dyn Admission>,
     pub lifetimes: Lifetimes,
+    /// The port virt-handlers serve the node-level subresources on.
+    pub handler_port: u16,
+    /// The VM-level subresources (served here, after authorization).
+    pub vm_subresources: Router,
 }
 
 /// The DNS names kube-apiserver may use for virt-api's Service.
@@ -57,11 +62,29 @@ pub async fn run(
         }
     };
     let serving = Arc::new(ServingCert::new(&pki)?);
-    let tls = certs::server_config(serving.clone())?;
+    let front_proxy = match RequestHeaderAuth::from_cluster(&client).await {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            tracing::warn!("the cluster has no front-proxy settings: the subresources API will refuse every request");
+            RequestHeaderAuth::default()
+        }
+        Err(e) => anyhow::bail!("reading kube-system/extension-apiserver-authentication: {e}"),
+    };
+    let client_roots =
+        (!front_proxy.client_ca.is_empty()).then_some(front_proxy.client_ca.as_str());
+    let tls = certs::server_config(serving.clone(), client_roots)?;
+    let handler_tls = Arc::new(RwLock::new(certs::handler_client_config(&pki)?));
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
-    tracing::info!(listen = %cfg.listen, "virt-api is serving its webhooks");
+    tracing::info!(listen = %cfg.listen, "virt-api is serving its webhooks and subresources");
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::subresources::router(ProxyState {
+            client: client.clone(),
+            auth: Arc::new(front_proxy),
+            handler_tls: handler_tls.clone(),
+            handler_port: cfg.handler_port,
+            vm_subresources: cfg.vm_subresources.clone(),
+        }))
         .merge(crate::admission::router(crate::admission::Webhooks::new(
             cfg.admission.clone(),
         )));
@@ -85,11 +108,16 @@ pub async fn run(
                 // Clients learn the new bundle first; the new certificate follows at once
                 // (the bundle keeps the previous CA, so either certificate verifies).
                 sync_ca_bundles(&client, &cfg.namespace, &p).await;
-                if let Err(error) = serving.update(&p) {
-                    tracing::warn!(%error, "could not load the renewed certificate");
-                } else {
-                    tracing::info!("serving the renewed certificate");
-                    current = p;
+                let loaded = serving
+                    .update(&p)
+                    .and_then(|()| certs::handler_client_config(&p));
+                match loaded {
+                    Ok(client_tls) => {
+                        *handler_tls.write().unwrap_or_else(|e| e.into_inner()) = client_tls;
+                        tracing::info!("serving the renewed certificate");
+                        current = p;
+                    }
+                    Err(error) => tracing::warn!(%error, "could not load the renewed certificate"),
                 }
             }
             Ok(_) => sync_ca_bundles(&client, &cfg.namespace, &current).await,
@@ -100,7 +128,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Sets `caBundle` on every webhook of ours that lacks the current bundle.
+/// Sets `caBundle` on every webhook of ours and on our APIService where it is not the
+/// current bundle.
 async fn sync_ca_bundles(client: &Client, ns: &str, pki: &Pki) {
     let bundle = ByteString(pki.ca_bundle.clone().into_bytes());
     let ours = |c: &WebhookClientConfig| {
@@ -151,6 +180,26 @@ async fn sync_ca_bundles(client: &Client, ns: &str, pki: &Pki) {
                 VALIDATING_CONFIGURATION,
                 validating
                     .replace(VALIDATING_CONFIGURATION, &PostParams::default(), &v)
+                    .await,
+            );
+        }
+    }
+    let gvk = kube::core::GroupVersionKind::gvk("apiregistration.k8s.io", "v1", "APIService");
+    let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, "apiservices");
+    let services: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
+    let name = crate::manifests::API_SERVICE;
+    if let Ok(Some(s)) = services.get_opt(name).await {
+        let want = certs::ca_bundle_field(pki);
+        if s.data["spec"]["caBundle"].as_str() != Some(want.as_str()) {
+            let patch = serde_json::json!({"spec": {"caBundle": want}});
+            report(
+                name,
+                services
+                    .patch(
+                        name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&patch),
+                    )
                     .await,
             );
         }

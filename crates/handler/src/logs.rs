@@ -87,11 +87,12 @@ async fn pod_log(
         )));
     }
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let launcher = state.launchers().get(&uid);
+    let launchers = state.launchers()?;
+    let launcher = launchers.get(&uid);
     let run_dir = launcher
         .as_ref()
         .map(|l| l.run_dir.clone())
-        .unwrap_or_else(|| RunDir::for_uid(&state.launchers().config.run_root, &uid));
+        .unwrap_or_else(|| RunDir::for_uid(&launchers.config.run_root, &uid));
     let path = run_dir.launcher_log();
     let Ok(mut file) = tokio::fs::File::open(&path).await else {
         return Err(bad_request(format!(

@@ -36,14 +36,25 @@ const PREFIX: &str = "/apis/subresources.kubevirt.io/v1";
 /// Shared state; the kube client is set once the API server is up.
 pub struct SubresourceState {
     client: OnceLock<Client>,
-    launchers: Arc<Launchers>,
+    /// This node's launchers; `None` where no VM runs (virt-api on a cluster serves the
+    /// VM-level subresources, which only write API objects).
+    launchers: Option<Arc<Launchers>>,
 }
 
 impl SubresourceState {
     pub fn new(launchers: Arc<Launchers>) -> Arc<Self> {
         Arc::new(SubresourceState {
             client: OnceLock::new(),
-            launchers,
+            launchers: Some(launchers),
+        })
+    }
+
+    /// State for serving only the VM-level subresources (start, stop, restart, migrate,
+    /// add/removevolume), away from any node.
+    pub fn without_node() -> Arc<Self> {
+        Arc::new(SubresourceState {
+            client: OnceLock::new(),
+            launchers: None,
         })
     }
 
@@ -52,8 +63,14 @@ impl SubresourceState {
         let _ = self.client.set(client);
     }
 
-    pub fn launchers(&self) -> &Launchers {
-        &self.launchers
+    pub fn launchers(&self) -> Result<&Launchers, ApiError> {
+        self.launchers.as_deref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "this endpoint runs no VMs: ask the node's virt-handler",
+            )
+        })
     }
 
     pub(crate) fn client(&self) -> Result<Client, ApiError> {
@@ -133,6 +150,17 @@ impl IntoResponse for ApiError {
 
 type AppState = Arc<SubresourceState>;
 
+/// The VM-level subresources alone (`.../virtualmachines/{name}/{action}`): they write API
+/// objects and need no node.
+pub fn vm_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            &format!("{PREFIX}/namespaces/{{ns}}/virtualmachines/{{name}}/{{action}}"),
+            put(vm_action),
+        )
+        .with_state(state)
+}
+
 /// The router for `/apis/subresources.kubevirt.io/v1/...`.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -151,29 +179,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn resource_list() -> Json<Value> {
-    let r = |name: &str, verbs: &[&str]| json!({"name": name, "namespaced": true, "kind": "", "verbs": verbs});
-    Json(json!({
-        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "subresources.kubevirt.io/v1",
-        "resources": [
-            r("virtualmachines/start", &["update"]), r("virtualmachines/stop", &["update"]),
-            r("virtualmachines/restart", &["update"]), r("virtualmachines/migrate", &["update"]),
-            r("virtualmachineinstances/pause", &["update"]), r("virtualmachineinstances/unpause", &["update"]),
-            r("virtualmachineinstances/softreboot", &["update"]), r("virtualmachineinstances/reset", &["update"]),
-            r("virtualmachineinstances/console", &["get"]), r("virtualmachineinstances/vnc", &["get"]),
-            r("virtualmachineinstances/guestosinfo", &["get"]),
-            r("virtualmachineinstances/freeze", &["update"]), r("virtualmachineinstances/unfreeze", &["update"]),
-            r("virtualmachineinstances/addvolume", &["update"]), r("virtualmachineinstances/removevolume", &["update"]),
-            r("virtualmachines/addvolume", &["update"]), r("virtualmachines/removevolume", &["update"]),
-        ]
-    }))
+    Json(kubevirt_api::subresources::resource_list())
 }
 
 async fn version() -> Json<Value> {
-    Json(json!({
-        "gitVersion": concat!("v", env!("CARGO_PKG_VERSION"), "-kubevirt-rs"),
-        "gitCommit": "", "gitTreeState": "clean", "buildDate": "",
-        "goVersion": "", "compiler": "rustc", "platform": "linux/amd64",
-    }))
+    Json(kubevirt_api::subresources::version())
 }
 
 /// The typed actions the VM subresources accept.
@@ -381,7 +391,7 @@ async fn running_vmi(
         ));
     }
     let launcher = state
-        .launchers
+        .launchers()?
         .guest(&vmi)
         .filter(|l| !l.exited())
         .ok_or_else(|| ApiError::conflict("virtualmachineinstance", name, "VMI is not running"))?;

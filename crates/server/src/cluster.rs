@@ -111,6 +111,9 @@ pub struct VirtApiArgs {
     /// without one, as upstream's HostDisk feature gate is off by default.
     #[arg(long = "host-disk-dir")]
     host_disk_dirs: Vec<PathBuf>,
+    /// The port virt-handlers serve the node-level subresources on (console, VNC, ...).
+    #[arg(long, default_value_t = kubevirt_cluster::node_api::DEFAULT_PORT)]
+    handler_port: u16,
 }
 
 pub async fn virt_api(args: VirtApiArgs) -> anyhow::Result<()> {
@@ -120,6 +123,8 @@ pub async fn virt_api(args: VirtApiArgs) -> anyhow::Result<()> {
             dirs: args.host_disk_dirs,
         },
     });
+    let vm_subresources = kubevirt_handler::subresources::SubresourceState::without_node();
+    vm_subresources.set_client(client.clone());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let serve = tokio::spawn(kubevirt_cluster::virt_api::run(
         client,
@@ -128,6 +133,8 @@ pub async fn virt_api(args: VirtApiArgs) -> anyhow::Result<()> {
             listen: args.listen,
             admission,
             lifetimes: Default::default(),
+            handler_port: args.handler_port,
+            vm_subresources: kubevirt_handler::subresources::vm_router(vm_subresources),
         },
         stop,
     ));
@@ -199,6 +206,12 @@ pub struct VirtHandlerArgs {
     /// The node's persistent state (VMs' data, containerDisk cache).
     #[arg(long, default_value = "/var/lib/kubevirt-rs")]
     data_dir: PathBuf,
+    /// The namespace of the install (where virt-api keeps this node's certificate).
+    #[arg(long, default_value = "kubevirt")]
+    namespace: String,
+    /// Address of the node's subresources endpoint (console, VNC, ...), reached by virt-api.
+    #[arg(long, default_value = "0.0.0.0:8186")]
+    listen: SocketAddr,
 }
 
 /// `virt-handler`: the node agent against a real kube-apiserver. It registers its node and
@@ -211,9 +224,19 @@ pub async fn virt_handler(args: VirtHandlerArgs) -> anyhow::Result<()> {
     tracing::info!(accel = accel.kind.as_str(), reason = %accel.reason, "guests will use");
     let agent = components::NodeAgent::new(&args.node, &args.data_dir)?;
     let node = agent.node.clone();
+    let sub = kubevirt_handler::subresources::SubresourceState::new(agent.launchers.clone());
+    sub.set_client(client.clone());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     agent.start(&mut tasks, &client, kvm, &stop).await?;
+    tasks.spawn(kubevirt_cluster::node_api::serve(
+        client.clone(),
+        args.namespace,
+        args.listen,
+        kubevirt_handler::subresources::router(sub.clone())
+            .merge(kubevirt_handler::logs::router(sub)),
+        stop.clone(),
+    ));
     println!("virt-handler is running on node {node}");
     components::wait_for_signal().await;
     let _ = stop_tx.send(true);

@@ -179,23 +179,10 @@ async fn client_from(path: &std::path::Path) -> anyhow::Result<Client> {
 }
 
 fn subresource_api() -> kubevirt_apiserver::ExtraApi {
-    let r = |name: &str, verbs: &[&str]| json!({"name": name, "singularName": "", "namespaced": true, "kind": "", "verbs": verbs});
     kubevirt_apiserver::ExtraApi {
-        group: "subresources.kubevirt.io".into(),
-        version: "v1".into(),
-        resources: vec![
-            r("virtualmachines/start", &["update"]),
-            r("virtualmachines/stop", &["update"]),
-            r("virtualmachines/restart", &["update"]),
-            r("virtualmachines/migrate", &["update"]),
-            r("virtualmachineinstances/pause", &["update"]),
-            r("virtualmachineinstances/unpause", &["update"]),
-            r("virtualmachineinstances/softreboot", &["update"]),
-            r("virtualmachineinstances/reset", &["update"]),
-            r("virtualmachineinstances/console", &["get"]),
-            r("virtualmachineinstances/vnc", &["get"]),
-            r("virtualmachineinstances/guestosinfo", &["get"]),
-        ],
+        group: kubevirt_api::subresources::GROUP.into(),
+        version: kubevirt_api::subresources::VERSION.into(),
+        resources: kubevirt_api::subresources::api_resources(),
     }
 }
 

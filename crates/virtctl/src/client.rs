@@ -225,7 +225,62 @@ impl Session {
         if roots.is_empty() {
             bail!("the kubeconfig has no certificate-authority-data for the API server");
         }
-        let config = builder.with_root_certificates(roots).with_no_client_auth();
+        let builder = builder.with_root_certificates(roots);
+        // A kubeconfig user with a client certificate presents it here too, as the API
+        // client does (kube-apiserver would otherwise see an anonymous websocket).
+        let config = match self.client_identity()? {
+            Some((certs, key)) => builder
+                .with_client_auth_cert(certs, key)
+                .context("the kubeconfig's client certificate")?,
+            None => builder.with_no_client_auth(),
+        };
         Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
+
+    /// The kubeconfig user's client certificate and key (inline data or files), if any.
+    fn client_identity(
+        &self,
+    ) -> Result<
+        Option<(
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        )>,
+    > {
+        use base64::Engine;
+        let info = &self.config.auth_info;
+        let load =
+            |data: Option<String>, file: &Option<String>, what: &str| -> Result<Option<Vec<u8>>> {
+                if let Some(d) = data {
+                    return base64::engine::general_purpose::STANDARD
+                        .decode(d.trim())
+                        .map(Some)
+                        .with_context(|| format!("the kubeconfig's {what} data is not base64"));
+                }
+                file.as_ref()
+                    .map(|f| std::fs::read(f).with_context(|| format!("reading {what} {f}")))
+                    .transpose()
+            };
+        let cert = load(
+            info.client_certificate_data.clone(),
+            &info.client_certificate,
+            "client-certificate",
+        )?;
+        let key = load(
+            info.client_key_data
+                .as_ref()
+                .map(|k| k.expose_secret().to_string()),
+            &info.client_key,
+            "client-key",
+        )?;
+        let (Some(cert), Some(key)) = (cert, key) else {
+            return Ok(None);
+        };
+        let certs = rustls_pemfile::certs(&mut cert.as_slice())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .context("the kubeconfig's client certificate")?;
+        let key = rustls_pemfile::private_key(&mut key.as_slice())
+            .context("the kubeconfig's client key")?
+            .ok_or_else(|| anyhow!("the kubeconfig's client key holds no key"))?;
+        Ok(Some((certs, key)))
     }
 }
