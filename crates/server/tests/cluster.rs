@@ -101,6 +101,8 @@ impl Kube<'_> {
 #[derive(Default)]
 struct Components {
     children: Vec<(String, Child)>,
+    /// virt-handler's run root: launchers still running under it are stopped on drop.
+    run_root: Option<PathBuf>,
 }
 
 impl Components {
@@ -140,8 +142,6 @@ impl Components {
 
 impl Drop for Components {
     fn drop(&mut self) {
-        // virt-handler leaves VMs running by design; the test's VMs are deleted before
-        // this, and the launchers of a failed run are stopped by their run root's removal.
         for (_, c) in &mut self.children {
             let _ = nix_term(c.id());
         }
@@ -149,6 +149,18 @@ impl Drop for Components {
         for (_, c) in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // virt-handler leaves VMs running by design: a run that failed before deleting its
+        // VM stops the launchers it left (SIGTERM: each tears down its QEMU and network).
+        if let Some(root) = &self.run_root {
+            let root = root.display().to_string();
+            for (pid, _) in common::pids_mentioning(&root) {
+                let _ = nix_term(pid);
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !common::pids_mentioning(&root).is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
     }
 }
@@ -460,6 +472,7 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         .unwrap();
     let mirror = format!("registry:5000=http://{}", registry.host());
     let run_root = dir.join("run");
+    parts.run_root = Some(run_root.clone());
     let data = dir.join("node-data");
     let handler_args = [
         "virt-handler",
