@@ -603,7 +603,7 @@ mod tests {
     }
 
     #[test]
-    fn no_component_may_write_rbac_or_read_every_secret() {
+    fn no_component_may_write_rbac_or_list_secrets() {
         let objs = install(&InstallOptions::new("/run/kubevirt-rs"));
         for sa in [
             API_SERVICE_ACCOUNT,
@@ -633,7 +633,11 @@ mod tests {
                     .filter_map(Value::as_str)
                     .collect();
                 if resources.contains(&"secrets") {
-                    assert_eq!(verbs, ["get"], "{sa} may only get secrets cluster-wide");
+                    assert_eq!(
+                        verbs,
+                        ["get"],
+                        "{sa} may get a named secret, not list or watch them"
+                    );
                 }
             }
         }
