@@ -1207,9 +1207,11 @@ impl Ops {
         };
         for check in &self.eviction_checks {
             if let Err(message) = check.check(&pod, &body).await {
+                // As kube-apiserver passes on a webhook's refusal: the webhook's code (429,
+                // so `kubectl drain` retries), no reason.
                 return Err(ApiError::new(
                     http::StatusCode::TOO_MANY_REQUESTS,
-                    "TooManyRequests",
+                    "",
                     message,
                 ));
             }

@@ -10,7 +10,7 @@
 
 use serde_json::{json, Value};
 
-use crate::webhooks::{Role, MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION, WEBHOOKS};
+use crate::webhooks::{self, Role, MUTATING_CONFIGURATION, VALIDATING_CONFIGURATION};
 
 /// The label every installed object carries (with the version label): how `uninstall` and
 /// users find them.
@@ -284,6 +284,13 @@ fn rbac(ns: &str) -> Vec<Value> {
             &["create"],
         ),
         rule(&[""], &["persistentvolumeclaims"], READ),
+        // The eviction webhook reads the launcher pod and marks its VMI for evacuation.
+        rule(&[""], &["pods"], &["get"]),
+        rule(
+            &["kubevirt.io"],
+            &["virtualmachineinstances/status"],
+            &["patch"],
+        ),
         rule(&["cdi.kubevirt.io"], &["datavolumes"], READ),
         rule(&["migrations.kubevirt.io"], &["migrationpolicies"], READ),
         // The subresources API: who may do what is asked of the cluster; where a VMI runs
@@ -395,14 +402,12 @@ pub fn webhook_configuration(ns: &str, role: Role) -> Value {
         Role::Mutate => ("MutatingWebhookConfiguration", MUTATING_CONFIGURATION),
         Role::Validate => ("ValidatingWebhookConfiguration", VALIDATING_CONFIGURATION),
     };
-    let hooks: Vec<Value> = WEBHOOKS
-        .iter()
-        .filter(|w| w.role == role)
+    let hooks: Vec<Value> = webhooks::of_role(role)
         .map(|w| {
-            json!({
+            let mut hook = json!({
                 "name": w.name,
                 "admissionReviewVersions": ["v1"],
-                "sideEffects": "None",
+                "sideEffects": w.side_effects,
                 "failurePolicy": "Fail",
                 "timeoutSeconds": 10,
                 "matchPolicy": "Equivalent",
@@ -414,7 +419,14 @@ pub fn webhook_configuration(ns: &str, role: Role) -> Value {
                     "resources": [w.resource],
                     "scope": "*",
                 }],
-            })
+            });
+            if w.only_launchers {
+                hook["matchConditions"] = json!([{
+                    "name": "only-launchers",
+                    "expression": "object.metadata.name.startsWith('virt-launcher-')",
+                }]);
+            }
+            hook
         })
         .collect();
     json!({

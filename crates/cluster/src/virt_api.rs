@@ -85,6 +85,7 @@ pub async fn run(
             handler_port: cfg.handler_port,
             vm_subresources: cfg.vm_subresources.clone(),
         }))
+        .merge(crate::eviction::router(client.clone()))
         .merge(crate::admission::router(crate::admission::Webhooks::new(
             cfg.admission.clone(),
         )));
@@ -138,9 +139,9 @@ async fn sync_ca_bundles(client: &Client, ns: &str, pki: &Pki) {
             .is_some_and(|s| s.name == VIRT_API && s.namespace == ns)
     };
     // Every one of ours is set (not just the first stale one): one write per configuration.
-    let fix_all = |configs: &mut [&mut WebhookClientConfig]| {
+    let fix_all = |configs: Vec<&mut WebhookClientConfig>| {
         let mut changed = false;
-        for c in configs.iter_mut() {
+        for c in configs {
             if ours(c) && c.ca_bundle.as_ref() != Some(&bundle) {
                 c.ca_bundle = Some(bundle.clone());
                 changed = true;
@@ -148,42 +149,26 @@ async fn sync_ca_bundles(client: &Client, ns: &str, pki: &Pki) {
         }
         changed
     };
-    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    if let Ok(Some(mut m)) = mutating.get_opt(MUTATING_CONFIGURATION).await {
-        let mut configs: Vec<_> = m
-            .webhooks
-            .iter_mut()
-            .flatten()
-            .map(|w| &mut w.client_config)
-            .collect();
-        let changed = fix_all(&mut configs);
-        if changed {
-            report(
-                MUTATING_CONFIGURATION,
-                mutating
-                    .replace(MUTATING_CONFIGURATION, &PostParams::default(), &m)
-                    .await,
-            );
-        }
-    }
-    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    if let Ok(Some(mut v)) = validating.get_opt(VALIDATING_CONFIGURATION).await {
-        let mut configs: Vec<_> = v
-            .webhooks
-            .iter_mut()
-            .flatten()
-            .map(|w| &mut w.client_config)
-            .collect();
-        let changed = fix_all(&mut configs);
-        if changed {
-            report(
-                VALIDATING_CONFIGURATION,
-                validating
-                    .replace(VALIDATING_CONFIGURATION, &PostParams::default(), &v)
-                    .await,
-            );
-        }
-    }
+    set_bundles::<MutatingWebhookConfiguration>(client, MUTATING_CONFIGURATION, |m| {
+        fix_all(
+            m.webhooks
+                .iter_mut()
+                .flatten()
+                .map(|w| &mut w.client_config)
+                .collect(),
+        )
+    })
+    .await;
+    set_bundles::<ValidatingWebhookConfiguration>(client, VALIDATING_CONFIGURATION, |v| {
+        fix_all(
+            v.webhooks
+                .iter_mut()
+                .flatten()
+                .map(|w| &mut w.client_config)
+                .collect(),
+        )
+    })
+    .await;
     let gvk = kube::core::GroupVersionKind::gvk("apiregistration.k8s.io", "v1", "APIService");
     let ar = kube::api::ApiResource::from_gvk_with_plural(&gvk, "apiservices");
     let services: Api<kube::api::DynamicObject> = Api::all_with(client.clone(), &ar);
@@ -201,6 +186,28 @@ async fn sync_ca_bundles(client: &Client, ns: &str, pki: &Pki) {
                         &kube::api::Patch::Merge(&patch),
                     )
                     .await,
+            );
+        }
+    }
+}
+
+/// Reads webhook configuration `name`, lets `fix` set its bundles, and writes it back if
+/// `fix` changed anything (guarded by the resourceVersion it read).
+async fn set_bundles<K>(client: &Client, name: &str, fix: impl FnOnce(&mut K) -> bool)
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::all(client.clone());
+    if let Ok(Some(mut config)) = api.get_opt(name).await {
+        if fix(&mut config) {
+            report(
+                name,
+                api.replace(name, &PostParams::default(), &config).await,
             );
         }
     }

@@ -1,6 +1,8 @@
 //! The admission webhooks virt-api registers: one table ([`WEBHOOKS`]) from which both the
-//! install manifests (the two webhook configurations) and virt-api's routes are made.
-//! Names and paths are upstream KubeVirt's, so tooling that looks for them finds them.
+//! install manifests (the two webhook configurations) and virt-api's routes are made, and
+//! the launcher-pod eviction webhook ([`LAUNCHER_EVICTION`], served by
+//! [`crate::eviction`]). Names and paths are upstream KubeVirt's, so tooling that looks for
+//! them finds them.
 
 /// What a webhook does with the object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +22,10 @@ pub struct Webhook {
     pub resource: &'static str,
     pub operations: &'static [&'static str],
     pub path: &'static str,
+    /// `None`, or `NoneOnDryRun` for a webhook that writes (unless the request is a dry run).
+    pub side_effects: &'static str,
+    /// Asked only about objects named `virt-launcher-*` (a match condition, as upstream).
+    pub only_launchers: bool,
 }
 
 /// The MutatingWebhookConfiguration's name.
@@ -46,6 +52,8 @@ const fn hook(
         resource,
         operations,
         path,
+        side_effects: "None",
+        only_launchers: false,
     }
 }
 
@@ -166,7 +174,28 @@ pub const WEBHOOKS: &[Webhook] = &[
     ),
 ];
 
-/// The webhook served at `path`, if any.
+/// Evictions of launcher pods: refused (429) while the VMI is evacuated by a migration,
+/// which this webhook starts by marking the VMI.
+pub const LAUNCHER_EVICTION: Webhook = Webhook {
+    name: "virt-launcher-eviction-interceptor.kubevirt.io",
+    role: Validate,
+    group: "",
+    resource: "pods/eviction",
+    operations: &["*"],
+    path: "/pod-eviction-validate",
+    side_effects: "NoneOnDryRun",
+    only_launchers: true,
+};
+
+/// Every webhook of `role`'s configuration.
+pub fn of_role(role: Role) -> impl Iterator<Item = &'static Webhook> {
+    let eviction = (role == Validate).then_some(&LAUNCHER_EVICTION);
+    eviction
+        .into_iter()
+        .chain(WEBHOOKS.iter().filter(move |w| w.role == role))
+}
+
+/// The admission webhook served at `path`, if any.
 pub fn by_path(path: &str) -> Option<&'static Webhook> {
     WEBHOOKS.iter().find(|w| w.path == path)
 }
@@ -177,8 +206,10 @@ mod tests {
 
     #[test]
     fn names_and_paths_are_unique_per_role() {
-        for (i, a) in WEBHOOKS.iter().enumerate() {
-            for b in &WEBHOOKS[i + 1..] {
+        let all: Vec<&Webhook> = of_role(Mutate).chain(of_role(Validate)).collect();
+        assert_eq!(all.len(), WEBHOOKS.len() + 1);
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
                 assert_ne!(a.name, b.name);
                 assert_ne!(a.path, b.path, "{} and {}", a.name, b.name);
             }

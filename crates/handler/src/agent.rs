@@ -41,6 +41,8 @@ const RESYNC: Duration = Duration::from_secs(300);
 pub struct Context {
     pub client: Client,
     pub node: String,
+    /// The node's address: where migrations to this node's pods are sent.
+    pub node_ip: String,
     pub launchers: Arc<Launchers>,
     pub recorder: EventRecorder,
     /// The grace period each stopping VMI's launcher was asked to stop with.
@@ -54,11 +56,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, node: String, launchers: Arc<Launchers>) -> Self {
+    pub fn new(client: Client, node: String, node_ip: String, launchers: Arc<Launchers>) -> Self {
         Context {
             recorder: EventRecorder::new(client.clone(), COMPONENT, Some(node.clone())),
             client,
             node,
+            node_ip,
             launchers,
             stopping: Mutex::new(HashMap::new()),
             synced: Mutex::new(HashSet::new()),

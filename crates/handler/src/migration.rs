@@ -34,7 +34,6 @@ use kubevirt_reconcile::events::EventType;
 
 use crate::agent::Context;
 use crate::error::{HandlerError, Result};
-use crate::node::NODE_IP;
 
 /// Seconds a migration may take per GiB (decimal, rounded up) of guest memory before it is
 /// cancelled (upstream's `completionTimeoutPerGiB` default).
@@ -239,7 +238,7 @@ pub async fn sync(ctx: &Context, vmi: &VirtualMachineInstance) -> Result<Option<
     }
     let incoming_uri = t_status.as_ref().and_then(|t| t.incoming_uri.clone());
     if incoming_uri.is_some() && ms.target_node_address.is_none() {
-        next.target_node_address = Some(NODE_IP.into());
+        next.target_node_address = Some(ctx.node_ip.clone());
         next.target_node_domain_detected = Some(true);
         return Ok(Some(next));
     }

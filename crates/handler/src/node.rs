@@ -24,8 +24,9 @@ pub fn local_node_name() -> String {
     }
 }
 
-/// The node's address as pods see it (the embedded API listens on loopback).
-pub const NODE_IP: &str = "127.0.0.1";
+/// The node's address by default: loopback, where the embedded API listens. Nodes of a
+/// cluster without kubelet say theirs with `--node-ip`.
+pub const DEFAULT_NODE_IP: &str = "127.0.0.1";
 
 /// Kubernetes' name for this machine's architecture (`kubernetes.io/arch`).
 pub fn kube_arch() -> &'static str {
@@ -91,7 +92,7 @@ pub fn capacity(kvm: bool) -> Value {
     cap
 }
 
-fn status_patch(now: &str, kvm: bool) -> Value {
+fn status_patch(now: &str, ip: &str, kvm: bool) -> Value {
     let capacity = capacity(kvm);
     json!({"status": {
         "conditions": [{
@@ -102,7 +103,7 @@ fn status_patch(now: &str, kvm: bool) -> Value {
         "capacity": capacity,
         "allocatable": capacity,
         "addresses": [
-            {"type": "InternalIP", "address": NODE_IP},
+            {"type": "InternalIP", "address": ip},
             {"type": "Hostname", "address": local_node_name()},
         ],
         "nodeInfo": {
@@ -115,8 +116,9 @@ fn status_patch(now: &str, kvm: bool) -> Value {
     }})
 }
 
-/// Creates the Node if missing and marks it Ready. `kvm`: guests can use KVM here.
-pub async fn register(client: &Client, name: &str, kvm: bool) -> Result<()> {
+/// Creates the Node if missing and marks it Ready, with address `ip`. `kvm`: guests can use
+/// KVM here.
+pub async fn register(client: &Client, name: &str, ip: &str, kvm: bool) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     if nodes
         .get_opt(name)
@@ -140,10 +142,10 @@ pub async fn register(client: &Client, name: &str, kvm: bool) -> Result<()> {
             Err(e) => return Err(api_call_on("creating", "Node", "", name)(e).into()),
         }
     }
-    heartbeat(&nodes, name, kvm).await
+    heartbeat(&nodes, name, ip, kvm).await
 }
 
-async fn heartbeat(nodes: &Api<Node>, name: &str, kvm: bool) -> Result<()> {
+async fn heartbeat(nodes: &Api<Node>, name: &str, ip: &str, kvm: bool) -> Result<()> {
     let now = jiff::Timestamp::now()
         .round(jiff::Unit::Second)
         .unwrap_or(jiff::Timestamp::now())
@@ -152,7 +154,7 @@ async fn heartbeat(nodes: &Api<Node>, name: &str, kvm: bool) -> Result<()> {
         .patch_status(
             name,
             &PatchParams::default(),
-            &Patch::Merge(&status_patch(&now, kvm)),
+            &Patch::Merge(&status_patch(&now, ip, kvm)),
         )
         .await
         .map_err(api_call_on("updating status of", "Node", "", name))?;
@@ -160,11 +162,11 @@ async fn heartbeat(nodes: &Api<Node>, name: &str, kvm: bool) -> Result<()> {
 }
 
 /// Refreshes the Node's heartbeat every 30 s until dropped.
-pub async fn heartbeat_loop(client: Client, name: String, kvm: bool) {
+pub async fn heartbeat_loop(client: Client, name: String, ip: String, kvm: bool) {
     let nodes: Api<Node> = Api::all(client);
     loop {
         tokio::time::sleep(Duration::from_secs(30)).await;
-        if let Err(error) = heartbeat(&nodes, &name, kvm).await {
+        if let Err(error) = heartbeat(&nodes, &name, &ip, kvm).await {
             tracing::warn!(%error, "node heartbeat failed");
         }
     }

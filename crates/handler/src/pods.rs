@@ -26,7 +26,6 @@ use tokio::sync::mpsc;
 
 use crate::error::{HandlerError, Result};
 use crate::launchers::{Launchers, PodKey};
-use crate::node::NODE_IP;
 use crate::pod_status::{pod_status, rejected};
 
 pub const COMPONENT: &str = "kubelet";
@@ -43,6 +42,8 @@ const FINAL_PHASE_WAIT: Duration = Duration::from_secs(5);
 pub struct Context {
     pub client: Client,
     pub node: String,
+    /// The node's address: the pods' `hostIP`.
+    pub node_ip: String,
     pub launchers: Arc<Launchers>,
     pub recorder: EventRecorder,
     /// Pods whose launcher was sent SIGTERM.
@@ -50,11 +51,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, node: String, launchers: Arc<Launchers>) -> Self {
+    pub fn new(client: Client, node: String, node_ip: String, launchers: Arc<Launchers>) -> Self {
         Context {
             recorder: EventRecorder::new(client.clone(), COMPONENT, Some(node.clone())),
             client,
             node,
+            node_ip,
             launchers,
             terminating: Mutex::new(HashSet::new()),
         }
@@ -175,7 +177,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
             ));
         }
         if let Some(o) = &observed {
-            let status = pod_status(&pod, Some(o), NODE_IP, now);
+            let status = pod_status(&pod, Some(o), &ctx.node_ip, now);
             write_status(&pods, &*pod, pod.status.as_ref(), &status).await?;
             let waited = o.exit.as_ref().map_or(Duration::MAX, |e| {
                 Duration::try_from(now.duration_since(e.finished_at)).unwrap_or(Duration::ZERO)
@@ -192,7 +194,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
             .remove(&key.uid);
         return Ok(Action::await_change());
     }
-    let status = pod_status(&pod, observed.as_ref(), NODE_IP, now);
+    let status = pod_status(&pod, observed.as_ref(), &ctx.node_ip, now);
     let was_running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
     if write_status(&pods, &*pod, pod.status.as_ref(), &status).await?
         && !was_running

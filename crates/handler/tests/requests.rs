@@ -142,7 +142,12 @@ async fn the_node_refuses_a_pod_that_is_not_a_launcher_pod() {
             vmis: vmis_tx,
         },
     ));
-    let ctx = Arc::new(pods::Context::new(client, "node1".into(), launchers));
+    let ctx = Arc::new(pods::Context::new(
+        client,
+        "node1".into(),
+        "127.0.0.1".into(),
+        launchers,
+    ));
     let mut nginx = pod("64Mi");
     nginx.metadata.name = Some("nginx".into());
     nginx.spec.as_mut().unwrap().node_name = Some("node1".into());

@@ -41,12 +41,15 @@ impl ApiCallError {
     }
 
     /// The object changed under us (409, or a JSON patch whose `test` failed, which API
-    /// servers answer with 422): read it again.
+    /// servers answer with 422): read it again. kube-apiserver words a JSON patch that
+    /// does not apply with the generic 422 message (field errors are worded otherwise).
     pub fn is_conflict(&self) -> bool {
         match &*self.source {
             kube::Error::Api(s) if s.code == 409 => true,
             kube::Error::Api(s) if s.code == 422 => {
-                s.message.contains("did not match") || s.message.contains("test failed")
+                s.message.contains("did not match")
+                    || s.message.contains("test failed")
+                    || s.message == JSON_PATCH_NOT_APPLIED
             }
             _ => false,
         }
@@ -56,6 +59,10 @@ impl ApiCallError {
         matches!(self.code(), Some(404))
     }
 }
+
+/// kube-apiserver's message for a JSON patch that does not apply to the stored object.
+const JSON_PATCH_NOT_APPLIED: &str =
+    "the server rejected our request due to an error in our request";
 
 /// Builds the error mapper for an API call on `obj`:
 /// `api.get(..).await.map_err(api_call("getting", &vmi))`.

@@ -20,6 +20,10 @@ pub struct NodeArgs {
     /// Name of this node (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
+    /// This node's address: the Node's InternalIP and its pods' hostIP, where virt-api
+    /// reaches this node's subresources and migrations reach its launchers.
+    #[arg(long, default_value = kubevirt_handler::node::DEFAULT_NODE_IP)]
+    pub node_ip: std::net::IpAddr,
     /// Root of the VMs' run directories.
     #[arg(long, default_value = kubevirt_launcher::DEFAULT_RUN_ROOT)]
     pub run_root: PathBuf,
@@ -118,6 +122,7 @@ pub fn spawn_controllers(
 /// for them) and syncs their VMIs (virt-handler's part).
 pub struct NodeAgent {
     pub node: String,
+    node_ip: String,
     pub launchers: Arc<Launchers>,
     pods_rx: tokio::sync::mpsc::UnboundedReceiver<
         kube::runtime::reflector::ObjectRef<k8s_openapi::api::core::v1::Pod>,
@@ -161,6 +166,7 @@ impl NodeAgent {
         ));
         Ok(NodeAgent {
             node: args.node(),
+            node_ip: args.node_ip.to_string(),
             launchers,
             pods_rx,
             vmis_rx,
@@ -177,12 +183,13 @@ impl NodeAgent {
         stop: &tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Pod>> {
         let node = self.node;
-        kubevirt_handler::node::register(client, &node, kvm)
+        kubevirt_handler::node::register(client, &node, &self.node_ip, kvm)
             .await
             .context("registering the node")?;
         tasks.spawn(kubevirt_handler::node::heartbeat_loop(
             client.clone(),
             node.clone(),
+            self.node_ip.clone(),
             kvm,
         ));
         let pods = kubevirt_handler::pods::controller(client, &node);
@@ -192,6 +199,7 @@ impl NodeAgent {
             Arc::new(kubevirt_handler::pods::Context::new(
                 client.clone(),
                 node.clone(),
+                self.node_ip.clone(),
                 self.launchers.clone(),
             )),
             self.pods_rx,
@@ -201,6 +209,7 @@ impl NodeAgent {
             Arc::new(kubevirt_handler::agent::Context::new(
                 client.clone(),
                 node,
+                self.node_ip,
                 self.launchers,
             )),
             self.vmis_rx,

@@ -11,7 +11,6 @@
 
 mod cluster;
 mod components;
-mod eviction;
 mod update;
 
 use std::net::SocketAddr;
@@ -222,7 +221,7 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
     let node = agent.node.clone();
     let launchers = agent.launchers.clone();
     let sub = SubresourceState::new(launchers.clone());
-    let evictions = Arc::new(eviction::LauncherEviction::default());
+    let evictions = Arc::new(kubevirt_cluster::eviction::LauncherEviction::default());
     cfg.eviction_checks = vec![evictions.clone()];
 
     let uploads = Arc::new(kubevirt_storage::upload::UploadState::new());

@@ -289,43 +289,42 @@ fn install_and_run_a_vm_on_real_kubernetes() {
     // virt-api, reached through its Service (Endpoints: this host's address).
     let ip = host_ip();
     let port = free_port(&ip);
-    admin.ok(&[
-        "-n",
-        NS,
-        "patch",
-        "service",
-        "virt-api",
-        "--type",
-        "json",
-        "-p",
-        r#"[{"op":"remove","path":"/spec/selector"}]"#,
-    ]);
-    let endpoints = format!(
-        "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: virt-api, namespace: {NS}}}\nsubsets:\n- addresses: [{{ip: {ip}}}]\n  ports: [{{name: https, port: {port}, protocol: TCP}}]\n"
-    );
-    let out = admin.apply(&endpoints);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let point_virt_api_at_host = || {
+        admin.ok(&[
+            "-n",
+            NS,
+            "patch",
+            "service",
+            "virt-api",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/selector"}]"#,
+        ]);
+        let endpoints = format!(
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: virt-api, namespace: {NS}}}\nsubsets:\n- addresses: [{{ip: {ip}}}]\n  ports: [{{name: https, port: {port}, protocol: TCP}}]\n"
+        );
+        let out = admin.apply(&endpoints);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    point_virt_api_at_host();
     let api_kc = admin.service_account_kubeconfig("kubevirt-apiserver", &dir);
     let listen = format!("{ip}:{port}");
-    // virt-handler's node-level endpoint (its node's address is loopback here).
-    let handler_port = free_port("127.0.0.1").to_string();
-    let handler_listen = format!("127.0.0.1:{handler_port}");
-    parts.spawn(
-        &dir,
+    // virt-handler's node-level endpoint, on the address its node registers (`--node-ip`).
+    let handler_port = free_port(&ip).to_string();
+    let handler_listen = format!("{ip}:{handler_port}");
+    let api_args = [
         "virt-api",
-        &[
-            "virt-api",
-            "--listen",
-            &listen,
-            "--handler-port",
-            &handler_port,
-        ],
-        &api_kc,
-    );
+        "--listen",
+        &listen,
+        "--handler-port",
+        &handler_port,
+    ];
+    parts.spawn(&dir, "virt-api", &api_args, &api_kc);
     // virt-api's CA reaches every webhook of both configurations.
     for cfg in [
         "mutatingwebhookconfiguration/virt-api-mutator",
@@ -478,6 +477,8 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         "virt-handler",
         "--node-name",
         "node-1",
+        "--node-ip",
+        &ip,
         "--run-root",
         run_root.to_str().unwrap(),
         "--data-dir",
@@ -539,6 +540,18 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         admin.jsonpath(&["-n", "team-a", "get", "pod", &pod], "{.spec.nodeName}"),
         "node-1"
     );
+    // The node and its pods carry the address given with `--node-ip`.
+    assert_eq!(
+        admin.jsonpath(
+            &["get", "node", "node-1"],
+            "{.status.addresses[?(@.type==\"InternalIP\")].address}"
+        ),
+        ip
+    );
+    assert_eq!(
+        admin.jsonpath(&["-n", "team-a", "get", "pod", &pod], "{.status.hostIP}"),
+        ip
+    );
     let scheduled = admin.ok(&[
         "-n",
         "team-a",
@@ -569,12 +582,49 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         "q35"
     );
 
-    // An upgrade restarts virt-handler: the VM keeps running in the same QEMU.
+    // An upgrade: a newer install (here: other images) is applied over the running one;
+    // the components' workloads change, the VMs' launcher pods do not. The components
+    // restart as their rollout would (virt-handler adopts its running guests): the VM
+    // keeps running in the same QEMU.
     let pod_uid = admin.jsonpath(&["-n", "team-a", "get", "pod", &pod], "{.metadata.uid}");
     let qemu = common::qemu_pids(&pod_uid);
     assert_eq!(qemu.len(), 1, "one QEMU for pod {pod_uid}");
+    let out = install(
+        admin.kubeconfig.as_path(),
+        &[
+            "install",
+            "--apply",
+            "--image",
+            "registry.example/kubevirt-rs/kubevirt-rs:next",
+            "--launcher-image",
+            "registry.example/kubevirt-rs/virt-launcher:next",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (kind, name) in [("daemonset", "virt-handler"), ("deployment", "virt-api")] {
+        assert_eq!(
+            admin.jsonpath(
+                &["-n", NS, "get", kind, name],
+                "{.spec.template.spec.containers[0].image}"
+            ),
+            "registry.example/kubevirt-rs/kubevirt-rs:next"
+        );
+    }
+    assert_eq!(
+        admin.jsonpath(&["-n", "team-a", "get", "pod", &pod], "{.metadata.uid}"),
+        pod_uid
+    );
+    // The install gave virt-api's Service its selector back; with no kubelet running
+    // virt-api's pods, point the Service at the process again.
+    point_virt_api_at_host();
     parts.kill("virt-handler");
     parts.spawn(&dir, "virt-handler", &handler_args, &handler_kc);
+    parts.kill("virt-api");
+    parts.spawn(&dir, "virt-api", &api_args, &api_kc);
     std::thread::sleep(Duration::from_secs(3));
     admin.wait_for(
         &["-n", "team-a", "get", "vmi", "cirros"],
@@ -626,6 +676,69 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         err.contains(r#"cannot get resource "virtualmachineinstances/console" in API group "subresources.kubevirt.io""#),
         "{err}"
     );
+
+    // Evicting the launcher pod (what `kubectl drain` does) is refused by virt-api's
+    // eviction webhook, which marks the VMI for evacuation (its evictionStrategy is
+    // LiveMigrate): the controllers migrate it to a new launcher pod, which
+    // kube-scheduler places; the guest keeps running.
+    let eviction = format!(
+        r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"team-a"}}}}"#
+    );
+    let eviction_path = dir.join("eviction.json");
+    std::fs::write(&eviction_path, eviction).unwrap();
+    let evict = || {
+        admin.kubectl(
+            &[
+                "create",
+                "--raw",
+                &format!("/api/v1/namespaces/team-a/pods/{pod}/eviction"),
+                "-f",
+                eviction_path.to_str().unwrap(),
+            ],
+            None,
+        )
+    };
+    let out = evict();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(r#"Error from server: admission webhook "virt-launcher-eviction-interceptor.kubevirt.io" denied the request: Eviction triggered evacuation of VMI "team-a/cirros""#),
+        "{err}\n{}",
+        parts.tails(&dir)
+    );
+    admin.wait_for(
+        &["-n", "team-a", "get", "vmim"],
+        "{.items[0].status.phase}",
+        "Succeeded",
+        &parts,
+    );
+    assert!(admin
+        .ok(&["-n", "team-a", "get", "vmim", "-o", "name"])
+        .contains("kubevirt-evacuation-"));
+    let moved_to = admin.jsonpath(
+        &["-n", "team-a", "get", "vmi", "cirros"],
+        "{.status.migrationState.targetPod}",
+    );
+    assert!(!moved_to.is_empty() && moved_to != pod, "{moved_to}");
+    // The pod it left has finished; evicting it now goes through.
+    admin.wait_for(
+        &["-n", "team-a", "get", "pod", &pod],
+        "{.status.phase}",
+        "Succeeded",
+        &parts,
+    );
+    let out = evict();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut console =
+        common::ConsoleCapture::start_as(&admin.kubeconfig, &["console", "cirros", "-n", "team-a"]);
+    console.send("\r");
+    console.send("echo after-the-move-$((6*7))\r");
+    console.wait_for("after-the-move-42");
+    drop(console);
 
     // Leader failover: the leader dies; the standby takes the Lease and acts.
     parts.kill("ctl-a");
@@ -753,6 +866,7 @@ spec:
   template:
     metadata: {{labels: {{kubevirt.io/vm: {name}}}}}
     spec:
+      evictionStrategy: LiveMigrate
       domain:
         devices: {{disks: [{{name: containerdisk, disk: {{bus: virtio}}}}]}}
         resources: {{requests: {{memory: 128Mi}}}}
