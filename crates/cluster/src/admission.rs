@@ -217,6 +217,64 @@ mod tests {
         );
     }
 
+    /// What virt-api answers `body` posted to `path`: the status and the response's JSON.
+    async fn post(path: &str, body: &'static [u8]) -> (StatusCode, Value) {
+        use tower::Service;
+        let mut svc = router(Webhooks::new(Arc::new(KubevirtAdmission::default()))).into_service();
+        let req = axum::http::Request::post(path)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let resp = svc.call(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn hostile_reviews_are_refused_not_crashed_on() {
+        let path = "/virtualmachines-validate";
+        for body in [
+            &b""[..],
+            b"not json",
+            b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\"}",
+            b"{\"request\":{\"uid\":7}}",
+            b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+        ] {
+            let (status, review) = post(path, body).await;
+            assert_eq!(status, StatusCode::OK, "{body:?}");
+            assert_eq!(review["response"]["allowed"], false, "{body:?}: {review}");
+            assert!(
+                review["response"]["status"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{review}"
+            );
+        }
+        // A review whose object is not a VM at all is refused by the validator, not
+        // allowed through.
+        let (_, review) = post(
+            path,
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
+                "uid":"u1","kind":{"group":"kubevirt.io","version":"v1","kind":"VirtualMachine"},
+                "resource":{"group":"kubevirt.io","version":"v1","resource":"virtualmachines"},
+                "operation":"CREATE","userInfo":{},
+                "object":{"apiVersion":"kubevirt.io/v1","kind":"VirtualMachine",
+                          "metadata":{"name":"x"},"spec":{"template":"nope"}}}}"#,
+        )
+        .await;
+        assert_eq!(review["response"]["uid"], "u1");
+        assert_eq!(review["response"]["allowed"], false, "{review}");
+        // Paths that are no webhook are not found.
+        let (status, _) = post("/no-such-webhook", b"{}").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
     #[test]
     fn causes_beyond_ten_are_counted_not_listed() {
         let causes: Vec<Cause> = (0..12)

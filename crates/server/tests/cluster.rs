@@ -5,7 +5,9 @@
 //! enforces on them). There is no kubelet here: the test stands in for it by running those
 //! processes, and for the endpoints controller by pointing virt-api's Service at the host
 //! address virt-api listens on; virt-handler runs the launcher pods kube-scheduler binds
-//! to its node.
+//! to its node. On top of the install: admission through the real apiserver, CA rotation,
+//! RBAC for users, an upgrade over a running VM, the console through the aggregated API,
+//! an eviction that live-migrates, leader failover and uninstall.
 
 mod common;
 
@@ -646,11 +648,10 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         "True",
         &parts,
     );
-    let out = Command::new(common::virtctl())
-        .args(["guestosinfo", "cirros", "-n", "team-a"])
-        .env("KUBECONFIG", &admin.kubeconfig)
-        .output()
-        .unwrap();
+    let out = common::virtctl_as(
+        &admin.kubeconfig,
+        &["guestosinfo", "cirros", "-n", "team-a"],
+    );
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -664,12 +665,7 @@ fn install_and_run_a_vm_on_real_kubernetes() {
     console.wait_for("through-the-aggregator-42");
     drop(console);
     // `view` may not open a console: the SubjectAccessReview says no.
-    let out = Command::new(common::virtctl())
-        .args(["console", "cirros", "-n", "team-a"])
-        .env("KUBECONFIG", &vera.kubeconfig)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = common::virtctl_as(&vera.kubeconfig, &["console", "cirros", "-n", "team-a"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -748,11 +744,7 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         "ctl-b",
         &parts,
     );
-    let out = Command::new(common::virtctl())
-        .args(["stop", "cirros", "-n", "team-a"])
-        .env("KUBECONFIG", &admin.kubeconfig)
-        .output()
-        .unwrap();
+    let out = common::virtctl_as(&admin.kubeconfig, &["stop", "cirros", "-n", "team-a"]);
     assert!(
         out.status.success(),
         "{}",

@@ -18,6 +18,16 @@ pub fn virtctl() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_virtctl"))
 }
 
+/// Runs `virtctl` with `kubeconfig`'s cluster and credentials (no input).
+pub fn virtctl_as(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(virtctl())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running virtctl")
+}
+
 pub struct Server {
     pub data_dir: PathBuf,
     /// The launchers' run root: beside the data dir (private to root), where the VMs'
@@ -191,11 +201,7 @@ impl Server {
     }
 
     pub fn virtctl(&self, args: &[&str]) -> Output {
-        Command::new(virtctl())
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .output()
-            .expect("running virtctl")
+        virtctl_as(&self.kubeconfig, args)
     }
 
     pub fn jsonpath(&self, kind: &str, name: &str, path: &str) -> String {
