@@ -25,11 +25,12 @@ SRC
 fi
 
 # Host tools: hypervisor and firmware, TPM, networking, image and ISO tools, an OCI registry,
-# etcd for the cluster-mode tests' real Kubernetes control plane (scripts/build-k8s.sh).
+# etcd for the cluster-mode tests' real Kubernetes control plane (scripts/build-k8s.sh),
+# mmdebstrap for the container images' Debian base layer (scripts/build-image.sh).
 backport_pkgs=(qemu-system-x86 qemu-system-common qemu-system-data qemu-guest-agent seabios qemu-utils)
 plain_pkgs=(ovmf swtpm swtpm-tools passt busybox-static xorriso isolinux syslinux-common genisoimage
   socat docker-registry skopeo iproute2 iptables nftables cpio zstd e2fsprogs dosfstools
-  dnsmasq-base curl ca-certificates nginx-light xz-utils etcd-server)
+  dnsmasq-base curl ca-certificates nginx-light xz-utils etcd-server mmdebstrap)
 
 missing=()
 for p in "${backport_pkgs[@]}" "${plain_pkgs[@]}"; do
