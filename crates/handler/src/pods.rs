@@ -261,12 +261,16 @@ pub fn error_policy(pod: Arc<Pod>, error: &HandlerError, _ctx: Arc<Context>) -> 
 }
 
 /// The pods controller for `node` and the store of this node's pods (for the scheduler).
-pub fn controller(client: &Client, node: &str) -> Controller<Pod> {
+/// `launchers_only`: other pods on the node are not ours (a kubelet's); else they are
+/// rejected, as the embedded node runs nothing but launchers.
+pub fn controller(client: &Client, node: &str, launchers_only: bool) -> Controller<Pod> {
     let pods: Api<Pod> = Api::all(client.clone());
-    Controller::new(
-        pods,
-        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-    )
+    let mut config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    if launchers_only {
+        use kubevirt_api::v1::well_known::{APP_LABEL, APP_LAUNCHER};
+        config = config.labels(&format!("{APP_LABEL}={APP_LAUNCHER}"));
+    }
+    Controller::new(pods, config)
 }
 
 /// Runs the pod runtime until `shutdown` resolves; `changes` wakes it when a launcher

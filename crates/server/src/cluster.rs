@@ -222,7 +222,9 @@ pub async fn virt_handler(args: VirtHandlerArgs) -> anyhow::Result<()> {
     let accel = kubevirt_hypervisor::detect_accelerator();
     let kvm = accel.kind == kubevirt_hypervisor::AcceleratorKind::Kvm;
     tracing::info!(accel = accel.kind.as_str(), reason = %accel.reason, "guests will use");
-    let agent = components::NodeAgent::new(&args.node, &args.data_dir)?;
+    let mut agent = components::NodeAgent::new(&args.node, &args.data_dir)?;
+    // The node's other pods (virt-api's, kube-proxy's, ...) are kubelet's to run.
+    agent.launcher_pods_only = true;
     let node = agent.node.clone();
     let sub = kubevirt_handler::subresources::SubresourceState::new(agent.launchers.clone());
     sub.set_client(client.clone());

@@ -123,6 +123,9 @@ pub fn spawn_controllers(
 pub struct NodeAgent {
     pub node: String,
     node_ip: String,
+    /// Only launcher pods are this agent's; the node's other pods are a kubelet's (cluster
+    /// mode). Else the agent is the node's only runtime and rejects what it cannot run.
+    pub launcher_pods_only: bool,
     pub launchers: Arc<Launchers>,
     pods_rx: tokio::sync::mpsc::UnboundedReceiver<
         kube::runtime::reflector::ObjectRef<k8s_openapi::api::core::v1::Pod>,
@@ -167,6 +170,7 @@ impl NodeAgent {
         Ok(NodeAgent {
             node: args.node(),
             node_ip: args.node_ip.to_string(),
+            launcher_pods_only: false,
             launchers,
             pods_rx,
             vmis_rx,
@@ -192,7 +196,7 @@ impl NodeAgent {
             self.node_ip.clone(),
             kvm,
         ));
-        let pods = kubevirt_handler::pods::controller(client, &node);
+        let pods = kubevirt_handler::pods::controller(client, &node, self.launcher_pods_only);
         let store = pods.store();
         tasks.spawn(kubevirt_handler::pods::run(
             pods,
