@@ -44,21 +44,19 @@ async fn review(State(st): State<Webhooks>, Path(path): Path<String>, body: Byte
     let Some(hook) = webhooks::by_path(&format!("/{path}")) else {
         return (StatusCode::NOT_FOUND, "no such webhook").into_response();
     };
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+    let req = match decode(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return Json(
-                AdmissionResponse::invalid(format!("decoding the AdmissionReview: {e}"))
-                    .into_review(),
-            )
-            .into_response()
-        }
-    };
-    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(r) => r,
-        Err(e) => return Json(AdmissionResponse::invalid(e).into_review()).into_response(),
+        Err(why) => return Json(AdmissionResponse::invalid(why).into_review()).into_response(),
     };
     Json(answer(st.admission.as_ref(), hook.role, &req).into_review()).into_response()
+}
+
+/// The request of an AdmissionReview body, or why the body is none (the webhook answers
+/// with [`AdmissionResponse::invalid`]). Every webhook of virt-api reads its body so.
+pub(crate) fn decode(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
+    serde_json::from_slice::<AdmissionReview<DynamicObject>>(body)
+        .map_err(|e| format!("decoding the AdmissionReview: {e}"))
+        .and_then(|r| r.try_into().map_err(|e| format!("{e}")))
 }
 
 /// The webhook's answer to one request.

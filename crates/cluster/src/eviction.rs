@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 use kube::core::{DynamicObject, Status};
 use kube::{Api, Client};
 use kubevirt_api::launcher_pod::launcher_pod_vmi;
@@ -124,14 +124,10 @@ pub fn router(client: Client) -> Router {
 }
 
 async fn review(State(client): State<Client>, body: Bytes) -> Response {
-    let request: AdmissionRequest<DynamicObject> =
-        match serde_json::from_slice::<AdmissionReview<DynamicObject>>(&body)
-            .map_err(|e| format!("decoding the AdmissionReview: {e}"))
-            .and_then(|r| r.try_into().map_err(|e| format!("{e}")))
-        {
-            Ok(r) => r,
-            Err(e) => return Json(AdmissionResponse::invalid(e).into_review()).into_response(),
-        };
+    let request = match crate::admission::decode(&body) {
+        Ok(r) => r,
+        Err(why) => return Json(AdmissionResponse::invalid(why).into_review()).into_response(),
+    };
     Json(answer(&client, &request).await.into_review()).into_response()
 }
 
@@ -171,6 +167,30 @@ fn refused(mut resp: AdmissionResponse, message: String) -> AdmissionResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::core::admission::AdmissionReview;
+
+    #[tokio::test]
+    async fn hostile_bodies_are_refused_before_anything_is_read() {
+        use tower::Service;
+        // An API server nobody listens on: a body that is no review never reaches it.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let mut svc = router(Client::try_from(config).unwrap()).into_service();
+        for body in [&b""[..], b"not json", b"{\"request\":{\"uid\":7}}"] {
+            let req = axum::http::Request::post(LAUNCHER_EVICTION.path)
+                .body(axum::body::Body::from(body))
+                .unwrap();
+            let resp = svc.call(req).await.unwrap();
+            assert_eq!(resp.status(), axum::http::StatusCode::OK);
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let review: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(review["response"]["allowed"], false, "{body:?}: {review}");
+            assert!(review["response"]["status"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+        }
+    }
 
     #[test]
     fn dry_run_is_read_from_delete_options() {

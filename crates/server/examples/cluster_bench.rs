@@ -19,34 +19,17 @@ mod bench_support;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bench_support::*;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use kubevirt_api::v1::VirtualMachine;
+use kubevirt_testenv::kube_cluster::{free_port, host_ip};
 use kubevirt_testenv::KubeCluster;
-
-/// A VM whose guest never runs (paused, 16 MiB, no devices beyond a serial console).
-fn paused_vm(name: &str) -> Result<VirtualMachine> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-        "metadata": {"name": name},
-        "spec": {"runStrategy": "Always", "template": {"spec": {
-            "startStrategy": "Paused",
-            "domain": {
-                "devices": {"autoattachPodInterface": false, "autoattachGraphicsDevice": false,
-                            "autoattachMemBalloon": false},
-                "memory": {"guest": "16Mi"},
-                "resources": {"overcommitGuestOverhead": true, "requests": {"cpu": "10m"}}
-            },
-            "terminationGracePeriodSeconds": 0
-        }}}
-    }))?)
-}
 
 /// Creates `n` paused VMs `interval` apart in `default` and waits until their VMIs run.
 async fn start_vms(
@@ -61,7 +44,7 @@ async fn start_vms(
     let mut next = Instant::now();
     for i in 0..n {
         let name = format!("bench-{i:03}");
-        let vm = paused_vm(&name)?;
+        let vm = paused_vm(&name, Some("10m"))?;
         tokio::time::sleep_until(next.into()).await;
         vms.create(&PostParams::default(), &vm).await?;
         timeline.lock().unwrap().entry(name).or_default().created = Some(Instant::now());
@@ -204,42 +187,6 @@ impl Drop for Components {
     }
 }
 
-fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<()> {
-    use std::io::Write;
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("kubectl stdin")?
-        .write_all(stdin.unwrap_or_default().as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-/// The host's address on its default route (an Endpoints address may not be loopback).
-fn host_ip() -> Result<String> {
-    let out = Command::new("ip")
-        .args(["-4", "route", "get", "1.1.1.1"])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut words = text.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "src" {
-            return Ok(words.next().unwrap_or_default().to_string());
-        }
-    }
-    bail!("no default route: {text}")
-}
-
 async fn cluster(n: usize, interval: Duration) -> Result<Run> {
     let cluster = KubeCluster::start()?;
     let dir = cluster.dir().to_path_buf();
@@ -260,44 +207,12 @@ async fn cluster(n: usize, interval: Duration) -> Result<Run> {
     run(&["install", "--apply"])?;
     // No kubelet runs virt-api's pods here: its Service points at the process instead.
     let ip = host_ip()?;
-    let port = std::net::TcpListener::bind((ip.as_str(), 0))?
-        .local_addr()?
-        .port();
-    kubectl(
-        &kc,
-        &[
-            "-n",
-            "kubevirt",
-            "patch",
-            "service",
-            "virt-api",
-            "--type",
-            "json",
-            "-p",
-            r#"[{"op":"remove","path":"/spec/selector"}]"#,
-        ],
-        None,
-    )?;
-    kubectl(
-        &kc,
-        &["apply", "-f", "-"],
-        Some(&format!(
-            "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: virt-api, namespace: kubevirt}}\nsubsets:\n- addresses: [{{ip: {ip}}}]\n  ports: [{{name: https, port: {port}, protocol: TCP}}]\n"
-        )),
-    )?;
+    let port = free_port(&ip)?;
+    cluster.serve_service_from("kubevirt", "virt-api", &ip, port)?;
     let run_root = dir.join("run");
     let listen = format!("{ip}:{port}");
-    let handler_listen = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port()
-    );
-    let handler_port = handler_listen
-        .rsplit(':')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let handler_port = free_port("127.0.0.1")?.to_string();
+    let handler_listen = format!("127.0.0.1:{handler_port}");
     let spawn = |name: &str, args: &[&str]| -> Result<(String, Child)> {
         let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
         let child = Command::new(&bin)
@@ -348,7 +263,7 @@ async fn cluster(n: usize, interval: Duration) -> Result<Run> {
     )?;
     // Ready: the webhooks answer (a VM is admitted) and the node is Ready.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let probe = paused_vm("probe")?;
+    let probe = paused_vm("probe", Some("10m"))?;
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), "default");
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     let dry_run = PostParams {
@@ -397,16 +312,8 @@ async fn cluster(n: usize, interval: Duration) -> Result<Run> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let n: usize = std::env::var("BENCH_VMS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
-    let interval = Duration::from_millis(
-        std::env::var("BENCH_INTERVAL_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(100),
-    );
+    let n: usize = env_or("BENCH_VMS", 50);
+    let interval = Duration::from_millis(env_or("BENCH_INTERVAL_MS", 100));
     println!(
         "{n} paused VMs, {} ms apart, in each mode",
         interval.as_millis()

@@ -57,14 +57,8 @@ async fn revision(vms: &Api<VirtualMachine>) -> Result<u64> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let n: usize = std::env::var("BENCH_VMS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    let interval: u64 = std::env::var("BENCH_INTERVAL_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    let n: usize = env_or("BENCH_VMS", 1000);
+    let interval: u64 = env_or("BENCH_INTERVAL_MS", 100);
     let bin = server_binary()?;
     let tmp = tempfile::Builder::new().prefix("kvrs-scale").tempdir()?;
     let dir = tmp.path().to_path_buf();
@@ -88,20 +82,7 @@ async fn main() -> Result<()> {
             println!("stopping at {i} VMs: under 2 GiB of memory left on this host");
             break;
         }
-        let vm: VirtualMachine = serde_json::from_value(serde_json::json!({
-            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-            "metadata": {"name": format!("scale-{i:04}")},
-            "spec": {"runStrategy": "Always", "template": {"spec": {
-                "startStrategy": "Paused",
-                "domain": {
-                    "devices": {"autoattachPodInterface": false, "autoattachGraphicsDevice": false,
-                                "autoattachMemBalloon": false},
-                    "memory": {"guest": "16Mi"},
-                    "resources": {"overcommitGuestOverhead": true}
-                },
-                "terminationGracePeriodSeconds": 0
-            }}}
-        }))?;
+        let vm = paused_vm(&format!("scale-{i:04}"), None)?;
         tokio::time::sleep_until(next.into()).await;
         vms.create(&PostParams::default(), &vm).await?;
         timeline

@@ -23,10 +23,7 @@ const GUEST_MIB: u64 = 128;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let n: usize = std::env::var("BENCH_VMS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let n: usize = env_or("BENCH_VMS", 50);
     let bin = server_binary()?;
     let guests = kubevirt_testenv::guests();
     let tmp = tempfile::Builder::new().prefix("kvrs-bench").tempdir()?;

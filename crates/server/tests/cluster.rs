@@ -16,6 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{kubevirt_rs, tail, TIMEOUT};
+use kubevirt_testenv::kube_cluster::{free_port, host_ip};
 use kubevirt_testenv::KubeCluster;
 
 const NS: &str = "kubevirt";
@@ -178,30 +179,6 @@ fn nix_term(pid: u32) -> std::io::Result<()> {
     }
 }
 
-/// The host's address on its default route: pods' Endpoints may not name loopback.
-fn host_ip() -> String {
-    let out = Command::new("ip")
-        .args(["-4", "route", "get", "1.1.1.1"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut words = text.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "src" {
-            return words.next().unwrap_or_default().to_string();
-        }
-    }
-    panic!("no default route to take a host address from: {text}");
-}
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn install(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new(kubevirt_rs())
         .args(args)
@@ -289,35 +266,18 @@ fn install_and_run_a_vm_on_real_kubernetes() {
     }
 
     // virt-api, reached through its Service (Endpoints: this host's address).
-    let ip = host_ip();
-    let port = free_port(&ip);
+    let ip = host_ip().unwrap();
+    let port = free_port(&ip).unwrap();
     let point_virt_api_at_host = || {
-        admin.ok(&[
-            "-n",
-            NS,
-            "patch",
-            "service",
-            "virt-api",
-            "--type",
-            "json",
-            "-p",
-            r#"[{"op":"remove","path":"/spec/selector"}]"#,
-        ]);
-        let endpoints = format!(
-            "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: virt-api, namespace: {NS}}}\nsubsets:\n- addresses: [{{ip: {ip}}}]\n  ports: [{{name: https, port: {port}, protocol: TCP}}]\n"
-        );
-        let out = admin.apply(&endpoints);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cluster
+            .serve_service_from(NS, "virt-api", &ip, port)
+            .unwrap()
     };
     point_virt_api_at_host();
     let api_kc = admin.service_account_kubeconfig("kubevirt-apiserver", &dir);
     let listen = format!("{ip}:{port}");
     // virt-handler's node-level endpoint, on the address its node registers (`--node-ip`).
-    let handler_port = free_port(&ip).to_string();
+    let handler_port = free_port(&ip).unwrap().to_string();
     let handler_listen = format!("{ip}:{handler_port}");
     let api_args = [
         "virt-api",

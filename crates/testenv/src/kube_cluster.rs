@@ -37,6 +37,30 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 const SERVICE_CIDR: &str = "10.96.0.0/12";
 const SERVICE_IP: &str = "10.96.0.1";
 
+/// The host's address on its default route. An Endpoints address may not be loopback, so
+/// processes standing in for pods listen there (see [`KubeCluster::serve_service_from`]).
+pub fn host_ip() -> Result<String> {
+    let out = Command::new("ip")
+        .args(["-4", "route", "get", "1.1.1.1"])
+        .output()
+        .context("running ip route")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "src" {
+            if let Some(ip) = words.next() {
+                return Ok(ip.to_string());
+            }
+        }
+    }
+    bail!("no default route to take a host address from: {text}")
+}
+
+/// A port free on `ip` now (another process may take it before it is used).
+pub fn free_port(ip: &str) -> Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
 /// Where `scripts/build-k8s.sh` caches the binaries: `$KUBEVIRT_RS_K8S`, else
 /// `${XDG_CACHE_HOME:-$HOME/.cache}/kubevirt-rs/k8s`.
 pub fn k8s_bin_dir() -> PathBuf {
@@ -431,6 +455,60 @@ impl KubeCluster {
         let path = users.join(format!("{base}.kubeconfig"));
         write_kubeconfig(&path, &self.server_url, &self.ca_pem, &cert, user)?;
         Ok(path)
+    }
+
+    /// Points Service `namespace/name` at `ip:port` (its port named `https`) instead of
+    /// its pods: the selector goes and an Endpoints object names the address. With no
+    /// kubelet here, a component whose pods would back the Service runs as a process on
+    /// the host; this stands in for the endpoints controller's view of those pods.
+    pub fn serve_service_from(
+        &self,
+        namespace: &str,
+        name: &str,
+        ip: &str,
+        port: u16,
+    ) -> Result<()> {
+        self.kubectl(
+            &[
+                "-n",
+                namespace,
+                "patch",
+                "service",
+                name,
+                "--type",
+                "json",
+                "-p",
+                r#"[{"op":"remove","path":"/spec/selector"}]"#,
+            ],
+            None,
+        )?;
+        let endpoints = format!(
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}, namespace: {namespace}}}\nsubsets:\n- addresses: [{{ip: {ip}}}]\n  ports: [{{name: https, port: {port}, protocol: TCP}}]\n"
+        );
+        self.kubectl(&["apply", "-f", "-"], Some(&endpoints))
+    }
+
+    /// Runs kubectl as the admin, with `stdin`; an error carries its stderr.
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<()> {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.admin_kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running kubectl")?;
+        child
+            .stdin
+            .take()
+            .context("kubectl's stdin")?
+            .write_all(stdin.unwrap_or_default().as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
     }
 
     /// The log of one component (`etcd`, `kube-apiserver`, `kube-controller-manager`,

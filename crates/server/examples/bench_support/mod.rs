@@ -41,6 +41,38 @@ pub fn server_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The number in environment variable `name`, else `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A VM whose guest never runs (paused, 16 MiB, no devices beyond a serial console), so a
+/// benchmark measures the control plane; `cpu` is its CPU request, if any.
+pub fn paused_vm(name: &str, cpu: Option<&str>) -> Result<VirtualMachine> {
+    let mut vm = serde_json::json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": name},
+        "spec": {"runStrategy": "Always", "template": {"spec": {
+            "startStrategy": "Paused",
+            "domain": {
+                "devices": {"autoattachPodInterface": false, "autoattachGraphicsDevice": false,
+                            "autoattachMemBalloon": false},
+                "memory": {"guest": "16Mi"},
+                "resources": {"overcommitGuestOverhead": true}
+            },
+            "terminationGracePeriodSeconds": 0
+        }}}
+    });
+    if let Some(cpu) = cpu {
+        vm["spec"]["template"]["spec"]["domain"]["resources"]["requests"] =
+            serde_json::json!({ "cpu": cpu });
+    }
+    Ok(serde_json::from_value(vm)?)
+}
+
 /// A running `kubevirt-rs server` in a data dir of its own.
 pub struct BenchServer {
     pub child: Child,
