@@ -70,7 +70,7 @@ for applet in $(/bin/busybox --list); do
 done
 
 # Modules: the closure of what a VM's devices need (Debian builds them as modules).
-wanted="virtio_pci virtio_blk virtio_net virtio_console virtio_scsi virtio_rng sd_mod sr_mod
+wanted="virtio_pci virtio_blk virtio_net virtio_console virtio_scsi virtio_rng virtio_balloon sd_mod sr_mod
   isofs ahci ata_piix button evdev vfat nls_utf8 nls_cp437 nls_iso8859_1"
 busybox depmod -b kroot "$kver"
 moddir="kroot/lib/modules/$kver"

@@ -333,15 +333,19 @@ pub enum DomainState {
     Exited,
 }
 
-/// Statistics of a running domain.
+/// Statistics of a running domain, read at one moment. Counters only grow while the VMM
+/// runs; a field the backend or the guest cannot tell is `None`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DomainStats {
     pub vcpus: Vec<VcpuStats>,
     pub block: Vec<BlockStats>,
+    pub memory: MemoryStats,
     /// Resident memory of the VMM process in KiB.
     pub vmm_rss_kib: u64,
-    /// CPU time used by the VMM process (user+system) in milliseconds.
-    pub vmm_cpu_ms: u64,
+    /// CPU time of the whole VMM process (vCPUs and emulation), user mode, in nanoseconds.
+    pub vmm_user_ns: u64,
+    /// The same in system mode.
+    pub vmm_system_ns: u64,
 }
 
 /// One vCPU.
@@ -349,16 +353,52 @@ pub struct DomainStats {
 pub struct VcpuStats {
     pub index: u32,
     pub thread_id: i64,
+    /// Time the vCPU thread ran on a host CPU, in nanoseconds.
+    pub run_ns: Option<u64>,
+    /// Time the vCPU thread was runnable but waited for a host CPU, in nanoseconds.
+    pub delay_ns: Option<u64>,
 }
 
-/// One block device's counters.
+/// One disk's counters; `name` is the disk's name in the domain config.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BlockStats {
-    pub device: String,
+    pub name: String,
     pub rd_bytes: u64,
     pub wr_bytes: u64,
     pub rd_operations: u64,
     pub wr_operations: u64,
+    pub flush_operations: u64,
+    pub rd_total_time_ns: u64,
+    pub wr_total_time_ns: u64,
+    pub flush_total_time_ns: u64,
+}
+
+/// Memory as the VMM and, through the balloon driver, the guest report it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryStats {
+    /// Memory given to the guest at boot, in bytes.
+    pub domain_bytes: u64,
+    /// The balloon's current size (memory the guest has), when a balloon is attached.
+    pub balloon_actual_bytes: Option<u64>,
+    /// What the guest's balloon driver reported last, when it reports.
+    pub guest: Option<GuestMemoryStats>,
+}
+
+/// The guest's view of its memory (virtio-balloon statistics), in bytes and counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GuestMemoryStats {
+    /// Memory the guest can use in all (MemTotal).
+    pub total_bytes: Option<u64>,
+    /// Memory left completely unused (MemFree).
+    pub free_bytes: Option<u64>,
+    /// Memory the guest could give back without swapping (MemAvailable).
+    pub available_bytes: Option<u64>,
+    /// Reclaimable caches (Buffers + Cached).
+    pub disk_caches_bytes: Option<u64>,
+    pub swap_in_bytes: Option<u64>,
+    pub swap_out_bytes: Option<u64>,
+    pub major_faults: Option<u64>,
+    pub minor_faults: Option<u64>,
 }
 
 /// Progress of a live migration.

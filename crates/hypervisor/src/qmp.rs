@@ -133,6 +133,29 @@ pub struct BlockDeviceStats {
     pub wr_bytes: u64,
     pub rd_operations: u64,
     pub wr_operations: u64,
+    #[serde(default)]
+    pub flush_operations: u64,
+    #[serde(default)]
+    pub rd_total_time_ns: u64,
+    #[serde(default)]
+    pub wr_total_time_ns: u64,
+    #[serde(default)]
+    pub flush_total_time_ns: u64,
+}
+
+/// `query-balloon`: the balloon's current size.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct QueryBalloon;
+impl QmpCommand for QueryBalloon {
+    const NAME: &'static str = "query-balloon";
+    type Return = BalloonInfo;
+}
+
+/// Answer of `query-balloon`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BalloonInfo {
+    /// Bytes of memory the guest has now.
+    pub actual: u64,
 }
 
 /// `migrate` to a URI.

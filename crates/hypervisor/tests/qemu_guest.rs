@@ -54,9 +54,13 @@ fn lifecycle_pause_resume_reset_agent_and_acpi_shutdown() {
     con.wait_for(READY_MARKER, T).unwrap();
     assert_eq!(dom.state().unwrap(), DomainState::Running);
 
+    // The booted guest's vCPU ran, QEMU used CPU and memory; the guest has its memory.
     let stats = dom.stats().unwrap();
     assert_eq!(stats.vcpus.len(), 1);
+    assert!(stats.vcpus[0].run_ns.is_some_and(|ns| ns > 0), "{stats:?}");
     assert!(stats.vmm_rss_kib > 0);
+    assert!(stats.vmm_user_ns + stats.vmm_system_ns > 0, "{stats:?}");
+    assert_eq!(stats.memory.domain_bytes, dom.config().memory_mib << 20);
 
     let os = dom
         .guest_agent("guest-get-osinfo", None, Duration::from_secs(30))

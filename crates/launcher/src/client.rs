@@ -263,6 +263,21 @@ impl LauncherClient {
         Self::need(self.call(Method::GET, "/v1/guest-osinfo", None).await?)
     }
 
+    /// The guest agent's `guest-get-fsinfo` answer: mounted filesystems and their disks.
+    pub async fn guest_fsinfo(&self) -> Result<serde_json::Value, ClientError> {
+        Self::need(self.call(Method::GET, "/v1/guest-fsinfo", None).await?)
+    }
+
+    /// The guest agent's `guest-get-users` answer: users logged in.
+    pub async fn guest_users(&self) -> Result<serde_json::Value, ClientError> {
+        Self::need(self.call(Method::GET, "/v1/guest-users", None).await?)
+    }
+
+    /// The running VM's counters.
+    pub async fn stats(&self) -> Result<crate::protocol::VmStats, ClientError> {
+        Self::need(self.call(Method::GET, "/v1/stats", None).await?)
+    }
+
     /// Freezes the guest's filesystems through its agent (for a snapshot); the launcher
     /// thaws them by itself after `unfreeze_timeout` (default 5 minutes) without an
     /// [`LauncherClient::unfreeze`]. Fails with 409 `guest agent is not connected`.

@@ -15,6 +15,9 @@
 //! | POST   | `/v1/reset`         | -> 204                                                 |
 //! | POST   | `/v1/soft-reboot`   | -> 204 (guest agent reboot, else reset)                |
 //! | GET    | `/v1/guest-osinfo`  | -> guest agent `guest-get-osinfo` answer               |
+//! | GET    | `/v1/guest-fsinfo`  | -> guest agent `guest-get-fsinfo` answer               |
+//! | GET    | `/v1/guest-users`   | -> guest agent `guest-get-users` answer                |
+//! | GET    | `/v1/stats`         | -> [`VmStats`]: counters of the running VM, for metrics |
 //! | POST   | `/v1/migrate`       | [`MigrateRequest`] -> 202 (outgoing live migration); 409 while one is in progress, with hot-plugged volumes, or before an incoming one completed; 502 if a `unix:` target cannot be reached |
 //! | GET    | `/v1/migration`     | -> `kubevirt_hypervisor::MigrationStatus`              |
 //! | POST   | `/v1/migrate/cancel` | -> 204; the outgoing migration is aborted, the guest stays here; 409 if none is in progress (or post-copy started) |
@@ -101,6 +104,30 @@ pub struct InterfaceStatus {
     pub ip_address: Option<String>,
     /// Binding: `masquerade`, `passt`.
     pub binding: String,
+}
+
+/// The running VM's counters (`GET /v1/stats`), read when asked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VmStats {
+    pub domain: kubevirt_hypervisor::DomainStats,
+    pub interfaces: Vec<InterfaceStats>,
+}
+
+/// One guest NIC's traffic, from the guest's side (`rx` is what the guest received).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InterfaceStats {
+    /// The interface's name in the VMI spec.
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
 }
 
 /// What a launcher reports (`GET /v1/status`, each line of `GET /v1/watch`, and

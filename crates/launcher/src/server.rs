@@ -385,6 +385,27 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
             },
             None => not_running(),
         },
+        (Method::GET, path @ ("/v1/guest-fsinfo" | "/v1/guest-users")) => match shared.vm() {
+            Some(vm) => {
+                let command = if path == "/v1/guest-fsinfo" {
+                    "guest-get-fsinfo"
+                } else {
+                    "guest-get-users"
+                };
+                match vm.agent(command, None).await {
+                    Ok(v) => json(StatusCode::OK, &v),
+                    Err(e) => vm_error(e),
+                }
+            }
+            None => not_running(),
+        },
+        (Method::GET, "/v1/stats") => match shared.vm() {
+            Some(vm) => match vm.stats().await {
+                Ok(v) => json(StatusCode::OK, &v),
+                Err(e) => vm_error(e),
+            },
+            None => not_running(),
+        },
         (Method::GET, "/v1/console") => match shared.vm() {
             Some(vm) => {
                 let target = vm.domain.config().serial.as_ref().map(|s| s.socket.clone());
@@ -399,9 +420,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
         (
             _,
             "/v1/status" | "/v1/watch" | "/v1/sync" | "/v1/stop" | "/v1/pause" | "/v1/unpause"
-            | "/v1/reset" | "/v1/soft-reboot" | "/v1/guest-osinfo" | "/v1/console" | "/v1/vnc"
-            | "/v1/migrate" | "/v1/migrate/cancel" | "/v1/migration" | "/v1/freeze"
-            | "/v1/unfreeze",
+            | "/v1/reset" | "/v1/soft-reboot" | "/v1/guest-osinfo" | "/v1/guest-fsinfo"
+            | "/v1/guest-users" | "/v1/stats" | "/v1/console" | "/v1/vnc" | "/v1/migrate"
+            | "/v1/migrate/cancel" | "/v1/migration" | "/v1/freeze" | "/v1/unfreeze",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
     };

@@ -213,6 +213,38 @@ impl Vm {
         .map_err(VmError::from)
     }
 
+    /// The VM's counters: the hypervisor's, and each tap NIC's traffic as the kernel
+    /// counts it in QEMU's network namespace.
+    pub async fn stats(self: &Arc<Self>) -> Result<crate::protocol::VmStats, VmError> {
+        self.require_live("stats")?;
+        let vm = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let domain = vm.domain.stats()?;
+            let net_dev = vm
+                .domain
+                .pid()
+                .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok())
+                .unwrap_or_default();
+            let interfaces = vm
+                .domain
+                .config()
+                .nics
+                .iter()
+                .filter_map(|n| match &n.backend {
+                    kubevirt_hypervisor::NicBackend::Tap { ifname } => {
+                        tap_stats(&net_dev, ifname, &n.name)
+                    }
+                    _ => None,
+                })
+                .collect();
+            Ok(crate::protocol::VmStats { domain, interfaces })
+        })
+        .await
+        .map_err(|e| VmError::Task {
+            reason: e.to_string(),
+        })?
+    }
+
     /// `guest-get-osinfo`, published in the status.
     pub async fn guest_osinfo(self: &Arc<Self>) -> Result<Value, VmError> {
         let v = self.agent("guest-get-osinfo", None).await?;
@@ -283,5 +315,60 @@ impl Vm {
                 tracing::error!(error = %e, "hard stop failed");
             }
         });
+    }
+}
+
+/// A tap's counters from `/proc/PID/net/dev`, turned to the guest's side: what the tap
+/// sent, the guest received.
+fn tap_stats(net_dev: &str, ifname: &str, name: &str) -> Option<crate::protocol::InterfaceStats> {
+    let line = net_dev.lines().find_map(|l| {
+        let (dev, counters) = l.split_once(':')?;
+        (dev.trim() == ifname).then_some(counters)
+    })?;
+    // Receive: bytes packets errs drop fifo frame compressed multicast; then transmit:
+    // bytes packets errs drop ...
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    if f.len() < 12 {
+        return None;
+    }
+    Some(crate::protocol::InterfaceStats {
+        name: name.to_string(),
+        rx_bytes: f[8],
+        rx_packets: f[9],
+        rx_errors: f[10],
+        rx_dropped: f[11],
+        tx_bytes: f[0],
+        tx_packets: f[1],
+        tx_errors: f[2],
+        tx_dropped: f[3],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tap_stats;
+
+    #[test]
+    fn tap_counters_are_turned_to_the_guest_side() {
+        let net_dev = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0
+tap0a1b:    1000      10    1    2    0     0          0         0     5000      50    3    4    0     0       0          0
+";
+        let s = tap_stats(net_dev, "tap0a1b", "default").unwrap();
+        assert_eq!(s.name, "default");
+        assert_eq!(
+            (s.rx_bytes, s.rx_packets, s.rx_errors, s.rx_dropped),
+            (5000, 50, 3, 4)
+        );
+        assert_eq!(
+            (s.tx_bytes, s.tx_packets, s.tx_errors, s.tx_dropped),
+            (1000, 10, 1, 2)
+        );
+        assert!(tap_stats(net_dev, "tap", "default").is_none());
+        assert!(tap_stats("tap0a1b: 1 2", "tap0a1b", "default").is_none());
     }
 }

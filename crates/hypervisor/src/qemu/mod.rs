@@ -412,6 +412,21 @@ impl QemuDomain {
                 None => renice_threads(pid, nice_for_shares(shares)),
             }
         }
+        if self.cfg.balloon {
+            // The guest's balloon driver reports its memory statistics this often; QEMU
+            // keeps the last report for `stats`. Ten seconds, as upstream's default.
+            let set = qmp.execute_raw(
+                "qom-set",
+                serde_json::json!({
+                    "path": BALLOON_PATH,
+                    "property": "guest-stats-polling-interval",
+                    "value": BALLOON_STATS_PERIOD_SECS,
+                }),
+            );
+            if let Err(error) = set {
+                tracing::warn!(domain = %self.cfg.name, %error, "cannot ask the balloon for the guest's memory statistics");
+            }
+        }
         tracing::info!(domain = %self.cfg.name, pid, qemu = %qmp.version, accel = self.accel.kind.as_str(), "QEMU started");
         Ok(Running { pid, qmp })
     }
@@ -591,7 +606,13 @@ fn map_status(status: &str) -> DomainState {
     }
 }
 
-fn proc_stats(pid: u32) -> (u64, u64) {
+/// The balloon device's QOM path (`id=balloon0` in the arguments).
+const BALLOON_PATH: &str = "/machine/peripheral/balloon0";
+/// Seconds between the guest's balloon statistics reports.
+const BALLOON_STATS_PERIOD_SECS: u64 = 10;
+
+/// Resident set (KiB) and user and system CPU time (ns) of process `pid`.
+fn proc_stats(pid: u32) -> (u64, u64, u64) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -600,7 +621,7 @@ fn proc_stats(pid: u32) -> (u64, u64) {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0);
-    let cpu_ms = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    let (user, system) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             // Fields after the parenthesised command name; utime and stime are 14 and 15.
@@ -610,10 +631,50 @@ fn proc_stats(pid: u32) -> (u64, u64) {
             let st: u64 = f.get(12)?.parse().ok()?;
             // SAFETY: sysconf has no memory-safety preconditions.
             let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-            Some((ut + st) * 1000 / hz)
+            Some((ut * 1_000_000_000 / hz, st * 1_000_000_000 / hz))
         })
-        .unwrap_or(0);
-    (rss, cpu_ms)
+        .unwrap_or((0, 0));
+    (rss, user, system)
+}
+
+/// Time a thread ran and waited to run, in nanoseconds (`/proc/PID/task/TID/schedstat`).
+fn thread_schedstat(pid: u32, tid: i64) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((f.next()??, f.next()??))
+}
+
+/// The disk name of a `query-blockstats` entry: its device's `ua-NAME` id.
+fn disk_name(qdev: &str, device: &str) -> Option<String> {
+    let id = if qdev.is_empty() { device } else { qdev };
+    id.split('/')
+        .find_map(|part| part.strip_prefix("ua-"))
+        .map(str::to_string)
+}
+
+/// The guest's balloon report, when the driver sent one (`qom-get ... guest-stats`).
+fn guest_memory(qmp: &QmpClient) -> Option<GuestMemoryStats> {
+    let v = qmp
+        .execute_raw(
+            "qom-get",
+            serde_json::json!({"path": BALLOON_PATH, "property": "guest-stats"}),
+        )
+        .ok()?;
+    // No report yet: `last-update` is 0 and every value -1.
+    if v["last-update"].as_u64().unwrap_or(0) == 0 {
+        return None;
+    }
+    let stat = |key: &str| v["stats"][key].as_i64().and_then(|n| u64::try_from(n).ok());
+    Some(GuestMemoryStats {
+        total_bytes: stat("stat-total-memory"),
+        free_bytes: stat("stat-free-memory"),
+        available_bytes: stat("stat-available-memory"),
+        disk_caches_bytes: stat("stat-disk-caches"),
+        swap_in_bytes: stat("stat-swap-in"),
+        swap_out_bytes: stat("stat-swap-out"),
+        major_faults: stat("stat-major-faults"),
+        minor_faults: stat("stat-minor-faults"),
+    })
 }
 
 impl Domain for QemuDomain {
@@ -706,32 +767,52 @@ impl Domain for QemuDomain {
         let q = self.qmp()?;
         let cpus = q.execute(&qmp::QueryCpusFast)?;
         let blocks = q.execute(&qmp::QueryBlockstats)?;
-        let (vmm_rss_kib, vmm_cpu_ms) = self.pid().map(proc_stats).unwrap_or((0, 0));
+        let pid = self.pid();
+        let (vmm_rss_kib, vmm_user_ns, vmm_system_ns) = pid.map(proc_stats).unwrap_or((0, 0, 0));
+        let memory = MemoryStats {
+            domain_bytes: self.cfg.memory_mib * 1024 * 1024,
+            balloon_actual_bytes: self
+                .cfg
+                .balloon
+                .then(|| q.execute(&qmp::QueryBalloon).ok().map(|b| b.actual))
+                .flatten(),
+            guest: self.cfg.balloon.then(|| guest_memory(&q)).flatten(),
+        };
         Ok(DomainStats {
             vcpus: cpus
                 .into_iter()
-                .map(|c| VcpuStats {
-                    index: c.cpu_index,
-                    thread_id: c.thread_id,
+                .map(|c| {
+                    let sched = pid.and_then(|p| thread_schedstat(p, c.thread_id));
+                    VcpuStats {
+                        index: c.cpu_index,
+                        thread_id: c.thread_id,
+                        run_ns: sched.map(|s| s.0),
+                        delay_ns: sched.map(|s| s.1),
+                    }
                 })
                 .collect(),
             block: blocks
                 .into_iter()
-                .filter(|b| !b.device.is_empty() || !b.qdev.is_empty())
-                .map(|b| BlockStats {
-                    device: if b.device.is_empty() {
-                        b.qdev
-                    } else {
-                        b.device
-                    },
-                    rd_bytes: b.stats.rd_bytes,
-                    wr_bytes: b.stats.wr_bytes,
-                    rd_operations: b.stats.rd_operations,
-                    wr_operations: b.stats.wr_operations,
+                .filter_map(|b| {
+                    let name = disk_name(&b.qdev, &b.device)?;
+                    let s = b.stats;
+                    Some(BlockStats {
+                        name,
+                        rd_bytes: s.rd_bytes,
+                        wr_bytes: s.wr_bytes,
+                        rd_operations: s.rd_operations,
+                        wr_operations: s.wr_operations,
+                        flush_operations: s.flush_operations,
+                        rd_total_time_ns: s.rd_total_time_ns,
+                        wr_total_time_ns: s.wr_total_time_ns,
+                        flush_total_time_ns: s.flush_total_time_ns,
+                    })
                 })
                 .collect(),
+            memory,
             vmm_rss_kib,
-            vmm_cpu_ms,
+            vmm_user_ns,
+            vmm_system_ns,
         })
     }
 
