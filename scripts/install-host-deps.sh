@@ -26,11 +26,12 @@ fi
 
 # Host tools: hypervisor and firmware, TPM, networking, image and ISO tools, an OCI registry,
 # etcd for the cluster-mode tests' real Kubernetes control plane (scripts/build-k8s.sh),
-# mmdebstrap for the container images' Debian base layer (scripts/build-image.sh).
+# mmdebstrap for the container images' Debian base layer (scripts/build-image.sh),
+# prometheus for promtool (checks monitoring/) and a real Prometheus for the metrics tests.
 backport_pkgs=(qemu-system-x86 qemu-system-common qemu-system-data qemu-guest-agent seabios qemu-utils)
 plain_pkgs=(ovmf swtpm swtpm-tools passt busybox-static xorriso isolinux syslinux-common genisoimage
   socat docker-registry skopeo iproute2 iptables nftables cpio zstd e2fsprogs dosfstools
-  dnsmasq-base curl ca-certificates nginx-light xz-utils etcd-server mmdebstrap)
+  dnsmasq-base curl ca-certificates nginx-light xz-utils etcd-server mmdebstrap prometheus)
 
 missing=()
 for p in "${backport_pkgs[@]}" "${plain_pkgs[@]}"; do
@@ -68,6 +69,23 @@ if command -v systemctl >/dev/null 2>&1; then
   if systemctl is-enabled --quiet etcd 2>/dev/null; then
     systemctl disable etcd >/dev/null 2>&1 || true
   fi
+fi
+
+# prometheus's package enables (and on a systemd host starts) a system Prometheus on :9090,
+# and on a host without systemd its init script starts one; the tests run their own
+# Prometheus on free ports, so keep the system one stopped and disabled either way. (The
+# init script stops only the daemon named by its pidfile, never a test's Prometheus.)
+if command -v systemctl >/dev/null 2>&1; then
+  if systemctl is-active --quiet prometheus 2>/dev/null; then
+    systemctl stop prometheus || true
+  fi
+  if systemctl is-enabled --quiet prometheus 2>/dev/null; then
+    systemctl disable prometheus >/dev/null 2>&1 || true
+  fi
+fi
+if [ ! -d /run/systemd/system ] && [ -x /etc/init.d/prometheus ]; then
+  /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  update-rc.d prometheus disable >/dev/null 2>&1 || true
 fi
 
 echo "install-host-deps: ok ($(qemu-system-x86_64 --version | head -n1))"

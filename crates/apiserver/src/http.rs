@@ -287,7 +287,7 @@ async fn handle_inner(app: Arc<AppState>, req: Request) -> ApiResult<Response> {
                 "platform": "linux/amd64",
             }),
         )),
-        Route::Metrics => Ok(crate::metrics::response(&app.metrics)),
+        Route::Metrics => Ok(crate::metrics::response(&app.metrics).await),
         Route::Health => {
             let mut r = Response::new(Body::from("ok"));
             r.headers_mut()

@@ -82,6 +82,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// kube-apiserver's `--authorization-mode`: RBAC, or AlwaysAllow (benchmarks compare).
     pub authorization: AuthorizationMode,
+    /// Metrics of other components served on `/metrics` after the server's own.
+    pub metrics_sources: Vec<Arc<dyn metrics::Source>>,
 }
 
 /// How requests are authorized.
@@ -170,6 +172,7 @@ impl ServerConfig {
             bookmark_interval: Duration::from_secs(30),
             limits: Limits::default(),
             authorization: AuthorizationMode::default(),
+            metrics_sources: Vec::new(),
         }
     }
 }
@@ -428,7 +431,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
             what: "the service-account token signer".into(),
             source: ApiError::internal(e.to_string()),
         })?;
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(metrics::Metrics::new(cfg.metrics_sources));
     let app = Arc::new(http::AppState {
         ops,
         metrics: metrics.clone(),

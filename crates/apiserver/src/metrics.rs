@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,10 +27,27 @@ struct RequestLabels {
     code: String,
 }
 
+/// Metrics another component gathers when `/metrics` is scraped (the node's VMs, the
+/// VM and VMI objects): a snapshot encoded after the server's own.
+pub trait Source: Send + Sync {
+    fn gather(&self) -> futures::future::BoxFuture<'_, Box<dyn Collector>>;
+}
+
 /// The server's metrics.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    sources: Vec<Arc<dyn Source>>,
+}
+
+impl Metrics {
+    /// The server's own metrics, then those of `sources`.
+    pub fn new(sources: Vec<Arc<dyn Source>>) -> Self {
+        Metrics {
+            sources,
+            ..Metrics::default()
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -41,16 +59,28 @@ impl Default for Metrics {
             "Counter of apiserver requests broken out for each verb, group, version, resource, scope, subresource and HTTP response code.",
             requests.clone(),
         );
-        Metrics { registry, requests }
+        Metrics {
+            registry,
+            requests,
+            sources: Vec::new(),
+        }
     }
 }
 
 impl Metrics {
-    /// The text exposition of every metric.
-    pub fn render(&self) -> String {
+    /// The text exposition of every metric, the sources' gathered together.
+    pub async fn render(&self) -> String {
+        use prometheus_client::encoding::text;
+        let gathered = futures::future::join_all(self.sources.iter().map(|s| s.gather())).await;
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = text::encode_registry(&mut out, &self.registry);
+        for collector in gathered {
+            let mut registry = Registry::default();
+            registry.register_collector(collector);
+            let _ = text::encode_registry(&mut out, &registry);
+        }
+        let _ = text::encode_eof(&mut out);
         out
     }
 }
@@ -116,14 +146,14 @@ pub async fn count(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
     resp
 }
 
-/// `GET /metrics`.
-pub fn response(metrics: &Metrics) -> Response {
+/// `GET /metrics`, in the OpenMetrics text format `prometheus-client` writes.
+pub async fn response(metrics: &Metrics) -> Response {
     (
         [(
             http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics.render(),
+        metrics.render().await,
     )
         .into_response()
 }

@@ -11,6 +11,7 @@
 //!   status from the launcher's reports, stops deleted VMIs; [`hotplug`]: attaches and
 //!   detaches hot-pluggable volumes, grows disks whose claims grew; [`migration`]: the
 //!   source's and target's steps of a live migration;
+//! - [`metrics`]: the node's VM metrics, read from the launchers when scraped;
 //! - [`subresources`] and [`logs`]: `subresources.kubevirt.io` (start/stop/restart,
 //!   pause/unpause/softreboot/reset, console/vnc, guestosinfo) and `pods/log`.
 
@@ -19,6 +20,7 @@ pub mod error;
 pub mod hotplug;
 pub mod launchers;
 pub mod logs;
+pub mod metrics;
 pub mod migration;
 pub mod node;
 pub mod pod_status;

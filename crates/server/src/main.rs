@@ -11,6 +11,7 @@
 
 mod cluster;
 mod components;
+mod metrics;
 mod update;
 
 use std::net::SocketAddr;
@@ -238,6 +239,11 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
             .merge(kubevirt_storage::export::router(exports.clone())),
     );
     cfg.extra_apis = vec![subresource_api(), core_api(), upload_api()];
+    let vm_metrics = Arc::new(metrics::EmbeddedMetrics::new(
+        node.clone(),
+        launchers.clone(),
+    ));
+    cfg.metrics_sources = vec![vm_metrics.clone()];
     let handle = kubevirt_apiserver::start(cfg)
         .await
         .map_err(|e| anyhow::anyhow!("starting the API server: {e} ({e:?})"))?;
@@ -245,6 +251,7 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
     sub.set_client(client.clone());
     evictions.set_client(client.clone());
     uploads.set_client(client.clone());
+    vm_metrics.set_client(client.clone());
     let api_url = kubevirt_apiserver::tls::kubeconfig_server(&data_dir)
         .unwrap_or_else(|_| format!("https://{}", handle.addr));
     exports.set_server(client.clone(), &api_url, &handle.ca_pem);

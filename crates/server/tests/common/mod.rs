@@ -1,6 +1,8 @@
 //! End-to-end fixtures: the real `kubevirt-rs server`, real `kubectl`, real `virtctl`.
 #![allow(dead_code)]
 
+pub mod monitoring;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
