@@ -19,6 +19,8 @@ pub const RESOURCES: &[(&str, &[&str])] = &[
     ("virtualmachineinstances/console", &["get"]),
     ("virtualmachineinstances/vnc", &["get"]),
     ("virtualmachineinstances/guestosinfo", &["get"]),
+    ("virtualmachineinstances/filesystemlist", &["get"]),
+    ("virtualmachineinstances/userlist", &["get"]),
     ("virtualmachineinstances/freeze", &["update"]),
     ("virtualmachineinstances/unfreeze", &["update"]),
     ("virtualmachineinstances/addvolume", &["update"]),

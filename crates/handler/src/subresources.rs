@@ -662,6 +662,21 @@ async fn vmi_get(
                 .unwrap_or(info);
             Ok(Json(info).into_response())
         }
+        "filesystemlist" | "userlist" => {
+            let (_, client) = running_vmi(&state, &ns, &name).await?;
+            let answer = if action == "filesystemlist" {
+                client.guest_fsinfo().await
+            } else {
+                client.guest_users().await
+            }
+            .map_err(|e| ApiError::conflict("virtualmachineinstance", &name, &e.to_string()))?;
+            let list = if action == "filesystemlist" {
+                crate::vmi_status::filesystem_list(&answer)
+            } else {
+                crate::vmi_status::user_list(&answer)
+            };
+            Ok(Json(list).into_response())
+        }
         "console" | "vnc" => {
             let ws = ws.map_err(|_| {
                 ApiError::new(

@@ -76,6 +76,65 @@ pub fn guest_os_info(info: &Value) -> Option<GuestOsInfo> {
     serde_json::from_value(Value::Object(out)).ok()
 }
 
+/// The guest agent's `guest-get-fsinfo` answer as upstream's
+/// VirtualMachineInstanceFileSystemList. The answer is the guest's word: only the known
+/// fields are taken, each of its type, anything else is left out.
+pub fn filesystem_list(answer: &Value) -> Value {
+    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let items: Vec<Value> = answer
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|fs| {
+            let mut item = serde_json::json!({
+                "diskName": text(fs, "name"),
+                "mountPoint": text(fs, "mountpoint"),
+                "fileSystemType": text(fs, "type"),
+                "usedBytes": fs["used-bytes"].as_u64().unwrap_or(0),
+                "totalBytes": fs["total-bytes"].as_u64().unwrap_or(0),
+            });
+            let disks: Vec<Value> = fs["disk"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    let mut disk = serde_json::json!({"busType": text(d, "bus-type")});
+                    if let Some(serial) = d["serial"].as_str().filter(|s| !s.is_empty()) {
+                        disk["serial"] = serial.into();
+                    }
+                    disk
+                })
+                .collect();
+            if !disks.is_empty() {
+                item["disk"] = disks.into();
+            }
+            item
+        })
+        .collect();
+    serde_json::json!({"metadata": {}, "items": items})
+}
+
+/// The guest agent's `guest-get-users` answer as upstream's
+/// VirtualMachineInstanceGuestOSUserList (same care as [`filesystem_list`]).
+pub fn user_list(answer: &Value) -> Value {
+    let items: Vec<Value> = answer
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| {
+            let mut item = serde_json::json!({"userName": u["user"].as_str().unwrap_or_default()});
+            if let Some(domain) = u["domain"].as_str().filter(|d| !d.is_empty()) {
+                item["domain"] = domain.into();
+            }
+            if let Some(t) = u["login-time"].as_f64().filter(|t| *t != 0.0) {
+                item["loginTime"] = t.into();
+            }
+            item
+        })
+        .collect();
+    serde_json::json!({"metadata": {}, "items": items})
+}
+
 fn set(
     st: &mut VirtualMachineInstanceStatus,
     want: bool,
@@ -210,6 +269,41 @@ mod tests {
     use kubevirt_hypervisor::ExitInfo;
     use kubevirt_launcher::{FailedStep, InterfaceStatus, StartFailure};
     use serde_json::json;
+
+    #[test]
+    fn guest_filesystems_and_users_in_upstreams_shape() {
+        let fs = json!([
+            {"name": "vda", "mountpoint": "/mnt", "type": "iso9660", "used-bytes": 4096,
+             "total-bytes": 8192, "disk": [{"bus-type": "virtio", "serial": "ROOT", "dev": "/dev/vda",
+             "bus": 0, "target": 0, "unit": 0}]},
+            {"name": "x", "mountpoint": 7, "type": null, "total-bytes": "big", "disk": "nope"}
+        ]);
+        assert_eq!(
+            filesystem_list(&fs),
+            json!({"metadata": {}, "items": [
+                {"diskName": "vda", "mountPoint": "/mnt", "fileSystemType": "iso9660",
+                 "usedBytes": 4096, "totalBytes": 8192,
+                 "disk": [{"busType": "virtio", "serial": "ROOT"}]},
+                {"diskName": "x", "mountPoint": "", "fileSystemType": "",
+                 "usedBytes": 0, "totalBytes": 0}
+            ]})
+        );
+        assert_eq!(
+            filesystem_list(&json!({"error": 1})),
+            json!({"metadata": {}, "items": []})
+        );
+        let users = json!([
+            {"user": "root", "login-time": 1700000000.5},
+            {"user": "alice", "domain": "CORP", "login-time": 0}
+        ]);
+        assert_eq!(
+            user_list(&users),
+            json!({"metadata": {}, "items": [
+                {"userName": "root", "loginTime": 1700000000.5},
+                {"userName": "alice", "domain": "CORP"}
+            ]})
+        );
+    }
 
     fn now() -> Timestamp {
         "2026-01-01T00:00:00Z".parse().unwrap()

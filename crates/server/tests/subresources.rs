@@ -1,4 +1,4 @@
-//! The VMI subresources through virtctl: guestosinfo, vnc (RFB through the proxy), reset,
+//! The VMI subresources through virtctl: guestosinfo, fslist, userlist, vnc (RFB through the proxy), reset,
 //! soft-reboot, and their errors.
 
 mod common;
@@ -78,6 +78,45 @@ fn vmi_subresources_through_virtctl() {
         console.send("\r");
         std::thread::sleep(Duration::from_secs(1));
     }
+
+    // fslist: the guest mounts its disk, and the agent's list shows it in upstream's
+    // shape. userlist: nobody logged in to the test guest.
+    console.send("mount -t iso9660 -o ro /dev/vda /mnt && echo mounted-$((6*7))\r");
+    console.wait_for("mounted-42");
+    let out = server.virtctl(&["fslist", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mnt = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|fs| fs["mountPoint"] == "/mnt")
+        .unwrap_or_else(|| panic!("no /mnt in {list}"));
+    assert_eq!(mnt["fileSystemType"], "iso9660", "{mnt}");
+    assert_eq!(mnt["diskName"], "vda", "{mnt}");
+    assert_eq!(mnt["disk"][0]["busType"], "virtio", "{mnt}");
+    assert!(mnt["totalBytes"].as_u64().unwrap() > 0, "{mnt}");
+    let out = server.virtctl(&["userlist", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let users: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(users, serde_json::json!({"metadata": {}, "items": []}));
+    let out = server.virtctl(&["fslist", "missing"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("Error listing filesystems of VirtualMachineInstance missing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let before = console
         .text()
         .matches(kubevirt_testenv::READY_MARKER)

@@ -110,6 +110,10 @@ enum Cmd {
     },
     /// Return guest agent info about the operating system.
     Guestosinfo { vmi: String },
+    /// Return the full list of filesystems available on the guest machine.
+    Fslist { vmi: String },
+    /// Return the full list of users logged in on the guest machine.
+    Userlist { vmi: String },
     /// Export a VM volume.
     Vmexport(vmexport::VmExportArgs),
     /// Upload a VM image to a DataVolume or PersistentVolumeClaim.
@@ -275,6 +279,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Guestosinfo { vmi } => {
             let info = s.vmi_get_json(&vmi, "guestosinfo").await?;
             println!("{}", serde_json::to_string_pretty(&info)?);
+        }
+        Cmd::Fslist { vmi } => {
+            let list = s.vmi_get_json(&vmi, "filesystemlist").await.map_err(|e| {
+                e.context(format!(
+                    "Error listing filesystems of VirtualMachineInstance {vmi}"
+                ))
+            })?;
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
+        Cmd::Userlist { vmi } => {
+            let list = s.vmi_get_json(&vmi, "userlist").await.map_err(|e| {
+                e.context(format!(
+                    "Error listing users of VirtualMachineInstance {vmi}"
+                ))
+            })?;
+            println!("{}", serde_json::to_string_pretty(&list)?);
         }
         Cmd::Console { vmi, timeout } => {
             return console::run(&s, &vmi, std::time::Duration::from_secs(timeout * 60)).await;
