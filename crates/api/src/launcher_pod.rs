@@ -19,9 +19,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeSource,
-    EmptyDirVolumeSource, EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector,
-    PersistentVolumeClaimVolumeSource, Pod, PodReadinessGate, PodSecurityContext, PodSpec,
-    ResourceRequirements, SecretVolumeSource, SecurityContext, Volume as PodVolume, VolumeMount,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction, HostPathVolumeSource,
+    ObjectFieldSelector, PersistentVolumeClaimVolumeSource, Pod, PodReadinessGate,
+    PodSecurityContext, PodSpec, Probe as PodProbe, ResourceRequirements, SecretVolumeSource,
+    SecurityContext, Volume as PodVolume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -567,6 +568,82 @@ fn node_selector(vmi: &VirtualMachineInstance) -> BTreeMap<String, String> {
     sel
 }
 
+/// Seconds a VMI's probe waits beyond its own initial delay: the guest needs its VMM
+/// first (upstream's `LibvirtStartupDelay`).
+pub const PROBE_STARTUP_DELAY_SECONDS: i32 = 10;
+
+/// The program a probe the guest agent answers runs as (upstream's `virt-probe`): the
+/// node's kubelet reads its arguments.
+pub const VIRT_PROBE: &str = "virt-probe";
+
+/// A VMI probe as the compute container's, as upstream renders it: defaults filled in
+/// (timeout 1 s, period 10 s, thresholds 1 and 3), the startup delay added, and `exec` and
+/// `guestAgentPing` turned into a `virt-probe` command (one more second of timeout for
+/// its extra step).
+pub fn container_probe(vmi: &VirtualMachineInstance, probe: &crate::v1::Probe) -> PodProbe {
+    let positive = |v: Option<i32>, default: i32| v.filter(|v| *v >= 1).unwrap_or(default);
+    let timeout = positive(probe.timeout_seconds, 1);
+    let domain = format!(
+        "{}_{}",
+        vmi.metadata.namespace.as_deref().unwrap_or_default(),
+        vmi.metadata.name.as_deref().unwrap_or_default()
+    );
+    let virt_probe = |tail: Vec<String>| {
+        let mut command = vec![
+            VIRT_PROBE.to_string(),
+            "--domainName".into(),
+            domain.clone(),
+            "--timeoutSeconds".into(),
+            timeout.to_string(),
+        ];
+        command.extend(tail);
+        Some(ExecAction {
+            command: Some(command),
+        })
+    };
+    let exec = if probe.guest_agent_ping.is_some() {
+        virt_probe(vec!["--guestAgentPing".into()])
+    } else {
+        match probe.exec.as_ref().and_then(|e| e.command.as_deref()) {
+            Some([first, ..]) if first == VIRT_PROBE => probe.exec.clone(),
+            Some([first, rest @ ..]) => {
+                let mut tail = vec!["--command".to_string(), first.clone(), "--".into()];
+                tail.extend(rest.iter().cloned());
+                virt_probe(tail)
+            }
+            _ => probe.exec.clone(),
+        }
+    };
+    let wrapped = exec.as_ref().is_some_and(|e| {
+        e.command
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(String::as_str)
+            == Some(VIRT_PROBE)
+    });
+    PodProbe {
+        initial_delay_seconds: Some(
+            probe.initial_delay_seconds.unwrap_or(0).max(0) + PROBE_STARTUP_DELAY_SECONDS,
+        ),
+        timeout_seconds: Some(timeout + i32::from(wrapped)),
+        period_seconds: Some(positive(probe.period_seconds, 10)),
+        success_threshold: Some(positive(probe.success_threshold, 1)),
+        failure_threshold: Some(positive(probe.failure_threshold, 3)),
+        exec,
+        http_get: if probe.guest_agent_ping.is_some() {
+            None
+        } else {
+            probe.http_get.clone()
+        },
+        tcp_socket: if probe.guest_agent_ping.is_some() {
+            None
+        } else {
+            probe.tcp_socket.clone()
+        },
+        ..Default::default()
+    }
+}
+
 /// The virt-launcher Pod for `vmi` (no name: the API server completes `generateName`).
 pub fn launcher_pod(vmi: &VirtualMachineInstance, s: &LauncherPodSettings) -> Pod {
     let name = vmi.metadata.name.clone().unwrap_or_default();
@@ -629,6 +706,16 @@ pub fn launcher_pod(vmi: &VirtualMachineInstance, s: &LauncherPodSettings) -> Po
             ..Default::default()
         }),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
+        readiness_probe: vmi
+            .spec
+            .readiness_probe
+            .as_ref()
+            .map(|p| container_probe(vmi, p)),
+        liveness_probe: vmi
+            .spec
+            .liveness_probe
+            .as_ref()
+            .map(|p| container_probe(vmi, p)),
         volume_mounts: Some(mounts),
         ..Default::default()
     };
@@ -725,6 +812,79 @@ mod tests {
             "launcher:1",
             vec!["/usr/bin/kubevirt-rs".into(), "launcher".into()],
         )
+    }
+
+    #[test]
+    fn probes_are_rendered_as_upstream() {
+        let mut v = vmi();
+        v.spec.readiness_probe = Some(
+            serde_json::from_value(serde_json::json!({
+                "httpGet": {"port": 1500, "path": "/healthz"}, "initialDelaySeconds": 5,
+                "periodSeconds": 2, "failureThreshold": 1
+            }))
+            .unwrap(),
+        );
+        v.spec.liveness_probe = Some(
+            serde_json::from_value(serde_json::json!({
+                "exec": {"command": ["cat", "/tmp/healthy"]}, "timeoutSeconds": 3
+            }))
+            .unwrap(),
+        );
+        let pod = launcher_pod(&v, &settings());
+        let c = &pod.spec.unwrap().containers[0];
+        let r = c.readiness_probe.as_ref().unwrap();
+        assert_eq!(r.initial_delay_seconds, Some(15));
+        assert_eq!((r.period_seconds, r.timeout_seconds), (Some(2), Some(1)));
+        assert_eq!(
+            (r.success_threshold, r.failure_threshold),
+            (Some(1), Some(1))
+        );
+        assert_eq!(
+            r.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/healthz")
+        );
+        let l = c.liveness_probe.as_ref().unwrap();
+        let ns_name = format!(
+            "{}_{}",
+            v.metadata.namespace.clone().unwrap(),
+            v.metadata.name.clone().unwrap()
+        );
+        assert_eq!(
+            l.exec.as_ref().unwrap().command.as_deref().unwrap(),
+            [
+                "virt-probe",
+                "--domainName",
+                ns_name.as_str(),
+                "--timeoutSeconds",
+                "3",
+                "--command",
+                "cat",
+                "--",
+                "/tmp/healthy"
+            ]
+        );
+        assert_eq!(
+            (l.timeout_seconds, l.period_seconds, l.failure_threshold),
+            (Some(4), Some(10), Some(3))
+        );
+        v.spec.liveness_probe =
+            Some(serde_json::from_value(serde_json::json!({"guestAgentPing": {}})).unwrap());
+        let pod = launcher_pod(&v, &settings());
+        let l = pod.spec.unwrap().containers[0]
+            .liveness_probe
+            .clone()
+            .unwrap();
+        assert_eq!(
+            l.exec.unwrap().command.unwrap(),
+            [
+                "virt-probe",
+                "--domainName",
+                ns_name.as_str(),
+                "--timeoutSeconds",
+                "1",
+                "--guestAgentPing"
+            ]
+        );
     }
 
     fn vmi() -> VirtualMachineInstance {

@@ -142,6 +142,11 @@ impl Launchers {
         }
     }
 
+    /// Wakes the reconcilers of `key`'s pod and VMI (a probe result changed).
+    pub fn notify(&self, key: &PodKey) {
+        self.notify.send(key);
+    }
+
     pub fn run_dir(&self, key: &PodKey) -> RunDir {
         RunDir::for_uid(&self.config.run_root, &key.uid)
     }

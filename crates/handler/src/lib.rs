@@ -5,8 +5,8 @@
 //! - [`scheduler`]: embedded mode's stand-in for kube-scheduler (binds pods to the node);
 //! - [`launchers`]: the launcher processes of this node, started or adopted, followed
 //!   through the status they push;
-//! - [`pods`] with [`pod_status`]: runs launcher pods and reports their status; refuses
-//!   other pods;
+//! - [`pods`] with [`pod_status`] and [`probes`]: runs launcher pods, probes their
+//!   containers and reports their status; refuses other pods;
 //! - [`agent`] with [`vmi_status`]: hands each Scheduled VMI to its launcher, writes VMI
 //!   status from the launcher's reports, stops deleted VMIs; [`hotplug`]: attaches and
 //!   detaches hot-pluggable volumes, grows disks whose claims grew; [`migration`]: the
@@ -25,6 +25,7 @@ pub mod migration;
 pub mod node;
 pub mod pod_status;
 pub mod pods;
+pub mod probes;
 pub mod scheduler;
 pub mod subresources;
 pub mod vmi_status;

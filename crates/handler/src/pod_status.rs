@@ -70,11 +70,13 @@ pub fn qos_class(pod: &Pod) -> &'static str {
     }
 }
 
-/// The pod status for `pod` given its launcher (None: not started yet) on `node_ip`.
+/// The pod status for `pod` given its launcher (None: not started yet) on `node_ip`;
+/// `probe_ready`: the container's readiness probe passed (true without one).
 pub fn pod_status(
     pod: &Pod,
     launcher: Option<&Observed>,
     node_ip: &str,
+    probe_ready: bool,
     now: Timestamp,
 ) -> PodStatus {
     let now_t = Time(now);
@@ -142,6 +144,7 @@ pub fn pod_status(
             false,
         ),
     };
+    let ready = running && probe_ready;
     let pod_ip = launcher
         .and_then(|l| l.status.as_ref())
         .and_then(|s| s.interfaces.iter().find_map(|i| i.ip_address.clone()))
@@ -157,8 +160,8 @@ pub fn pod_status(
         condition("Initialized", true, None, &now_t, &old),
         condition(
             "Ready",
-            running && gates_ok,
-            (!running).then_some(if exit.is_some() {
+            ready && gates_ok,
+            (!ready).then_some(if exit.is_some() {
                 "PodCompleted"
             } else {
                 "ContainersNotReady"
@@ -168,8 +171,8 @@ pub fn pod_status(
         ),
         condition(
             "ContainersReady",
-            running,
-            (!running).then_some(if exit.is_some() {
+            ready,
+            (!ready).then_some(if exit.is_some() {
                 "PodCompleted"
             } else {
                 "ContainersNotReady"
@@ -209,7 +212,7 @@ pub fn pod_status(
             image: image.clone(),
             image_id: String::new(),
             container_id,
-            ready: running,
+            ready,
             started: Some(running),
             restart_count: 0,
             state: Some(state),
@@ -307,6 +310,7 @@ mod tests {
             &pod(Some("True")),
             Some(&observed(true, None)),
             "127.0.0.1",
+            true,
             now(),
         );
         assert_eq!(s.phase.as_deref(), Some("Running"));
@@ -317,9 +321,34 @@ mod tests {
         assert_eq!(c.container_id.as_deref(), Some("kubevirt-rs://42"));
         assert_eq!(s.qos_class.as_deref(), Some("Burstable"));
         // Without the gate condition the pod runs but is not Ready.
-        let s = pod_status(&pod(None), Some(&observed(true, None)), "127.0.0.1", now());
+        let s = pod_status(
+            &pod(None),
+            Some(&observed(true, None)),
+            "127.0.0.1",
+            true,
+            now(),
+        );
         assert_eq!(cond(&s, "Ready").status, "False");
         assert_eq!(cond(&s, "ContainersReady").status, "True");
+    }
+
+    #[test]
+    fn a_failing_readiness_probe_makes_the_container_not_ready() {
+        let s = pod_status(
+            &pod(Some("True")),
+            Some(&observed(true, None)),
+            "127.0.0.1",
+            false,
+            now(),
+        );
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(cond(&s, "Ready").status, "False");
+        assert_eq!(
+            cond(&s, "Ready").reason.as_deref(),
+            Some("ContainersNotReady")
+        );
+        assert_eq!(cond(&s, "ContainersReady").status, "False");
+        assert!(!s.container_statuses.unwrap()[0].ready);
     }
 
     #[test]
@@ -328,6 +357,7 @@ mod tests {
             &pod(Some("True")),
             Some(&observed(false, None)),
             "127.0.0.1",
+            true,
             now(),
         );
         assert_eq!(s.phase.as_deref(), Some("Pending"));
@@ -347,6 +377,7 @@ mod tests {
             &pod(Some("True")),
             Some(&observed(true, Some(1))),
             "127.0.0.1",
+            true,
             now(),
         );
         assert_eq!(s.phase.as_deref(), Some("Failed"));
@@ -361,6 +392,7 @@ mod tests {
             &pod(Some("True")),
             Some(&observed(true, Some(0))),
             "127.0.0.1",
+            true,
             now(),
         );
         assert_eq!(s.phase.as_deref(), Some("Succeeded"));

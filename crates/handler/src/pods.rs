@@ -48,6 +48,8 @@ pub struct Context {
     pub recorder: EventRecorder,
     /// Pods whose launcher was sent SIGTERM.
     terminating: Mutex<HashSet<String>>,
+    /// The compute containers' readiness and liveness probes.
+    probes: crate::probes::Probes,
 }
 
 impl Context {
@@ -59,6 +61,7 @@ impl Context {
             node_ip,
             launchers,
             terminating: Mutex::new(HashSet::new()),
+            probes: crate::probes::Probes::default(),
         }
     }
 }
@@ -148,6 +151,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
         .ensure(&key, claims.as_deref().or(wants_launcher.then_some(&[])))?;
     let observed = launcher.as_ref().map(|l| l.observed());
     if let Some(deadline) = deleting {
+        ctx.probes.remove(&key.uid);
         let running = launcher.as_ref().filter(|l| !l.exited());
         if let Some(l) = running {
             let first = ctx
@@ -177,7 +181,7 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
             ));
         }
         if let Some(o) = &observed {
-            let status = pod_status(&pod, Some(o), &ctx.node_ip, now);
+            let status = pod_status(&pod, Some(o), &ctx.node_ip, false, now);
             write_status(&pods, &*pod, pod.status.as_ref(), &status).await?;
             let waited = o.exit.as_ref().map_or(Duration::MAX, |e| {
                 Duration::try_from(now.duration_since(e.finished_at)).unwrap_or(Duration::ZERO)
@@ -194,7 +198,18 @@ pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
             .remove(&key.uid);
         return Ok(Action::await_change());
     }
-    let status = pod_status(&pod, observed.as_ref(), &ctx.node_ip, now);
+    match &launcher {
+        Some(l) if !l.exited() && observed.as_ref().is_some_and(|o| o.status.is_some()) => {
+            let wake: Arc<dyn Fn() + Send + Sync> = {
+                let (launchers, key) = (ctx.launchers.clone(), key.clone());
+                Arc::new(move || launchers.notify(&key))
+            };
+            ctx.probes.ensure(&pod, l, &ctx.recorder, wake);
+        }
+        _ => ctx.probes.remove(&key.uid),
+    }
+    let ready = ctx.probes.ready(&key.uid);
+    let status = pod_status(&pod, observed.as_ref(), &ctx.node_ip, ready, now);
     let was_running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
     if write_status(&pods, &*pod, pod.status.as_ref(), &status).await?
         && !was_running

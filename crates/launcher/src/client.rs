@@ -273,6 +273,25 @@ impl LauncherClient {
         Self::need(self.call(Method::GET, "/v1/guest-users", None).await?)
     }
 
+    /// Whether the guest agent answers a ping.
+    pub async fn guest_ping(&self) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>(Method::GET, "/v1/guest-ping", None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs a command in the guest through its agent (see [`crate::GuestExecRequest`]).
+    pub async fn guest_exec(
+        &self,
+        req: &crate::protocol::GuestExecRequest,
+    ) -> Result<crate::protocol::GuestExecResult, ClientError> {
+        let body = Self::encode(req)?;
+        Self::need(
+            self.call(Method::POST, "/v1/guest-exec", Some(body))
+                .await?,
+        )
+    }
+
     /// The running VM's counters.
     pub async fn stats(&self) -> Result<crate::protocol::VmStats, ClientError> {
         Self::need(self.call(Method::GET, "/v1/stats", None).await?)

@@ -17,6 +17,8 @@
 //! | GET    | `/v1/guest-osinfo`  | -> guest agent `guest-get-osinfo` answer               |
 //! | GET    | `/v1/guest-fsinfo`  | -> guest agent `guest-get-fsinfo` answer               |
 //! | GET    | `/v1/guest-users`   | -> guest agent `guest-get-users` answer                |
+//! | GET    | `/v1/guest-ping`    | -> 204 when the guest agent answers `guest-ping`        |
+//! | POST   | `/v1/guest-exec`    | [`GuestExecRequest`] -> [`GuestExecResult`]: a command run in the guest by its agent (exec probes) |
 //! | GET    | `/v1/stats`         | -> [`VmStats`]: counters of the running VM, for metrics |
 //! | POST   | `/v1/migrate`       | [`MigrateRequest`] -> 202 (outgoing live migration); 409 while one is in progress, with hot-plugged volumes, or before an incoming one completed; 502 if a `unix:` target cannot be reached |
 //! | GET    | `/v1/migration`     | -> `kubevirt_hypervisor::MigrationStatus`              |
@@ -104,6 +106,23 @@ pub struct InterfaceStatus {
     pub ip_address: Option<String>,
     /// Binding: `masquerade`, `passt`.
     pub binding: String,
+}
+
+/// A command for the guest agent to run (`POST /v1/guest-exec`), as an exec probe's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestExecRequest {
+    pub command: String,
+    pub args: Vec<String>,
+    /// How long the command may run.
+    pub timeout_seconds: u64,
+}
+
+/// How a guest command ended: its exit code, or none when it ran past its timeout.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestExecResult {
+    pub exit_code: Option<i64>,
 }
 
 /// The running VM's counters (`GET /v1/stats`), read when asked.

@@ -213,6 +213,39 @@ impl Vm {
         .map_err(VmError::from)
     }
 
+    /// Runs `command` in the guest through its agent (`guest-exec`), waiting up to
+    /// `timeout` for it to end. `exit_code` is None when it did not end in time.
+    pub async fn guest_exec(
+        self: &Arc<Self>,
+        req: crate::protocol::GuestExecRequest,
+    ) -> Result<crate::protocol::GuestExecResult, VmError> {
+        let deadline = Instant::now() + Duration::from_secs(req.timeout_seconds.max(1));
+        let started = self
+            .agent(
+                "guest-exec",
+                Some(serde_json::json!({"path": req.command, "arg": req.args, "capture-output": true})),
+            )
+            .await?;
+        let pid = started["pid"].as_i64().ok_or_else(|| VmError::Task {
+            reason: format!("guest-exec answered without a pid: {started}"),
+        })?;
+        loop {
+            let status = self
+                .agent("guest-exec-status", Some(serde_json::json!({"pid": pid})))
+                .await?;
+            if status["exited"].as_bool() == Some(true) {
+                return Ok(crate::protocol::GuestExecResult {
+                    // Killed by a signal: no exit code, a failure all the same.
+                    exit_code: Some(status["exitcode"].as_i64().unwrap_or(-1)),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Ok(crate::protocol::GuestExecResult { exit_code: None });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The VM's counters: the hypervisor's, and each tap NIC's traffic as the kernel
     /// counts it in QEMU's network namespace.
     pub async fn stats(self: &Arc<Self>) -> Result<crate::protocol::VmStats, VmError> {
