@@ -17,6 +17,7 @@ pub mod proto;
 mod quota;
 pub mod registry;
 pub mod schema;
+pub mod services;
 pub mod store;
 pub mod tls;
 pub mod view;
@@ -398,6 +399,7 @@ pub async fn start(cfg: ServerConfig) -> Result<ServerHandle> {
         admission: cfg.admission.clone(),
         eviction_checks: cfg.eviction_checks.clone(),
         authz: authz.clone(),
+        service_allocation: Default::default(),
     };
     ops.refresh_registry();
     bootstrap(&ops, &cfg.crds).await?;

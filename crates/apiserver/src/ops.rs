@@ -159,6 +159,9 @@ pub struct Ops {
     pub eviction_checks: Vec<Arc<dyn EvictionCheck>>,
     /// RBAC: role and binding writes may not grant more than their author holds.
     pub authz: Arc<Authorizer>,
+    /// Held by Service writes from reading what is allocated until the write is committed,
+    /// so two Services never get the same cluster IP or node port.
+    pub service_allocation: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub fn now() -> String {
@@ -231,6 +234,8 @@ struct Ctx {
     warnings: Arc<Mutex<Vec<String>>>,
     /// StorageClasses, read before a claim is written (claim admission needs them).
     storage_classes: Arc<Vec<Arc<Value>>>,
+    /// Cluster IPs and node ports held, read before a Service is written (only then).
+    services: Arc<crate::services::Taken>,
 }
 
 impl Ctx {
@@ -310,6 +315,8 @@ impl Ctx {
             fold_secret_string_data(obj);
         }
         crate::volumes::admit(&self.def, op, obj, old, &self.storage_classes)?;
+        crate::services::admit(&self.def, op, obj, old, &self.services)
+            .map_err(|causes| self.invalid(&name, causes))?;
         let mut causes = Vec::new();
         if let Some(schema) = &self.def.schema {
             causes.extend(schema::validate(schema, obj));
@@ -777,6 +784,15 @@ pub fn apply_patch_type(pt: PatchType, cur: &Value, body: &Value) -> ApiResult<V
 }
 
 impl Ops {
+    /// The Service allocation lock, for Service writes only.
+    async fn allocation_guard(&self, def: &ResourceDef) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if crate::services::is_service(def) {
+            Some(self.service_allocation.lock().await)
+        } else {
+            None
+        }
+    }
+
     fn ctx(&self, def: &Arc<ResourceDef>, opts: WriteOpts) -> Ctx {
         Ctx {
             def: def.clone(),
@@ -785,6 +801,7 @@ impl Ops {
             opts,
             warnings: Arc::new(Mutex::new(Vec::new())),
             storage_classes: crate::volumes::classes_for(&self.store, def),
+            services: crate::services::taken_for(&self.store, def),
         }
     }
 
@@ -881,6 +898,7 @@ impl Ops {
             }
         }
         let dry_run = opts.dry_run;
+        let _allocation = self.allocation_guard(def).await;
         let ctx = self.ctx(def, opts);
         {
             let m = meta_mut(&mut obj);
@@ -1027,6 +1045,7 @@ impl Ops {
         part: Part,
         opts: WriteOpts,
     ) -> ApiResult<Outcome> {
+        let _allocation = self.allocation_guard(def).await;
         let ctx = self.ctx(def, opts);
         let c2 = ctx.clone();
         let (plural, group, n) = (def.plural.clone(), def.group.clone(), name.to_string());
@@ -1070,6 +1089,7 @@ impl Ops {
                 }
             }
         }
+        let _allocation = self.allocation_guard(def).await;
         let ctx = self.ctx(def, opts);
         let c2 = ctx.clone();
         let (plural, group, n) = (def.plural.clone(), def.group.clone(), name.to_string());

@@ -539,6 +539,17 @@ pub fn builtins() -> Vec<ResourceDef> {
         builtin(
             "",
             "v1",
+            "Endpoints",
+            "endpoints",
+            &["ep"],
+            true,
+            false,
+            "io.k8s.api.core.v1.Endpoints",
+            vec![age()],
+        ),
+        builtin(
+            "",
+            "v1",
             "ServiceAccount",
             "serviceaccounts",
             &["sa"],

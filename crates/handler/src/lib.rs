@@ -27,6 +27,7 @@ pub mod pod_status;
 pub mod pods;
 pub mod probes;
 pub mod scheduler;
+pub mod services;
 pub mod subresources;
 pub mod vmi_status;
 

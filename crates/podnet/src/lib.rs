@@ -17,6 +17,7 @@ mod masquerade;
 mod netns;
 mod nft;
 mod passt;
+pub mod services;
 
 pub use binding::{binding_for, Binding, PortForward, Protocol};
 pub use dhcp::{DhcpConfig, DhcpServer};

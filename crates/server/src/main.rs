@@ -271,6 +271,12 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
         node_pods,
         components::stopped(&stop),
     ));
+    // kube-proxy's part: Services carry traffic to the launcher pods on the pod bridge.
+    tasks.spawn(kubevirt_handler::services::run(
+        client.clone(),
+        kubevirt_handler::services::pod_bridge(),
+        components::stopped(&stop),
+    ));
     tasks.spawn(kubevirt_storage::run(
         client.clone(),
         kubevirt_storage::StorageConfig {

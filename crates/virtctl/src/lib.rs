@@ -5,6 +5,7 @@
 mod client;
 mod console;
 mod create;
+mod expose;
 mod migrate;
 mod upload;
 mod vmexport;
@@ -118,6 +119,9 @@ enum Cmd {
     Vmexport(vmexport::VmExportArgs),
     /// Upload a VM image to a DataVolume or PersistentVolumeClaim.
     ImageUpload(upload::UploadArgs),
+    /// Expose a virtual machine instance, virtual machine, or virtual machine instance
+    /// replica set as a new service.
+    Expose(expose::ExposeArgs),
     /// Migrate a virtual machine.
     Migrate(migrate::MigrateArgs),
     /// Cancel migration of a virtual machine.
@@ -314,6 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Vmexport(args) => vmexport::run(&s, &args).await?,
         Cmd::ImageUpload(args) => upload::run(&s, &args).await?,
+        Cmd::Expose(args) => expose::run(&s, &args).await?,
         Cmd::Migrate(args) => migrate::migrate(&s, &args).await?,
         Cmd::MigrateCancel(args) => migrate::cancel(&s, &args).await?,
         Cmd::Addvolume(args) => volumes::add(&s, &args).await?,
