@@ -56,6 +56,8 @@ fn readiness_follows_the_guests_web_server_and_liveness_restarts_the_vm() {
       livenessProbe:
         exec:
           command: ["/bin/sh", "-c", "! test -e /tmp/dead"]
+        # Past a slow boot on a loaded machine: the guest agent must be up first.
+        initialDelaySeconds: 20
         periodSeconds: 2
         failureThreshold: 2
 "#,
