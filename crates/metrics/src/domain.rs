@@ -279,17 +279,9 @@ pub fn collect(f: &mut Families, vmi: &VirtualMachineInstance, stats: &VmStats) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::families::encode_text as text;
     use kubevirt_hypervisor::{BlockStats, DomainStats, GuestMemoryStats, MemoryStats, VcpuStats};
     use kubevirt_launcher::InterfaceStats;
-    use prometheus_client::registry::Registry;
-
-    fn text(f: Families) -> String {
-        let mut r = Registry::default();
-        r.register_collector(Box::new(f));
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-        out
-    }
 
     #[test]
     fn a_vmis_counters_become_upstreams_series() {

@@ -48,10 +48,18 @@ impl Families {
         // prometheus-client writes label names and values as they are; names and values
         // come from users and guests here (VMI labels, the guest's OS name), so they are
         // made safe first: a newline or quote must not end a sample and forge another.
-        let labels = labels
-            .into_iter()
-            .map(|(k, v)| (label_name(&k), escape(&v)))
-            .collect();
+        // Two keys that become one name (`a.b`, `a-b`) would make a sample Prometheus
+        // rejects, failing the whole scrape: the later one's value is kept, in the
+        // earlier one's place.
+        let mut safe: Labels = Vec::with_capacity(labels.len());
+        for (k, v) in labels {
+            let (k, v) = (label_name(&k), escape(&v));
+            match safe.iter_mut().find(|(taken, _)| *taken == k) {
+                Some(slot) => slot.1 = v,
+                None => safe.push((k, v)),
+            }
+        }
+        let labels = safe;
         let family = self.families.entry(name).or_insert(Family {
             help,
             kind,
@@ -136,17 +144,22 @@ impl Collector for Families {
     }
 }
 
+/// The text exposition of `f` alone (tests).
+#[cfg(test)]
+pub(crate) fn encode_text(f: Families) -> String {
+    let mut r = prometheus_client::registry::Registry::default();
+    r.register_collector(Box::new(f));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus_client::registry::Registry;
 
     fn text(f: Families) -> String {
-        let mut r = Registry::default();
-        r.register_collector(Box::new(f));
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-        out
+        encode_text(f)
     }
 
     #[test]
@@ -189,6 +202,24 @@ mod tests {
         );
         assert!(
             t.contains("kubevirt_vmi_memory_domain_bytes{name=\"c\"} 2048.0\n"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn keys_that_become_one_name_leave_one_label() {
+        let mut f = Families::default();
+        let l = vec![
+            ("name".to_string(), "vm".to_string()),
+            ("label_a.b".to_string(), "first".to_string()),
+            ("label_c".to_string(), "c".to_string()),
+            ("label_a-b".to_string(), "second".to_string()),
+        ];
+        f.gauge("g", "G.", l, 1.0);
+        let t = text(f);
+        assert!(
+            t.lines()
+                .any(|line| line == r#"g{name="vm",label_a_b="second",label_c="c"} 1.0"#),
             "{t}"
         );
     }

@@ -652,9 +652,9 @@ fn vm_vnic_info(f: &mut Families, vm: &VirtualMachine) {
     );
 }
 
-/// The VM's labels and its template's (which win) as `label_<key>` with `[^A-Za-z0-9_]`
-/// made `_`; when two keys become one name, the later key in order wins. No sample for a
-/// VM without labels.
+/// The VM's labels and its template's (which win) as `label_<key>`; [`Families`] makes
+/// the keys label names, and when two keys become one name, the later key in order wins.
+/// No sample for a VM without labels.
 fn vm_labels(f: &mut Families, vm: &VirtualMachine) {
     let template = vm.spec.template.metadata.as_ref();
     let mut merged: BTreeMap<&str, &str> = BTreeMap::new();
@@ -666,23 +666,13 @@ fn vm_labels(f: &mut Families, vm: &VirtualMachine) {
     if merged.is_empty() {
         return;
     }
-    let mut extra: BTreeMap<String, &str> = BTreeMap::new();
-    for (k, v) in merged {
-        let key: String = k
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        extra.insert(format!("label_{key}"), v);
-    }
     let (namespace, name) = name_of(&vm.metadata);
     let mut l = labels(&[("name", name), ("namespace", namespace)]);
-    l.extend(extra.into_iter().map(|(k, v)| (k, v.to_string())));
+    l.extend(
+        merged
+            .into_iter()
+            .map(|(k, v)| (format!("label_{k}"), v.to_string())),
+    );
     f.gauge(
         "kubevirt_vm_labels",
         "A VirtualMachine's labels and its template's, as Prometheus labels (always 1).",
@@ -694,7 +684,6 @@ fn vm_labels(f: &mut Families, vm: &VirtualMachine) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus_client::registry::Registry;
     use serde_json::json;
 
     fn vm(v: serde_json::Value) -> VirtualMachine {
@@ -709,10 +698,7 @@ mod tests {
         let mut f = Families::default();
         collect(&mut f, vms, vmis);
         let samples = f.len();
-        let mut r = Registry::default();
-        r.register_collector(Box::new(f));
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        let out = crate::families::encode_text(f);
         let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(lines.len(), samples, "{out}");
         for line in lines {
