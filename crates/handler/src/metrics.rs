@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, ListParams};
-use kube::Client;
+use kube::ResourceExt;
+use kubevirt_api::v1::well_known::NODE_NAME_LABEL;
 use kubevirt_api::v1::{VirtualMachineInstance, VirtualMachineInstancePhase};
 use kubevirt_metrics::Families;
 
@@ -15,22 +15,19 @@ use crate::launchers::Launchers;
 /// How long one launcher may take to report its counters.
 pub const STATS_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The domain metrics of every Running VMI on `node`.
-pub async fn collect(client: &Client, node: &str, launchers: &Launchers) -> Families {
-    let api: Api<VirtualMachineInstance> = Api::all(client.clone());
-    let selector = format!("{}={node}", kubevirt_api::v1::well_known::NODE_NAME_LABEL);
-    let vmis = match api.list(&ListParams::default().labels(&selector)).await {
-        Ok(l) => l.items,
-        Err(error) => {
-            tracing::warn!(%error, "listing this node's VMIs for metrics");
-            return Families::default();
-        }
-    };
-    let running = vmis.into_iter().filter(|vmi| {
-        vmi.status.as_ref().and_then(|s| s.phase) == Some(VirtualMachineInstancePhase::Running)
+/// The domain metrics of every Running VMI of `vmis` on `node`.
+pub async fn collect(
+    vmis: &[VirtualMachineInstance],
+    node: &str,
+    launchers: &Launchers,
+) -> Families {
+    let running = vmis.iter().filter(|vmi| {
+        vmi.labels().get(NODE_NAME_LABEL).map(String::as_str) == Some(node)
+            && vmi.status.as_ref().and_then(|s| s.phase)
+                == Some(VirtualMachineInstancePhase::Running)
     });
     let reports = running.filter_map(|vmi| {
-        let launcher = launchers.guest(&vmi)?;
+        let launcher = launchers.guest(vmi)?;
         Some(async move {
             match tokio::time::timeout(STATS_TIMEOUT, launcher.client.stats()).await {
                 Ok(Ok(stats)) => Some((vmi, stats)),
@@ -51,7 +48,7 @@ pub async fn collect(client: &Client, node: &str, launchers: &Launchers) -> Fami
         .into_iter()
         .flatten()
     {
-        kubevirt_metrics::domain::collect(&mut families, &vmi, &stats);
+        kubevirt_metrics::domain::collect(&mut families, vmi, &stats);
     }
     families
 }

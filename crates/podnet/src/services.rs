@@ -88,9 +88,7 @@ pub fn ruleset(ports: &[ServicePort]) -> String {
         }
     }
     format!(
-        "table ip {t} {{}}\n\
-         delete table ip {t}\n\
-         table ip {t} {{\n\
+        "{replace}table ip {t} {{\n\
          \tchain services {{\n\
          {dispatch}\
          \t}}\n\
@@ -124,7 +122,9 @@ pub fn ruleset(ports: &[ServicePort]) -> String {
          {reject}\
          \t}}\n\
          }}\n",
-        !MASQ_MARK
+        !MASQ_MARK,
+        // An empty table first, so the delete never fails: the whole script replaces it.
+        replace = crate::nft::delete_table(t),
     )
 }
 

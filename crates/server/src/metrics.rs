@@ -40,19 +40,20 @@ impl EmbeddedMetrics {
         let vms: Api<VirtualMachine> = Api::all(client.clone());
         let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
         let lp = ListParams::default();
-        let (node, vms, vmis) = futures::join!(
-            kubevirt_handler::metrics::collect(client, &self.node, &self.launchers),
-            vms.list(&lp),
-            vmis.list(&lp),
-        );
-        let mut families = node;
-        match (vms, vmis) {
-            (Ok(vms), Ok(vmis)) => {
-                kubevirt_metrics::objects::collect(&mut families, &vms.items, &vmis.items)
+        let (vms, vmis) = futures::join!(vms.list(&lp), vmis.list(&lp));
+        let vmis = match vmis {
+            Ok(l) => l.items,
+            Err(error) => {
+                tracing::warn!(%error, "listing VMIs for metrics");
+                return Families::default();
             }
-            (Err(error), _) | (_, Err(error)) => {
-                tracing::warn!(%error, "listing VMs and VMIs for metrics")
-            }
+        };
+        // One list of the VMIs serves both parts.
+        let mut families =
+            kubevirt_handler::metrics::collect(&vmis, &self.node, &self.launchers).await;
+        match vms {
+            Ok(vms) => kubevirt_metrics::objects::collect(&mut families, &vms.items, &vmis),
+            Err(error) => tracing::warn!(%error, "listing VMs for metrics"),
         }
         families
     }
