@@ -2,7 +2,8 @@
 # Builds the small guests the tests and the demo boot, from Debian packages only:
 #   vmlinuz            Debian's bzImage (boots through SeaBIOS/OVMF loaders and -kernel)
 #   vmlinux            the same kernel uncompressed (PVH entry: fastest -kernel boot under TCG)
-#   initramfs.cpio.gz  busybox-static + the few modules a VM needs + qemu-guest-agent
+#   initramfs.cpio.gz  busybox-static + the few modules a VM needs + qemu-guest-agent + dropbear
+#                      + udp-echo (a UDP server for tests; busybox's nc has no UDP)
 #   boot.iso           hybrid isolinux ISO: boots as a CD-ROM and as a disk
 #   disk.qcow2/raw     the same bootable image as a disk
 #   containerdisk-oci/ an OCI image layout holding disk/disk.qcow2 (KubeVirt containerDisk layout)
@@ -22,14 +23,15 @@ if [ -z "$kernel_pkg" ]; then
   apt-get update -qq
   kernel_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 fi
-inputs_hash=$(cat "$0" "$guest_src"/* /bin/busybox /usr/sbin/qemu-ga 2>/dev/null | sha256sum | cut -c1-16)
+inputs_hash=$(cat "$0" "$guest_src"/* /bin/busybox /usr/sbin/qemu-ga /usr/sbin/dropbear \
+  /usr/lib/openssh/sftp-server 2>/dev/null | sha256sum | cut -c1-16)
 stamp="$out/.stamp-$kernel_pkg-$inputs_hash"
 if [ -f "$stamp" ]; then
   echo "build-guests: up to date in $out"
   exit 0
 fi
 
-for tool in xorriso qemu-img cpio gzip busybox qemu-ga python3; do
+for tool in xorriso qemu-img cpio gzip busybox qemu-ga dropbear python3 gcc; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || {
     echo "build-guests: missing $tool; run scripts/install-host-deps.sh" >&2
     exit 1
@@ -102,21 +104,30 @@ PY
 busybox depmod -b $root "$kver"
 echo "$wanted" | tr ' ' '\n' | sed '/^$/d' >$root/etc/modules
 
-# qemu-guest-agent with its shared libraries and the dynamic loader.
-cp /usr/sbin/qemu-ga $root/usr/sbin/qemu-ga
-for lib in $(ldd /usr/sbin/qemu-ga | awk '/=>/ {print $3} /ld-linux/ {print $1}'); do
-  mkdir -p "$root$(dirname "$lib")"
-  cp -L "$lib" "$root$lib"
+# qemu-guest-agent, dropbear (the SSH server `virtctl ssh` tests reach) and OpenSSH's
+# sftp-server (what scp speaks to) at the path dropbear runs it from, with their shared
+# libraries and the dynamic loader.
+mkdir -p $root/usr/lib
+cp /usr/lib/openssh/sftp-server $root/usr/lib/sftp-server
+for bin in /usr/sbin/qemu-ga /usr/sbin/dropbear /usr/lib/openssh/sftp-server; do
+  [ "$bin" = /usr/lib/openssh/sftp-server ] || cp "$bin" "$root$bin"
+  for lib in $(ldd "$bin" | awk '/=>/ {print $3} /ld-linux/ {print $1}'); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
 done
+mkdir -p $root/etc/dropbear
 mkdir -p $root/lib64
 [ -e $root/lib64/ld-linux-x86-64.so.2 ] || cp -L /lib64/ld-linux-x86-64.so.2 $root/lib64/
 
 cp "$guest_src/init" $root/init
 cp "$guest_src/udhcpc.script" $root/etc/udhcpc.script
 cp "$guest_src/shutdown" $root/sbin/shutdown
+cp "$guest_src/chpasswd" $root/usr/sbin/chpasswd
+gcc -static -Os -s -o $root/usr/bin/udp-echo "$guest_src/udp-echo.c"
 mkdir -p $root/etc/acpi/PWRF
 cp "$guest_src/power-button" $root/etc/acpi/PWRF/00000080
-chmod +x $root/init $root/etc/udhcpc.script $root/sbin/shutdown $root/etc/acpi/PWRF/00000080
+chmod +x $root/init $root/etc/udhcpc.script $root/sbin/shutdown $root/usr/sbin/chpasswd $root/etc/acpi/PWRF/00000080
 cat >$root/etc/os-release <<EOF
 NAME="kubevirt-rs test guest"
 PRETTY_NAME="kubevirt-rs test guest (busybox, Linux $kver)"
@@ -126,6 +137,11 @@ VERSION="1"
 EOF
 echo "root:x:0:0:root:/root:/bin/sh" >$root/etc/passwd
 echo "root:x:0:" >$root/etc/group
+# No password until the guest agent sets one (accessCredentials userPassword).
+echo "root:*:19000:0:99999:7:::" >$root/etc/shadow
+chmod 600 $root/etc/shadow
+echo "/bin/sh" >$root/etc/shells
+chmod 700 $root/root
 
 (cd $root && find . | cpio -o -H newc --quiet | gzip -6) >initramfs.cpio.gz
 

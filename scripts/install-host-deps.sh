@@ -27,11 +27,14 @@ fi
 # Host tools: hypervisor and firmware, TPM, networking, image and ISO tools, an OCI registry,
 # etcd for the cluster-mode tests' real Kubernetes control plane (scripts/build-k8s.sh),
 # mmdebstrap for the container images' Debian base layer (scripts/build-image.sh),
-# prometheus for promtool (checks monitoring/) and a real Prometheus for the metrics tests.
+# prometheus for promtool (checks monitoring/) and a real Prometheus for the metrics tests,
+# dropbear-bin and openssh-sftp-server for the test guest's SSH server (scp speaks SFTP),
+# openssh-client for `virtctl ssh`/`scp`, gcc and libc6-dev for the guest's small UDP server.
 backport_pkgs=(qemu-system-x86 qemu-system-common qemu-system-data qemu-guest-agent seabios qemu-utils)
 plain_pkgs=(ovmf swtpm swtpm-tools passt busybox-static xorriso isolinux syslinux-common genisoimage
   socat docker-registry skopeo iproute2 iptables nftables cpio zstd e2fsprogs dosfstools
-  dnsmasq-base curl ca-certificates nginx-light xz-utils etcd-server mmdebstrap prometheus)
+  dnsmasq-base curl ca-certificates nginx-light xz-utils etcd-server mmdebstrap prometheus
+  dropbear-bin openssh-sftp-server openssh-client gcc libc6-dev)
 
 missing=()
 for p in "${backport_pkgs[@]}" "${plain_pkgs[@]}"; do
