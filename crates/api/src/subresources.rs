@@ -21,6 +21,8 @@ pub const RESOURCES: &[(&str, &[&str])] = &[
     ("virtualmachineinstances/guestosinfo", &["get"]),
     ("virtualmachineinstances/filesystemlist", &["get"]),
     ("virtualmachineinstances/userlist", &["get"]),
+    ("virtualmachineinstances/portforward", &["get"]),
+    ("virtualmachines/portforward", &["get"]),
     ("virtualmachineinstances/freeze", &["update"]),
     ("virtualmachineinstances/unfreeze", &["update"]),
     ("virtualmachineinstances/addvolume", &["update"]),

@@ -111,6 +111,11 @@ pub fn router(state: ProxyState) -> Router {
             &format!("{prefix}/namespaces/{{ns}}/{{resource}}/{{name}}/{{sub}}"),
             any(proxy),
         )
+        // `portforward/{port}[/{protocol}]`.
+        .route(
+            &format!("{prefix}/namespaces/{{ns}}/{{resource}}/{{name}}/{{sub}}/{{*rest}}"),
+            any(proxy),
+        )
         .with_state(state)
 }
 
@@ -246,9 +251,11 @@ async fn handler_node(client: &Client, ns: &str, name: &str) -> Result<std::net:
 
 async fn proxy(
     State(st): State<ProxyState>,
-    Path((ns, resource, name, sub)): Path<(String, String, String, String)>,
+    Path(mut params): Path<std::collections::HashMap<String, String>>,
     mut req: Request,
 ) -> Response {
+    let mut param = |key: &str| params.remove(key).unwrap_or_default();
+    let (ns, resource, name, sub) = (param("ns"), param("resource"), param("name"), param("sub"));
     let user = match authenticate(&st.auth, &req) {
         Ok(u) => u,
         Err(why) => return status(StatusCode::UNAUTHORIZED, "Unauthorized", why.into()),
@@ -274,7 +281,9 @@ async fn proxy(
             )
         }
     }
-    if resource == "virtualmachines" {
+    // A VM's port-forward reaches its VMI, on the VMI's node; the VM's other
+    // subresources only write API objects.
+    if resource == "virtualmachines" && sub != "portforward" {
         use tower::ServiceExt;
         // A fresh request: this route's matched path parameters must not reach the next
         // router's.

@@ -25,6 +25,7 @@ pub mod migration;
 pub mod node;
 pub mod pod_status;
 pub mod pods;
+pub mod portforward;
 pub mod probes;
 pub mod scheduler;
 pub mod services;

@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::launchers::Launchers;
+use crate::portforward;
 
 /// The websocket subprotocol upstream virtctl speaks for console and VNC.
 pub const PLAIN_PROTOCOL: &str = "plain.kubevirt.io";
@@ -101,7 +102,7 @@ impl ApiError {
         }
     }
 
-    fn not_found(resource: &str, name: &str) -> Self {
+    pub(crate) fn not_found(resource: &str, name: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -109,7 +110,7 @@ impl ApiError {
         )
     }
 
-    fn conflict(resource: &str, name: &str, why: &str) -> Self {
+    pub(crate) fn conflict(resource: &str, name: &str, why: &str) -> Self {
         Self::new(
             StatusCode::CONFLICT,
             "Conflict",
@@ -123,6 +124,14 @@ impl ApiError {
             "InternalError",
             e.to_string(),
         )
+    }
+
+    pub fn code(&self) -> StatusCode {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
     }
 
     pub(crate) fn from_kube(e: kube::Error) -> Self {
@@ -148,7 +157,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type AppState = Arc<SubresourceState>;
+pub(crate) type AppState = Arc<SubresourceState>;
 
 /// The VM-level subresources alone (`.../virtualmachines/{name}/{action}`): they write API
 /// objects and need no node.
@@ -174,6 +183,26 @@ pub fn router(state: AppState) -> Router {
         .route(
             &format!("{PREFIX}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/{{action}}"),
             put(vmi_action).get(vmi_get),
+        )
+        .route(
+            &format!(
+                "{PREFIX}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/portforward/{{port}}"
+            ),
+            get(portforward::vmi),
+        )
+        .route(
+            &format!("{PREFIX}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/portforward/{{port}}/{{protocol}}"),
+            get(portforward::vmi_with_protocol),
+        )
+        .route(
+            &format!("{PREFIX}/namespaces/{{ns}}/virtualmachines/{{name}}/portforward/{{port}}"),
+            get(portforward::vm),
+        )
+        .route(
+            &format!(
+                "{PREFIX}/namespaces/{{ns}}/virtualmachines/{{name}}/portforward/{{port}}/{{protocol}}"
+            ),
+            get(portforward::vm_with_protocol),
         )
         .with_state(state)
 }
