@@ -61,6 +61,11 @@ impl ApiFailure {
     }
 }
 
+/// The `subresources.kubevirt.io/v1` path of `sub` on `{resource}/{name}` in `namespace`.
+fn subresource_path(namespace: &str, resource: &str, name: &str, sub: &str) -> String {
+    format!("/apis/subresources.kubevirt.io/v1/namespaces/{namespace}/{resource}/{name}/{sub}")
+}
+
 impl Session {
     pub async fn connect(
         kubeconfig: Option<PathBuf>,
@@ -91,10 +96,7 @@ impl Session {
     }
 
     fn path(&self, resource: &str, name: &str, sub: &str) -> String {
-        format!(
-            "/apis/subresources.kubevirt.io/v1/namespaces/{}/{resource}/{name}/{sub}",
-            self.namespace
-        )
+        subresource_path(&self.namespace, resource, name, sub)
     }
 
     async fn put(&self, path: String, body: Value) -> Result<()> {
@@ -161,12 +163,26 @@ impl Session {
         ))
     }
 
-    /// Opens the `console` or `vnc` websocket of a VMI. A refusal (VMI missing or not
-    /// running) comes back as the server's message.
+    /// Opens the `console` or `vnc` websocket of a VMI in the session's namespace. A
+    /// refusal (VMI missing or not running) comes back as the server's message.
     pub async fn open_stream(&self, vmi: &str, sub: &str) -> Result<Ws> {
+        self.open_stream_at(&self.namespace, "virtualmachineinstances", vmi, sub)
+            .await
+    }
+
+    /// Opens the websocket subresource `sub` (e.g. `portforward/22/tcp`) of
+    /// `{resource}/{name}` in `namespace`: port-forward targets name their own namespace
+    /// and may be a VM (`virtualmachines`) as well as a VMI.
+    pub async fn open_stream_at(
+        &self,
+        namespace: &str,
+        resource: &str,
+        name: &str,
+        sub: &str,
+    ) -> Result<Ws> {
         let url = &self.config.cluster_url;
         if url.scheme_str() != Some("https") {
-            bail!("console and vnc need an https API server, got {url}");
+            bail!("websocket streams (console, vnc, port-forward) need an https API server, got {url}");
         }
         let host = url
             .host()
@@ -174,7 +190,7 @@ impl Session {
         let port = url.port_u16().unwrap_or(443);
         let ws_url = format!(
             "wss://{host}:{port}{}",
-            self.path("virtualmachineinstances", vmi, sub)
+            subresource_path(namespace, resource, name, sub)
         );
         let mut request = ws_url.into_client_request()?;
         request

@@ -1,12 +1,15 @@
 //! virtctl: the KubeVirt command line, command-compatible with upstream for the commands
 //! this project supports. Talks to the API only through the kubeconfig's server (kube-rs
-//! for REST, a rustls websocket for console/VNC with upstream's `plain.kubevirt.io`).
+//! for REST, a rustls websocket for console/VNC/port-forward with upstream's
+//! `plain.kubevirt.io`); `ssh`/`scp` run the local OpenSSH clients over `port-forward`.
 
 mod client;
 mod console;
 mod create;
 mod expose;
 mod migrate;
+mod portforward;
+mod ssh;
 mod upload;
 mod vmexport;
 mod vnc;
@@ -130,6 +133,15 @@ enum Cmd {
     Addvolume(volumes::AddVolumeArgs),
     /// Remove a volume from a running VM.
     Removevolume(volumes::RemoveVolumeArgs),
+    #[command(
+        about = "Forward local ports to a virtualmachine or virtualmachineinstance.",
+        long_about = portforward::LONG_ABOUT
+    )]
+    PortForward(portforward::PortForwardArgs),
+    /// Open a SSH connection to a virtual machine instance.
+    Ssh(ssh::SshArgs),
+    /// SCP files from/to a virtual machine instance.
+    Scp(ssh::ScpArgs),
     /// Create a manifest for a resource (prints YAML).
     Create {
         #[command(subcommand)]
@@ -183,6 +195,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("Client Version: {}", client::client_version_info());
             return Ok(ExitCode::SUCCESS);
         }
+        // Argument errors come before anything needs a kubeconfig, as upstream's.
+        Cmd::PortForward(args) => {
+            if let Err(e) = portforward::check_arg_count(&args.args) {
+                // Upstream prints the help to stderr: stdout may be a --stdio tunnel.
+                use clap::CommandFactory;
+                let mut cmd = Cli::command();
+                if let Some(sub) = cmd.find_subcommand_mut("port-forward") {
+                    eprintln!("{e}\n{}", sub.render_help());
+                }
+                anyhow::bail!("argument validation failed");
+            }
+            portforward::parse_target(&args.args[0])?;
+            portforward::parse_ports(&args.args[1..])?;
+        }
+        Cmd::Ssh(args) => ssh::validate_ssh(args)?,
+        Cmd::Scp(args) => ssh::validate_scp(args)?,
         _ => {}
     }
     let s = connect().await?;
@@ -323,7 +351,138 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::MigrateCancel(args) => migrate::cancel(&s, &args).await?,
         Cmd::Addvolume(args) => volumes::add(&s, &args).await?,
         Cmd::Removevolume(args) => volumes::remove(&s, &args).await?,
+        Cmd::PortForward(args) => portforward::run(s, &args).await?,
+        Cmd::Ssh(args) => {
+            let proxy = ssh::Proxy::current(cli.kubeconfig.as_deref(), cli.context.as_deref())?;
+            return ssh::run_ssh(&s, &args, proxy).await;
+        }
+        Cmd::Scp(args) => {
+            let proxy = ssh::Proxy::current(cli.kubeconfig.as_deref(), cli.context.as_deref())?;
+            return ssh::run_scp(&s, &args, proxy).await;
+        }
         Cmd::Create { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("virtctl").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn port_forward_help_is_upstreams() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("port-forward")
+            .map(|c| c.render_long_help().to_string())
+            .unwrap_or_default();
+        assert!(help.contains("Usage can be restricted by the cluster administrator"));
+        assert!(help.contains("virtctl port-forward vmi/testvmi/mynamespace udp/8080:9090"));
+    }
+
+    #[test]
+    fn port_forward_flags() {
+        // The form the ssh ProxyCommand uses, with the global flags before the command.
+        let cli = parse(&[
+            "--kubeconfig",
+            "/k",
+            "--context",
+            "c",
+            "port-forward",
+            "--stdio=true",
+            "vmi/x/ns",
+            "22",
+        ]);
+        assert_eq!(cli.kubeconfig.as_deref(), Some(std::path::Path::new("/k")));
+        let Cmd::PortForward(a) = cli.command else {
+            panic!("not port-forward")
+        };
+        assert!(a.stdio);
+        assert_eq!(a.address, "127.0.0.1");
+        assert_eq!(a.args, ["vmi/x/ns", "22"]);
+
+        let Cmd::PortForward(a) = parse(&[
+            "port-forward",
+            "--address",
+            "0.0.0.0",
+            "vm/x",
+            "0:22",
+            "udp/53",
+        ])
+        .command
+        else {
+            panic!("not port-forward")
+        };
+        assert!(!a.stdio);
+        assert_eq!(a.address, "0.0.0.0");
+        assert_eq!(a.args, ["vm/x", "0:22", "udp/53"]);
+
+        let Cmd::PortForward(a) = parse(&["port-forward", "--stdio", "vm/x", "22"]).command else {
+            panic!("not port-forward")
+        };
+        assert!(a.stdio);
+    }
+
+    #[test]
+    fn ssh_and_scp_flags() {
+        let Cmd::Ssh(a) = parse(&[
+            "ssh",
+            "-l",
+            "cirros",
+            "-i",
+            "/id",
+            "-p",
+            "2222",
+            "-t",
+            "-o StrictHostKeyChecking=no",
+            "--local-ssh-opts=-v",
+            "-c",
+            "uname -a",
+            "vmi/x",
+        ])
+        .command
+        else {
+            panic!("not ssh")
+        };
+        assert_eq!(a.flags.username.as_deref(), Some("cirros"));
+        assert_eq!(a.flags.identity_file.as_deref(), Some("/id"));
+        assert_eq!(a.flags.port, 2222);
+        assert_eq!(
+            a.flags.local_ssh_opts,
+            ["-o StrictHostKeyChecking=no", "-v"]
+        );
+        assert_eq!(a.command.as_deref(), Some("uname -a"));
+        assert_eq!(a.target, "vmi/x");
+
+        let Cmd::Scp(a) = parse(&[
+            "scp",
+            "-r",
+            "--preserve",
+            "--known-hosts",
+            "/kh",
+            "dir",
+            "vmi/x/ns:dst",
+        ])
+        .command
+        else {
+            panic!("not scp")
+        };
+        assert!(a.recursive && a.preserve);
+        assert_eq!(a.flags.port, 22);
+        assert_eq!(
+            (a.source.as_str(), a.destination.as_str()),
+            ("dir", "vmi/x/ns:dst")
+        );
+    }
 }
