@@ -8,6 +8,7 @@
 //! - [`snapshot`]: volume snapshots (`snapshot.storage.k8s.io/v1`) and VM snapshots and
 //!   restores (`snapshot.kubevirt.io/v1beta1`).
 //! - [`export`]: VM exports (`export.kubevirt.io/v1beta1`).
+//! - [`access_credentials`]: `spec.accessCredentials` (SSH keys, passwords) parsed and validated.
 //! - [`admission`]: decode + default + validate with field-path errors; unknown-field listing.
 //! - [`defaults`], [`validation`]: the typed building blocks of admission.
 //! - [`statechange`]: the VM `start`/`stop`/`restart` subresources' rules (virt-api's).
@@ -17,6 +18,7 @@
 //! - [`crds`]: CRDs generated from the types.
 //! - [`quantity`]: Kubernetes quantities.
 
+pub mod access_credentials;
 pub mod admission;
 pub mod cdi;
 pub mod clone;

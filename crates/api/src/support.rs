@@ -207,11 +207,6 @@ fn top_level(spec: &VirtualMachineInstanceSpec, out: &mut Out) {
         SUPPORTED_START_STRATEGIES,
     );
     out.if_any(
-        "spec.accessCredentials",
-        &spec.access_credentials,
-        "credential propagation through the guest agent is not implemented",
-    );
-    out.if_any(
         "spec.resourceClaims",
         &spec.resource_claims,
         "dynamic resource allocation (DRA) claims need device plugins",

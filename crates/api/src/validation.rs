@@ -287,6 +287,7 @@ fn validate_vmi_spec_at(
     validate_disks(&domain, spec, &volumes, &mut errs);
     validate_networks(path, spec, &mut errs);
     validate_devices(&domain, &spec.domain.devices, &mut errs);
+    crate::access_credentials::validate(path, spec, &mut errs);
     if let Some(arch) = spec.architecture.as_deref() {
         if !ARCHITECTURES.contains(&arch) {
             errs.push(FieldError::not_supported(

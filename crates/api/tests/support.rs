@@ -184,7 +184,6 @@ fn top_level_clock_machine_cpu_memory() {
     assert_eq!(
         field_list(&v),
         vec![
-            "spec.accessCredentials",
             "spec.domain.ioThreadsPolicy",
             "spec.domain.chassis",
             "spec.domain.clock.timezone",

@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         name: "example".into(),
         uid: None,
         hostname: None,
+        public_keys: Vec::new(),
     };
     write_seed_iso(
         "example",

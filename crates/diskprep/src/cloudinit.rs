@@ -62,6 +62,9 @@ pub struct InstanceIdentity {
     pub uid: Option<String>,
     /// `spec.hostname` if set, else the VMI name is used.
     pub hostname: Option<String>,
+    /// SSH public keys for the metadata (`public-keys` / `public_keys`, keyed "0", "1",
+    /// ...): `accessCredentials` with the noCloud or configDrive propagation method.
+    pub public_keys: Vec<String>,
 }
 
 impl InstanceIdentity {
@@ -200,11 +203,21 @@ pub fn seed_files(
 ) -> Vec<IsoFile> {
     match kind {
         CloudInitKind::NoCloud => {
-            let meta = format!(
+            let mut meta = format!(
                 "instance-id: {}\nlocal-hostname: {}\n",
                 yaml_scalar(&identity.instance_id()),
                 yaml_scalar(identity.hostname()),
             );
+            if !identity.public_keys.is_empty() {
+                meta.push_str("public-keys:\n");
+                for (i, key) in identity.public_keys.iter().enumerate() {
+                    // JSON strings are YAML strings: any byte of a key is written safely.
+                    meta.push_str(&format!(
+                        "  \"{i}\": {}\n",
+                        serde_json::Value::String(key.clone())
+                    ));
+                }
+            }
             let mut files = vec![
                 // NoCloud wants user-data present even when empty.
                 IsoFile::new("user-data", data.user_data.clone().unwrap_or_default()),
@@ -216,12 +229,21 @@ pub fn seed_files(
             files
         }
         CloudInitKind::ConfigDrive => {
-            let meta = serde_json::json!({
+            let mut meta = serde_json::json!({
                 "uuid": identity.instance_id(),
                 "hostname": identity.hostname(),
                 "name": identity.name,
                 "launch_index": 0,
             });
+            if !identity.public_keys.is_empty() {
+                let keys: serde_json::Map<String, serde_json::Value> = identity
+                    .public_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (i.to_string(), k.clone().into()))
+                    .collect();
+                meta["public_keys"] = keys.into();
+            }
             let mut files = vec![IsoFile::new(
                 "openstack/latest/meta_data.json",
                 meta.to_string().into_bytes(),
@@ -289,6 +311,7 @@ mod tests {
             name: "testvmi".into(),
             uid: None,
             hostname: None,
+            public_keys: Vec::new(),
         }
     }
 
@@ -369,5 +392,32 @@ mod tests {
         assert_eq!(v["uuid"], "6e1c1e5c-0000-4000-8000-000000000001");
         assert_eq!(v["hostname"], "myhost");
         assert_eq!(v["name"], "testvmi");
+        assert!(v.get("public_keys").is_none());
+    }
+
+    #[test]
+    fn public_keys_in_both_layouts() {
+        let data = CloudInitData {
+            user_data: None,
+            network_data: None,
+        };
+        let mut id = ident();
+        id.public_keys = vec!["ssh-ed25519 AAAA a@b".into(), "ssh-rsa B \"odd\"\nx".into()];
+        let files = seed_files(CloudInitKind::NoCloud, &id, &data);
+        let meta = files.iter().find(|f| f.path == "meta-data").unwrap();
+        assert_eq!(
+            String::from_utf8(meta.data.clone()).unwrap(),
+            "instance-id: testvmi.default\nlocal-hostname: testvmi\npublic-keys:\n  \"0\": \"ssh-ed25519 AAAA a@b\"\n  \"1\": \"ssh-rsa B \\\"odd\\\"\\nx\"\n"
+        );
+        let files = seed_files(CloudInitKind::ConfigDrive, &id, &data);
+        let meta = files
+            .iter()
+            .find(|f| f.path == "openstack/latest/meta_data.json")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&meta.data).unwrap();
+        assert_eq!(
+            v["public_keys"],
+            serde_json::json!({"0": "ssh-ed25519 AAAA a@b", "1": "ssh-rsa B \"odd\"\nx"})
+        );
     }
 }

@@ -33,6 +33,7 @@ fn identity() -> InstanceIdentity {
         name: "vmi-nocloud".into(),
         uid: Some("0b4d8a8e-5d4f-4c6b-9e55-7a8f3c2d1e00".into()),
         hostname: None,
+        public_keys: Vec::new(),
     }
 }
 

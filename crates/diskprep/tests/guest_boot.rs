@@ -99,6 +99,7 @@ fn guest_reads_nocloud_and_config_drive_seed_isos() {
         name: name.into(),
         uid: Some("0b4d8a8e-5d4f-4c6b-9e55-7a8f3c2d1e00".into()),
         hostname: None,
+        public_keys: Vec::new(),
     };
     write_seed_iso(
         "cloudinitdisk",

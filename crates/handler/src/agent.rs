@@ -53,6 +53,8 @@ pub struct Context {
     targets_synced: Mutex<HashSet<String>>,
     /// Where this node's VMIs can migrate to, for their `LiveMigratable` condition.
     pub migration_scope: kubevirt_api::migration::Scope,
+    /// Access credentials last applied through each VMI's guest agent.
+    credentials: crate::access_credentials::Applied,
 }
 
 impl Context {
@@ -67,6 +69,7 @@ impl Context {
             synced: Mutex::new(HashSet::new()),
             targets_synced: Mutex::new(HashSet::new()),
             migration_scope: kubevirt_api::migration::Scope::SameNode,
+            credentials: Default::default(),
         }
     }
 
@@ -99,9 +102,18 @@ pub fn grace_seconds(vmi: &VirtualMachineInstance) -> u64 {
     over.map_or(spec, |o| o.min(spec))
 }
 
-/// Names of the Secrets the VMI's cloud-init volumes refer to.
+/// Names of the Secrets the VMI's cloud-init volumes refer to, and those of the SSH keys
+/// its cloud-init metadata carries (`accessCredentials` through noCloud or configDrive).
 pub fn cloud_init_secret_names(vmi: &VirtualMachineInstance) -> Vec<String> {
+    use kubevirt_api::access_credentials::{cloud_init_key_secrets, CloudInitSeed};
     let mut names = Vec::new();
+    for seed in [CloudInitSeed::NoCloud, CloudInitSeed::ConfigDrive] {
+        for name in cloud_init_key_secrets(&vmi.spec, seed) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
     for v in vmi.spec.volumes.iter().flatten() {
         let source = match v.source() {
             Some(VolumeSource::CloudInitNoCloud(c))
@@ -351,7 +363,23 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
     }
 
     let mut desired = vmi_status(&vmi, &status, Timestamp::now());
+    let mut next_look = RESYNC;
     if !deleting && desired.phase == Some(Phase::Running) && status.stage == Stage::Started {
+        if let Some(poll) = crate::access_credentials::sync(
+            &ctx.client,
+            &ctx.recorder,
+            &ctx.credentials,
+            crate::access_credentials::Target {
+                vmi: &vmi,
+                launcher: &launcher.client,
+                agent_connected: status.agent_connected,
+            },
+            &mut desired,
+        )
+        .await
+        {
+            next_look = poll;
+        }
         let volumes = crate::hotplug::sync(&ctx.client, &vmi, &launcher.client, &status).await;
         desired.volume_status = Some(volumes).filter(|v| !v.is_empty());
         let mut with_volumes = (*vmi).clone();
@@ -374,9 +402,10 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
     if vmi.is_final() || !live {
         lock(&ctx.stopping).remove(&uid);
         lock(&ctx.synced).remove(&uid);
+        ctx.credentials.forget(&uid);
         return Ok(Action::await_change());
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(next_look))
 }
 
 pub fn error_policy(

@@ -15,6 +15,7 @@
 //! - [`subresources`] and [`logs`]: `subresources.kubevirt.io` (start/stop/restart,
 //!   pause/unpause/softreboot/reset, console/vnc, guestosinfo) and `pods/log`.
 
+pub mod access_credentials;
 pub mod agent;
 pub mod error;
 pub mod hotplug;

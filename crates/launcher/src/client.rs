@@ -292,6 +292,18 @@ impl LauncherClient {
         )
     }
 
+    /// Has the guest agent apply access credentials; the answer says whether it could.
+    pub async fn apply_access_credentials(
+        &self,
+        req: &crate::protocol::AccessCredentialsRequest,
+    ) -> Result<crate::protocol::AccessCredentialsResult, ClientError> {
+        let body = Self::encode(req)?;
+        Self::need(
+            self.call(Method::POST, "/v1/access-credentials", Some(body))
+                .await?,
+        )
+    }
+
     /// The running VM's counters.
     pub async fn stats(&self) -> Result<crate::protocol::VmStats, ClientError> {
         Self::need(self.call(Method::GET, "/v1/stats", None).await?)

@@ -26,10 +26,10 @@ pub mod vmm_user;
 pub use client::{final_status, live_pid, ByteStream, ClientError, LauncherClient};
 pub use process::{run, ExitCode, LauncherArgs, LauncherError};
 pub use protocol::{
-    FailedStep, FreezeRequest, GuestExecRequest, GuestExecResult, HotplugBus, HotplugVolumeRequest,
-    HotplugVolumeStatus, IncomingMigration, InsertMediumRequest, InterfaceStats, InterfaceStatus,
-    LauncherStatus, MigrateRequest, MigrationOptions, Stage, StartFailure, StopRequest,
-    SyncRequest, VmStats, VmiRef,
+    AccessCredentialsRequest, AccessCredentialsResult, FailedStep, FreezeRequest, GuestExecRequest,
+    GuestExecResult, HotplugBus, HotplugVolumeRequest, HotplugVolumeStatus, IncomingMigration,
+    InsertMediumRequest, InterfaceStats, InterfaceStatus, LauncherStatus, MigrateRequest,
+    MigrationOptions, Stage, StartFailure, StopRequest, SyncRequest, VmStats, VmiRef,
 };
 pub use rundir::{RunDir, DEFAULT_RUN_ROOT};
 pub use translate::{translate, LauncherEnv, TranslateError};

@@ -280,6 +280,7 @@ pub async fn prepare_volumes(
                 name,
                 uid,
                 hostname,
+                public_keys,
                 target,
             } => {
                 let kind = if config_drive {
@@ -300,6 +301,7 @@ pub async fn prepare_volumes(
                     name,
                     uid,
                     hostname: Some(hostname),
+                    public_keys,
                 };
                 match take_over {
                     Some(from) => from.link(&volume, &target)?,

@@ -125,6 +125,33 @@ pub struct GuestExecResult {
     pub exit_code: Option<i64>,
 }
 
+/// Credentials for the guest agent to apply (`POST /v1/access-credentials`): each user's
+/// complete authorized keys (replacing what the file held) and passwords in clear text.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessCredentialsRequest {
+    pub authorized_keys: std::collections::BTreeMap<String, Vec<String>>,
+    pub passwords: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for AccessCredentialsRequest {
+    /// Names the users only: passwords stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessCredentialsRequest")
+            .field("authorized_keys", &self.authorized_keys)
+            .field("password_users", &self.passwords.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Whether the guest took the credentials; `message` in upstream's wording on failure.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessCredentialsResult {
+    pub succeeded: bool,
+    pub message: String,
+}
+
 /// The running VM's counters (`GET /v1/stats`), read when asked.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

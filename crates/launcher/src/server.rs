@@ -419,6 +419,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
                 }
             }
         },
+        (Method::POST, "/v1/access-credentials") => match (read_body(req).await, shared.vm()) {
+            (Err(r), _) => r,
+            (_, None) => not_running(),
+            (Ok(body), Some(vm)) => {
+                match parse::<crate::protocol::AccessCredentialsRequest>(&body, false) {
+                    Err(e) => error(StatusCode::BAD_REQUEST, e),
+                    Ok(r) => json(StatusCode::OK, &vm.apply_access_credentials(r).await),
+                }
+            }
+        },
         (Method::GET, "/v1/stats") => match shared.vm() {
             Some(vm) => match vm.stats().await {
                 Ok(v) => json(StatusCode::OK, &v),
@@ -439,10 +449,27 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
         },
         (
             _,
-            "/v1/status" | "/v1/watch" | "/v1/sync" | "/v1/stop" | "/v1/pause" | "/v1/unpause"
-            | "/v1/reset" | "/v1/soft-reboot" | "/v1/guest-osinfo" | "/v1/guest-fsinfo"
-            | "/v1/guest-users" | "/v1/guest-ping" | "/v1/guest-exec" | "/v1/stats" | "/v1/console"
-            | "/v1/vnc" | "/v1/migrate" | "/v1/migrate/cancel" | "/v1/migration" | "/v1/freeze"
+            "/v1/status"
+            | "/v1/watch"
+            | "/v1/sync"
+            | "/v1/stop"
+            | "/v1/pause"
+            | "/v1/unpause"
+            | "/v1/reset"
+            | "/v1/soft-reboot"
+            | "/v1/guest-osinfo"
+            | "/v1/guest-fsinfo"
+            | "/v1/guest-users"
+            | "/v1/guest-ping"
+            | "/v1/guest-exec"
+            | "/v1/access-credentials"
+            | "/v1/stats"
+            | "/v1/console"
+            | "/v1/vnc"
+            | "/v1/migrate"
+            | "/v1/migrate/cancel"
+            | "/v1/migration"
+            | "/v1/freeze"
             | "/v1/unfreeze",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),

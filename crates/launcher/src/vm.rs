@@ -278,6 +278,49 @@ impl Vm {
         })?
     }
 
+    /// Applies access credentials through the guest agent, as upstream's launcher does:
+    /// each user's authorized keys replace the file's (`guest-ssh-add-authorized-keys`
+    /// with `reset`), passwords are set with `guest-set-user-password`. Failures are
+    /// reported, not returned, in upstream's words: they become the VMI's
+    /// `AccessCredentialsSynchronized` condition.
+    pub async fn apply_access_credentials(
+        self: &Arc<Self>,
+        req: crate::protocol::AccessCredentialsRequest,
+    ) -> crate::protocol::AccessCredentialsResult {
+        use base64::Engine as _;
+        let failed = |message: String| crate::protocol::AccessCredentialsResult {
+            succeeded: false,
+            message,
+        };
+        if self.agent("guest-ping", None).await.is_err() {
+            return failed("Guest agent is offline".into());
+        }
+        for (user, keys) in &req.authorized_keys {
+            let args = serde_json::json!({"username": user, "keys": keys, "reset": true});
+            if let Err(e) = self
+                .agent("guest-ssh-add-authorized-keys", Some(args))
+                .await
+            {
+                return failed(format!(
+                    "Error encountered writing ssh pub key access credentials for user [{user}]: {e}"
+                ));
+            }
+        }
+        for (user, password) in &req.passwords {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(password);
+            let args = serde_json::json!({"username": user, "password": encoded, "crypted": false});
+            if let Err(e) = self.agent("guest-set-user-password", Some(args)).await {
+                return failed(format!(
+                    "Error encountered setting password for user [{user}]: {e}"
+                ));
+            }
+        }
+        crate::protocol::AccessCredentialsResult {
+            succeeded: true,
+            message: String::new(),
+        }
+    }
+
     /// `guest-get-osinfo`, published in the status.
     pub async fn guest_osinfo(self: &Arc<Self>) -> Result<Value, VmError> {
         let v = self.agent("guest-get-osinfo", None).await?;

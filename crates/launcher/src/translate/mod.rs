@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use kubevirt_api::access_credentials::{cloud_init_key_secrets, CloudInitSeed};
 use kubevirt_api::support::{unsupported_vmi_features, UnsupportedFeature};
 use kubevirt_api::v1::{
     CloudInitSource, Disk, VirtualMachineInstance, VirtualMachineInstanceSpec, Volume, VolumeSource,
@@ -183,6 +184,8 @@ pub enum VolumePrep {
         name: String,
         uid: Option<String>,
         hostname: String,
+        /// SSH keys from `accessCredentials` propagated through this seed's metadata.
+        public_keys: Vec<String>,
         target: PathBuf,
     },
 }
@@ -480,6 +483,31 @@ fn bus(value: Option<&str>, default: DiskBus) -> DiskBus {
     }
 }
 
+/// The keys of the `accessCredentials` propagated through the `seed` metadata: each value
+/// of each named Secret is one key entry, as upstream reads the mounted Secret's files.
+fn seed_public_keys(
+    spec: &kubevirt_api::v1::VirtualMachineInstanceSpec,
+    seed: CloudInitSeed,
+    env: &LauncherEnv,
+    is: &mut Issues,
+) -> Vec<String> {
+    let mut keys = Vec::new();
+    for name in cloud_init_key_secrets(spec, seed) {
+        match env.secrets.get(&name) {
+            None => is.add(
+                "spec.accessCredentials",
+                format!("Not found: secret {name:?} was not resolved for the launcher"),
+            ),
+            Some(data) => keys.extend(
+                data.values()
+                    .map(|v| String::from_utf8_lossy(v).trim().to_string())
+                    .filter(|k| !k.is_empty()),
+            ),
+        }
+    }
+    keys
+}
+
 /// Resolves the secret references of a cloud-init source from `env.secrets`.
 fn cloud_init_secrets(
     src: &CloudInitSource,
@@ -740,6 +768,12 @@ fn disks_and_volumes(
                 };
                 let (user_secret, network_secret) =
                     cloud_init_secrets(src, env, &format!("{vf}.{key}"), is);
+                let seed = if config_drive {
+                    CloudInitSeed::ConfigDrive
+                } else {
+                    CloudInitSeed::NoCloud
+                };
+                let public_keys = seed_public_keys(spec, seed, env, is);
                 let target = rd.join(format!("cloudinit-{safe}.iso"));
                 let hostname = spec
                     .hostname
@@ -762,6 +796,7 @@ fn disks_and_volumes(
                         name: vmi.metadata.name.clone().unwrap_or_default(),
                         uid: vmi.metadata.uid.clone(),
                         hostname,
+                        public_keys,
                         target,
                     },
                 )
