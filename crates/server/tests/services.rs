@@ -1,6 +1,7 @@
 //! Services carry traffic to VMs in embedded mode, as kube-proxy would: `virtctl expose`
 //! creates the Service, the API server allocates its cluster IP and node port, and the
-//! host reaches the guest's TCP server through 127.0.0.1:<nodePort> and <clusterIP>:80.
+//! host reaches the guest's TCP server through 127.0.0.1:<nodePort> and <clusterIP>:80,
+//! and its UDP server the same way.
 
 mod common;
 
@@ -8,6 +9,20 @@ use std::io::Read;
 use std::time::Duration;
 
 use common::{hostdisk_vm, tail, wait_until, ConsoleCapture, Server};
+
+/// What a UDP server at `addr` answers to `message` (empty on failure).
+fn ask_udp(addr: &str, message: &str) -> String {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    if sock.send_to(message.as_bytes(), addr).is_err() {
+        return String::new();
+    }
+    let mut buf = [0u8; 2048];
+    match sock.recv(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(_) => String::new(),
+    }
+}
 
 /// What a TCP server at `addr` answers (empty on failure).
 fn ask(addr: &str) -> String {
@@ -23,7 +38,7 @@ fn ask(addr: &str) -> String {
 }
 
 #[test]
-fn expose_carries_tcp_to_the_guest() {
+fn expose_carries_tcp_and_udp_to_the_guest() {
     let server = Server::start(&["--stop-vms-on-exit"]);
     let name = "web";
     server.apply_yaml(&hostdisk_vm(name, "Always", &server.data_dir).replace(
@@ -34,7 +49,7 @@ fn expose_carries_tcp_to_the_guest() {
     let mut console = ConsoleCapture::start(&server, name);
     console.wait_for(kubevirt_testenv::READY_MARKER);
     console.send(
-        "(while true; do echo hello-from-guest | nc -l -p 8080; done) & until netstat -ltn | grep -q :8080; do sleep 0.2; done; echo listening-$((3+3))\r",
+        "udp-echo 5353 & (while true; do echo hello-from-guest | nc -l -p 8080; done) & until netstat -ltn | grep -q :8080; do sleep 0.2; done; echo listening-$((3+3))\r",
     );
     console.wait_for("listening-6");
 
@@ -94,6 +109,36 @@ fn expose_carries_tcp_to_the_guest() {
     });
     wait_until("the guest answering on the cluster IP", || {
         ask(&format!("{cluster_ip}:80")) == "hello-from-guest"
+    });
+
+    // UDP goes through as well: a second Service for the guest's UDP echo server.
+    let out = server.virtctl(&[
+        "expose",
+        "vm",
+        name,
+        "--name",
+        "echo",
+        "--port",
+        "53",
+        "--target-port",
+        "5353",
+        "--protocol",
+        "UDP",
+        "--type",
+        "NodePort",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let udp_ip = server.jsonpath("svc", "echo", "{.spec.clusterIP}");
+    let udp_port = server.jsonpath("svc", "echo", "{.spec.ports[0].nodePort}");
+    assert_eq!(
+        server.jsonpath("svc", "echo", "{.spec.ports[0].protocol}"),
+        "UDP"
+    );
+    wait_until("the guest answering UDP on the node port", || {
+        ask_udp(&format!("127.0.0.1:{udp_port}"), "via-node-port") == "echo:via-node-port"
+    });
+    wait_until("the guest answering UDP on the cluster IP", || {
+        ask_udp(&format!("{udp_ip}:53"), "via-cluster-ip") == "echo:via-cluster-ip"
     });
 
     // Another Service may not take the same node port or cluster IP.
