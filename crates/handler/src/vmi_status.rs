@@ -12,7 +12,7 @@ use kubevirt_api::v1::{
     VirtualMachineInstancePhase as Phase, VirtualMachineInstanceStatus,
 };
 use kubevirt_hypervisor::{DomainState, ExitReason};
-use kubevirt_launcher::{LauncherStatus, Stage};
+use kubevirt_launcher::{GuestInterface, LauncherStatus, Stage};
 use serde_json::Value;
 
 /// Reason of `Synchronized=False` when the launcher could not start the domain (upstream's
@@ -166,6 +166,88 @@ pub fn failure_message(status: &LauncherStatus) -> Option<String> {
 }
 
 /// The VMI status after `status` from its launcher.
+const INFO_SOURCE_DOMAIN: &str = "domain";
+const INFO_SOURCE_GUEST_AGENT: &str = "guest-agent";
+/// At most this many interfaces only the guest knows are listed (upstream's limit).
+const GUEST_ONLY_INTERFACES: usize = 10;
+
+/// Merges what the guest agent reports into the interfaces the domain has, as upstream's
+/// virt-handler does: matched by MAC, an interface gains the guest's name, and the guest's
+/// addresses of a family the status lacks (or none of that family, when the guest has
+/// none: it is not reachable by it); link-local IPv6 addresses of a masquerade interface
+/// are left out (unreachable from the pod network). Interfaces only the guest has follow,
+/// loopback excepted.
+fn with_guest_interfaces(
+    mut ifaces: Vec<VirtualMachineInstanceNetworkInterface>,
+    guest: &[GuestInterface],
+    vmi: &VirtualMachineInstance,
+) -> Vec<VirtualMachineInstanceNetworkInterface> {
+    let masquerade = |name: &str| {
+        vmi.spec
+            .domain
+            .devices
+            .interfaces
+            .iter()
+            .flatten()
+            .any(|i| i.name == name && i.masquerade.is_some())
+    };
+    let is_v4 = |ip: &String| ip.parse::<std::net::Ipv4Addr>().is_ok();
+    let mut guest_only = 0;
+    for g in guest {
+        let matched = g.mac.as_deref().and_then(|mac| {
+            ifaces.iter_mut().find(|i| {
+                i.mac
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case(mac))
+            })
+        });
+        match matched {
+            Some(iface) => {
+                let mut guest_ips = g.ips.clone();
+                if masquerade(iface.name.as_deref().unwrap_or_default()) {
+                    guest_ips.retain(|ip| {
+                        !ip.parse::<std::net::Ipv6Addr>()
+                            .is_ok_and(|a| a.is_unicast_link_local())
+                    });
+                }
+                let have = iface.ip_addresses.clone().unwrap_or_default();
+                let (have4, have6): (Vec<String>, Vec<String>) = have.into_iter().partition(is_v4);
+                let (guest4, guest6): (Vec<String>, Vec<String>) =
+                    guest_ips.into_iter().partition(is_v4);
+                let v4 = if have4.is_empty() || guest4.is_empty() {
+                    guest4
+                } else {
+                    have4
+                };
+                let v6 = if have6.is_empty() || guest6.is_empty() {
+                    guest6
+                } else {
+                    have6
+                };
+                let ips: Vec<String> = v4.into_iter().chain(v6).collect();
+                iface.ip_address = ips.first().cloned();
+                iface.ip_addresses = Some(ips).filter(|v| !v.is_empty());
+                iface.interface_name = Some(g.interface_name.clone());
+                iface.info_source =
+                    Some(format!("{INFO_SOURCE_DOMAIN}, {INFO_SOURCE_GUEST_AGENT}"));
+            }
+            None if guest_only < GUEST_ONLY_INTERFACES => {
+                guest_only += 1;
+                ifaces.push(VirtualMachineInstanceNetworkInterface {
+                    mac: g.mac.clone(),
+                    ip_address: g.ip.clone(),
+                    ip_addresses: Some(g.ips.clone()).filter(|v| !v.is_empty()),
+                    interface_name: Some(g.interface_name.clone()),
+                    info_source: Some(INFO_SOURCE_GUEST_AGENT.into()),
+                    ..Default::default()
+                });
+            }
+            None => {}
+        }
+    }
+    ifaces
+}
+
 pub fn vmi_status(
     vmi: &VirtualMachineInstance,
     status: &LauncherStatus,
@@ -224,7 +306,6 @@ pub fn vmi_status(
     }
     st.fs_freeze_status = status.fs_freeze_status.clone().filter(|_| live);
     if live {
-        let with_agent = status.agent_connected && status.guest_os_info.is_some();
         let ifaces: Vec<VirtualMachineInstanceNetworkInterface> = status
             .interfaces
             .iter()
@@ -233,19 +314,13 @@ pub fn vmi_status(
                 mac: i.mac.clone(),
                 ip_address: i.ip_address.clone(),
                 ip_addresses: i.ip_address.clone().map(|ip| vec![ip]),
-                info_source: Some(
-                    if with_agent {
-                        "domain, guest-agent"
-                    } else {
-                        "domain"
-                    }
-                    .into(),
-                ),
+                info_source: Some(INFO_SOURCE_DOMAIN.into()),
                 queue_count: Some(1),
                 link_state: Some("up".into()),
                 ..Default::default()
             })
             .collect();
+        let ifaces = with_guest_interfaces(ifaces, &status.guest_interfaces, vmi);
         st.interfaces = Some(ifaces).filter(|i| !i.is_empty());
         if let Some(info) = status.guest_os_info.as_ref().and_then(guest_os_info) {
             st.guest_os_info = Some(info);
@@ -357,6 +432,75 @@ mod tests {
             st.phase_transition_timestamps.unwrap()[0].phase,
             Some(Phase::Running)
         );
+    }
+
+    #[test]
+    fn guest_agent_interfaces_merge_as_upstream() {
+        let mut vmi = scheduled();
+        vmi.spec.domain.devices.interfaces = Some(vec![serde_json::from_value(
+            json!({"name": "default", "masquerade": {}}),
+        )
+        .unwrap()]);
+        let mut launcher = started(DomainState::Running);
+        let guest = |ips: &[&str]| GuestInterface {
+            interface_name: "eth0".into(),
+            mac: Some("52:54:00:00:00:01".to_uppercase()),
+            ip: ips.first().map(|s| s.to_string()),
+            ips: ips.iter().map(|s| s.to_string()).collect(),
+        };
+        // The pod's IPv4 stays; the guest adds its IPv6 (not the link-local one) and name.
+        launcher.guest_interfaces = vec![
+            guest(&["10.0.2.2", "fe80::1", "fd10::2"]),
+            GuestInterface {
+                interface_name: "docker0".into(),
+                mac: Some("02:42:00:00:00:09".into()),
+                ip: Some("172.17.0.1".into()),
+                ips: vec!["172.17.0.1".into()],
+            },
+        ];
+        let st = vmi_status(&vmi, &launcher, now());
+        let ifaces = st.interfaces.unwrap();
+        assert_eq!(ifaces.len(), 2);
+        assert_eq!(ifaces[0].name.as_deref(), Some("default"));
+        assert_eq!(ifaces[0].interface_name.as_deref(), Some("eth0"));
+        assert_eq!(ifaces[0].ip_address.as_deref(), Some("10.244.0.7"));
+        assert_eq!(
+            ifaces[0].ip_addresses,
+            Some(vec!["10.244.0.7".to_string(), "fd10::2".to_string()])
+        );
+        assert_eq!(
+            ifaces[0].info_source.as_deref(),
+            Some("domain, guest-agent")
+        );
+        assert_eq!(ifaces[1].name, None);
+        assert_eq!(ifaces[1].interface_name.as_deref(), Some("docker0"));
+        assert_eq!(ifaces[1].ip_address.as_deref(), Some("172.17.0.1"));
+        assert_eq!(ifaces[1].info_source.as_deref(), Some("guest-agent"));
+
+        // A guest without an address is not reachable by one: the status says so.
+        launcher.guest_interfaces = vec![guest(&[])];
+        let st = vmi_status(&vmi, &launcher, now());
+        let iface = &st.interfaces.unwrap()[0];
+        assert_eq!(iface.ip_address, None);
+        assert_eq!(iface.ip_addresses, None);
+
+        // Without the agent's report the domain's view stands alone.
+        launcher.guest_interfaces.clear();
+        let st = vmi_status(&vmi, &launcher, now());
+        let iface = &st.interfaces.unwrap()[0];
+        assert_eq!(iface.info_source.as_deref(), Some("domain"));
+        assert_eq!(iface.interface_name, None);
+
+        // Guest-only interfaces are capped.
+        launcher.guest_interfaces = (0..40)
+            .map(|i| GuestInterface {
+                interface_name: format!("veth{i}"),
+                mac: Some(format!("02:00:00:00:00:{i:02x}")),
+                ..Default::default()
+            })
+            .collect();
+        let st = vmi_status(&vmi, &launcher, now());
+        assert_eq!(st.interfaces.unwrap().len(), 1 + GUEST_ONLY_INTERFACES);
     }
 
     #[test]

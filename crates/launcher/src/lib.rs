@@ -9,6 +9,7 @@
 pub mod client;
 mod footprint;
 mod freeze;
+mod guest_net;
 mod hotplug;
 mod migration;
 mod network;
@@ -26,10 +27,11 @@ pub mod vmm_user;
 pub use client::{final_status, live_pid, ByteStream, ClientError, LauncherClient};
 pub use process::{run, ExitCode, LauncherArgs, LauncherError};
 pub use protocol::{
-    AccessCredentialsRequest, AccessCredentialsResult, FailedStep, FreezeRequest, GuestExecRequest,
-    GuestExecResult, HotplugBus, HotplugVolumeRequest, HotplugVolumeStatus, IncomingMigration,
-    InsertMediumRequest, InterfaceStats, InterfaceStatus, LauncherStatus, MigrateRequest,
-    MigrationOptions, Stage, StartFailure, StopRequest, SyncRequest, VmStats, VmiRef,
+    AccessCredentialsRequest, AccessCredentialsResult, FailedStep, FilesystemStats, FreezeRequest,
+    GuestExecRequest, GuestExecResult, GuestInterface, HotplugBus, HotplugVolumeRequest,
+    HotplugVolumeStatus, IncomingMigration, InsertMediumRequest, InterfaceStats, InterfaceStatus,
+    LauncherStatus, MigrateRequest, MigrationOptions, Stage, StartFailure, StopRequest,
+    SyncRequest, VmStats, VmiRef,
 };
 pub use rundir::{RunDir, DEFAULT_RUN_ROOT};
 pub use translate::{translate, LauncherEnv, TranslateError};

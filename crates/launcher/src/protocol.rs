@@ -108,6 +108,19 @@ pub struct InterfaceStatus {
     pub binding: String,
 }
 
+/// A network interface as the guest agent reports it (`guest-network-get-interfaces`),
+/// loopback left out: what upstream's launcher hands virt-handler.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestInterface {
+    /// The guest's name for it (`eth0`).
+    pub interface_name: String,
+    pub mac: Option<String>,
+    /// The first IPv4 address, else the first address.
+    pub ip: Option<String>,
+    pub ips: Vec<String>,
+}
+
 /// A command for the guest agent to run (`POST /v1/guest-exec`), as an exec probe's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -158,6 +171,20 @@ pub struct AccessCredentialsResult {
 pub struct VmStats {
     pub domain: kubevirt_hypervisor::DomainStats,
     pub interfaces: Vec<InterfaceStats>,
+    /// The guest's mounted filesystems, from its agent (empty without one).
+    #[serde(default)]
+    pub filesystems: Vec<FilesystemStats>,
+}
+
+/// One mounted filesystem as the guest agent reports it (`guest-get-fsinfo`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FilesystemStats {
+    pub disk_name: String,
+    pub mount_point: String,
+    pub file_system_type: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
 }
 
 /// One guest NIC's traffic, from the guest's side (`rx` is what the guest received).
@@ -197,6 +224,9 @@ pub struct LauncherStatus {
     /// `guest-get-osinfo` answer, once the agent answered.
     pub guest_os_info: Option<serde_json::Value>,
     pub interfaces: Vec<InterfaceStatus>,
+    /// The guest's interfaces, polled from its agent while it is connected.
+    #[serde(default)]
+    pub guest_interfaces: Vec<GuestInterface>,
     /// A stop (or delete) was requested: an exit after it is not a crash.
     pub stop_requested: bool,
     /// How QEMU exited.
@@ -245,6 +275,7 @@ impl LauncherStatus {
             agent_connected: false,
             guest_os_info: None,
             interfaces: Vec::new(),
+            guest_interfaces: Vec::new(),
             stop_requested: false,
             exit: None,
             failure: None,

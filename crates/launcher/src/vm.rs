@@ -2,7 +2,7 @@
 //! signal handler and the event follower. Every state change is published through the
 //! launcher's [`StatusCell`].
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ pub enum VmError {
 /// The ID of the guest agent's virtio-serial port in the QEMU command line.
 const AGENT_PORT_ID: &str = "channel0";
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The guest's filesystems are part of a metrics scrape: they may not hold it up.
+const FSINFO_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A started VM and what the launcher knows about it.
 pub struct Vm {
@@ -52,6 +54,8 @@ pub struct Vm {
     pub(crate) volumes: Arc<Mutex<crate::hotplug::Volumes>>,
     /// The outgoing migration's bookkeeping (its deadline, why it was cancelled).
     pub(crate) outgoing: Mutex<crate::migration::Outgoing>,
+    /// Bumped each time the agent's channel opens: a poller of an earlier session stops.
+    pub(crate) agent_session: AtomicU64,
 }
 
 impl Vm {
@@ -64,6 +68,7 @@ impl Vm {
             freeze_generation: AtomicU64::new(0),
             volumes: Arc::default(),
             outgoing: Mutex::default(),
+            agent_session: AtomicU64::new(0),
         })
     }
 
@@ -134,11 +139,15 @@ impl Vm {
                 self.status.update(|s| {
                     s.agent_connected = open;
                     if !open {
-                        // No agent, nothing holds the filesystems frozen.
+                        // No agent, nothing holds the filesystems frozen, nor reports the
+                        // guest's interfaces.
                         s.fs_freeze_status = None;
+                        s.guest_interfaces.clear();
                     }
                 });
                 if open {
+                    let session = self.agent_session.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::spawn(crate::guest_net::poll(self.clone(), session));
                     let vm = self.clone();
                     // The agent needs a moment after opening the port before it answers.
                     tokio::spawn(async move {
@@ -250,8 +259,17 @@ impl Vm {
     /// counts it in QEMU's network namespace.
     pub async fn stats(self: &Arc<Self>) -> Result<crate::protocol::VmStats, VmError> {
         self.require_live("stats")?;
+        // A slow or absent agent costs the scrape its filesystems, nothing else.
+        let filesystems = if self.status.get().agent_connected {
+            self.agent_within("guest-get-fsinfo", None, FSINFO_TIMEOUT)
+                .await
+                .map(|v| crate::guest_net::filesystems(&v))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let vm = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let mut stats = tokio::task::spawn_blocking(move || {
             let domain = vm.domain.stats()?;
             let net_dev = vm
                 .domain
@@ -270,12 +288,18 @@ impl Vm {
                     _ => None,
                 })
                 .collect();
-            Ok(crate::protocol::VmStats { domain, interfaces })
+            Ok::<_, VmError>(crate::protocol::VmStats {
+                domain,
+                interfaces,
+                filesystems: Vec::new(),
+            })
         })
         .await
         .map_err(|e| VmError::Task {
             reason: e.to_string(),
-        })?
+        })??;
+        stats.filesystems = filesystems;
+        Ok(stats)
     }
 
     /// Applies access credentials through the guest agent, as upstream's launcher does:

@@ -274,6 +274,30 @@ pub fn collect(f: &mut Families, vmi: &VirtualMachineInstance, stats: &VmStats) 
             );
         }
     }
+
+    // Filesystems, as the guest agent sees them.
+    for fs in &stats.filesystems {
+        let l = with(
+            &base,
+            &[
+                ("disk_name", fs.disk_name.clone()),
+                ("mount_point", fs.mount_point.clone()),
+                ("file_system_type", fs.file_system_type.clone()),
+            ],
+        );
+        f.gauge(
+            "kubevirt_vmi_filesystem_capacity_bytes",
+            "Total VM filesystem capacity in bytes.",
+            l.clone(),
+            fs.total_bytes as f64,
+        );
+        f.gauge(
+            "kubevirt_vmi_filesystem_used_bytes",
+            "Used VM filesystem capacity in bytes.",
+            l,
+            fs.used_bytes as f64,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -281,7 +305,7 @@ mod tests {
     use super::*;
     use crate::families::encode_text as text;
     use kubevirt_hypervisor::{BlockStats, DomainStats, GuestMemoryStats, MemoryStats, VcpuStats};
-    use kubevirt_launcher::InterfaceStats;
+    use kubevirt_launcher::{FilesystemStats, InterfaceStats};
 
     #[test]
     fn a_vmis_counters_become_upstreams_series() {
@@ -328,6 +352,13 @@ mod tests {
                 tx_bytes: 100,
                 ..Default::default()
             }],
+            filesystems: vec![FilesystemStats {
+                disk_name: "vda".into(),
+                mount_point: "/mnt".into(),
+                file_system_type: "iso9660".into(),
+                total_bytes: 8192,
+                used_bytes: 4096,
+            }],
         };
         let mut f = Families::default();
         collect(&mut f, &vmi, &stats);
@@ -348,6 +379,8 @@ mod tests {
             format!("kubevirt_vmi_storage_read_times_seconds_total{{{base},drive=\"rootdisk\"}} 0.001"),
             format!("kubevirt_vmi_network_receive_bytes_total{{{base},interface=\"default\"}} 900.0"),
             format!("kubevirt_vmi_network_traffic_bytes_total{{{base},interface=\"default\",type=\"tx\"}} 100.0"),
+            format!("kubevirt_vmi_filesystem_capacity_bytes{{{base},disk_name=\"vda\",mount_point=\"/mnt\",file_system_type=\"iso9660\"}} 8192.0"),
+            format!("kubevirt_vmi_filesystem_used_bytes{{{base},disk_name=\"vda\",mount_point=\"/mnt\",file_system_type=\"iso9660\"}} 4096.0"),
         ] {
             assert!(t.lines().any(|l| l == line), "missing {line} in\n{t}");
         }

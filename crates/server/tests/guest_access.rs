@@ -109,6 +109,24 @@ fn ssh_scp_and_port_forward_with_credentials_from_secrets() {
         "{events}"
     );
 
+    // The guest agent's view of the network joins the VMI's status: the guest's name for
+    // the interface, and (masquerade) the pod's address stays the one reported.
+    let pod_ip = server.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("vm.kubevirt.io/name={NAME}"),
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
+    assert!(!pod_ip.is_empty());
+    server.wait_for(
+        "vmi",
+        NAME,
+        "{.status.interfaces[0].interfaceName} {.status.interfaces[0].infoSource} {.status.interfaces[0].ipAddress}",
+        &format!("eth0 domain, guest-agent {pod_ip}"),
+    );
+
     // The key from the Secret opens a shell; the command's output comes back.
     let out = ssh_with_key(&server, &first, "echo guest-says-$((6*7)); uname -s");
     assert!(out.status.success(), "{out:?}\n{}", tail(&server.log(), 40));

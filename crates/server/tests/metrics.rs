@@ -240,6 +240,22 @@ subjects:
         r#"kubevirt_vmi_network_receive_bytes_total{{{sel},interface="default"}} > 0"#
     ));
 
+    // Filesystems: the guest mounts its disk and its agent reports the size.
+    let mut console = ConsoleCapture::start(&server, name);
+    console.wait_for_prompt();
+    console.send("mount -t iso9660 -o ro /dev/vda /mnt && echo mounted-$((6*7))\r");
+    console.wait_for("mounted-42");
+    let capacity = prom.wait_series(&format!(
+        r#"kubevirt_vmi_filesystem_capacity_bytes{{{sel},mount_point="/mnt",file_system_type="iso9660",disk_name="vda"}} > 0"#
+    ));
+    let used = prom.wait_series(&format!(
+        r#"kubevirt_vmi_filesystem_used_bytes{{{sel},mount_point="/mnt"}}"#
+    ));
+    assert!(
+        value(&used[0]) <= value(&capacity[0]),
+        "{used:?} {capacity:?}"
+    );
+
     // Objects: the VM's and the VMI's info and status.
     prom.wait_series(&format!(
         r#"kubevirt_vmi_info{{{sel},phase="running"}} == 1"#

@@ -92,16 +92,7 @@ fn readiness_follows_the_guests_web_server_and_liveness_restarts_the_vm() {
 
     // The guest starts a web server: ready. It stops it: not ready again.
     let mut console = ConsoleCapture::start(&server, name);
-    let deadline = Instant::now() + TIMEOUT;
-    while !console.text().contains("guest#") {
-        assert!(
-            Instant::now() < deadline,
-            "no shell prompt: {}",
-            console.text()
-        );
-        console.send("\r");
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    console.wait_for_prompt();
     console.send("mkdir -p /www && echo ok >/www/index.html && httpd -p 8080 -h /www && echo started-$((6*7))\r");
     console.wait_for("started-42");
     wait_ready(&server, name, "True");

@@ -67,17 +67,7 @@ fn vmi_subresources_through_virtctl() {
     let uid = server.launcher_pod_uid(&vmi_uid);
     let qemu = qemu_pids(&uid);
     let mut console = ConsoleCapture::start(&server, name);
-    // The guest booted already: ask its shell for a prompt to know the console is attached.
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !console.text().contains("guest#") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no shell prompt: {}",
-            console.text()
-        );
-        console.send("\r");
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    console.wait_for_prompt();
 
     // fslist: the guest mounts its disk, and the agent's list shows it in upstream's
     // shape. userlist: nobody logged in to the test guest.

@@ -128,16 +128,7 @@ fn teams_run_their_own_vms_and_nobody_else_s() {
         tail(&server.log(), 40)
     );
     let mut console = ConsoleCapture::start_as(&alice, &["console", "-n", "team-a", name]);
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    while !console.text().contains("guest#") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no prompt: {}",
-            console.text()
-        );
-        console.send("\r");
-        std::thread::sleep(std::time::Duration::from_secs(1));
-    }
+    console.wait_for_prompt();
     drop(console);
 
     // Not in another team's namespace.

@@ -420,6 +420,21 @@ impl ConsoleCapture {
         stdin.flush().unwrap();
     }
 
+    /// Waits for the guest's shell prompt, pressing Enter each second: a guest that booted
+    /// before the console attached prints nothing until asked.
+    pub fn wait_for_prompt(&mut self) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.text().contains("guest#") {
+            assert!(
+                Instant::now() < deadline,
+                "no shell prompt: {}",
+                self.text()
+            );
+            self.send("\r");
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
     pub fn wait_for(&self, needle: &str) {
         let deadline = Instant::now() + TIMEOUT;
         while Instant::now() < deadline {

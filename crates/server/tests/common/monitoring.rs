@@ -13,6 +13,8 @@ use serde_json::Value;
 /// these and the rules' own recorded names.
 pub const EXPORTED_METRICS: &[&str] = &[
     "kubevirt_vmi_cpu_usage_seconds_total",
+    "kubevirt_vmi_filesystem_capacity_bytes",
+    "kubevirt_vmi_filesystem_used_bytes",
     "kubevirt_vmi_cpu_user_usage_seconds_total",
     "kubevirt_vmi_cpu_system_usage_seconds_total",
     "kubevirt_vmi_vcpu_seconds_total",
