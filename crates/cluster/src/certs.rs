@@ -503,6 +503,31 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// A server configuration with a fresh self-signed certificate for `name` (upstream's
+/// components serve their metrics so; Prometheus is told to skip the check).
+pub fn self_signed_server_config(name: &str) -> Result<Arc<rustls::ServerConfig>, CertError> {
+    let life = Lifetimes::default();
+    let (ca_pem, ca_key) = new_ca(life.ca)?;
+    let (cert_pem, key_pem) = new_leaf_cert(
+        &ca_pem,
+        &ca_key,
+        &[name.to_string()],
+        &[ExtendedKeyUsagePurpose::ServerAuth],
+        life.ca,
+    )?;
+    let pki = Pki {
+        ca_bundle: ca_pem,
+        cert_pem,
+        key_pem,
+    };
+    let mut cfg = server_config(Arc::new(ServingCert::new(&pki)?), None)?;
+    // HTTP/1.1 only: scrapers need nothing more.
+    if let Some(c) = Arc::get_mut(&mut cfg) {
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    Ok(cfg)
+}
+
 /// virt-handler's server configuration: its certificate, and a client certificate
 /// signed by the bundle is required (only virt-api holds one).
 pub fn handler_server_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, CertError> {

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod certs;
 pub mod eviction;
 pub mod manifests;
+pub mod metrics;
 pub mod node_api;
 pub mod subresources;
 pub mod virt_api;

@@ -30,6 +30,11 @@ pub const HANDLER_SERVICE_ACCOUNT: &str = "kubevirt-handler";
 pub const API_SERVICE: &str = "v1.subresources.kubevirt.io";
 /// The port virt-api listens on inside its pod; its Service maps 443 to it.
 pub const VIRT_API_PORT: u16 = 8443;
+/// virt-controller's and virt-handler's `/metrics` port (HTTPS), as upstream's.
+pub const METRICS_PORT: u16 = 8443;
+/// The Service in front of the components' `/metrics`, and the pod label it selects.
+pub const METRICS_SERVICE: &str = "kubevirt-prometheus-metrics";
+pub const PROMETHEUS_LABEL: &str = "prometheus.kubevirt.io";
 
 /// Groups whose CRDs belong to other projects on a cluster: CDI installs DataVolumes, the
 /// CSI external-snapshotter the volume snapshot kinds. The embedded server serves them
@@ -127,6 +132,20 @@ pub fn install(o: &InstallOptions) -> Vec<Value> {
             "type": "ClusterIP",
             "selector": {"kubevirt.io": VIRT_API},
             "ports": [{"name": "https", "port": 443, "targetPort": VIRT_API_PORT, "protocol": "TCP"}],
+        },
+    }));
+    // Upstream's Service in front of every component's `/metrics` (what a ServiceMonitor
+    // selects).
+    let mut metrics_meta = meta(METRICS_SERVICE, Some(ns), None);
+    metrics_meta["labels"][PROMETHEUS_LABEL] = json!("true");
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metrics_meta,
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {PROMETHEUS_LABEL: "true"},
+            "ports": [{"name": "metrics", "port": 443, "targetPort": "metrics", "protocol": "TCP"}],
         },
     }));
     out.push(webhook_configuration(ns, Role::Mutate));
@@ -303,6 +322,19 @@ fn rbac(ns: &str) -> Vec<Value> {
         rule(&[""], &["nodes"], READ),
     ];
     let mut out = Vec::new();
+    // virt-controller's and virt-handler's `/metrics` ask the cluster who scrapes and
+    // whether they may.
+    let metrics_auth = [
+        rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+        rule(
+            &["authorization.k8s.io"],
+            &["subjectaccessreviews"],
+            &["create"],
+        ),
+    ];
+    let (mut controller, mut handler) = (controller, handler);
+    controller.extend(metrics_auth.clone());
+    handler.extend(metrics_auth);
     for (sa, rules) in [
         (API_SERVICE_ACCOUNT, api),
         (CONTROLLER_SERVICE_ACCOUNT, controller),
@@ -450,6 +482,11 @@ fn restricted_security() -> Value {
 
 fn workloads(o: &InstallOptions) -> Vec<Value> {
     let ns = o.namespace.as_str();
+    let metrics_port = json!({"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"});
+    let scraped = |mut l: Value| {
+        l[PROMETHEUS_LABEL] = json!("true");
+        l
+    };
     let pod_name_env =
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}});
     let api = json!({
@@ -489,7 +526,7 @@ fn workloads(o: &InstallOptions) -> Vec<Value> {
             "replicas": 2,
             "selector": {"matchLabels": {"kubevirt.io": VIRT_CONTROLLER}},
             "template": {
-                "metadata": {"labels": labels(Some(VIRT_CONTROLLER))},
+                "metadata": {"labels": scraped(labels(Some(VIRT_CONTROLLER)))},
                 "spec": {
                     "serviceAccountName": CONTROLLER_SERVICE_ACCOUNT,
                     "priorityClassName": "system-cluster-critical",
@@ -499,6 +536,7 @@ fn workloads(o: &InstallOptions) -> Vec<Value> {
                         "imagePullPolicy": o.image_pull_policy,
                         "command": ["kubevirt-rs", "virt-controller", "--namespace", ns,
                                     "--launcher-image", o.launcher_image],
+                        "ports": [metrics_port.clone()],
                         "env": [pod_name_env],
                         "resources": {"requests": {"cpu": "10m", "memory": "48Mi"}},
                         "securityContext": restricted_security(),
@@ -516,7 +554,7 @@ fn workloads(o: &InstallOptions) -> Vec<Value> {
             "selector": {"matchLabels": {"kubevirt.io": VIRT_HANDLER}},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
             "template": {
-                "metadata": {"labels": labels(Some(VIRT_HANDLER))},
+                "metadata": {"labels": scraped(labels(Some(VIRT_HANDLER)))},
                 "spec": {
                     "serviceAccountName": HANDLER_SERVICE_ACCOUNT,
                     "priorityClassName": "system-node-critical",
@@ -529,7 +567,8 @@ fn workloads(o: &InstallOptions) -> Vec<Value> {
                         "command": ["kubevirt-rs", "virt-handler", "--node-name", "$(NODE_NAME)",
                                     "--namespace", ns, "--run-root", o.run_root],
                         "ports": [{"name": "subresources", "containerPort": crate::node_api::DEFAULT_PORT,
-                                   "hostPort": crate::node_api::DEFAULT_PORT, "protocol": "TCP"}],
+                                   "hostPort": crate::node_api::DEFAULT_PORT, "protocol": "TCP"},
+                                  metrics_port],
                         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
                         "resources": {"requests": {"cpu": "10m", "memory": "48Mi"}},
                         // The node agent manages the VMs' launchers, their network
@@ -572,6 +611,31 @@ mod tests {
         objs.iter()
             .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
             .unwrap_or_else(|| panic!("no {kind} {name}"))
+    }
+
+    #[test]
+    fn the_metrics_service_reaches_controller_and_handler() {
+        let objs = install(&InstallOptions::new("/run/kubevirt-rs"));
+        let svc = find(&objs, "Service", METRICS_SERVICE);
+        assert_eq!(svc["spec"]["selector"][PROMETHEUS_LABEL], "true");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
+        for (kind, name) in [("Deployment", VIRT_CONTROLLER), ("DaemonSet", VIRT_HANDLER)] {
+            let pod = &find(&objs, kind, name)["spec"]["template"];
+            assert_eq!(
+                pod["metadata"]["labels"][PROMETHEUS_LABEL], "true",
+                "{name}"
+            );
+            let ports = pod["spec"]["containers"][0]["ports"].as_array().unwrap();
+            assert!(
+                ports
+                    .iter()
+                    .any(|p| p["name"] == "metrics" && p["containerPort"] == METRICS_PORT),
+                "{name}: {ports:?}"
+            );
+        }
+        // virt-api has no metrics endpoint: the Service must not select it.
+        let api = &find(&objs, "Deployment", VIRT_API)["spec"]["template"];
+        assert!(api["metadata"]["labels"][PROMETHEUS_LABEL].is_null());
     }
 
     #[test]

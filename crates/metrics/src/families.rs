@@ -144,13 +144,13 @@ impl Collector for Families {
     }
 }
 
-/// The text exposition of `f` alone (tests).
-#[cfg(test)]
-pub(crate) fn encode_text(f: Families) -> String {
+/// The OpenMetrics text exposition of `f` alone (what a component's `/metrics` serves).
+pub fn encode_text(f: Families) -> String {
     let mut r = prometheus_client::registry::Registry::default();
     r.register_collector(Box::new(f));
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &r);
     out
 }
 

@@ -4,9 +4,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use kube::api::{Api, ListParams};
 use kube::Client;
+use kubevirt_api::v1::{VirtualMachine, VirtualMachineInstance};
+use kubevirt_metrics::families::encode_text;
+use kubevirt_metrics::Families;
 
 use kubevirt_cluster::manifests::{self, InstallOptions};
 
@@ -163,6 +168,30 @@ pub struct VirtControllerArgs {
     /// This replica's identity in the Lease (default: `POD_NAME`, else the host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Address of the HTTPS `/metrics` listener (the VM and VMI object metrics; served
+    /// by the leader, empty on a standby).
+    #[arg(long, default_value = METRICS_LISTEN)]
+    metrics_listen: SocketAddr,
+}
+
+/// Where virt-controller and virt-handler serve `/metrics`, as upstream's (port 8443).
+const METRICS_LISTEN: &str = "0.0.0.0:8443";
+
+/// The VM and VMI object metrics, listed from the API when scraped.
+async fn object_metrics(client: Client) -> String {
+    let lp = ListParams::default();
+    let vms: Api<VirtualMachine> = Api::all(client.clone());
+    let vmis: Api<VirtualMachineInstance> = Api::all(client);
+    let mut families = Families::default();
+    match futures::join!(vms.list(&lp), vmis.list(&lp)) {
+        (Ok(vms), Ok(vmis)) => {
+            kubevirt_metrics::objects::collect(&mut families, &vms.items, &vmis.items)
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!(%error, "listing VMs and VMIs for metrics")
+        }
+    }
+    encode_text(families)
 }
 
 /// The Lease the virt-controller replicas elect their leader with (upstream's name).
@@ -177,12 +206,35 @@ pub async fn virt_controller(args: VirtControllerArgs) -> anyhow::Result<()> {
         kubevirt_reconcile::leader::LeaseConfig::new(&args.namespace, CONTROLLER_LEASE, &identity);
     let pods = components::pod_settings(&args.launcher_image, args.use_emulation);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // Only the leader reports: standbys would repeat its series.
+    let leading = Arc::new(AtomicBool::new(false));
+    let collect: kubevirt_cluster::metrics::Collect = {
+        let (client, leading) = (client.clone(), leading.clone());
+        Arc::new(move || {
+            let (client, leading) = (client.clone(), leading.clone());
+            Box::pin(async move {
+                if leading.load(Ordering::SeqCst) {
+                    object_metrics(client).await
+                } else {
+                    encode_text(Families::default())
+                }
+            })
+        })
+    };
+    let metrics = tokio::spawn(kubevirt_cluster::metrics::serve(
+        args.metrics_listen,
+        "virt-controller",
+        kubevirt_cluster::metrics::router(client.clone(), collect),
+        stop.clone(),
+    ));
     let lead = {
         let (client, stop) = (client.clone(), stop.clone());
         move || async move {
+            leading.store(true, Ordering::SeqCst);
             let mut tasks = tokio::task::JoinSet::new();
             components::spawn_controllers(&mut tasks, &client, pods, &stop);
             while tasks.join_next().await.is_some() {}
+            leading.store(false, Ordering::SeqCst);
         }
     };
     let elected =
@@ -193,6 +245,7 @@ pub async fn virt_controller(args: VirtControllerArgs) -> anyhow::Result<()> {
         _ = components::wait_for_signal() => {}
     }
     let _ = stop_tx.send(true);
+    metrics.abort();
     // Stopping releases the Lease, so a standby takes over at once.
     elected.await.map_err(Into::into)
 }
@@ -212,6 +265,9 @@ pub struct VirtHandlerArgs {
     /// Address of the node's subresources endpoint (console, VNC, ...), reached by virt-api.
     #[arg(long, default_value = "0.0.0.0:8186")]
     listen: SocketAddr,
+    /// Address of the HTTPS `/metrics` listener (this node's VMs' counters).
+    #[arg(long, default_value = METRICS_LISTEN)]
+    metrics_listen: SocketAddr,
 }
 
 /// `virt-handler`: the node agent against a real kube-apiserver. It registers its node and
@@ -226,6 +282,27 @@ pub async fn virt_handler(args: VirtHandlerArgs) -> anyhow::Result<()> {
     // The node's other pods (virt-api's, kube-proxy's, ...) are kubelet's to run.
     agent.launcher_pods_only = true;
     let node = agent.node.clone();
+    let collect: kubevirt_cluster::metrics::Collect = {
+        let (client, node, launchers) = (client.clone(), node.clone(), agent.launchers.clone());
+        Arc::new(move || {
+            let (client, node, launchers) = (client.clone(), node.clone(), launchers.clone());
+            Box::pin(async move {
+                let vmis: Api<VirtualMachineInstance> = Api::all(client);
+                let on_node = ListParams::default().labels(&format!(
+                    "{}={node}",
+                    kubevirt_api::v1::well_known::NODE_NAME_LABEL
+                ));
+                let vmis = match vmis.list(&on_node).await {
+                    Ok(l) => l.items,
+                    Err(error) => {
+                        tracing::warn!(%error, "listing this node's VMIs for metrics");
+                        Vec::new()
+                    }
+                };
+                encode_text(kubevirt_handler::metrics::collect(&vmis, &node, &launchers).await)
+            })
+        })
+    };
     let sub = kubevirt_handler::subresources::SubresourceState::new(agent.launchers.clone());
     sub.set_client(client.clone());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -237,6 +314,12 @@ pub async fn virt_handler(args: VirtHandlerArgs) -> anyhow::Result<()> {
         args.listen,
         kubevirt_handler::subresources::router(sub.clone())
             .merge(kubevirt_handler::logs::router(sub)),
+        stop.clone(),
+    ));
+    tasks.spawn(kubevirt_cluster::metrics::serve(
+        args.metrics_listen,
+        "virt-handler",
+        kubevirt_cluster::metrics::router(client.clone(), collect),
         stop.clone(),
     ));
     println!("virt-handler is running on node {node}");

@@ -168,6 +168,23 @@ impl Drop for Components {
     }
 }
 
+/// `GET https://addr/metrics` (a self-signed certificate, as upstream's components serve
+/// theirs) with an optional bearer token: the status code and the body.
+fn scrape(addr: &str, token: Option<&str>) -> (u16, String) {
+    let mut curl = Command::new("curl");
+    curl.args(["-sk", "--max-time", "10", "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        curl.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = curl
+        .arg(format!("https://{addr}/metrics"))
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 fn nix_term(pid: u32) -> std::io::Result<()> {
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -410,11 +427,25 @@ fn install_and_run_a_vm_on_real_kubernetes() {
     // The controllers (two replicas, one leader) and the node agent.
     let ctl_kc = admin.service_account_kubeconfig("kubevirt-controller", &dir);
     let handler_kc = admin.service_account_kubeconfig("kubevirt-handler", &dir);
-    for id in ["ctl-a", "ctl-b"] {
+    // Each component's `/metrics` on its own port of the host.
+    let metrics_at = |_: &str| format!("{ip}:{}", free_port(&ip).unwrap());
+    let (ctl_a_metrics, ctl_b_metrics, handler_metrics) = (
+        metrics_at("ctl-a"),
+        metrics_at("ctl-b"),
+        metrics_at("handler"),
+    );
+    for (id, metrics) in [("ctl-a", &ctl_a_metrics), ("ctl-b", &ctl_b_metrics)] {
         parts.spawn(
             &dir,
             id,
-            &["virt-controller", "--use-emulation", "--identity", id],
+            &[
+                "virt-controller",
+                "--use-emulation",
+                "--identity",
+                id,
+                "--metrics-listen",
+                metrics,
+            ],
             &ctl_kc,
         );
         // The first one started leads (the second waits on the Lease).
@@ -449,6 +480,8 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         &mirror,
         "--listen",
         &handler_listen,
+        "--metrics-listen",
+        &handler_metrics,
     ];
     parts.spawn(&dir, "virt-handler", &handler_args, &handler_kc);
     admin.wait_for(
@@ -535,6 +568,53 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         "True",
         &parts,
     );
+    // Metrics: virt-handler's has the VM's counters, the leading virt-controller's the
+    // object families (a standby serves none); a caller needs a token allowed `/metrics`.
+    let out = admin.apply(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: prometheus, namespace: kubevirt}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: nosy, namespace: kubevirt}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: metrics-reader}\nrules: [{nonResourceURLs: [/metrics], verbs: [get]}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: prometheus-metrics}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: metrics-reader}\nsubjects: [{kind: ServiceAccount, name: prometheus, namespace: kubevirt}]\n",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let token = |sa: &str| {
+        admin
+            .ok(&["-n", NS, "create", "token", sa])
+            .trim()
+            .to_string()
+    };
+    let (reader, nosy) = (token("prometheus"), token("nosy"));
+    let sel = r#"namespace="team-a",name="cirros""#;
+    let mut handler_text = String::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while !handler_text.contains(&format!(
+        "kubevirt_vmi_memory_domain_bytes{{node=\"node-1\",{sel}"
+    )) {
+        assert!(
+            Instant::now() < deadline,
+            "virt-handler's metrics lack the VM: {handler_text}\n{}",
+            parts.tails(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        handler_text = scrape(&handler_metrics, Some(&reader)).1;
+    }
+    let (code, leader) = scrape(&ctl_a_metrics, Some(&reader));
+    assert_eq!(code, 200);
+    assert!(
+        leader.contains(&format!("kubevirt_vmi_info{{node=\"node-1\",{sel}"))
+            && leader.contains(r#"kubevirt_vm_info{name="cirros",namespace="team-a""#),
+        "{leader}"
+    );
+    let (code, standby) = scrape(&ctl_b_metrics, Some(&reader));
+    assert_eq!(code, 200);
+    assert!(!standby.contains("kubevirt_"), "{standby}");
+    assert_eq!(scrape(&handler_metrics, None).0, 401);
+    assert_eq!(scrape(&handler_metrics, Some("made-up")).0, 401);
+    let (code, body) = scrape(&ctl_a_metrics, Some(&nosy));
+    assert_eq!(code, 403, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status["message"],
+        "forbidden: User \"system:serviceaccount:kubevirt:nosy\" cannot get path \"/metrics\""
+    );
+
     // The defaults came from virt-api's mutating webhook (as the real apiserver stored them).
     assert_eq!(
         admin.jsonpath(
