@@ -411,6 +411,12 @@ pub struct MigrationStatus {
     pub ram_transferred: Option<u64>,
     pub ram_remaining: Option<u64>,
     pub ram_total: Option<u64>,
+    /// Bytes of guest memory dirtied per second (while RAM is being sent).
+    #[serde(default)]
+    pub dirty_rate_bytes: Option<u64>,
+    /// Bytes of memory sent per second.
+    #[serde(default)]
+    pub transfer_rate_bytes: Option<u64>,
     pub error: Option<String>,
 }
 

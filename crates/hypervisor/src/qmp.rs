@@ -280,6 +280,14 @@ pub struct MigrationRam {
     pub transferred: u64,
     pub remaining: u64,
     pub total: u64,
+    /// Pages dirtied per second.
+    #[serde(default, rename = "dirty-pages-rate")]
+    pub dirty_pages_rate: u64,
+    #[serde(default, rename = "page-size")]
+    pub page_size: u64,
+    /// Throughput in megabits per second.
+    #[serde(default)]
+    pub mbps: f64,
 }
 
 /// `add-fd`: adds the descriptor sent with the command (see [`QmpClient::execute_with_fd`])

@@ -174,6 +174,9 @@ pub struct VmStats {
     /// The guest's mounted filesystems, from its agent (empty without one).
     #[serde(default)]
     pub filesystems: Vec<FilesystemStats>,
+    /// The outgoing live migration's progress while one runs.
+    #[serde(default)]
+    pub migration: Option<kubevirt_hypervisor::MigrationStatus>,
 }
 
 /// One mounted filesystem as the guest agent reports it (`guest-get-fsinfo`).

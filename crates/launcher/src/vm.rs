@@ -268,9 +268,15 @@ impl Vm {
         } else {
             Vec::new()
         };
+        let st = self.status.get();
+        let migrating_out =
+            st.incoming_uri.is_none() && st.migration.as_ref().is_some_and(|m| !m.is_finished());
         let vm = self.clone();
         let mut stats = tokio::task::spawn_blocking(move || {
             let domain = vm.domain.stats()?;
+            let migration = migrating_out
+                .then(|| vm.domain.migration_status().ok())
+                .flatten();
             let net_dev = vm
                 .domain
                 .pid()
@@ -292,6 +298,7 @@ impl Vm {
                 domain,
                 interfaces,
                 filesystems: Vec::new(),
+                migration,
             })
         })
         .await

@@ -275,6 +275,51 @@ pub fn collect(f: &mut Families, vmi: &VirtualMachineInstance, stats: &VmStats) 
         }
     }
 
+    // An outgoing live migration's progress, labelled as upstream's (node, namespace and
+    // name only).
+    if let Some(m) = &stats.migration {
+        let l: Labels = base
+            .iter()
+            .filter(|(k, _)| matches!(k.as_str(), "node" | "namespace" | "name"))
+            .cloned()
+            .collect();
+        if let Some(total) = m.ram_total {
+            f.counter(
+                "kubevirt_vmi_migration_data_bytes",
+                "The total Guest OS data to be migrated to the new VM.",
+                l.clone(),
+                total as f64,
+            );
+        }
+        let gauges = [
+            (
+                "kubevirt_vmi_migration_data_remaining_bytes",
+                "The remaining guest OS data to be migrated to the new VM.",
+                m.ram_remaining,
+            ),
+            (
+                "kubevirt_vmi_migration_data_processed_bytes",
+                "The total Guest OS data processed and migrated to the new VM.",
+                m.ram_transferred,
+            ),
+            (
+                "kubevirt_vmi_migration_dirty_memory_rate_bytes",
+                "The rate of memory being dirty in the Guest OS.",
+                m.dirty_rate_bytes,
+            ),
+            (
+                "kubevirt_vmi_migration_memory_transfer_rate_bytes",
+                "The rate at which the memory is being transferred.",
+                m.transfer_rate_bytes,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            if let Some(v) = v {
+                f.gauge(name, help, l.clone(), v as f64);
+            }
+        }
+    }
+
     // Filesystems, as the guest agent sees them.
     for fs in &stats.filesystems {
         let l = with(
@@ -359,6 +404,15 @@ mod tests {
                 total_bytes: 8192,
                 used_bytes: 4096,
             }],
+            migration: Some(kubevirt_hypervisor::MigrationStatus {
+                status: "active".into(),
+                ram_total: Some(300),
+                ram_remaining: Some(100),
+                ram_transferred: Some(200),
+                dirty_rate_bytes: Some(4096),
+                transfer_rate_bytes: Some(125_000),
+                ..Default::default()
+            }),
         };
         let mut f = Families::default();
         collect(&mut f, &vmi, &stats);
@@ -379,6 +433,11 @@ mod tests {
             format!("kubevirt_vmi_storage_read_times_seconds_total{{{base},drive=\"rootdisk\"}} 0.001"),
             format!("kubevirt_vmi_network_receive_bytes_total{{{base},interface=\"default\"}} 900.0"),
             format!("kubevirt_vmi_network_traffic_bytes_total{{{base},interface=\"default\",type=\"tx\"}} 100.0"),
+            r#"kubevirt_vmi_migration_data_bytes_total{node="node1",namespace="team-a",name="db"} 300.0"#.to_string(),
+            r#"kubevirt_vmi_migration_data_remaining_bytes{node="node1",namespace="team-a",name="db"} 100.0"#.to_string(),
+            r#"kubevirt_vmi_migration_data_processed_bytes{node="node1",namespace="team-a",name="db"} 200.0"#.to_string(),
+            r#"kubevirt_vmi_migration_dirty_memory_rate_bytes{node="node1",namespace="team-a",name="db"} 4096.0"#.to_string(),
+            r#"kubevirt_vmi_migration_memory_transfer_rate_bytes{node="node1",namespace="team-a",name="db"} 125000.0"#.to_string(),
             format!("kubevirt_vmi_filesystem_capacity_bytes{{{base},disk_name=\"vda\",mount_point=\"/mnt\",file_system_type=\"iso9660\"}} 8192.0"),
             format!("kubevirt_vmi_filesystem_used_bytes{{{base},disk_name=\"vda\",mount_point=\"/mnt\",file_system_type=\"iso9660\"}} 4096.0"),
         ] {

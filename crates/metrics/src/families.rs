@@ -124,6 +124,17 @@ fn escape(v: &str) -> String {
     out
 }
 
+fn encode_value(
+    kind: Kind,
+    v: f64,
+    sample: prometheus_client::encoding::MetricEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    match kind {
+        Kind::Counter => ConstCounter::new(v).encode(sample),
+        Kind::Gauge => ConstGauge::new(v).encode(sample),
+    }
+}
+
 impl Collector for Families {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (name, family) in &self.families {
@@ -132,11 +143,13 @@ impl Collector for Families {
                 Kind::Gauge => MetricType::Gauge,
             };
             let mut metric = encoder.encode_descriptor(name, family.help, None, kind)?;
-            for (labels, value) in &family.samples {
-                let sample = metric.encode_family(labels)?;
-                match family.kind {
-                    Kind::Counter => ConstCounter::new(*value).encode(sample)?,
-                    Kind::Gauge => ConstGauge::new(*value).encode(sample)?,
+            match family.samples.as_slice() {
+                // A family without labels is written `name value`, not `name{} value`.
+                [(labels, v)] if labels.is_empty() => encode_value(family.kind, *v, metric)?,
+                samples => {
+                    for (labels, v) in samples {
+                        encode_value(family.kind, *v, metric.encode_family(labels)?)?;
+                    }
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! upstream's virt-controller serves from its VM and VMI informers, with its names, types,
 //! label sets and values.
 //!
-//! Only the VM and VMI objects are at hand, so what upstream reads from other objects
+//! The VM, VMI and migration objects are at hand; what upstream reads from other objects
 //! is decided here as upstream decides it when those objects are missing:
 //!
 //! - `instance_type` and `preference` are `<other>` whenever one is named: upstream shows
@@ -11,9 +11,8 @@
 //! - `vmi_pod` is the pod the VMI's migration state says runs the guest, else empty;
 //! - instancetypes and preferences are not applied to a VM before its resources are read.
 //!
-//! Not emitted: `kubevirt_vm_disk_allocated_size_bytes` (sizes come from PVC objects), the
-//! `kubevirt_vmi_migration_{start,end}_time_seconds` families (their `migration_name` comes
-//! from the migration objects), and `kubevirt_vm_labels` honours no
+//! Not emitted: `kubevirt_vm_disk_allocated_size_bytes` (sizes come from PVC objects),
+//! the migration phase-transition histogram, and `kubevirt_vm_labels` honours no
 //! `kubevirt-vm-labels-config` ConfigMap: every label is reported, upstream's default.
 //!
 //! Upstream leaves a label empty (`""`) when it knows nothing, and so does this module.
@@ -28,7 +27,7 @@ use kubevirt_api::v1::vm_condition;
 use kubevirt_api::v1::vmi_condition;
 use kubevirt_api::v1::{
     ConditionStatus, DomainSpec, Interface, Network, VirtualMachine, VirtualMachineInstance,
-    VirtualMachinePrintableStatus,
+    VirtualMachineInstanceMigration, VirtualMachinePrintableStatus,
 };
 
 use crate::families::{Families, Labels};
@@ -55,9 +54,16 @@ const LIMITS: &str = "kubevirt_vm_resource_limits";
 const LIMITS_HELP: &str = "CPU and memory limits of a VirtualMachine, when it sets them.";
 
 /// Adds the families upstream's virt-controller serves for these objects.
-pub fn collect(f: &mut Families, vms: &[VirtualMachine], vmis: &[VirtualMachineInstance]) {
+pub fn collect(
+    f: &mut Families,
+    vms: &[VirtualMachine],
+    vmis: &[VirtualMachineInstance],
+    migrations: &[VirtualMachineInstanceMigration],
+) {
     let mut addresses = HashSet::new();
+    migration_counts(f, migrations);
     for vmi in vmis {
+        vmi_migration_times(f, vmi, migrations);
         vmi_info(f, vmi);
         vmi_non_evictable(f, vmi);
         vmi_status_addresses(f, vmi, &mut addresses);
@@ -117,6 +123,138 @@ fn named_in_matcher(kind: Option<&str>, kinds: [&str; 2]) -> &'static str {
 
 fn seconds(t: &Time) -> i64 {
     t.0.as_second()
+}
+
+// ---- Migrations ----
+
+/// Migrations per phase group, and one sample per finished migration, as upstream's
+/// migration stats collector.
+fn migration_counts(f: &mut Families, migrations: &[VirtualMachineInstanceMigration]) {
+    use kubevirt_api::v1::VirtualMachineInstanceMigrationPhase as P;
+    let (mut pending, mut scheduling, mut unset, mut running) = (0, 0, 0, 0);
+    for m in migrations {
+        let phase = m.status.as_ref().and_then(|s| s.phase).unwrap_or_default();
+        let finished = match phase {
+            P::Pending => {
+                pending += 1;
+                None
+            }
+            P::Scheduling => {
+                scheduling += 1;
+                None
+            }
+            P::Unset => {
+                unset += 1;
+                None
+            }
+            P::Running
+            | P::Scheduled
+            | P::PreparingTarget
+            | P::TargetReady
+            | P::WaitingForSync
+            | P::Synchronizing => {
+                running += 1;
+                None
+            }
+            P::Succeeded => Some((
+                "kubevirt_vmi_migration_succeeded",
+                "Indicates if the VMI migration succeeded.",
+            )),
+            P::Failed => Some((
+                "kubevirt_vmi_migration_failed",
+                "Indicates if the VMI migration failed.",
+            )),
+        };
+        if let Some((name, help)) = finished {
+            let (namespace, vmim) = name_of(&m.metadata);
+            f.gauge(
+                name,
+                help,
+                labels(&[
+                    ("vmi", m.spec.vmi_name.as_deref().unwrap_or("")),
+                    ("vmim", vmim),
+                    ("namespace", namespace),
+                ]),
+                1.0,
+            );
+        }
+    }
+    for (name, help, n) in [
+        (
+            "kubevirt_vmi_migrations_in_pending_phase",
+            "Number of current pending migrations.",
+            pending,
+        ),
+        (
+            "kubevirt_vmi_migrations_in_scheduling_phase",
+            "Number of current scheduling migrations.",
+            scheduling,
+        ),
+        (
+            "kubevirt_vmi_migrations_in_unset_phase",
+            "Number of current unset migrations. These are pending items the virt-controller hasn't processed yet from the queue.",
+            unset,
+        ),
+        (
+            "kubevirt_vmi_migrations_in_running_phase",
+            "Number of current running migrations.",
+            running,
+        ),
+    ] {
+        f.gauge(name, help, Vec::new(), n as f64);
+    }
+}
+
+/// When the VMI's last migration started and ended; `migration_name` is the migration
+/// object with the state's uid (`<none>` when it is gone, as upstream).
+fn vmi_migration_times(
+    f: &mut Families,
+    vmi: &VirtualMachineInstance,
+    migrations: &[VirtualMachineInstanceMigration],
+) {
+    let Some(state) = vmi.status.as_ref().and_then(|s| s.migration_state.as_ref()) else {
+        return;
+    };
+    let (namespace, name) = name_of(&vmi.metadata);
+    let node = vmi
+        .status
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or("");
+    let migration = migrations
+        .iter()
+        .find(|m| m.metadata.uid.is_some() && m.metadata.uid == state.migration_uid)
+        .and_then(|m| m.metadata.name.as_deref())
+        .unwrap_or("<none>");
+    let base = [
+        ("node", node),
+        ("namespace", namespace),
+        ("name", name),
+        ("migration_name", migration),
+    ];
+    if let Some(t) = &state.start_timestamp {
+        f.gauge(
+            "kubevirt_vmi_migration_start_time_seconds",
+            "The time at which the migration started.",
+            labels(&base),
+            seconds(t) as f64,
+        );
+    }
+    if let Some(t) = &state.end_timestamp {
+        let status = match (state.completed, state.failed) {
+            (Some(true), Some(true)) => "failed",
+            (Some(true), _) => "succeeded",
+            _ => "",
+        };
+        let mut l = labels(&base);
+        l.push(("status".into(), status.into()));
+        f.gauge(
+            "kubevirt_vmi_migration_end_time_seconds",
+            "The time at which the migration ended.",
+            l,
+            seconds(t) as f64,
+        );
+    }
 }
 
 // ---- VMIs ----
@@ -695,8 +833,16 @@ mod tests {
     }
 
     fn scrape(vms: &[VirtualMachine], vmis: &[VirtualMachineInstance]) -> String {
+        scrape_with(vms, vmis, &[])
+    }
+
+    fn scrape_with(
+        vms: &[VirtualMachine],
+        vmis: &[VirtualMachineInstance],
+        migrations: &[VirtualMachineInstanceMigration],
+    ) -> String {
         let mut f = Families::default();
-        collect(&mut f, vms, vmis);
+        collect(&mut f, vms, vmis, migrations);
         let samples = f.len();
         let out = crate::families::encode_text(f);
         let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
@@ -717,7 +863,12 @@ mod tests {
                 && !s.starts_with(|c: char| c.is_ascii_digit())
                 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         };
-        let (name, mut rest) = line.split_once('{')?;
+        let Some((name, mut rest)) = line.split_once('{') else {
+            // `name value`: a family without labels.
+            let (name, value) = line.split_once(' ')?;
+            valid_name(name).then_some(())?;
+            return value.parse::<f64>().ok().map(|_| ());
+        };
         valid_name(name).then_some(())?;
         loop {
             let (key, value) = rest.split_once("=\"")?;
@@ -1215,5 +1366,47 @@ mod tests {
             "spec": {"template": {"spec": {"domain": {"memory": {"guest": "lots"}, "devices": {}}}}}
         });
         assert!(serde_json::from_value::<VirtualMachine>(bad).is_err());
+    }
+
+    #[test]
+    fn migrations_are_counted_and_timed() {
+        let vmim = |name: &str, uid: &str, phase: &str| -> VirtualMachineInstanceMigration {
+            serde_json::from_value(json!({
+                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+                "metadata": {"name": name, "namespace": "default", "uid": uid},
+                "spec": {"vmiName": "db"},
+                "status": {"phase": phase}
+            }))
+            .unwrap()
+        };
+        let migrations = [
+            vmim("m1", "u1", "Succeeded"),
+            vmim("m2", "u2", "Failed"),
+            vmim("m3", "u3", "Pending"),
+            vmim("m4", "u4", "TargetReady"),
+            vmim("m5", "u5", "Running"),
+            vmim("m6", "u6", ""),
+        ];
+        let db = vmi(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"domain": {"devices": {}}},
+            "status": {"phase": "Running", "nodeName": "node1", "migrationState": {
+                "migrationUid": "u1", "completed": true,
+                "startTimestamp": "2026-01-01T00:00:00Z", "endTimestamp": "2026-01-01T00:00:09Z"}}
+        }));
+        let out = scrape_with(&[], &[db], &migrations);
+        for line in [
+            r#"kubevirt_vmi_migration_succeeded{vmi="db",vmim="m1",namespace="default"} 1.0"#,
+            r#"kubevirt_vmi_migration_failed{vmi="db",vmim="m2",namespace="default"} 1.0"#,
+            "kubevirt_vmi_migrations_in_pending_phase 1.0",
+            "kubevirt_vmi_migrations_in_running_phase 2.0",
+            "kubevirt_vmi_migrations_in_unset_phase 1.0",
+            "kubevirt_vmi_migrations_in_scheduling_phase 0.0",
+            r#"kubevirt_vmi_migration_start_time_seconds{node="node1",namespace="default",name="db",migration_name="m1"} 1767225600.0"#,
+            r#"kubevirt_vmi_migration_end_time_seconds{node="node1",namespace="default",name="db",migration_name="m1",status="succeeded"} 1767225609.0"#,
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line} in\n{out}");
+        }
     }
 }

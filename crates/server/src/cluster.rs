@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kube::api::{Api, ListParams};
 use kube::Client;
-use kubevirt_api::v1::{VirtualMachine, VirtualMachineInstance};
+use kubevirt_api::v1::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration};
 use kubevirt_metrics::families::encode_text;
 use kubevirt_metrics::Families;
 
@@ -181,14 +181,18 @@ const METRICS_LISTEN: &str = "0.0.0.0:8443";
 async fn object_metrics(client: Client) -> String {
     let lp = ListParams::default();
     let vms: Api<VirtualMachine> = Api::all(client.clone());
-    let vmis: Api<VirtualMachineInstance> = Api::all(client);
+    let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
+    let migrations: Api<VirtualMachineInstanceMigration> = Api::all(client);
     let mut families = Families::default();
-    match futures::join!(vms.list(&lp), vmis.list(&lp)) {
-        (Ok(vms), Ok(vmis)) => {
-            kubevirt_metrics::objects::collect(&mut families, &vms.items, &vmis.items)
-        }
-        (Err(error), _) | (_, Err(error)) => {
-            tracing::warn!(%error, "listing VMs and VMIs for metrics")
+    match futures::join!(vms.list(&lp), vmis.list(&lp), migrations.list(&lp)) {
+        (Ok(vms), Ok(vmis), Ok(migrations)) => kubevirt_metrics::objects::collect(
+            &mut families,
+            &vms.items,
+            &vmis.items,
+            &migrations.items,
+        ),
+        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
+            tracing::warn!(%error, "listing VMs, VMIs and migrations for metrics")
         }
     }
     encode_text(families)

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use futures::future::BoxFuture;
 use kube::api::{Api, ListParams};
 use kube::Client;
-use kubevirt_api::v1::{VirtualMachine, VirtualMachineInstance};
+use kubevirt_api::v1::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration};
 use kubevirt_handler::launchers::Launchers;
 use kubevirt_metrics::Families;
 use prometheus_client::collector::Collector;
@@ -39,8 +39,10 @@ impl EmbeddedMetrics {
         };
         let vms: Api<VirtualMachine> = Api::all(client.clone());
         let vmis: Api<VirtualMachineInstance> = Api::all(client.clone());
+        let migrations: Api<VirtualMachineInstanceMigration> = Api::all(client.clone());
         let lp = ListParams::default();
-        let (vms, vmis) = futures::join!(vms.list(&lp), vmis.list(&lp));
+        let (vms, vmis, migrations) =
+            futures::join!(vms.list(&lp), vmis.list(&lp), migrations.list(&lp));
         let vmis = match vmis {
             Ok(l) => l.items,
             Err(error) => {
@@ -51,9 +53,16 @@ impl EmbeddedMetrics {
         // One list of the VMIs serves both parts.
         let mut families =
             kubevirt_handler::metrics::collect(&vmis, &self.node, &self.launchers).await;
-        match vms {
-            Ok(vms) => kubevirt_metrics::objects::collect(&mut families, &vms.items, &vmis),
-            Err(error) => tracing::warn!(%error, "listing VMs for metrics"),
+        match (vms, migrations) {
+            (Ok(vms), Ok(migrations)) => kubevirt_metrics::objects::collect(
+                &mut families,
+                &vms.items,
+                &vmis,
+                &migrations.items,
+            ),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(%error, "listing VMs and migrations for metrics")
+            }
         }
         families
     }

@@ -186,6 +186,27 @@ fn migrate_moves_a_running_guest_to_a_new_launcher() {
     server.wait_for("vm", name, "{.status.printableStatus}", "Running");
     server.wait_for("vmi", name, "{.status.phase}", "Running");
     let vmim = migration_of(&server, name, ".metadata.name");
+    // The metrics tell of it as upstream's: the migration succeeded, when it started and
+    // ended, and none is running now.
+    let metrics = server.kubectl_ok(&["get", "--raw", "/metrics"]);
+    let node = server.jsonpath("vmi", name, "{.status.nodeName}");
+    for want in [
+        format!(
+            r#"kubevirt_vmi_migration_succeeded{{vmi="{name}",vmim="{vmim}",namespace="default"}} 1.0"#
+        ),
+        format!(
+            r#"kubevirt_vmi_migration_end_time_seconds{{node="{node}",namespace="default",name="{name}",migration_name="{vmim}",status="succeeded"}}"#
+        ),
+        format!(
+            r#"kubevirt_vmi_migration_start_time_seconds{{node="{node}",namespace="default",name="{name}",migration_name="{vmim}"}}"#
+        ),
+        "kubevirt_vmi_migrations_in_running_phase 0.0".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&want)),
+            "{want} missing from /metrics"
+        );
+    }
     let events = server.events_of(&vmim);
     for want in [
         "Created migration target pod",

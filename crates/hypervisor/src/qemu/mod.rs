@@ -863,6 +863,14 @@ impl Domain for QemuDomain {
             ram_transferred: m.ram.as_ref().map(|r| r.transferred),
             ram_remaining: m.ram.as_ref().map(|r| r.remaining),
             ram_total: m.ram.as_ref().map(|r| r.total),
+            dirty_rate_bytes: m
+                .ram
+                .as_ref()
+                .map(|r| r.dirty_pages_rate.saturating_mul(r.page_size)),
+            transfer_rate_bytes: m
+                .ram
+                .as_ref()
+                .map(|r| (r.mbps.max(0.0) * 1_000_000.0 / 8.0) as u64),
             error: m.error_desc,
         })
     }
