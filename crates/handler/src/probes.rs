@@ -308,9 +308,6 @@ async fn http_get(
     headers: &[k8s_openapi::api::core::v1::HTTPHeader],
 ) -> Result<(), String> {
     let url = format!("http://{host}:{port}{path}");
-    let mut stream = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("Get \"{url}\": dial tcp {host}:{port}: {e}"))?;
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n");
     let mut has_agent = false;
     for h in headers {
@@ -325,6 +322,9 @@ async fn http_get(
         req.push_str(&format!("User-Agent: {USER_AGENT}\r\n"));
     }
     req.push_str("Accept: */*\r\nConnection: close\r\n\r\n");
+    let mut stream = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("Get \"{url}\": dial tcp {host}:{port}: {e}"))?;
     stream
         .write_all(req.as_bytes())
         .await
@@ -455,6 +455,88 @@ mod tests {
         assert!(parse_virt_probe(&words("virt-probe --bogus")).is_err());
         assert!(parse_virt_probe(&words("virt-probe --domainName a_b")).is_err());
         assert!(parse_virt_probe(&[]).is_err());
+    }
+
+    /// One HTTP exchange on a real socket: what the probe sent, and its verdict on `reply`.
+    async fn probe_against(
+        reply: &'static str,
+        headers: &[k8s_openapi::api::core::v1::HTTPHeader],
+    ) -> (String, Result<(), String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.ends_with(b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8(req).unwrap()
+        });
+        let verdict = http_get("127.0.0.1", port, "/healthz", headers).await;
+        (server.await.unwrap(), verdict)
+    }
+
+    #[tokio::test]
+    async fn http_probes_send_the_kubelets_request_and_judge_the_status() {
+        let header = |name: &str, value: &str| k8s_openapi::api::core::v1::HTTPHeader {
+            name: name.into(),
+            value: value.into(),
+        };
+        let (req, verdict) = probe_against(
+            "HTTP/1.1 204 No Content\r\n\r\n",
+            &[header("X-Probe", "yes")],
+        )
+        .await;
+        assert_eq!(verdict, Ok(()));
+        assert!(
+            req.starts_with("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:"),
+            "{req}"
+        );
+        assert!(req.contains("\r\nX-Probe: yes\r\n"), "{req}");
+        assert!(
+            req.contains(&format!("\r\nUser-Agent: {USER_AGENT}\r\n")),
+            "{req}"
+        );
+        // The author's User-Agent replaces the kubelet's.
+        let (req, _) = probe_against(
+            "HTTP/1.1 302 Found\r\n\r\n",
+            &[header("user-agent", "mine")],
+        )
+        .await;
+        assert!(
+            req.contains("user-agent: mine") && !req.contains(USER_AGENT),
+            "{req}"
+        );
+        let (_, verdict) = probe_against("HTTP/1.1 500 Oops\r\n\r\n", &[]).await;
+        assert_eq!(
+            verdict,
+            Err("HTTP probe failed with statuscode: 500".to_string())
+        );
+        let (_, verdict) = probe_against("garbage\r\n\r\n", &[]).await;
+        assert!(verdict.unwrap_err().contains("malformed HTTP response"));
+    }
+
+    #[tokio::test]
+    async fn http_probe_headers_cannot_smuggle_lines() {
+        for (name, value) in [
+            ("X-A", "b\r\nHost: evil"),
+            ("X-A\r\nEvil", "b"),
+            ("X:A", "b"),
+        ] {
+            let header = k8s_openapi::api::core::v1::HTTPHeader {
+                name: name.into(),
+                value: value.into(),
+            };
+            // Refused before any connection: nothing listens on port 9.
+            let err = http_get("127.0.0.1", 9, "/", &[header]).await.unwrap_err();
+            assert!(err.starts_with("invalid header"), "{err}");
+        }
     }
 
     #[test]
