@@ -1,8 +1,9 @@
 //! Access credentials through the guest agent (`spec.accessCredentials` with
 //! `propagationMethod.qemuGuestAgent`), kept in step with their Secrets as upstream's
 //! launcher does: the node agent reads the named Secrets, hands the launcher each user's
-//! complete authorized keys and passwords when they differ from what it last applied (or
-//! every 5 minutes, upstream's forced resync), and reports the outcome as the VMI's
+//! complete authorized keys and passwords when they differ from what it last applied, when
+//! the guest's agent connects again (a rebooted guest), or every 5 minutes (upstream's
+//! forced resync), and reports the outcome as the VMI's
 //! `AccessCredentialsSynchronized` condition and an event.
 //!
 //! Secret changes are found by reading the named Secrets again every [`POLL`]: the node
@@ -84,10 +85,13 @@ pub async fn sync(
     if wanted.is_empty() {
         return None;
     }
+    let uid = vmi.uid().unwrap_or_default();
     if !agent_connected {
+        // A guest that reboots loses what lived only in memory: apply again once its
+        // agent is back.
+        applied.forget(&uid);
         return Some(POLL);
     }
-    let uid = vmi.uid().unwrap_or_default();
     let result = match request(client, &vmi.namespace().unwrap_or_default(), &wanted).await {
         Err(message) => AccessCredentialsResult {
             succeeded: false,
