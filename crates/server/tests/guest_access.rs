@@ -261,6 +261,30 @@ fn ssh_scp_and_port_forward_with_credentials_from_secrets() {
     let out = ssh_with_key(&server, &first, "true");
     assert!(!out.status.success(), "the replaced key still logs in");
 
+    // A rebooted guest forgot its keys (they lived in its initramfs): they come back once
+    // its agent does.
+    let out = ssh_with_key(&server, &second, "echo $$ > /tmp/before-reboot");
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&server, &["soft-reboot", NAME], &[]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = ssh_with_key(
+            &server,
+            &second,
+            "test -e /tmp/before-reboot || echo rebooted",
+        );
+        if stdout(&out) == "rebooted" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no login after the reboot: {out:?}\n{}",
+            tail(&server.log(), 40)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
     // A missing Secret turns the condition False with the reason, and a warning.
     server.kubectl_ok(&["delete", "secret", "passwords"]);
     wait_synced(&server, "False");
