@@ -372,7 +372,9 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
             crate::access_credentials::Target {
                 vmi: &vmi,
                 launcher: &launcher.client,
-                agent_connected: status.agent_connected,
+                // A paused guest's agent cannot answer.
+                agent_connected: status.agent_connected
+                    && status.domain == Some(kubevirt_hypervisor::DomainState::Running),
             },
             &mut desired,
         )

@@ -32,8 +32,13 @@ pub async fn poll(vm: Arc<Vm>, session: u64) {
     let mut interval = FIRST_INTERVAL;
     loop {
         tokio::time::sleep(interval).await;
-        if vm.agent_session.load(Ordering::SeqCst) != session || !vm.status.get().agent_connected {
+        let st = vm.status.get();
+        if vm.agent_session.load(Ordering::SeqCst) != session || !st.agent_connected {
             return;
+        }
+        // A paused guest's agent cannot answer: asking would only hold the agent channel.
+        if st.domain != Some(kubevirt_hypervisor::DomainState::Running) {
+            continue;
         }
         match vm.agent("guest-network-get-interfaces", None).await {
             Ok(answer) => {

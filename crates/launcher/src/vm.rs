@@ -259,8 +259,10 @@ impl Vm {
     /// counts it in QEMU's network namespace.
     pub async fn stats(self: &Arc<Self>) -> Result<crate::protocol::VmStats, VmError> {
         self.require_live("stats")?;
-        // A slow or absent agent costs the scrape its filesystems, nothing else.
-        let filesystems = if self.status.get().agent_connected {
+        // A slow or absent agent costs the scrape its filesystems, nothing else; a paused
+        // guest's agent cannot answer, so it is not asked.
+        let st = self.status.get();
+        let filesystems = if st.agent_connected && st.domain == Some(DomainState::Running) {
             self.agent_within("guest-get-fsinfo", None, FSINFO_TIMEOUT)
                 .await
                 .map(|v| crate::guest_net::filesystems(&v))
@@ -268,7 +270,6 @@ impl Vm {
         } else {
             Vec::new()
         };
-        let st = self.status.get();
         let migrating_out =
             st.incoming_uri.is_none() && st.migration.as_ref().is_some_and(|m| !m.is_finished());
         let vm = self.clone();
