@@ -712,6 +712,31 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         err.contains(r#"cannot get resource "virtualmachineinstances/console" in API group "subresources.kubevirt.io""#),
         "{err}"
     );
+    // Port-forward takes the same path (its deeper `portforward/22/tcp` URL included): a
+    // VM's port 22 answers with the guest's SSH server's banner.
+    let mut forward = Command::new(common::virtctl())
+        .args(["port-forward", "--stdio=true", "vm/cirros/team-a", "22"])
+        .env("KUBECONFIG", &eddie.kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = forward.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let banner = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    let _ = forward.kill();
+    let out = forward.wait_with_output().unwrap();
+    assert!(
+        banner.starts_with("SSH-2.0-dropbear"),
+        "{banner:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Evicting the launcher pod (what `kubectl drain` does) is refused by virt-api's
     // eviction webhook, which marks the VMI for evacuation (its evictionStrategy is
