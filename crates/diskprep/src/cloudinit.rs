@@ -362,6 +362,15 @@ mod tests {
         assert_eq!(data.network_data.as_deref(), Some(&b"version: 2\n"[..]));
     }
 
+    /// A ConfigDrive seed's `meta_data.json`, parsed.
+    fn config_drive_meta(files: &[IsoFile]) -> serde_json::Value {
+        let meta = files
+            .iter()
+            .find(|f| f.path == "openstack/latest/meta_data.json")
+            .unwrap();
+        serde_json::from_slice(&meta.data).unwrap()
+    }
+
     #[test]
     fn metadata_contents() {
         let data = CloudInitData {
@@ -384,11 +393,7 @@ mod tests {
         id.uid = Some("6e1c1e5c-0000-4000-8000-000000000001".into());
         id.hostname = Some("myhost".into());
         let files = seed_files(CloudInitKind::ConfigDrive, &id, &data);
-        let meta = files
-            .iter()
-            .find(|f| f.path == "openstack/latest/meta_data.json")
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&meta.data).unwrap();
+        let v = config_drive_meta(&files);
         assert_eq!(v["uuid"], "6e1c1e5c-0000-4000-8000-000000000001");
         assert_eq!(v["hostname"], "myhost");
         assert_eq!(v["name"], "testvmi");
@@ -410,11 +415,7 @@ mod tests {
             "instance-id: testvmi.default\nlocal-hostname: testvmi\npublic-keys:\n  \"0\": \"ssh-ed25519 AAAA a@b\"\n  \"1\": \"ssh-rsa B \\\"odd\\\"\\nx\"\n"
         );
         let files = seed_files(CloudInitKind::ConfigDrive, &id, &data);
-        let meta = files
-            .iter()
-            .find(|f| f.path == "openstack/latest/meta_data.json")
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&meta.data).unwrap();
+        let v = config_drive_meta(&files);
         assert_eq!(
             v["public_keys"],
             serde_json::json!({"0": "ssh-ed25519 AAAA a@b", "1": "ssh-rsa B \"odd\"\nx"})

@@ -16,10 +16,9 @@ use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use kube::{Api, ResourceExt};
 use kubevirt_api::v1::{vmi_condition, VirtualMachine, VirtualMachineInstance};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::subresources::{ApiError, AppState, PLAIN_PROTOCOL};
+use crate::subresources::{bridge, ApiError, AppState, PLAIN_PROTOCOL};
 
 /// Largest datagram relayed (the IPv4 UDP payload limit).
 const MAX_DATAGRAM: usize = 65_507;
@@ -122,7 +121,7 @@ async fn serve(
             let conn = TcpStream::connect(addr)
                 .await
                 .map_err(|e| dial_failed("tcp", addr, e))?;
-            Ok(upgrade.on_upgrade(move |socket| relay_tcp(socket, conn)))
+            Ok(upgrade.on_upgrade(move |socket| bridge(socket, conn)))
         }
         Protocol::Udp => {
             let local: SocketAddr = if ip.is_ipv4() {
@@ -211,45 +210,6 @@ fn target_ip(vmi: &VirtualMachineInstance) -> Result<IpAddr, ApiError> {
             first.name.as_deref().unwrap_or_default()
         ))
     })
-}
-
-/// Copies bytes between the websocket and the TCP connection until either side closes.
-async fn relay_tcp(socket: WebSocket, conn: TcpStream) {
-    let (mut ws_tx, mut ws_rx) = socket.split();
-    let (mut rd, mut wr) = conn.into_split();
-    let to_ws = async {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let frame = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
-                    if ws_tx.send(frame).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = ws_tx.close().await;
-    };
-    let from_ws = async {
-        while let Some(Ok(msg)) = ws_rx.next().await {
-            let data = match msg {
-                Message::Binary(b) => b,
-                Message::Text(t) => Bytes::copy_from_slice(t.as_str().as_bytes()),
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            if wr.write_all(&data).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    };
-    tokio::select! {
-        _ = to_ws => {},
-        _ = from_ws => {},
-    }
 }
 
 /// One frame is one datagram, each way, until the websocket closes.

@@ -23,7 +23,7 @@ use kubevirt_api::v1::well_known::STOP_GRACE_ANNOTATION;
 use kubevirt_api::v1::{
     vmi_condition, VirtualMachine, VirtualMachineInstance, VirtualMachineInstancePhase,
 };
-use kubevirt_launcher::{ByteStream, LauncherClient};
+use kubevirt_launcher::LauncherClient;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -733,9 +733,12 @@ async fn vmi_get(
     }
 }
 
-/// Copies bytes between a websocket (binary frames) and a console/VNC stream until either
-/// side closes.
-async fn bridge(socket: WebSocket, stream: ByteStream) {
+/// Copies bytes between a websocket (binary frames) and a byte stream (a console, VNC, a
+/// port-forward's TCP connection) until either side closes.
+pub(crate) async fn bridge<S>(socket: WebSocket, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+{
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (mut rd, mut wr) = tokio::io::split(stream);
     let to_ws = async {

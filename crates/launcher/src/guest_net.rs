@@ -36,8 +36,7 @@ pub async fn poll(vm: Arc<Vm>, session: u64) {
         if vm.agent_session.load(Ordering::SeqCst) != session || !st.agent_connected {
             return;
         }
-        // A paused guest's agent cannot answer: asking would only hold the agent channel.
-        if st.domain != Some(kubevirt_hypervisor::DomainState::Running) {
+        if !Vm::agent_can_answer(&st) {
             continue;
         }
         match vm.agent("guest-network-get-interfaces", None).await {

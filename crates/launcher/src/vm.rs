@@ -192,6 +192,12 @@ impl Vm {
         Ok(())
     }
 
+    /// Whether asking the guest agent can get an answer: its channel is open and the guest
+    /// runs (a paused guest's agent would only hold the channel until the timeout).
+    pub(crate) fn agent_can_answer(st: &crate::protocol::LauncherStatus) -> bool {
+        st.agent_connected && st.domain == Some(DomainState::Running)
+    }
+
     /// Runs a guest-agent command on a blocking thread.
     pub async fn agent(
         self: &Arc<Self>,
@@ -262,7 +268,7 @@ impl Vm {
         // A slow or absent agent costs the scrape its filesystems, nothing else; a paused
         // guest's agent cannot answer, so it is not asked.
         let st = self.status.get();
-        let filesystems = if st.agent_connected && st.domain == Some(DomainState::Running) {
+        let filesystems = if Self::agent_can_answer(&st) {
             self.agent_within("guest-get-fsinfo", None, FSINFO_TIMEOUT)
                 .await
                 .map(|v| crate::guest_net::filesystems(&v))

@@ -42,6 +42,20 @@ fn with(base: &Labels, extra: &[(&str, String)]) -> Labels {
     l
 }
 
+/// Adds each gauge whose value is known: what the guest or the hypervisor did not report
+/// is absent, not zero.
+fn known_gauges<const N: usize>(
+    f: &mut Families,
+    labels: &Labels,
+    gauges: [(&'static str, &'static str, Option<u64>); N],
+) {
+    for (name, help, v) in gauges {
+        if let Some(v) = v {
+            f.gauge(name, help, labels.clone(), v as f64);
+        }
+    }
+}
+
 /// Adds the domain families of `vmi` from `stats`.
 pub fn collect(f: &mut Families, vmi: &VirtualMachineInstance, stats: &VmStats) {
     let base = vmi_labels(vmi);
@@ -143,11 +157,7 @@ pub fn collect(f: &mut Families, vmi: &VirtualMachineInstance, stats: &VmStats) 
                 g.swap_out_bytes,
             ),
         ];
-        for (name, help, v) in gauges {
-            if let Some(v) = v {
-                f.gauge(name, help, base.clone(), v as f64);
-            }
-        }
+        known_gauges(f, &base, gauges);
         if let Some(v) = g.major_faults {
             f.counter(
                 "kubevirt_vmi_memory_pgmajfault",
@@ -313,11 +323,7 @@ pub fn collect(f: &mut Families, vmi: &VirtualMachineInstance, stats: &VmStats) 
                 m.transfer_rate_bytes,
             ),
         ];
-        for (name, help, v) in gauges {
-            if let Some(v) = v {
-                f.gauge(name, help, l.clone(), v as f64);
-            }
-        }
+        known_gauges(f, &l, gauges);
     }
 
     // Filesystems, as the guest agent sees them.

@@ -216,11 +216,7 @@ fn vmi_migration_times(
         return;
     };
     let (namespace, name) = name_of(&vmi.metadata);
-    let node = vmi
-        .status
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .unwrap_or("");
+    let node = node_of(vmi);
     let migration = migrations
         .iter()
         .find(|m| m.metadata.uid.is_some() && m.metadata.uid == state.migration_uid)
@@ -259,10 +255,18 @@ fn vmi_migration_times(
 
 // ---- VMIs ----
 
+/// The node the VMI runs on, empty before it is scheduled.
+fn node_of(vmi: &VirtualMachineInstance) -> &str {
+    vmi.status
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or("")
+}
+
 fn vmi_info(f: &mut Families, vmi: &VirtualMachineInstance) {
     let (namespace, name) = name_of(&vmi.metadata);
     let status = vmi.status.as_ref();
-    let node = status.and_then(|s| s.node_name.as_deref()).unwrap_or("");
+    let node = node_of(vmi);
     let phase = vmi.phase().as_str().to_lowercase();
     let [os, workload, flavor] = system_info(Some(&vmi.metadata));
     let instance_type = named_in_annotations(
@@ -341,11 +345,7 @@ fn evictable(vmi: &VirtualMachineInstance) -> bool {
 
 fn vmi_non_evictable(f: &mut Families, vmi: &VirtualMachineInstance) {
     let (namespace, name) = name_of(&vmi.metadata);
-    let node = vmi
-        .status
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .unwrap_or("");
+    let node = node_of(vmi);
     f.gauge(
         "kubevirt_vmi_non_evictable",
         "1 when a VirtualMachineInstance should live-migrate on eviction but cannot migrate.",

@@ -8,7 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{hostdisk_vm, tail, virtctl, wait_until, Server};
@@ -181,15 +181,7 @@ fn ssh_scp_and_port_forward_with_credentials_from_secrets() {
     );
 
     // port-forward with a local listener: plain ssh to 127.0.0.1:<port> reaches the guest.
-    let mut forward = Command::new(virtctl())
-        .args(["port-forward", "--address", "127.0.0.1", "vmi/box", "0:22"])
-        .env("KUBECONFIG", &server.kubeconfig)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let port = listening_port(forward.stderr.take().unwrap());
+    let (mut forward, port) = port_forward(&server, &["--address", "127.0.0.1", "vmi/box", "0:22"]);
     let out = Command::new("ssh")
         .args(["-p", &port.to_string(), "-i", key, "-oBatchMode=yes"])
         .args(
@@ -213,15 +205,7 @@ fn ssh_scp_and_port_forward_with_credentials_from_secrets() {
         "setsid udp-echo 5353 </dev/null >/dev/null 2>&1 & echo started",
     );
     assert_eq!(stdout(&out), "started", "{out:?}");
-    let mut forward = Command::new(virtctl())
-        .args(["port-forward", "vmi/box/default", "udp/0:5353"])
-        .env("KUBECONFIG", &server.kubeconfig)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let port = listening_port(forward.stderr.take().unwrap());
+    let (mut forward, port) = port_forward(&server, &["vmi/box/default", "udp/0:5353"]);
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut answer = String::new();
@@ -337,6 +321,22 @@ fn wait_synced(server: &Server, want: &str) {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+/// Starts `virtctl port-forward ARGS` (one port) and returns it with the local port it
+/// listens on, read from its log.
+fn port_forward(server: &Server, args: &[&str]) -> (Child, u16) {
+    let mut child = Command::new(virtctl())
+        .arg("port-forward")
+        .args(args)
+        .env("KUBECONFIG", &server.kubeconfig)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = listening_port(child.stderr.take().unwrap());
+    (child, port)
 }
 
 /// Reads the port-forward's log until it names the local port it listens on.

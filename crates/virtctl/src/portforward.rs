@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
+use futures::stream::SplitStream;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -355,6 +356,20 @@ async fn start_tcp(fwd: &Forwarder, ip: IpAddr, port: &ForwardedPort) -> Result<
     Ok(())
 }
 
+/// The next bytes the tunnel carries (binary or text frames; control frames skipped), or
+/// None once it closes.
+async fn next_payload(ws_rx: &mut SplitStream<Ws>) -> Result<Option<Vec<u8>>> {
+    while let Some(msg) = ws_rx.next().await {
+        match msg.context("reading the tunnel")? {
+            Message::Binary(b) => return Ok(Some(b.to_vec())),
+            Message::Text(t) => return Ok(Some(t.as_bytes().to_vec())),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
 /// Copies both ways until either side ends, then closes both (as upstream: no half-close).
 async fn tcp_bridge(tcp: TcpStream, ws: Ws) -> Result<()> {
     let (mut rd, mut wr) = tcp.into_split();
@@ -376,13 +391,8 @@ async fn tcp_bridge(tcp: TcpStream, ws: Ws) -> Result<()> {
         }
     };
     let down = async {
-        while let Some(msg) = ws_rx.next().await {
-            match msg.context("reading the tunnel")? {
-                Message::Binary(b) => wr.write_all(&b).await?,
-                Message::Text(t) => wr.write_all(t.as_bytes()).await?,
-                Message::Close(_) => break,
-                _ => {}
-            }
+        while let Some(data) = next_payload(&mut ws_rx).await? {
+            wr.write_all(&data).await?;
         }
         anyhow::Ok(())
     };
@@ -473,13 +483,7 @@ async fn udp_client(
         anyhow::Ok(())
     };
     let down = async {
-        while let Some(msg) = ws_rx.next().await {
-            let data = match msg.context("reading the tunnel")? {
-                Message::Binary(b) => b.to_vec(),
-                Message::Text(t) => t.as_bytes().to_vec(),
-                Message::Close(_) => break,
-                _ => continue,
-            };
+        while let Some(data) = next_payload(&mut ws_rx).await? {
             socket
                 .send_to(&data, client)
                 .await
@@ -525,13 +529,7 @@ async fn stdio_bridge(ws: Ws) -> Result<()> {
     };
     let down = async {
         let mut stdout = std::io::stdout();
-        while let Some(msg) = ws_rx.next().await {
-            let data = match msg.context("reading the tunnel")? {
-                Message::Binary(b) => b.to_vec(),
-                Message::Text(t) => t.as_bytes().to_vec(),
-                Message::Close(_) => break,
-                _ => continue,
-            };
+        while let Some(data) = next_payload(&mut ws_rx).await? {
             stdout.write_all(&data).context("writing to stdout")?;
             stdout.flush().context("writing to stdout")?;
         }
