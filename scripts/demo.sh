@@ -15,6 +15,8 @@ bash scripts/install-host-deps.sh
 
 # DEMO_PROFILE=dev uses debug builds (faster to build, slower to run).
 profile=${DEMO_PROFILE:-release}
+echo "== building the web console (npm)"
+bash scripts/build-web.sh
 echo "== building $profile binaries (kubevirt-rs, kubevirt-launcher, virtctl)"
 cargo build --profile "$profile" -p kubevirt-rs -p kubevirt-launcher
 bin=${CARGO_TARGET_DIR:-$repo/target}/$([ "$profile" = dev ] && echo debug || echo "$profile")

@@ -29,12 +29,13 @@ fi
 # mmdebstrap for the container images' Debian base layer (scripts/build-image.sh),
 # prometheus for promtool (checks monitoring/) and a real Prometheus for the metrics tests,
 # dropbear-bin and openssh-sftp-server for the test guest's SSH server (scp speaks SFTP),
-# openssh-client for `virtctl ssh`/`scp`, gcc and libc6-dev for the guest's small UDP server.
+# openssh-client for `virtctl ssh`/`scp`, gcc and libc6-dev for the guest's small UDP server,
+# chromium (and a font) for the web console's browser test (driven by playwright-core).
 backport_pkgs=(qemu-system-x86 qemu-system-common qemu-system-data qemu-guest-agent seabios qemu-utils)
 plain_pkgs=(ovmf swtpm swtpm-tools passt busybox-static xorriso isolinux syslinux-common genisoimage
   socat docker-registry skopeo iproute2 iptables nftables cpio zstd e2fsprogs dosfstools
   dnsmasq-base curl ca-certificates nginx-light xz-utils etcd-server mmdebstrap prometheus
-  dropbear-bin openssh-sftp-server openssh-client gcc libc6-dev)
+  dropbear-bin openssh-sftp-server openssh-client gcc libc6-dev chromium fonts-dejavu-core)
 
 missing=()
 for p in "${backport_pkgs[@]}" "${plain_pkgs[@]}"; do

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-host-deps.sh
 bash scripts/build-guests.sh
 bash scripts/build-k8s.sh
+bash scripts/build-web.sh
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -43,6 +43,11 @@ const SERVING_KEY: &str = "tls.key";
 const SA_KEY: &str = "sa.key";
 const TOKENS: &str = "tokens";
 
+/// The file of the static tokens (`admin=...`, `readonly=...`).
+pub fn tokens_file(dir: &Path) -> PathBuf {
+    dir.join(TOKENS)
+}
+
 fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -348,4 +353,34 @@ pub fn user_kubeconfig(
             key: &key,
         },
     ))
+}
+
+/// A TLS configuration for another listener of this server (the web console) with the
+/// API server's own certificate: same names, same CA, and no client certificate asked for
+/// (a browser would offer the user's certificates).
+pub fn serving_config_without_client_auth(
+    dir: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let cert_pem = read(&dir.join(SERVING_CERT))?;
+    let key_pem = read(&dir.join(SERVING_KEY))?;
+    let load_err = |detail: String| TlsError::Load {
+        path: dir.to_path_buf(),
+        detail,
+    };
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| load_err(e.to_string()))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| load_err(e.to_string()))?
+        .ok_or_else(|| load_err("no private key in tls.key".into()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| load_err(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| load_err(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }

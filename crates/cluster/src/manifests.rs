@@ -22,6 +22,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const VIRT_API: &str = "virt-api";
 pub const VIRT_CONTROLLER: &str = "virt-controller";
 pub const VIRT_HANDLER: &str = "virt-handler";
+/// The web console (ours: upstream has none).
+pub const VIRT_CONSOLE: &str = "virt-console";
+/// The port the console listens on inside its pod; its Service maps 443 to it.
+pub const VIRT_CONSOLE_PORT: u16 = 8443;
 pub const API_SERVICE_ACCOUNT: &str = "kubevirt-apiserver";
 pub const CONTROLLER_SERVICE_ACCOUNT: &str = "kubevirt-controller";
 pub const HANDLER_SERVICE_ACCOUNT: &str = "kubevirt-handler";
@@ -146,6 +150,16 @@ pub fn install(o: &InstallOptions) -> Vec<Value> {
             "type": "ClusterIP",
             "selector": {PROMETHEUS_LABEL: "true"},
             "ports": [{"name": "metrics", "port": 443, "targetPort": "metrics", "protocol": "TCP"}],
+        },
+    }));
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(VIRT_CONSOLE, Some(ns), Some(VIRT_CONSOLE)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"kubevirt.io": VIRT_CONSOLE},
+            "ports": [{"name": "https", "port": 443, "targetPort": VIRT_CONSOLE_PORT, "protocol": "TCP"}],
         },
     }));
     out.push(webhook_configuration(ns, Role::Mutate));
@@ -587,7 +601,40 @@ fn workloads(o: &InstallOptions) -> Vec<Value> {
             },
         },
     });
-    vec![api, controller, handler]
+    // The console holds no credentials: no ServiceAccount token is mounted, only the
+    // cluster's CA (the `kube-root-ca.crt` ConfigMap every namespace has) to check
+    // kube-apiserver's certificate. Each user's own token does the rest.
+    let console = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(VIRT_CONSOLE, Some(ns), Some(VIRT_CONSOLE)),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"kubevirt.io": VIRT_CONSOLE}},
+            "template": {
+                "metadata": {"labels": labels(Some(VIRT_CONSOLE))},
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "containers": [{
+                        "name": VIRT_CONSOLE,
+                        "image": o.image,
+                        "imagePullPolicy": o.image_pull_policy,
+                        "command": ["kubevirt-rs", "virt-console",
+                                    "--listen", format!("0.0.0.0:{VIRT_CONSOLE_PORT}"),
+                                    "--api-ca", "/etc/kubevirt-rs/api-ca/ca.crt"],
+                        "ports": [{"name": "https", "containerPort": VIRT_CONSOLE_PORT, "protocol": "TCP"}],
+                        "readinessProbe": {"httpGet": {"scheme": "HTTPS", "port": VIRT_CONSOLE_PORT, "path": "/"},
+                                           "periodSeconds": 10},
+                        "resources": {"requests": {"cpu": "5m", "memory": "16Mi"}},
+                        "securityContext": restricted_security(),
+                        "volumeMounts": [{"name": "api-ca", "mountPath": "/etc/kubevirt-rs/api-ca", "readOnly": true}],
+                    }],
+                    "volumes": [{"name": "api-ca", "configMap": {"name": "kube-root-ca.crt"}}],
+                },
+            },
+        },
+    });
+    vec![api, controller, handler, console]
 }
 
 /// The objects as one multi-document YAML stream.
@@ -636,6 +683,22 @@ mod tests {
         // virt-api has no metrics endpoint: the Service must not select it.
         let api = &find(&objs, "Deployment", VIRT_API)["spec"]["template"];
         assert!(api["metadata"]["labels"][PROMETHEUS_LABEL].is_null());
+    }
+
+    #[test]
+    fn the_console_runs_without_credentials_behind_its_service() {
+        let objs = install(&InstallOptions::new("/run/kubevirt-rs"));
+        let svc = find(&objs, "Service", VIRT_CONSOLE);
+        assert_eq!(svc["spec"]["selector"]["kubevirt.io"], VIRT_CONSOLE);
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], VIRT_CONSOLE_PORT);
+        let pod = &find(&objs, "Deployment", VIRT_CONSOLE)["spec"]["template"];
+        assert_eq!(pod["metadata"]["labels"]["kubevirt.io"], VIRT_CONSOLE);
+        assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+        assert!(pod["spec"]["serviceAccountName"].is_null());
+        assert_eq!(
+            pod["spec"]["volumes"][0]["configMap"]["name"],
+            "kube-root-ca.crt"
+        );
     }
 
     #[test]

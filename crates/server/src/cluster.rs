@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use anyhow::Context;
 use kube::api::{Api, ListParams};
 use kube::Client;
 use kubevirt_api::v1::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration};
@@ -331,5 +332,58 @@ pub async fn virt_handler(args: VirtHandlerArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VirtConsoleArgs {
+    /// Address of the console's HTTPS listener.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// The Kubernetes API server; in a pod, the `kubernetes` Service from its environment.
+    #[arg(long)]
+    api_server: Option<String>,
+    /// The CA bundle of the API server's certificate (the install mounts the
+    /// `kube-root-ca.crt` ConfigMap there).
+    #[arg(long, default_value = "/etc/kubevirt-rs/api-ca/ca.crt")]
+    api_ca: PathBuf,
+}
+
+/// The in-cluster API server address, as client-go's in-cluster config finds it.
+fn in_cluster_api_server() -> anyhow::Result<String> {
+    let host = std::env::var("KUBERNETES_SERVICE_HOST")
+        .map_err(|_| anyhow::anyhow!("--api-server is needed outside a pod"))?;
+    let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+    Ok(if host.contains(':') {
+        format!("https://[{host}]:{port}")
+    } else {
+        format!("https://{host}:{port}")
+    })
+}
+
+pub async fn virt_console(args: VirtConsoleArgs) -> anyhow::Result<()> {
+    let api_server = match args.api_server {
+        Some(url) => url,
+        None => in_cluster_api_server()?,
+    };
+    let ca = std::fs::read_to_string(&args.api_ca)
+        .with_context(|| format!("reading {}", args.api_ca.display()))?;
+    let upstream = kubevirt_console::Upstream::new(&api_server, &ca)?;
+    let mut tls = kubevirt_cluster::certs::self_signed_server_config(manifests::VIRT_CONSOLE)?;
+    // Browsers multiplex the console's watches over HTTP/2.
+    if let Some(cfg) = Arc::get_mut(&mut tls) {
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    println!("console: https://{}/", listener.local_addr()?);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let serve = tokio::spawn(kubevirt_console::serve(listener, tls, upstream, stop));
+    tokio::select! {
+        r = serve => r?,
+        _ = components::wait_for_signal() => {}
+    }
+    let _ = stop_tx.send(true);
     Ok(())
 }

@@ -5,7 +5,8 @@
 //! - `launcher`: one VM's supervisor (started by the node agent).
 //! - `crds`: prints the CustomResourceDefinitions.
 //! - `install`, `uninstall`: everything a Kubernetes cluster needs (printed or applied).
-//! - `virt-api`, `virt-controller`, `virt-handler`: the components of cluster mode.
+//! - `virt-api`, `virt-controller`, `virt-handler`, `virt-console`: the components of
+//!   cluster mode.
 //! - `kubeconfig`: writes a client-certificate kubeconfig for a user and groups.
 //! - `version`.
 
@@ -61,6 +62,9 @@ enum Cmd {
     VirtController(cluster::VirtControllerArgs),
     /// Cluster mode: the node agent, running the launcher pods bound to its node.
     VirtHandler(cluster::VirtHandlerArgs),
+    /// Cluster mode: the web console, in front of kube-apiserver (it holds no credentials;
+    /// each user logs in with a token).
+    VirtConsole(cluster::VirtConsoleArgs),
     /// Print the version.
     Version,
 }
@@ -73,8 +77,51 @@ struct ServeArgs {
     /// By default they keep running and the next server adopts them.
     #[arg(long)]
     stop_vms_on_exit: bool,
+    /// Where the web console listens (HTTPS, the API server's certificate); `off` for none.
+    /// It reaches the API with each user's own token, so it grants nobody anything.
+    #[arg(long, default_value = "127.0.0.1:8006", value_parser = parse_console_listen)]
+    console_listen: ConsoleListen,
     #[command(flatten)]
     node: components::NodeArgs,
+}
+
+#[derive(Clone, Debug)]
+enum ConsoleListen {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_console_listen(s: &str) -> Result<ConsoleListen, String> {
+    if s == "off" {
+        return Ok(ConsoleListen::Off);
+    }
+    s.parse()
+        .map(ConsoleListen::At)
+        .map_err(|_| format!("{s:?} is neither an address (IP:PORT) nor `off`"))
+}
+
+/// Starts the web console in front of the embedded API server; returns its address.
+async fn start_console(
+    listen: SocketAddr,
+    data_dir: &std::path::Path,
+    api_url: &str,
+    ca_pem: &str,
+    tasks: &mut tokio::task::JoinSet<()>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    let tls = kubevirt_apiserver::tls::serving_config_without_client_auth(data_dir)?;
+    let upstream = kubevirt_console::Upstream::new(api_url, ca_pem)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("the web console cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    tasks.spawn(kubevirt_console::serve(
+        listener,
+        tls,
+        upstream,
+        stop.clone(),
+    ));
+    Ok(addr)
 }
 
 #[derive(clap::Args, Debug)]
@@ -149,6 +196,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::VirtApi(a) => multi_thread(cluster::virt_api(a)),
         Cmd::VirtController(a) => multi_thread(cluster::virt_controller(a)),
         Cmd::VirtHandler(a) => multi_thread(cluster::virt_handler(a)),
+        Cmd::VirtConsole(a) => multi_thread(cluster::virt_console(a)),
     }
 }
 
@@ -292,6 +340,22 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
         components::stopped(&stop),
     ));
 
+    if let ConsoleListen::At(listen) = args.console_listen {
+        let at = start_console(
+            listen,
+            &data_dir,
+            &api_url,
+            &handle.ca_pem,
+            &mut tasks,
+            &stop,
+        )
+        .await?;
+        // Printed before the KUBECONFIG line, which tells scripts the server is up.
+        println!(
+            "console: https://{at}/ (log in with a token, e.g. the `admin=` line of {})",
+            kubevirt_apiserver::tls::tokens_file(&data_dir).display()
+        );
+    }
     let addr: SocketAddr = handle.addr;
     println!(
         "kubevirt-rs is running: API https://{addr}, node {node}, data in {}\nexport KUBECONFIG={}",

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use common::{kubevirt_rs, tail, TIMEOUT};
 use kubevirt_testenv::kube_cluster::{free_port, host_ip};
 use kubevirt_testenv::KubeCluster;
@@ -110,11 +111,15 @@ struct Components {
 
 impl Components {
     fn spawn(&mut self, dir: &Path, name: &str, args: &[&str], kubeconfig: &Path) -> u32 {
+        let mut args = args.to_vec();
+        args.extend(["--kubeconfig", kubeconfig.to_str().unwrap()]);
+        self.spawn_without_credentials(dir, name, &args)
+    }
+
+    fn spawn_without_credentials(&mut self, dir: &Path, name: &str, args: &[&str]) -> u32 {
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
         let child = Command::new(kubevirt_rs())
             .args(args)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
             .env("RUST_LOG", "info,kube_runtime=warn")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -737,6 +742,89 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         "{banner:?} {}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The web console in front of kube-apiserver holds no credentials: a user's token
+    // does what that user may, no more, and its websocket subprotocol carries the token
+    // through kube-apiserver and its aggregator to the guest's console.
+    let console_at = format!("127.0.0.1:{}", free_port("127.0.0.1").unwrap());
+    parts.spawn_without_credentials(
+        &dir,
+        "virt-console",
+        &[
+            "virt-console",
+            "--listen",
+            &console_at,
+            "--api-server",
+            &cluster.server_url(),
+            "--api-ca",
+            cluster.ca_pem().to_str().unwrap(),
+        ],
+    );
+    let console_get = |path: &str, extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sk", "--max-time", "5", "-w", "\n%{http_code}"])
+            .args(extra)
+            .arg(format!("https://{console_at}{path}"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().to_string(), body.to_string())
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    while console_get("/", &[]).0 != "200" {
+        assert!(Instant::now() < deadline, "{}", parts.tails(&dir));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let token = admin.ok(&["-n", "team-a", "create", "token", "default"]);
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let (code, body) = console_get(
+        "/apis/kubevirt.io/v1/namespaces/team-a/virtualmachines",
+        &["-H", &bearer],
+    );
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        body.contains(r#"User \"system:serviceaccount:team-a:default\" cannot list resource \"virtualmachines\""#),
+        "{body}"
+    );
+    admin.ok(&[
+        "-n",
+        "team-a",
+        "create",
+        "rolebinding",
+        "console-user",
+        "--clusterrole=kubevirt.io:edit",
+        "--serviceaccount=team-a:default",
+    ]);
+    let (code, body) = console_get(
+        "/apis/kubevirt.io/v1/namespaces/team-a/virtualmachines",
+        &["-H", &bearer],
+    );
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains(r#""name":"cirros""#), "{body}");
+    let protocols = format!(
+        "Sec-WebSocket-Protocol: plain.kubevirt.io, base64url.bearer.authorization.k8s.io.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.trim())
+    );
+    // curl stops at its time limit once the websocket is open; the status is what counts.
+    let (code, body) = console_get(
+        "/apis/subresources.kubevirt.io/v1/namespaces/team-a/virtualmachineinstances/cirros/console",
+        &[
+            "--http1.1",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: websocket",
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "-H",
+            &protocols,
+        ],
+    );
+    assert_eq!(code, "101", "{body}\n{}", parts.tails(&dir));
+    parts.kill("virt-console");
 
     // Evicting the launcher pod (what `kubectl drain` does) is refused by virt-api's
     // eviction webhook, which marks the VMI for evacuation (its evictionStrategy is

@@ -186,10 +186,117 @@ impl Authenticator {
     }
 }
 
+/// The websocket subprotocol carrying a bearer token, for clients (browsers) that cannot
+/// set headers on a websocket: `base64url.bearer.authorization.k8s.io.<base64url token>`.
+pub const WEBSOCKET_TOKEN_PROTOCOL: &str = "base64url.bearer.authorization.k8s.io.";
+
+/// As kube-apiserver's websocket protocol authenticator: on a websocket upgrade without an
+/// `Authorization` header, a token in `Sec-WebSocket-Protocol` becomes the request's bearer
+/// token, and that protocol is removed so the handler never sees (or echoes) it. More than
+/// one such protocol, or one that does not decode to a non-empty UTF-8 token, is a 401.
+pub fn take_websocket_protocol_token(headers: &mut HeaderMap) -> Result<(), ApiError> {
+    use base64::Engine;
+    let is_websocket = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !is_websocket || headers.contains_key(header::AUTHORIZATION) {
+        return Ok(());
+    }
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let (tokens, rest): (Vec<_>, Vec<_>) = offered
+        .into_iter()
+        .partition(|p| p.starts_with(WEBSOCKET_TOKEN_PROTOCOL));
+    let token = match tokens.as_slice() {
+        [] => return Ok(()),
+        [one] => one[WEBSOCKET_TOKEN_PROTOCOL.len()..].to_string(),
+        _ => return Err(ApiError::unauthorized()),
+    };
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|t| !t.is_empty() && !t.chars().any(char::is_control))
+        .ok_or_else(ApiError::unauthorized)?;
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if !rest.is_empty() {
+        let rest =
+            http::HeaderValue::from_str(&rest.join(", ")).map_err(|_| ApiError::unauthorized())?;
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, rest);
+    }
+    let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| ApiError::unauthorized())?;
+    headers.insert(header::AUTHORIZATION, bearer);
+    Ok(())
+}
+
 fn constant_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn upgrade(protocols: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, protocols.parse().unwrap());
+        h
+    }
+
+    fn encoded(token: &str) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+        format!("{WEBSOCKET_TOKEN_PROTOCOL}{b64}")
+    }
+
+    #[test]
+    fn websocket_protocol_token_becomes_the_bearer_and_is_removed() {
+        let mut h = upgrade(&format!("plain.kubevirt.io, {}", encoded("abc.def-_")));
+        take_websocket_protocol_token(&mut h).unwrap();
+        assert_eq!(h[header::AUTHORIZATION], "Bearer abc.def-_");
+        assert_eq!(h[header::SEC_WEBSOCKET_PROTOCOL], "plain.kubevirt.io");
+
+        let mut only = upgrade(&encoded("t"));
+        take_websocket_protocol_token(&mut only).unwrap();
+        assert!(!only.contains_key(header::SEC_WEBSOCKET_PROTOCOL));
+    }
+
+    #[test]
+    fn websocket_protocol_token_is_ignored_outside_upgrades_and_beside_a_header() {
+        let mut plain = upgrade(&encoded("t"));
+        plain.remove(header::UPGRADE);
+        take_websocket_protocol_token(&mut plain).unwrap();
+        assert!(!plain.contains_key(header::AUTHORIZATION));
+
+        let mut both = upgrade(&encoded("t"));
+        both.insert(header::AUTHORIZATION, "Bearer other".parse().unwrap());
+        take_websocket_protocol_token(&mut both).unwrap();
+        assert_eq!(both[header::AUTHORIZATION], "Bearer other");
+    }
+
+    #[test]
+    fn bad_websocket_protocol_tokens_are_refused() {
+        for bad in [
+            format!("{}, {}", encoded("a"), encoded("b")),
+            format!("{WEBSOCKET_TOKEN_PROTOCOL}!!!"),
+            WEBSOCKET_TOKEN_PROTOCOL.to_string(),
+            encoded("a\nb"),
+        ] {
+            let err = take_websocket_protocol_token(&mut upgrade(&bad)).unwrap_err();
+            assert_eq!(err.code, http::StatusCode::UNAUTHORIZED, "{bad}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! (including `extra_routes`) before any handler runs:
 //! - authentication (`authn`): client certificates from our CA (CN = user, O = groups),
 //!   service-account tokens (`sa_tokens`), the data directory's static tokens, else
-//!   `system:anonymous`;
+//!   `system:anonymous`; a browser's websocket may carry its token as a subprotocol;
 //! - impersonation (`Impersonate-*` headers), itself authorized;
 //! - authorization by RBAC (`authz`), subresources included;
 //! - the review APIs (`review`): TokenRequest, TokenReview, SelfSubjectReview,
@@ -44,6 +44,9 @@ pub async fn middleware(
     next: Next,
 ) -> Response {
     let peer = req.extensions().get::<PeerCertificate>().cloned();
+    if let Err(e) = authn::take_websocket_protocol_token(req.headers_mut()) {
+        return e.into_response();
+    }
     let user = match app.auth.authenticate(req.headers(), peer.as_ref()) {
         Ok(u) => u,
         Err(e) => return e.into_response(),

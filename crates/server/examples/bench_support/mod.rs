@@ -91,6 +91,8 @@ impl BenchServer {
                 "--stop-vms-on-exit",
                 "--listen",
                 "127.0.0.1:0",
+                "--console-listen",
+                "off",
                 "--data-dir",
             ])
             .arg(&data)

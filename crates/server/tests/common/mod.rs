@@ -36,6 +36,8 @@ pub struct Server {
     /// own users can reach their QEMU's directory.
     pub run_root: PathBuf,
     pub kubeconfig: PathBuf,
+    /// The web console's URL (`https://127.0.0.1:PORT/`), from the server's output.
+    pub console_url: String,
     child: Option<Child>,
     extra: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
@@ -64,6 +66,7 @@ impl Server {
         };
         let mut s = Server {
             kubeconfig: data_dir.join("kubeconfig"),
+            console_url: String::new(),
             data_dir,
             run_root,
             child: None,
@@ -80,6 +83,7 @@ impl Server {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(["--console-listen", "127.0.0.1:0"])
             // Each server its own launcher run root: a test run never adopts (or is
             // disturbed by) the VMs of another run on the same machine.
             .arg("--run-root")
@@ -106,6 +110,13 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not come up");
             match lines.next() {
                 Some(Ok(l)) if l.starts_with("export KUBECONFIG=") => break,
+                Some(Ok(l)) if l.starts_with("console: ") => {
+                    self.console_url = l["console: ".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                }
                 Some(Ok(_)) => {}
                 _ => panic!("server exited during start-up; log:\n{}", self.log()),
             }
@@ -448,6 +459,52 @@ impl ConsoleCapture {
 }
 
 impl Drop for ConsoleCapture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Python's http.server serving `dir` on a free loopback port.
+pub struct HttpDir {
+    child: Child,
+    port: u16,
+}
+
+impl HttpDir {
+    pub fn serve(dir: &Path) -> HttpDir {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "http.server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        HttpDir { child, port }
+    }
+
+    pub fn url(&self, file: &str) -> String {
+        format!("http://127.0.0.1:{}/{file}", self.port)
+    }
+}
+
+impl Drop for HttpDir {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
