@@ -74,6 +74,8 @@ cat <<MSG
 
 The VM is running. For an interactive console (escape with Ctrl+]):
   KUBECONFIG=$data/kubeconfig $bin/virtctl console demo
+The web console: $(sed -n 's/^console: \([^ ]*\).*/\1/p' "$demo/server.out"), log in with the token
+  $(sed -n 's/^admin=//p' "$data/tokens")
 Press Enter here to stop the server and the VM.
 MSG
 if [ -t 0 ]; then read -r _; fi

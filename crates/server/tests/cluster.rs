@@ -801,7 +801,8 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         &["-H", &bearer],
     );
     assert_eq!(code, "200", "{body}");
-    assert!(body.contains(r#""name":"cirros""#), "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list["items"][0]["metadata"]["name"], "cirros", "{body}");
     let protocols = format!(
         "Sec-WebSocket-Protocol: plain.kubevirt.io, base64url.bearer.authorization.k8s.io.{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.trim())

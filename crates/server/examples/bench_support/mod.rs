@@ -78,6 +78,8 @@ pub struct BenchServer {
     pub child: Child,
     pub dir: PathBuf,
     pub client: Client,
+    /// The web console's URL (`https://127.0.0.1:PORT/`).
+    pub console_url: String,
 }
 
 impl BenchServer {
@@ -92,7 +94,7 @@ impl BenchServer {
                 "--listen",
                 "127.0.0.1:0",
                 "--console-listen",
-                "off",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(&data)
@@ -109,9 +111,17 @@ impl BenchServer {
             .context("starting the server")?;
         let stdout = child.stdout.take().context("server stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        let mut console_url = String::new();
         loop {
             match lines.next() {
                 Some(Ok(l)) if l.starts_with("export KUBECONFIG=") => break,
+                Some(Ok(l)) if l.starts_with("console: ") => {
+                    console_url = l["console: ".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                }
                 Some(Ok(_)) => {}
                 _ => bail!("server exited during start-up"),
             }
@@ -125,6 +135,7 @@ impl BenchServer {
             child,
             dir: dir.to_path_buf(),
             client,
+            console_url,
         })
     }
 
