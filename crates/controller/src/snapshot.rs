@@ -35,7 +35,9 @@ use kubevirt_api::snapshot::{
     VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotSource, VolumeSnapshotSpec,
     VolumeSnapshotState,
 };
-use kubevirt_api::v1::{vmi_condition, VirtualMachine, VirtualMachineInstance};
+use kubevirt_api::v1::{
+    vmi_condition, VirtualMachine, VirtualMachineInstance, VolumeSnapshotStatus,
+};
 use kubevirt_reconcile::events::EventType;
 use kubevirt_reconcile::{api_call, finalizer};
 
@@ -172,18 +174,36 @@ async fn snapshottable(client: &Client, pvc: &PersistentVolumeClaim) -> Result<O
     let Some(class) = pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone()) else {
         return Ok(None);
     };
+    Ok(match snapshot_class_of(client, &class).await? {
+        SnapshotClass::One(name) => Some(name),
+        SnapshotClass::None | SnapshotClass::Ambiguous(_) => None,
+    })
+}
+
+/// The VolumeSnapshotClass for claims of a StorageClass, as upstream picks it: the one
+/// whose driver is the class's provisioner, or the default one among several.
+enum SnapshotClass {
+    /// No such StorageClass, or no class for its provisioner.
+    None,
+    One(String),
+    /// Several, none of them the default: how many.
+    Ambiguous(usize),
+}
+
+async fn snapshot_class_of(client: &Client, storage_class: &str) -> Result<SnapshotClass> {
     let classes: Api<StorageClass> = Api::all(client.clone());
-    let Some(sc) = classes
-        .get_opt(&class)
-        .await
-        .map_err(kubevirt_reconcile::api_call_on(
-            "reading",
-            "storageclass",
-            "",
-            &class,
-        ))?
+    let Some(sc) =
+        classes
+            .get_opt(storage_class)
+            .await
+            .map_err(kubevirt_reconcile::api_call_on(
+                "reading",
+                "storageclass",
+                "",
+                storage_class,
+            ))?
     else {
-        return Ok(None);
+        return Ok(SnapshotClass::None);
     };
     let snapshot_classes: Api<VolumeSnapshotClass> = Api::all(client.clone());
     let list = snapshot_classes.list(&Default::default()).await.map_err(
@@ -194,11 +214,94 @@ async fn snapshottable(client: &Client, pvc: &PersistentVolumeClaim) -> Result<O
         .iter()
         .filter(|c| c.driver == sc.provisioner)
         .collect();
-    Ok(matching
+    Ok(match matching.as_slice() {
+        [] => SnapshotClass::None,
+        [one] => SnapshotClass::One(one.name_any()),
+        several => match several.iter().find(|c| c.is_default()) {
+            Some(c) => SnapshotClass::One(c.name_any()),
+            None => SnapshotClass::Ambiguous(several.len()),
+        },
+    })
+}
+
+/// The VM's `status.volumeSnapshotStatuses`, as upstream's snapshot controller keeps them:
+/// for each volume, whether a snapshot of the VM can take it and, if not, why (upstream's
+/// wording). A claim that does not exist yet is looked up through its DataVolume.
+pub(crate) async fn volume_snapshot_statuses(
+    client: &Client,
+    vm: &VirtualMachine,
+) -> Result<Vec<VolumeSnapshotStatus>> {
+    let ns = vm.namespace().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let volumes = vm
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for volume in volumes {
+        let name = volume.name.clone();
+        let Some(claim) = volume.claim_name().map(str::to_string) else {
+            out.push(VolumeSnapshotStatus::disabled(
+                name.clone(),
+                format!("Snapshot is not supported for this volumeSource type [{name}]"),
+            ));
+            continue;
+        };
+        let pvc = claims
+            .get_opt(&claim)
+            .await
+            .map_err(kubevirt_reconcile::api_call_on(
+                "reading",
+                "persistentvolumeclaim",
+                &ns,
+                &claim,
+            ))?;
+        let class = match pvc {
+            Some(pvc) => pvc.spec.and_then(|s| s.storage_class_name),
+            None => match template_storage_class(vm, &claim) {
+                Some(class) => Some(class),
+                None => {
+                    out.push(VolumeSnapshotStatus::disabled(name, "PVC not found".into()));
+                    continue;
+                }
+            },
+        }
+        .unwrap_or_default();
+        out.push(match snapshot_class_of(client, &class).await? {
+            SnapshotClass::One(_) => VolumeSnapshotStatus::enabled(name),
+            SnapshotClass::None => VolumeSnapshotStatus::disabled(
+                name.clone(),
+                format!(
+                    "No VolumeSnapshotClass: Volume snapshots are not configured for this \
+                     StorageClass [{class}] [{name}]"
+                ),
+            ),
+            SnapshotClass::Ambiguous(n) => VolumeSnapshotStatus::disabled(
+                name,
+                format!("{n} matching VolumeSnapshotClasses for {class}"),
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// The StorageClass a DataVolume template of the VM asks for, by claim name.
+fn template_storage_class(vm: &VirtualMachine, claim: &str) -> Option<String> {
+    let template = vm
+        .spec
+        .data_volume_templates
+        .as_ref()?
         .iter()
-        .find(|c| c.is_default())
-        .or(matching.first())
-        .map(|c| c.name_any()))
+        .find(|t| t.metadata.as_ref().and_then(|m| m.name.as_deref()) == Some(claim))?;
+    let spec = &template.spec;
+    ["storage", "pvc"]
+        .iter()
+        .find_map(|form| spec.get(*form)?.get("storageClassName")?.as_str())
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
 }
 
 pub async fn reconcile(s: Arc<VirtualMachineSnapshot>, ctx: Arc<Context>) -> Result<Action> {

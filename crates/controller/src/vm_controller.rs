@@ -234,6 +234,9 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
 
     if !deleting {
         let mut desired = vm_status(&vm, vmi.as_ref(), &decision, failure.as_ref(), now);
+        desired.volume_snapshot_statuses =
+            Some(crate::snapshot::volume_snapshot_statuses(&ctx.client, &vm).await?)
+                .filter(|v| !v.is_empty());
         if held {
             desired.printable_status = volumes.printable().or(desired.printable_status);
         }

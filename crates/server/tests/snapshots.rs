@@ -88,6 +88,16 @@ fn snapshots_keep_what_the_guest_wrote_and_restores_bring_it_back() {
     let name = "snap";
     server.apply_yaml(&vm(&server, name));
     server.wait_for("vm", name, "{.status.printableStatus}", "Running");
+    // Upstream's per-volume verdicts: the claim of the built-in class can be snapshotted,
+    // the hostDisk cannot.
+    assert_eq!(
+        server.jsonpath(
+            "vm",
+            name,
+            "{range .status.volumeSnapshotStatuses[*]}{.name}={.enabled}:{.reason};{end}"
+        ),
+        "root=false:Snapshot is not supported for this volumeSource type [root];data=true:;"
+    );
     in_guest(
         &server,
         name,

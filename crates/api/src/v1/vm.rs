@@ -146,6 +146,35 @@ pub struct DataVolumeTemplateSpec {
     pub status: Option<serde_json::Value>,
 }
 
+/// One volume's entry in the VM's `status.volumeSnapshotStatuses`.
+#[skip_serializing_none]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSnapshotStatus {
+    pub name: String,
+    /// Always written, as upstream (no `omitempty`).
+    pub enabled: bool,
+    pub reason: Option<String>,
+}
+
+impl VolumeSnapshotStatus {
+    pub fn enabled(name: String) -> Self {
+        VolumeSnapshotStatus {
+            name,
+            enabled: true,
+            reason: None,
+        }
+    }
+
+    pub fn disabled(name: String, reason: String) -> Self {
+        VolumeSnapshotStatus {
+            name,
+            enabled: false,
+            reason: Some(reason),
+        }
+    }
+}
+
 /// What `kubectl get vm` shows in STATUS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum VirtualMachinePrintableStatus {
@@ -188,9 +217,8 @@ pub struct VirtualMachineStatus {
     #[serde(default)]
     #[schemars(schema_with = "super::preserved_array")]
     pub volume_requests: Option<Vec<serde_json::Value>>,
-    #[serde(default)]
-    #[schemars(schema_with = "super::preserved_array")]
-    pub volume_snapshot_statuses: Option<Vec<serde_json::Value>>,
+    /// Whether a snapshot of the VM can take each volume, and why not.
+    pub volume_snapshot_statuses: Option<Vec<VolumeSnapshotStatus>>,
     pub start_failure: Option<VirtualMachineStartFailure>,
     #[serde(default)]
     #[schemars(schema_with = "super::preserved_object")]
