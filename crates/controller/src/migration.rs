@@ -54,14 +54,130 @@ const FINISHED_KEPT: usize = 5;
 pub struct Limits {
     /// Migrations past Pending at once in the cluster (`parallelMigrationsPerCluster`).
     pub parallel_per_cluster: usize,
+    /// Migrations past Pending at once leaving one node
+    /// (`parallelOutboundMigrationsPerNode`).
+    pub parallel_outbound_per_node: usize,
+    /// A target pod the scheduler cannot place is given up after this long (a migration's
+    /// `kubevirt.io/migrationUnschedulablePodTimeoutSeconds` annotation overrides it).
+    pub unschedulable_pod_timeout: Duration,
+    /// A target pod still Pending for any reason is given up after this long
+    /// (`kubevirt.io/migrationPendingPodTimeoutSeconds`).
+    pub pending_pod_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             parallel_per_cluster: 5,
+            parallel_outbound_per_node: 2,
+            unschedulable_pod_timeout: Duration::from_secs(5 * 60),
+            pending_pod_timeout: Duration::from_secs(15 * 60),
         }
     }
+}
+
+/// Upstream's annotations overriding the pending target pod timeouts, in seconds.
+const UNSCHEDULABLE_TIMEOUT_ANNOTATION: &str =
+    "kubevirt.io/migrationUnschedulablePodTimeoutSeconds";
+const PENDING_TIMEOUT_ANNOTATION: &str = "kubevirt.io/migrationPendingPodTimeoutSeconds";
+
+/// A timeout from the migration's annotation (whole seconds), else the default; an
+/// annotation that is not a number is ignored, as upstream does.
+fn timeout_of(
+    m: &VirtualMachineInstanceMigration,
+    annotation: &str,
+    default: Duration,
+) -> Duration {
+    m.annotations()
+        .get(annotation)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(default, Duration::from_secs)
+}
+
+fn pending_unschedulable(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            })
+        })
+}
+
+/// Upstream's pending target pod timeouts: a target pod that stays Pending (unschedulable
+/// for 5 minutes, or for any reason for 15) is deleted, which then fails the migration
+/// ("target pod was removed"). Otherwise, when to look again.
+async fn pending_pod_timeout(
+    ctx: &Context,
+    m: &VirtualMachineInstanceMigration,
+    vmi: &VirtualMachineInstance,
+    pod: &Pod,
+) -> Result<Option<Duration>> {
+    let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
+    let Some(created) = pod.metadata.creation_timestamp.as_ref() else {
+        return Ok(None);
+    };
+    if !pending || pod.metadata.deletion_timestamp.is_some() {
+        return Ok(None);
+    }
+    let waited = Duration::try_from(jiff::Timestamp::now().duration_since(created.0))
+        .unwrap_or(Duration::ZERO);
+    let pod_key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    let mut expiry = None;
+    if pending_unschedulable(pod) {
+        ctx.recorder
+            .publish(
+                m,
+                EventType::Warning,
+                "migrationTargetPodUnschedulable",
+                &format!(
+                    "Migration target pod for VMI [{}/{}] is currently unschedulable.",
+                    vmi.namespace().unwrap_or_default(),
+                    vmi.name_any()
+                ),
+            )
+            .await;
+        let limit = timeout_of(
+            m,
+            UNSCHEDULABLE_TIMEOUT_ANNOTATION,
+            ctx.limits.unschedulable_pod_timeout,
+        );
+        if waited >= limit {
+            let reason = format!("unschedulable pod {pod_key} timeout period exceeded");
+            delete_timed_out(ctx, m, pod, &reason).await?;
+            return Ok(None);
+        }
+        expiry = Some(limit - waited);
+    }
+    let limit = timeout_of(
+        m,
+        PENDING_TIMEOUT_ANNOTATION,
+        ctx.limits.pending_pod_timeout,
+    );
+    if waited >= limit {
+        let reason = format!("pending pod {pod_key} timeout period exceeded");
+        delete_timed_out(ctx, m, pod, &reason).await?;
+        return Ok(None);
+    }
+    let rest = limit - waited;
+    Ok(Some(expiry.map_or(rest, |e| e.min(rest))))
+}
+
+async fn delete_timed_out(
+    ctx: &Context,
+    m: &VirtualMachineInstanceMigration,
+    pod: &Pod,
+    reason: &str,
+) -> Result<()> {
+    info!(pod = %pod.name_any(), reason, "deleting the pending migration target pod");
+    delete_pod(ctx, m, pod).await?;
+    ctx.recorder
+        .publish(m, EventType::Normal, "SuccessfulDelete", reason)
+        .await;
+    Ok(())
 }
 
 pub struct Context {
@@ -335,7 +451,7 @@ pub async fn reconcile(
                 } else if target.is_some() {
                     st.phase = Some(Phase::Scheduling);
                 } else if vmi.phase() != VirtualMachineInstancePhase::Running
-                    || !slot_free(&ctx, &m).await?
+                    || !slot_free(&ctx, &m, vmi).await?
                 {
                     requeue = Some(WAIT);
                 } else {
@@ -370,6 +486,11 @@ pub async fn reconcile(
             }
             Phase::Scheduling if target.as_ref().is_some_and(pod_ready) => {
                 st.phase = Some(Phase::Scheduled);
+            }
+            Phase::Scheduling => {
+                if let Some(pod) = target.as_ref() {
+                    requeue = pending_pod_timeout(&ctx, &m, vmi, pod).await?;
+                }
             }
             Phase::Scheduled => {
                 let target = target.as_ref().expect("checked above");
@@ -486,22 +607,53 @@ async fn source_pod_name(
     Ok(current_pod(vmi, &list).map(|p| p.name_any()))
 }
 
-/// Whether fewer than the cluster's limit of migrations are past Pending.
-async fn slot_free(ctx: &Context, m: &VirtualMachineInstanceMigration) -> Result<bool> {
+/// Whether a migration of `vmi` may start now: fewer than the cluster's limit of
+/// migrations are past Pending, and fewer than the per-node limit leave the VMI's node.
+async fn slot_free(
+    ctx: &Context,
+    m: &VirtualMachineInstanceMigration,
+    vmi: &VirtualMachineInstance,
+) -> Result<bool> {
     let all: Api<VirtualMachineInstanceMigration> = Api::all(ctx.client.clone());
     let list = all
         .list(&ListParams::default())
         .await
         .map_err(api_call("listing migrations beside", m))?;
-    let running = list
+    let running: Vec<_> = list
         .items
         .iter()
         .filter(|o| {
             let p = phase_of(o);
             p != Phase::Unset && p != Phase::Pending && !p.is_final()
         })
-        .count();
-    Ok(running < ctx.limits.parallel_per_cluster)
+        .collect();
+    if running.len() >= ctx.limits.parallel_per_cluster {
+        return Ok(false);
+    }
+    let node = vmi.status.as_ref().and_then(|s| s.node_name.clone());
+    let mut outbound = 0;
+    for other in running {
+        let ns = other.namespace().unwrap_or_default();
+        let name = rules::vmi_name(other);
+        let vmis: Api<VirtualMachineInstance> = Api::namespaced(ctx.client.clone(), &ns);
+        let Some(other_vmi) = vmis.get_opt(name).await.map_err(api_call_on(
+            "getting",
+            "VirtualMachineInstance",
+            &ns,
+            name,
+        ))?
+        else {
+            continue;
+        };
+        let status = other_vmi.status.as_ref();
+        let source = status
+            .and_then(|s| s.migration_state.as_ref())
+            .and_then(|s| s.source_node.clone());
+        if node.is_some() && (status.and_then(|s| s.node_name.clone()) == node || source == node) {
+            outbound += 1;
+        }
+    }
+    Ok(outbound < ctx.limits.parallel_outbound_per_node)
 }
 
 pub fn error_policy(
@@ -572,6 +724,29 @@ pub async fn run(
 mod tests {
     use super::*;
     use kubevirt_api::v1::VirtualMachineInstanceMigrationSpec;
+
+    #[test]
+    fn pending_timeouts_come_from_annotations_else_defaults() {
+        let mut m = VirtualMachineInstanceMigration::new("mig", Default::default());
+        let limits = Limits::default();
+        let unschedulable = |m: &VirtualMachineInstanceMigration| {
+            timeout_of(
+                m,
+                UNSCHEDULABLE_TIMEOUT_ANNOTATION,
+                limits.unschedulable_pod_timeout,
+            )
+        };
+        assert_eq!(unschedulable(&m), Duration::from_secs(300));
+        for (value, want) in [("30", 30), (" 7 ", 7), ("soon", 300), ("-1", 300)] {
+            m.metadata.annotations =
+                Some([(UNSCHEDULABLE_TIMEOUT_ANNOTATION.to_string(), value.into())].into());
+            assert_eq!(unschedulable(&m), Duration::from_secs(want), "{value}");
+        }
+        assert_eq!(
+            timeout_of(&m, PENDING_TIMEOUT_ANNOTATION, limits.pending_pod_timeout),
+            Duration::from_secs(900)
+        );
+    }
 
     #[test]
     fn target_pod_is_the_launcher_pod_marked_for_the_migration() {

@@ -457,6 +457,37 @@ spec:
         "Running"
     );
 
+    // A target pod no node can take is given up after the migration's unschedulable
+    // timeout (upstream's annotation; 5 minutes by default): the migration fails and the
+    // guest stays where it is.
+    server.apply_yaml(&format!(
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstanceMigration
+metadata:
+  name: nowhere
+  annotations:
+    kubevirt.io/migrationUnschedulablePodTimeoutSeconds: "3"
+spec:
+  vmiName: {name}
+  addedNodeSelector:
+    kubevirt.io/no-such-node: "true"
+"#
+    ));
+    server.wait_for("vmim", "nowhere", "{.status.phase}", "Failed");
+    let events = server.events_of("nowhere");
+    for want in [
+        "Migration target pod for VMI [default/stayer] is currently unschedulable.",
+        "timeout period exceeded",
+        "Migration target pod was removed during active migration.",
+    ] {
+        assert!(events.contains(want), "{want:?} in {events}");
+    }
+    assert_eq!(
+        server.jsonpath("pod", &source, "{.status.phase}"),
+        "Running"
+    );
+    guest.run("echo stayed-$((9*9))", "stayed-81");
+
     // A migration names its VMI.
     let out = server.apply_output(
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: nameless\nspec: {}\n",
