@@ -1,7 +1,8 @@
 //! The browser app's files, embedded at build time (see `build.rs`), served with their
-//! ETag and, where the browser accepts it, gzip. Any path that is not a file is the app
-//! itself (`index.html`): the app routes by URL fragment, so this only catches reloads of
-//! a typed path.
+//! ETag and, where the browser accepts it, gzip. The files under `assets/` are named after
+//! their content hash, so browsers keep them; `index.html` is revalidated each time. Any
+//! other path that is not a file is the app itself (`index.html`): the app routes by URL
+//! fragment, so this only catches reloads of a typed path.
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -18,6 +19,8 @@ pub struct Asset {
 pub static ASSETS: &[Asset] = include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 
 const INDEX: &str = "index.html";
+/// The build's content-hashed files.
+const HASHED_DIR: &str = "assets/";
 
 fn find(path: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|a| a.path == path)
@@ -54,17 +57,23 @@ pub async fn serve(method: Method, uri: Uri, headers: HeaderMap) -> Response {
     let wanted = uri.path().trim_start_matches('/');
     let asset = match find(wanted) {
         Some(a) => a,
+        // A script or style that is not there is a 404, not the page.
+        None if wanted.starts_with(HASHED_DIR) => return StatusCode::NOT_FOUND.into_response(),
         None => match find(INDEX) {
             Some(a) => a,
             None => return StatusCode::NOT_FOUND.into_response(),
         },
     };
+    let cache = if asset.path.starts_with(HASHED_DIR) {
+        "public, max-age=31536000, immutable"
+    } else {
+        "no-cache"
+    };
     let etag = format!("\"{}\"", asset.etag);
     let mut response = Response::builder()
         .header(header::CONTENT_TYPE, asset.content_type)
         .header(header::ETAG, &etag)
-        // Revalidated each time (the ETag makes that a 304): a new binary serves a new app.
-        .header(header::CACHE_CONTROL, "no-cache")
+        .header(header::CACHE_CONTROL, cache)
         .header(header::VARY, "Accept-Encoding");
     let fresh = headers
         .get(header::IF_NONE_MATCH)

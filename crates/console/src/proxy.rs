@@ -16,6 +16,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+/// How long a connection to the API server may sit idle in the pool.
+const POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("the API server URL {url:?} is not an https URL with a host")]
@@ -63,7 +66,13 @@ impl Upstream {
             .https_only()
             .enable_http1()
             .build();
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        // Idle connections are dropped before the API server would close them (ours
+        // after 32 s, kube-apiserver's after 90 s): a request with a streamed body, such
+        // as an upload, cannot be retried on a connection the server closed under it.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
         Ok(Arc::new(Upstream {
             base: format!(
                 "https://{}",

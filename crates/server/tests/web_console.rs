@@ -64,9 +64,22 @@ fn the_console_serves_its_app_and_reaches_the_api_only_as_its_user() {
         "{head}"
     );
     assert!(body.contains("<script"), "{body}");
-    // A reload of a deep link gets the app too.
+    // A reload of a deep link gets the app too; a missing script does not.
     let (code, _, deep) = curl(&format!("{url}ns/default/vms"), &["--compressed"]);
     assert_eq!((code, deep.as_str()), (200, body.as_str()));
+    let (code, _, _) = curl(&format!("{url}assets/missing.js"), &[]);
+    assert_eq!(code, 404);
+    // The app's scripts are named after their content and kept by the browser.
+    let script = body
+        .split("src=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("index.html names its script");
+    let (code, head, _) = curl(&format!("{url}{script}"), &["--compressed"]);
+    assert_eq!(code, 200, "{head}");
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("immutable"), "{head}");
 
     // No token: the API sees an anonymous user, so the proxy lends nobody its own rights.
     let (code, _, body) = curl(&format!("{url}api/v1/namespaces"), &[]);
