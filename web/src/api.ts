@@ -64,33 +64,47 @@ async function errorFrom(res: Response): Promise<ApiError> {
   return new ApiError(res.status, msg);
 }
 
-/** Called when any request answers 401: the session's token is no good. */
+/** Called when a request made with the session's token answers 401. */
 let onUnauthorized: () => void = () => {};
 export function setUnauthorizedHandler(f: () => void) {
   onUnauthorized = f;
 }
 
+/**
+ * The error for a failed response. A 401 for the session's own token logs
+ * the user out; one for another token (a login attempt, or a flow that
+ * started before the user logged in again) does not.
+ */
+async function failure(res: Response, token: string | null): Promise<ApiError> {
+  const err = await errorFrom(res);
+  if (res.status === 401 && token === getToken()) onUnauthorized();
+  return err;
+}
+
+function authHeaders(token: string | null): Record<string, string> {
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+/**
+ * One API request. `opts.token` replaces the session's token, so that a
+ * multi-step flow keeps acting as the user who started it.
+ */
 export async function api<T = any>(
   method: string,
   path: string,
   body?: unknown,
-  opts: { signal?: AbortSignal; token?: string } = {},
+  opts: { signal?: AbortSignal; token?: string; contentType?: string } = {},
 ): Promise<T> {
   const token = opts.token ?? getToken();
-  const headers: Record<string, string> = { Accept: 'application/json' };
-  if (token) headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const headers: Record<string, string> = { Accept: 'application/json', ...authHeaders(token) };
+  if (body !== undefined) headers['Content-Type'] = opts.contentType ?? 'application/json';
   const res = await fetch(path, {
     method,
     headers,
     body: body === undefined ? undefined : JSON.stringify(body),
     signal: opts.signal,
   });
-  if (!res.ok) {
-    const err = await errorFrom(res);
-    if (res.status === 401 && !opts.token) onUnauthorized();
-    throw err;
-  }
+  if (!res.ok) throw await failure(res, token);
   const text = await res.text();
   return (text ? JSON.parse(text) : {}) as T;
 }
@@ -152,6 +166,21 @@ export function wsUrl(path: string): string {
   return `${proto}//${location.host}${path}`;
 }
 
+// ---- names ------------------------------------------------------------------
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
+
+/** A DNS-1123 label: namespaces, and names that also serve as label values. */
+export function isDnsLabel(s: string): boolean {
+  return s.length <= 63 && DNS_LABEL.test(s);
+}
+
+/** A DNS-1123 subdomain: most object names, such as a VM's. */
+export function isDnsSubdomain(s: string): boolean {
+  return s.length <= 253 && DNS_SUBDOMAIN.test(s);
+}
+
 // ---- resource paths -------------------------------------------------------
 
 export const paths = {
@@ -176,19 +205,24 @@ function enc(s: string) {
 
 // ---- list + watch ----------------------------------------------------------
 
-export type WatchHandlers = {
+export type WatchOptions = {
   /** The full set after a (re-)list, and again after every event. */
   onChange: (items: Map<string, Obj>) => void;
+  /** A list or watch request failed; it is retried with backoff. */
   onError?: (e: Error) => void;
+  /** Use this token instead of the session's. */
+  token?: string;
 };
 
 /**
  * Lists `path` (with optional extra query), then watches from the list's
- * resourceVersion, applying ADDED/MODIFIED/DELETED events. When the stream
- * ends or the server reports 410 Gone, it lists and watches again. Returns a
+ * resourceVersion, applying ADDED/MODIFIED/DELETED events. Every event and
+ * BOOKMARK moves the remembered resourceVersion on, so when a stream ends
+ * the watch resumes from there without listing again. Only an ERROR event
+ * (such as 410 Gone) or a failed request leads to a new list. Returns a
  * function that cancels everything.
  */
-export function listWatch(path: string, query: string, h: WatchHandlers): () => void {
+export function listWatch(path: string, query: string, h: WatchOptions): () => void {
   const ctl = new AbortController();
   let items = new Map<string, Obj>();
   let stopped = false;
@@ -197,60 +231,79 @@ export function listWatch(path: string, query: string, h: WatchHandlers): () => 
 
   const sleep = (ms: number) =>
     new Promise<void>((r) => {
-      const t = setTimeout(r, ms);
-      ctl.signal.addEventListener('abort', () => {
+      const done = () => {
         clearTimeout(t);
+        ctl.signal.removeEventListener('abort', done);
         r();
-      });
+      };
+      const t = setTimeout(done, ms);
+      ctl.signal.addEventListener('abort', done, { once: true });
     });
+
+  /** Reads one watch stream; returns false if it ended with an ERROR event. */
+  async function follow(body: ReadableStream<Uint8Array>, onRv: (rv: string) => void): Promise<boolean> {
+    const reader = body.getReader();
+    const dec = new TextDecoder();
+    let buf = '';
+    try {
+      while (!stopped) {
+        const { value, done } = await reader.read();
+        if (done) return true;
+        buf += dec.decode(value, { stream: true });
+        let nl: number;
+        while (!stopped && (nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl).trim();
+          buf = buf.slice(nl + 1);
+          if (!line) continue;
+          let ev: { type: string; object: any };
+          try {
+            ev = JSON.parse(line);
+          } catch {
+            continue;
+          }
+          if (ev.type === 'ERROR') return false;
+          const o = ev.object as Obj;
+          if (o?.metadata?.resourceVersion) onRv(o.metadata.resourceVersion);
+          if (ev.type === 'BOOKMARK') continue;
+          if (ev.type === 'DELETED') items.delete(key(o));
+          else items.set(key(o), o);
+          h.onChange(new Map(items));
+        }
+      }
+      return true;
+    } catch (e: any) {
+      // A stream cut off midway ends like a normal one: resume from the last
+      // resourceVersion (the server answers 410 if that is too old).
+      if (stopped || e?.name === 'AbortError') throw e;
+      return true;
+    } finally {
+      reader.cancel().catch(() => {});
+    }
+  }
 
   async function loop() {
     let backoff = 500;
+    let rv = ''; // empty: list before watching
     while (!stopped) {
       try {
-        const list = await api('GET', `${path}${query ? '?' + query : ''}`, undefined, { signal: ctl.signal });
-        items = new Map();
-        for (const o of list.items || []) items.set(key(o), o);
-        h.onChange(new Map(items));
-        const rv: string = list.metadata?.resourceVersion || '';
-        const token = getToken();
+        if (!rv) {
+          const list = await api('GET', `${path}${query ? '?' + query : ''}`, undefined, {
+            signal: ctl.signal,
+            token: h.token,
+          });
+          items = new Map();
+          for (const o of list.items || []) items.set(key(o), o);
+          h.onChange(new Map(items));
+          rv = list.metadata?.resourceVersion || '';
+        }
+        const token = h.token ?? getToken();
         const res = await fetch(
           `${path}${sep(query)}watch=1&allowWatchBookmarks=true${rv ? `&resourceVersion=${encodeURIComponent(rv)}` : ''}`,
-          { headers: token ? { Authorization: `Bearer ${token}` } : {}, signal: ctl.signal },
+          { headers: authHeaders(token), signal: ctl.signal },
         );
-        if (!res.ok || !res.body) throw await errorFrom(res);
+        if (!res.ok || !res.body) throw await failure(res, token);
         const started = Date.now();
-        const reader = res.body.getReader();
-        const dec = new TextDecoder();
-        let buf = '';
-        let gone = false;
-        while (!stopped && !gone) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buf += dec.decode(value, { stream: true });
-          let nl: number;
-          while ((nl = buf.indexOf('\n')) >= 0) {
-            const line = buf.slice(0, nl).trim();
-            buf = buf.slice(nl + 1);
-            if (!line) continue;
-            let ev: { type: string; object: any };
-            try {
-              ev = JSON.parse(line);
-            } catch {
-              continue;
-            }
-            if (ev.type === 'ERROR') {
-              gone = true; // 410 Gone or another error: start over with a fresh list
-              break;
-            }
-            const o = ev.object as Obj;
-            if (ev.type === 'BOOKMARK') continue;
-            if (ev.type === 'DELETED') items.delete(key(o));
-            else items.set(key(o), o);
-            h.onChange(new Map(items));
-          }
-        }
-        reader.cancel().catch(() => {});
+        if (!(await follow(res.body, (v) => (rv = v)))) rv = ''; // ERROR event: list again
         // A watch that errors or ends at once must not turn into a busy loop.
         if (Date.now() - started < 1000) {
           await sleep(backoff);
@@ -259,6 +312,7 @@ export function listWatch(path: string, query: string, h: WatchHandlers): () => 
       } catch (e: any) {
         if (stopped || e?.name === 'AbortError') return;
         h.onError?.(e);
+        rv = '';
         await sleep(backoff);
         backoff = Math.min(backoff * 2, 10000);
       }

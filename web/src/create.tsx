@@ -1,6 +1,6 @@
 // The Create VM form: size presets, a boot source, cloud-init.
-import { useState } from 'preact/hooks';
-import { api, ApiError, listWatch, Obj, paths } from './api';
+import { useEffect, useRef, useState } from 'preact/hooks';
+import { api, ApiError, getToken, isDnsLabel, listWatch, Obj, paths } from './api';
 import { announce, ErrorBox, go } from './ui';
 
 const SIZES = [
@@ -12,28 +12,60 @@ const SIZES = [
 
 type Source = 'url' | 'container' | 'upload';
 
-const NAME_RE = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DV_WAIT_MS = 10 * 60 * 1000;
 
-function waitForDvPhase(ns: string, name: string, phase: string, onPhase: (p: string) => void): Promise<void> {
+/**
+ * Waits until the DataVolume `name` reaches `phase`. Rejects if it fails, is
+ * deleted, its watch fails, `signal` aborts, or 10 minutes pass.
+ */
+function waitForDvPhase(
+  ns: string,
+  name: string,
+  phase: string,
+  opts: { token: string; signal: AbortSignal; onPhase: (p: string) => void },
+): Promise<void> {
   return new Promise((resolve, reject) => {
-    const stop = listWatch(paths.dvs(ns), '', {
+    let seen = false;
+    let stop = () => {};
+    const finish = (err?: Error) => {
+      stop();
+      clearTimeout(timer);
+      opts.signal.removeEventListener('abort', onAbort);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onAbort = () => finish(new DOMException('Leaving the page stopped the wait', 'AbortError'));
+    const timer = setTimeout(
+      () => finish(new Error(`DataVolume ${name} did not reach ${phase} within ${DV_WAIT_MS / 60000} minutes`)),
+      DV_WAIT_MS,
+    );
+    if (opts.signal.aborted) return onAbort();
+    opts.signal.addEventListener('abort', onAbort, { once: true });
+    stop = listWatch(paths.dvs(ns), `fieldSelector=${encodeURIComponent(`metadata.name=${name}`)}`, {
+      token: opts.token,
       onChange: (m) => {
         const dv = m.get(`${ns}/${name}`) || m.get(name);
-        const p = dv?.status?.phase || '';
-        onPhase(p);
-        if (p === phase) {
-          stop();
-          resolve();
-        } else if (p === 'Failed') {
-          stop();
-          reject(new Error(`DataVolume ${name} failed`));
+        if (!dv) {
+          if (seen) finish(new Error(`DataVolume ${name} was deleted`));
+          return;
         }
+        seen = true;
+        const p = dv.status?.phase || '';
+        opts.onPhase(p);
+        if (p === phase) finish();
+        else if (p === 'Failed') finish(new Error(`DataVolume ${name} failed`));
       },
+      onError: (e) => finish(new Error(`Watching DataVolume ${name} failed: ${e.message}`)),
     });
   });
 }
 
-function uploadFile(token: string, file: File, onProgress: (sent: number, total: number) => void): Promise<void> {
+function uploadFile(
+  token: string,
+  file: File,
+  signal: AbortSignal,
+  onProgress: (sent: number, total: number) => void,
+): Promise<void> {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open('POST', '/v1beta1/upload-async');
@@ -45,6 +77,10 @@ function uploadFile(token: string, file: File, onProgress: (sent: number, total:
       else reject(new Error(`upload failed: ${xhr.status} ${xhr.responseText || xhr.statusText}`));
     };
     xhr.onerror = () => reject(new Error('upload failed: network error'));
+    xhr.onabort = () => reject(new DOMException('Leaving the page stopped the upload', 'AbortError'));
+    const abort = () => xhr.abort();
+    signal.addEventListener('abort', abort, { once: true });
+    xhr.onloadend = () => signal.removeEventListener('abort', abort);
     xhr.send(file);
   });
 }
@@ -63,6 +99,9 @@ export function CreateVm({ ns }: { ns: string }) {
   const [busy, setBusy] = useState(false);
   const [step, setStep] = useState('');
   const [upload, setUpload] = useState<{ sent: number; total: number } | null>(null);
+  // Aborted when the form goes away: stops waiting and uploading.
+  const unmounted = useRef(new AbortController());
+  useEffect(() => () => unmounted.current.abort(), []);
 
   const preset = SIZES.find((s) => s.id === size)!;
   // Progress steps are shown and also read out by screen readers.
@@ -106,11 +145,18 @@ export function CreateVm({ ns }: { ns: string }) {
   async function submit(e: Event) {
     e.preventDefault();
     setError(null);
-    if (!NAME_RE.test(name)) {
-      setError(new Error('Name must be lower-case letters, digits and "-", starting and ending with a letter or digit.'));
+    if (!isDnsLabel(name)) {
+      setError(
+        new Error('Name must be at most 63 lower-case letters, digits and "-", starting and ending with a letter or digit.'),
+      );
       document.getElementById('vm-name')?.focus();
       return;
     }
+    // The whole flow acts as the user who started it, even if the session
+    // logs out or in meanwhile.
+    const token = getToken();
+    if (!token) return;
+    const signal = unmounted.current.signal;
     setBusy(true);
     try {
       const dvName = `${name}-root`;
@@ -127,53 +173,7 @@ export function CreateVm({ ns }: { ns: string }) {
         vm = buildVm({ name: 'root', containerDisk: { image } }, { name: 'root', disk: { bus: 'virtio' } });
       } else {
         if (!file) throw new Error('Choose a file to upload.');
-        say('Creating DataVolume…');
-        try {
-          await api('POST', paths.dvs(ns), {
-            apiVersion: 'cdi.kubevirt.io/v1beta1',
-            kind: 'DataVolume',
-            metadata: { name: dvName },
-            spec: { source: { upload: {} }, storage: { resources: { requests: { storage: diskSize } } } },
-          });
-        } catch (err) {
-          // A retry after a failed upload finds its DataVolume: reuse it if it
-          // still waits for an upload.
-          if (!(err instanceof ApiError && err.code === 409)) throw err;
-          const dv = await api('GET', paths.dv(ns, dvName));
-          if (!dv?.spec?.source?.upload || !['UploadReady', 'UploadScheduled', 'Pending', ''].includes(dv.status?.phase || ''))
-            throw err;
-        }
-        await waitForDvPhase(ns, dvName, 'UploadReady', (p) => setStep(`Waiting for the DataVolume to be ready for upload (${p || 'Pending'})…`));
-        say('Requesting an upload token…');
-        const tr = await api('POST', paths.uploadTokens(ns), {
-          apiVersion: 'upload.cdi.kubevirt.io/v1beta1',
-          kind: 'UploadTokenRequest',
-          metadata: { name: dvName },
-          spec: { pvcName: dvName },
-        });
-        const uploadToken = tr?.status?.token;
-        if (!uploadToken) throw new Error('The server returned no upload token.');
-        say(`Uploading ${file.name}…`);
-        setUpload({ sent: 0, total: file.size });
-        // The upload server can drop the first connection right after the
-        // DataVolume turns UploadReady; retry while it still waits for data.
-        for (let attempt = 1; ; attempt++) {
-          try {
-            await uploadFile(uploadToken, file, (sent, total) => {
-              setUpload({ sent, total });
-              if (sent >= total) setStep('Upload sent; the server is writing the disk…');
-            });
-            break;
-          } catch (err) {
-            const dv = await api('GET', paths.dv(ns, dvName)).catch(() => null);
-            const phase = dv?.status?.phase || '';
-            if (phase === 'Succeeded' || phase === 'UploadSucceeded') break;
-            if (attempt >= 3 || phase !== 'UploadReady') throw err;
-            say(`${(err as Error).message}; retrying (attempt ${attempt + 1} of 3)…`);
-            await new Promise((r) => setTimeout(r, 2000));
-          }
-        }
-        announce('Upload finished');
+        await uploadDisk(token, signal, dvName, file);
         const iso = /\.iso$/i.test(file.name);
         vm = buildVm(
           { name: 'root', dataVolume: { name: dvName } },
@@ -181,10 +181,12 @@ export function CreateVm({ ns }: { ns: string }) {
         );
       }
       say('Creating VM…');
-      await api('POST', paths.vms(ns), vm);
+      const created: Obj = await api('POST', paths.vms(ns), vm, { token });
+      if (source === 'upload') await adoptDisk(token, dvName, created);
       announce(`Virtual machine ${name} created`);
-      go(`#/ns/${encodeURIComponent(ns)}/vms`);
+      if (!signal.aborted) go(`#/ns/${encodeURIComponent(ns)}/vms`);
     } catch (err) {
+      if (signal.aborted) return; // the page is gone
       setError(err);
       setStep('');
       announce(`Create failed: ${(err as Error).message}`);
@@ -193,11 +195,108 @@ export function CreateVm({ ns }: { ns: string }) {
     }
   }
 
+  /**
+   * Creates the DataVolume `dvName` with an upload source and uploads `file`
+   * into it. A retry reuses the DataVolume of an earlier attempt: it uploads
+   * again if that one still waits for data, and skips the upload if it
+   * already succeeded.
+   */
+  async function uploadDisk(token: string, signal: AbortSignal, dvName: string, file: File) {
+    say('Creating DataVolume…');
+    try {
+      await api(
+        'POST',
+        paths.dvs(ns),
+        {
+          apiVersion: 'cdi.kubevirt.io/v1beta1',
+          kind: 'DataVolume',
+          metadata: { name: dvName },
+          spec: { source: { upload: {} }, storage: { resources: { requests: { storage: diskSize } } } },
+        },
+        { token },
+      );
+    } catch (err) {
+      if (!(err instanceof ApiError && err.code === 409)) throw err;
+      const dv = await api('GET', paths.dv(ns, dvName), undefined, { token });
+      const phase = dv?.status?.phase || '';
+      if (!dv?.spec?.source?.upload) throw err;
+      if (phase === 'Succeeded') {
+        announce(`DataVolume ${dvName} already holds the uploaded disk`);
+        return;
+      }
+      if (!['UploadReady', 'UploadScheduled', 'Pending', ''].includes(phase)) throw err;
+    }
+    await waitForDvPhase(ns, dvName, 'UploadReady', {
+      token,
+      signal,
+      onPhase: (p) => setStep(`Waiting for the DataVolume to be ready for upload (${p || 'Pending'})…`),
+    });
+    say('Requesting an upload token…');
+    const tr = await api(
+      'POST',
+      paths.uploadTokens(ns),
+      {
+        apiVersion: 'upload.cdi.kubevirt.io/v1beta1',
+        kind: 'UploadTokenRequest',
+        metadata: { name: dvName },
+        spec: { pvcName: dvName },
+      },
+      { token },
+    );
+    const uploadToken = tr?.status?.token;
+    if (!uploadToken) throw new Error('The server returned no upload token.');
+    say(`Uploading ${file.name}…`);
+    setUpload({ sent: 0, total: file.size });
+    // The upload server can drop the first connection right after the
+    // DataVolume turns UploadReady; retry while it still waits for data.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await uploadFile(uploadToken, file, signal, (sent, total) => {
+          setUpload({ sent, total });
+          if (sent >= total) setStep('Upload sent; the server is writing the disk…');
+        });
+        break;
+      } catch (err) {
+        if (signal.aborted) throw err;
+        const dv = await api('GET', paths.dv(ns, dvName), undefined, { token }).catch(() => null);
+        const phase = dv?.status?.phase || '';
+        if (phase === 'Succeeded' || phase === 'UploadSucceeded') break;
+        if (attempt >= 3 || phase !== 'UploadReady') throw err;
+        say(`${(err as Error).message}; retrying (attempt ${attempt + 1} of 3)…`);
+        await new Promise((r) => setTimeout(r, 2000));
+      }
+    }
+    announce('Upload finished');
+  }
+
+  /** Makes the VM own its uploaded DataVolume, so deleting the VM deletes it too. */
+  async function adoptDisk(token: string, dvName: string, vm: Obj) {
+    const owner = {
+      apiVersion: 'kubevirt.io/v1',
+      kind: 'VirtualMachine',
+      name: vm.metadata.name,
+      uid: vm.metadata.uid,
+      controller: false,
+      blockOwnerDeletion: false,
+    };
+    try {
+      await api('PATCH', paths.dv(ns, dvName), { metadata: { ownerReferences: [owner] } }, {
+        token,
+        contentType: 'application/merge-patch+json',
+      });
+    } catch (err) {
+      throw new Error(
+        `Virtual machine ${name} was created, but its disk ${dvName} could not be made part of it ` +
+          `(${(err as Error).message}); delete that DataVolume yourself when you delete the VM.`,
+      );
+    }
+  }
+
   const val = (f: (v: string) => void) => (e: Event) => f((e.target as HTMLInputElement).value);
 
   return (
     <section aria-labelledby="create-h">
-      <h1 id="create-h">Create a virtual machine in {ns}</h1>
+      <h1 id="create-h" tabIndex={-1}>Create a virtual machine in {ns}</h1>
       <form class="create" onSubmit={submit}>
         <div class="field">
           <label for="vm-name">Name</label>

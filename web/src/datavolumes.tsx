@@ -41,7 +41,7 @@ export function DataVolumes({ ns }: { ns: string }) {
   const dvs = useWatch(paths.dvs(ns));
   return (
     <section aria-labelledby="dvs-h">
-      <h1 id="dvs-h">DataVolumes in {ns}</h1>
+      <h1 id="dvs-h" tabIndex={-1}>DataVolumes in {ns}</h1>
       {dvs.error && <ErrorBox error={dvs.error} />}
       {!dvs.loaded && !dvs.error && <p>Loading…</p>}
       {dvs.loaded && dvs.items.length === 0 && <p>No DataVolumes in this namespace.</p>}

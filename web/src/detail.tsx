@@ -21,8 +21,10 @@ const TABS = [
 ] as const;
 
 export function VmDetail({ ns, name, tab }: { ns: string; name: string; tab: string }) {
-  const vms = useWatch(paths.vms(ns));
-  const vmis = useWatch(paths.vmis(ns));
+  // Only this VM and its instance.
+  const byName = `fieldSelector=${encodeURIComponent(`metadata.name=${name}`)}`;
+  const vms = useWatch(paths.vms(ns), byName);
+  const vmis = useWatch(paths.vmis(ns), byName);
   const vm = vms.items.find((v) => v.metadata.name === name);
   useStatusAnnouncements(vm ? [vm] : [], vms.loaded);
   const vmi = vmis.items.find((v) => v.metadata.name === name);
@@ -64,28 +66,30 @@ export function VmDetail({ ns, name, tab }: { ns: string; name: string; tab: str
     }
   };
 
+  // Arrow keys, Home and End move along the tabs. A disabled tab takes focus
+  // (so its reason can be read) but is not opened.
   const tabRefs = useRef<(HTMLButtonElement | null)[]>([]);
   const onTabKey = (e: KeyboardEvent, i: number) => {
-    const dir = e.key === 'ArrowRight' ? 1 : e.key === 'ArrowLeft' ? -1 : 0;
-    if (e.key === 'Home' || e.key === 'End' || dir) {
-      e.preventDefault();
-      const n = TABS.length;
-      let j = e.key === 'Home' ? 0 : e.key === 'End' ? n - 1 : i;
-      for (let k = 0; k < n; k++) {
-        if (dir) j = (j + dir + n) % n;
-        if (!tabDisabled(TABS[j][0])) break;
-        if (!dir) j = (j + (e.key === 'Home' ? 1 : -1) + n) % n;
-      }
-      tabRefs.current[j]?.focus();
-      go(`${base}/${TABS[j][0]}`);
-    }
+    const n = TABS.length;
+    const j =
+      e.key === 'Home' ? 0 : e.key === 'End' ? n - 1 : e.key === 'ArrowRight' ? (i + 1) % n : e.key === 'ArrowLeft' ? (i - 1 + n) % n : -1;
+    if (j < 0) return;
+    e.preventDefault();
+    tabRefs.current[j]?.focus();
+    if (!tabDisabled(TABS[j][0])) go(`${base}/${TABS[j][0]}`);
   };
 
-  if (!vms.loaded) return <p>Loading…</p>;
+  if (!vms.loaded)
+    return (
+      <section>
+        <h1 tabIndex={-1}>{name}</h1>
+        {vms.error ? <ErrorBox error={vms.error} /> : <p>Loading…</p>}
+      </section>
+    );
   if (!vm)
     return (
       <section>
-        <h1>{name}</h1>
+        <h1 tabIndex={-1}>{name}</h1>
         <p>Virtual machine {name} was not found in namespace {ns}.</p>
         <a href={`#/ns/${encodeURIComponent(ns)}/vms`}>Back to the list</a>
       </section>
@@ -97,7 +101,7 @@ export function VmDetail({ ns, name, tab }: { ns: string; name: string; tab: str
         <a href={`#/ns/${encodeURIComponent(ns)}/vms`}>Virtual machines</a> / {name}
       </p>
       <div class="titlebar">
-        <h1 id="vm-h">
+        <h1 id="vm-h" tabIndex={-1}>
           {name} <StatusBadge status={vm.status?.printableStatus || 'Unknown'} />
         </h1>
         <div class="actions" role="group" aria-label="VM actions">
@@ -127,10 +131,12 @@ export function VmDetail({ ns, name, tab }: { ns: string; name: string; tab: str
               aria-selected={current === id}
               aria-controls="tabpanel"
               tabIndex={(tabDisabled(current) ? 'overview' : current) === id ? 0 : -1}
-              disabled={!!why}
+              aria-disabled={why ? 'true' : undefined}
               title={why || undefined}
               aria-description={why || undefined}
-              onClick={() => go(`${base}/${id}`)}
+              onClick={() => {
+                if (!why) go(`${base}/${id}`);
+              }}
               onKeyDown={(e) => onTabKey(e as unknown as KeyboardEvent, i)}
             >
               {label}

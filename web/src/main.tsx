@@ -2,13 +2,13 @@
 import '@xterm/xterm/css/xterm.css';
 import './style.css';
 import { render } from 'preact';
-import { useEffect, useState } from 'preact/hooks';
-import { api, ApiError, getToken, setToken, setUnauthorizedHandler, whoAmI } from './api';
+import { useEffect, useRef, useState } from 'preact/hooks';
+import { api, ApiError, getToken, isDnsLabel, isDnsSubdomain, setToken, setUnauthorizedHandler, whoAmI } from './api';
 import { CreateVm } from './create';
 import { DataVolumes } from './datavolumes';
 import { VmDetail } from './detail';
 import { VmList } from './vmlist';
-import { announce, go, LiveRegion } from './ui';
+import { announce, focusHeading, go, LiveRegion } from './ui';
 
 const NS_KEY = 'kubevirt-rs.namespace';
 
@@ -18,17 +18,30 @@ type Route =
   | { page: 'dvs'; ns: string }
   | { page: 'detail'; ns: string; name: string; tab: string };
 
+function defaultNamespace(): string {
+  const remembered = localStorage.getItem(NS_KEY) || '';
+  return isDnsLabel(remembered) ? remembered : 'default';
+}
+
+/** The route in the hash; anything malformed falls back to the default list. */
 function parseRoute(): Route {
-  const parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
-  const fallbackNs = localStorage.getItem(NS_KEY) || 'default';
-  if (parts[0] !== 'ns' || !parts[1]) return { page: 'list', ns: fallbackNs };
+  const fallback: Route = { page: 'list', ns: defaultNamespace() };
+  let parts: string[];
+  try {
+    parts = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  } catch {
+    return fallback; // malformed %-escape
+  }
+  if (parts[0] !== 'ns' || !isDnsLabel(parts[1] || '')) return fallback;
   const ns = parts[1];
   if (parts[2] === 'create') return { page: 'create', ns };
   if (parts[2] === 'datavolumes') return { page: 'dvs', ns };
-  if (parts[2] === 'vms' && parts[3]) return { page: 'detail', ns, name: parts[3], tab: parts[4] || 'overview' };
+  if (parts[2] === 'vms' && parts[3]) {
+    if (!isDnsSubdomain(parts[3])) return fallback;
+    return { page: 'detail', ns, name: parts[3], tab: parts[4] || 'overview' };
+  }
   return { page: 'list', ns };
 }
-
 
 function useRoute(): Route {
   const [r, setR] = useState(parseRoute);
@@ -46,7 +59,7 @@ function Login({ onLogin, notice }: { onLogin: (token: string, user: string) => 
   const [busy, setBusy] = useState(false);
   return (
     <main class="login" id="main">
-      <h1>kubevirt-rs console</h1>
+      <h1 tabIndex={-1}>kubevirt-rs console</h1>
       <form
         onSubmit={async (e) => {
           e.preventDefault();
@@ -101,7 +114,11 @@ function NamespacePicker({ ns }: { ns: string }) {
   const [list, setList] = useState<string[] | null>(null);
   const [forbidden, setForbidden] = useState(false);
   const [value, setValue] = useState(ns);
-  useEffect(() => setValue(ns), [ns]);
+  const [invalid, setInvalid] = useState(false);
+  useEffect(() => {
+    setValue(ns);
+    setInvalid(false);
+  }, [ns]);
   useEffect(() => {
     api('GET', '/api/v1/namespaces').then(
       (r) => setList((r.items || []).map((n: any) => n.metadata.name).sort()),
@@ -113,7 +130,12 @@ function NamespacePicker({ ns }: { ns: string }) {
   }, []);
   const choose = (v: string) => {
     v = v.trim();
-    if (!v || v === ns) return;
+    if (!isDnsLabel(v)) {
+      setInvalid(true);
+      return;
+    }
+    setInvalid(false);
+    if (v === ns) return;
     localStorage.setItem(NS_KEY, v);
     go(`#/ns/${encodeURIComponent(v)}/vms`);
     announce(`Namespace ${v}`);
@@ -143,12 +165,18 @@ function NamespacePicker({ ns }: { ns: string }) {
             size={14}
             title={forbidden ? 'You may not list namespaces; type one.' : undefined}
             onInput={(e) => setValue((e.target as HTMLInputElement).value)}
-            aria-describedby={forbidden ? 'ns-help' : undefined}
+            aria-invalid={invalid ? 'true' : undefined}
+            aria-describedby={[forbidden && 'ns-help', invalid && 'ns-error'].filter(Boolean).join(' ') || undefined}
           />
           <button type="submit">Go</button>
           {forbidden && (
             <span id="ns-help" class="sr-only">
               You may not list namespaces; type one.
+            </span>
+          )}
+          {invalid && (
+            <span id="ns-error" class="ns-error" role="alert">
+              Not a namespace name: use at most 63 lower-case letters, digits and "-".
             </span>
           )}
         </>
@@ -161,27 +189,50 @@ function App() {
   const [token, setTok] = useState(getToken());
   const [user, setUser] = useState<string>('');
   const [notice, setNotice] = useState('');
+  // whoAmI failed for a reason other than a bad token; the token is kept.
+  const [checkError, setCheckError] = useState('');
+  const [checks, setChecks] = useState(0);
   const route = useRoute();
 
+  const logOut = (why: string) => {
+    setToken(null);
+    setTok(null);
+    setUser('');
+    setCheckError('');
+    setNotice(why);
+  };
+
   useEffect(() => {
-    setUnauthorizedHandler(() => {
-      setToken(null);
-      setTok(null);
-      setNotice('invalid token');
-    });
+    setUnauthorizedHandler(() => logOut('invalid token'));
   }, []);
   useEffect(() => {
-    if (token && !user) {
-      whoAmI(token).then(setUser, (e) => {
-        setToken(null);
-        setTok(null);
-        setNotice(e instanceof ApiError && e.code === 401 ? 'invalid token' : e.message);
-      });
-    }
-  }, [token]);
+    if (!token || user) return;
+    let live = true;
+    setCheckError('');
+    whoAmI(token).then(
+      (u) => live && setUser(u),
+      (e) => {
+        if (!live) return;
+        if (e instanceof ApiError && e.code === 401) logOut('invalid token');
+        else setCheckError(e.message);
+      },
+    );
+    return () => {
+      live = false;
+    };
+  }, [token, checks]);
   useEffect(() => {
     localStorage.setItem(NS_KEY, route.ns);
   }, [route.ns]);
+
+  // A new page (not a new tab of the same VM), logging in or out: move focus
+  // to the heading, so it is not left on <body> when the old page goes away.
+  const pageKey = `${!!token}/${!!checkError}/${route.page}/${route.ns}/${route.page === 'detail' ? route.name : ''}`;
+  const firstPage = useRef(true);
+  useEffect(() => {
+    if (firstPage.current) firstPage.current = false;
+    else focusHeading();
+  }, [pageKey]);
 
   if (!token) {
     return (
@@ -196,6 +247,27 @@ function App() {
             announce(`Logged in as ${u}`);
           }}
         />
+        <LiveRegion />
+      </>
+    );
+  }
+  if (checkError) {
+    return (
+      <>
+        <main class="login" id="main">
+          <h1 tabIndex={-1}>kubevirt-rs console</h1>
+          <p class="error" role="alert">
+            Could not check your login: {checkError}
+          </p>
+          <div class="buttons">
+            <button type="button" onClick={() => setChecks(checks + 1)}>
+              Retry
+            </button>
+            <button type="button" class="secondary" onClick={() => logOut('')}>
+              Log out
+            </button>
+          </div>
+        </main>
         <LiveRegion />
       </>
     );
@@ -227,10 +299,7 @@ function App() {
         <button
           type="button"
           onClick={() => {
-            setToken(null);
-            setTok(null);
-            setUser('');
-            setNotice('');
+            logOut('');
             go('#/');
             announce('Logged out');
           }}

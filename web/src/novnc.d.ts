@@ -9,5 +9,6 @@ declare module '@novnc/novnc' {
     disconnect(): void;
     sendCtrlAltDel(): void;
     focus(): void;
+    blur(): void;
   }
 }

@@ -92,9 +92,10 @@ function describeDenied(a: Access, reason: string): string {
 }
 
 /**
- * A button that is disabled, with the reason in its title and
- * aria-description, when the user lacks a permission or a state
- * precondition fails.
+ * A button for an action the user may lack permission for, or that does not
+ * apply in the current state. It is then marked aria-disabled rather than
+ * disabled, so that it stays focusable and its reason (in title and
+ * aria-description) can be read; clicks are ignored.
  */
 export function ActionButton(props: {
   perm: Perm;
@@ -112,12 +113,13 @@ export function ActionButton(props: {
     <button
       type="button"
       class={props.danger ? 'danger' : ''}
-      disabled={disabled}
+      aria-disabled={disabled ? 'true' : undefined}
       title={why || undefined}
       aria-description={why || undefined}
       aria-label={props.ariaLabel}
       data-testid={props.testid}
       onClick={async () => {
+        if (disabled) return;
         setBusy(true);
         try {
           await props.onClick();
@@ -129,6 +131,20 @@ export function ActionButton(props: {
       {props.label}
     </button>
   );
+}
+
+// ---- keyboard ---------------------------------------------------------------
+
+/** The chord that leaves a console (as in virtctl): Ctrl+]. */
+export const CONSOLE_ESCAPE = 'Ctrl+]';
+
+export function isConsoleEscape(e: KeyboardEvent): boolean {
+  return e.ctrlKey && !e.altKey && !e.metaKey && (e.key === ']' || e.code === 'BracketRight');
+}
+
+/** Moves focus to the page's heading (after navigation, so it is never lost). */
+export function focusHeading() {
+  document.querySelector<HTMLElement>('main h1')?.focus();
 }
 
 // ---- dialog -----------------------------------------------------------------

@@ -29,7 +29,7 @@ export function VmList({ ns }: { ns: string }) {
   return (
     <section aria-labelledby="vms-h">
       <div class="titlebar">
-        <h1 id="vms-h">Virtual machines in {ns}</h1>
+        <h1 id="vms-h" tabIndex={-1}>Virtual machines in {ns}</h1>
         <a class="button" href={`${nsHash}/create`}>
           Create VM
         </a>

@@ -1,11 +1,12 @@
 // Graphical console over the VMI's vnc subresource, rendered by noVNC.
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { paths, wsProtocols, wsUrl } from './api';
-import { announce } from './ui';
+import { announce, CONSOLE_ESCAPE, isConsoleEscape } from './ui';
 
 export function VncConsole({ ns, name }: { ns: string; name: string }) {
   const box = useRef<HTMLDivElement>(null);
   const rfbRef = useRef<any>(null);
+  const release = useRef<HTMLButtonElement>(null);
   const [state, setState] = useState('Connecting…');
   const [gen, setGen] = useState(0);
   useEffect(() => {
@@ -40,6 +41,32 @@ export function VncConsole({ ns, name }: { ns: string; name: string }) {
       rfbRef.current = null;
     };
   }, [ns, name, gen]);
+
+  const releaseKeyboard = () => {
+    rfbRef.current?.blur();
+    release.current?.focus();
+  };
+
+  // noVNC sends every key, Tab included, to the guest while its canvas has
+  // focus. Ctrl+] (seen before noVNC, in the capture phase) hands focus back
+  // to the page instead of reaching the guest.
+  useEffect(() => {
+    const el = box.current;
+    if (!el) return;
+    const onKey = (e: KeyboardEvent) => {
+      if (!isConsoleEscape(e)) return;
+      e.preventDefault();
+      e.stopPropagation();
+      // noVNC already sent Ctrl down and will not see its release once focus
+      // has moved: release it in the guest now.
+      for (const code of ['ControlLeft', 'ControlRight'])
+        e.target?.dispatchEvent(new KeyboardEvent('keyup', { code, key: 'Control' }));
+      releaseKeyboard();
+    };
+    el.addEventListener('keydown', onKey, true);
+    return () => el.removeEventListener('keydown', onKey, true);
+  }, []);
+
   return (
     <div class="console">
       <div class="console-bar">
@@ -50,6 +77,12 @@ export function VncConsole({ ns, name }: { ns: string; name: string }) {
         <button type="button" onClick={() => { setState('Connecting…'); setGen(gen + 1); }}>
           Reconnect
         </button>
+        <button type="button" ref={release} onClick={releaseKeyboard} aria-describedby="vnc-keys">
+          Release keyboard
+        </button>
+        <span class="help" id="vnc-keys">
+          {CONSOLE_ESCAPE} leaves the console
+        </span>
       </div>
       <div class="vnc" ref={box} aria-label={`Graphical console of ${name}`} role="region" />
     </div>

@@ -147,7 +147,15 @@ export function YamlEditor({ ns, name, vm, perm }: { ns: string; name: string; v
   return (
     <div class="yaml">
       <div class="buttons">
-        <button type="button" onClick={save} disabled={saving || !!why} title={why || undefined} aria-description={why || undefined}>
+        <button
+          type="button"
+          onClick={() => {
+            if (!saving && !why) save();
+          }}
+          aria-disabled={saving || why ? 'true' : undefined}
+          title={why || undefined}
+          aria-description={why || undefined}
+        >
           {saving ? 'Saving…' : 'Save'}
         </button>
         <button

@@ -40,12 +40,17 @@ try {
 
   await page.locator('#token').fill(token);
   await page.getByRole('button', { name: 'Log in' }).click();
+  // Navigate only once the login has been checked and the user is shown.
+  await page.waitForFunction(() => {
+    const t = document.querySelector('[data-testid="username"]')?.textContent?.trim() || '';
+    return t !== '' && t !== '…';
+  }, null, { timeout: 15000 });
   await page.goto(`${base}#/ns/${encodeURIComponent(ns)}/vms`);
   const status = page.locator(`tr[data-vm="${vm}"] [data-testid="status"]`);
   const enabled = (label) =>
     page.waitForFunction((l) => {
       const b = document.querySelector(`button[aria-label="${l}"]`);
-      return b && !b.disabled;
+      return !!b && b.getAttribute('aria-disabled') !== 'true';
     }, label, { timeout: 60000 });
   const showing = (want) =>
     page.waitForFunction(

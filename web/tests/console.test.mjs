@@ -28,7 +28,12 @@ const nsHash = `#/ns/${encodeURIComponent(NAMESPACE)}`;
 const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
 const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
 const page = await context.newPage();
-page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
+// Uncaught errors in the page fail the test at the end.
+const pageErrors = [];
+page.on('pageerror', (e) => {
+  console.log(`page error: ${e.message}`);
+  pageErrors.push(e.message);
+});
 
 const shot = (name) => page.screenshot({ path: path.join(SCREENSHOT_DIR, name) });
 let current = '';
@@ -71,23 +76,36 @@ async function login(token) {
   return (await user.innerText()).trim();
 }
 
-// A VM left over from an earlier run would make step 2 fail: remove it first.
+// A VM (or its disk) left over from an earlier run would make step 2 fail:
+// remove them first, and wait until the VM, its instance and its DataVolume
+// are all gone.
 async function removeLeftovers() {
   const headers = { Authorization: `Bearer ${ADMIN_TOKEN}` };
   const vmUrl = `${base}apis/kubevirt.io/v1/namespaces/${NAMESPACE}/virtualmachines/${VM}`;
-  const r = await context.request.delete(vmUrl, { headers });
-  if (r.status() === 404) return;
-  console.log(`removing the ${VM} left from an earlier run`);
-  await context.request.delete(`${base}apis/cdi.kubevirt.io/v1beta1/namespaces/${NAMESPACE}/datavolumes/${VM}-root`, { headers });
+  const vmiUrl = `${base}apis/kubevirt.io/v1/namespaces/${NAMESPACE}/virtualmachineinstances/${VM}`;
+  const dvUrl = `${base}apis/cdi.kubevirt.io/v1beta1/namespaces/${NAMESPACE}/datavolumes/${VM}-root`;
+  const vm = await context.request.delete(vmUrl, { headers });
+  const dv = await context.request.delete(dvUrl, { headers });
+  if (vm.status() !== 404 || dv.status() !== 404) console.log(`removing the ${VM} left from an earlier run`);
   const end = Date.now() + 120000;
   while (Date.now() < end) {
-    const vm = await context.request.get(vmUrl, { headers });
-    const vmi = await context.request.get(vmUrl.replace('/virtualmachines/', '/virtualmachineinstances/'), { headers });
-    if (vm.status() === 404 && vmi.status() === 404) return;
+    const codes = await Promise.all([vmUrl, vmiUrl, dvUrl].map(async (u) => (await context.request.get(u, { headers })).status()));
+    if (codes.every((c) => c === 404)) return;
     await new Promise((r) => setTimeout(r, 1000));
   }
   throw new Error(`the old ${VM} was not deleted`);
 }
+
+/** True once the element matched by `sel` exists and is not aria-disabled. */
+const enabled = (sel) =>
+  page.waitForFunction(
+    (s) => {
+      const el = document.querySelector(s);
+      return !!el && el.getAttribute('aria-disabled') !== 'true';
+    },
+    sel,
+    { timeout: 30000 },
+  );
 
 try {
   await step('0 clean up', removeLeftovers);
@@ -95,7 +113,7 @@ try {
     await page.goto(base, { waitUntil: 'load' });
     await page.locator('#token').waitFor();
     const user = await login(ADMIN_TOKEN);
-    if (!user) throw new Error('no user name shown');
+    if (user !== 'admin') throw new Error(`shown user is "${user}", want "admin"`);
     console.log(`  logged in as ${user}`);
   });
 
@@ -114,7 +132,7 @@ try {
 
   await step('3 web-vm reaches Running', async () => {
     const seen = new Set();
-    await waitStatus('Running', 240000, async () => {
+    const watchDv = async () => {
       const dv = page.locator(`tr[data-dv="${VM}-root"]`);
       if (await dv.count()) {
         const cells = await dv.locator('td').allInnerTexts();
@@ -124,8 +142,10 @@ try {
           console.log(`  datavolume: ${key}`);
         }
       }
-    });
-    if (seen.size === 0) console.log('  (the DataVolume was never shown while importing)');
+    };
+    await waitStatus('Running', 240000, watchDv);
+    await watchDv(); // the DataVolume stays listed after the import
+    if (seen.size === 0) throw new Error(`the DataVolume ${VM}-root was never shown`);
     await shot('list.png');
   });
 
@@ -134,7 +154,7 @@ try {
     await page.getByRole('tab', { name: 'Overview' }).waitFor();
     await shot('detail.png');
     const tab = page.getByRole('tab', { name: 'Console' });
-    await page.waitForFunction(() => !document.querySelector('#tab-console')?.hasAttribute('disabled'), null, { timeout: 30000 });
+    await enabled('#tab-console');
     await tab.click();
     const rows = page.locator('.xterm-rows');
     await rows.waitFor({ timeout: 15000 });
@@ -165,7 +185,21 @@ try {
     await page.getByRole('button', { name: 'Save' }).click();
     await page.locator('.error .causes', { hasText: 'spec.runStrategy' }).waitFor({ timeout: 15000 });
     const marked = await page.locator('.editor .gutter .bad').count();
-    console.log(`  error shown at spec.runStrategy; ${marked} line(s) marked`);
+    if (marked < 1) throw new Error('no line is marked in the gutter');
+    // The editor selects the line of the first field the server named.
+    const selected = await page
+      .waitForFunction(() => {
+        const el = document.querySelector('#yaml-text');
+        const v = el.value;
+        const start = v.lastIndexOf('\n', el.selectionStart - 1) + 1;
+        const end = v.indexOf('\n', el.selectionStart);
+        const line = v.slice(start, end < 0 ? v.length : end);
+        return /^\s*runStrategy:/.test(line) && line;
+      }, null, { timeout: 5000 })
+      .then((h) => h.jsonValue())
+      .catch(() => null);
+    if (!selected) throw new Error('the selection is not on the runStrategy: line');
+    console.log(`  error shown at spec.runStrategy; ${marked} line(s) marked; selected "${selected.trim()}"`);
     await shot('yaml-error.png');
   });
 
@@ -173,7 +207,7 @@ try {
     await page.goto(`${base}${nsHash}/vms`);
     const stop = page.getByRole('button', { name: `Stop ${VM}`, exact: true });
     await stop.waitFor();
-    await page.waitForFunction((n) => !document.querySelector(`button[aria-label="Stop ${n}"]`)?.disabled, VM, { timeout: 30000 });
+    await enabled(`button[aria-label="Stop ${VM}"]`);
     await stop.click();
     await waitStatus('Stopped', 120000);
   };
@@ -182,7 +216,7 @@ try {
 
   await step('6b start web-vm again, then stop it', async () => {
     const start = page.getByRole('button', { name: `Start ${VM}`, exact: true });
-    await page.waitForFunction((n) => !document.querySelector(`button[aria-label="Start ${n}"]`)?.disabled, VM, { timeout: 30000 });
+    await enabled(`button[aria-label="Start ${VM}"]`);
     await start.click();
     await waitStatus('Running', 180000);
     await stopFromList();
@@ -192,6 +226,8 @@ try {
     await page.getByRole('button', { name: 'Log out' }).click();
     await page.locator('#token').waitFor();
     const user = await login(VIEW_TOKEN);
+    const want = `system:serviceaccount:${NAMESPACE}:viewer`;
+    if (user !== want) throw new Error(`shown user is "${user}", want "${want}"`);
     console.log(`  logged in as ${user}`);
     await page.goto(`${base}${nsHash}/vms`);
     await row().waitFor({ timeout: 30000 });
@@ -201,17 +237,30 @@ try {
       VM,
       { timeout: 15000 },
     );
-    if (!(await start.isDisabled())) throw new Error('Start is enabled for the view user');
+    if ((await start.getAttribute('aria-disabled')) !== 'true') throw new Error('Start is not aria-disabled for the view user');
+    // Still focusable, but a click does nothing (force: skip Playwright's
+    // own wait for an enabled button).
+    await start.click({ force: true });
+    await page.waitForTimeout(2000);
+    const status = (await rowStatus().innerText()).trim();
+    if (status !== 'Stopped') throw new Error(`clicking the disabled Start changed the status to ${status}`);
     console.log(`  Start disabled: ${await start.getAttribute('title')}`);
     await row().getByRole('link', { name: VM }).click();
     const consoleTab = page.getByRole('tab', { name: 'Console' });
     await consoleTab.waitFor();
     await page.waitForFunction(() => /may not/.test(document.querySelector('#tab-console')?.title || ''), null, { timeout: 15000 });
-    if (!(await consoleTab.isDisabled())) throw new Error('the Console tab is enabled for the view user');
+    if ((await consoleTab.getAttribute('aria-disabled')) !== 'true')
+      throw new Error('the Console tab is not aria-disabled for the view user');
+    await consoleTab.click({ force: true });
+    await page.waitForTimeout(500);
+    if (page.url().endsWith('/console') || (await page.locator('[data-testid="console-state"]').count()))
+      throw new Error('clicking the disabled Console tab opened the console');
     console.log(`  Console tab disabled: ${await consoleTab.getAttribute('title')}`);
     await shot('view-user.png');
   });
 
+  current = 'no errors in the page';
+  if (pageErrors.length) throw new Error(`uncaught errors in the page:\n${pageErrors.join('\n')}`);
   console.log('all steps passed');
   await browser.close();
   process.exit(0);
