@@ -215,19 +215,12 @@ pub fn load_or_create(dir: &Path) -> Result<Credentials, TlsError> {
     let admin_token = get("admin")?;
     let readonly_token = get("readonly")?;
     let ca_pem = read(&dir.join(CA_CERT))?;
-    let cert_pem = read(&dir.join(SERVING_CERT))?;
-    let key_pem = read(&dir.join(SERVING_KEY))?;
     let sa_key_pem = read(&dir.join(SA_KEY))?;
     let load_err = |detail: String| TlsError::Load {
         path: dir.to_path_buf(),
         detail,
     };
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| load_err(e.to_string()))?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .map_err(|e| load_err(e.to_string()))?
-        .ok_or_else(|| load_err("no private key in tls.key".into()))?;
+    let (certs, key) = serving_identity(dir)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // Client certificates are optional (tokens are the other way in); one that is
     // presented must chain to our CA.
@@ -355,12 +348,16 @@ pub fn user_kubeconfig(
     ))
 }
 
-/// A TLS configuration for another listener of this server (the web console) with the
-/// API server's own certificate: same names, same CA, and no client certificate asked for
-/// (a browser would offer the user's certificates).
-pub fn serving_config_without_client_auth(
+/// The API server's serving certificate chain and key, from the data directory.
+fn serving_identity(
     dir: &Path,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+) -> Result<
+    (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    TlsError,
+> {
     let cert_pem = read(&dir.join(SERVING_CERT))?;
     let key_pem = read(&dir.join(SERVING_KEY))?;
     let load_err = |detail: String| TlsError::Load {
@@ -373,6 +370,20 @@ pub fn serving_config_without_client_auth(
     let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
         .map_err(|e| load_err(e.to_string()))?
         .ok_or_else(|| load_err("no private key in tls.key".into()))?;
+    Ok((certs, key))
+}
+
+/// A TLS configuration for another listener of this server (the web console) with the
+/// API server's own certificate: same names, same CA, and no client certificate asked for
+/// (a browser would offer the user's certificates).
+pub fn serving_config_without_client_auth(
+    dir: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let (certs, key) = serving_identity(dir)?;
+    let load_err = |detail: String| TlsError::Load {
+        path: dir.to_path_buf(),
+        detail,
+    };
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -36,7 +36,7 @@ use kubevirt_api::snapshot::{
     VolumeSnapshotState,
 };
 use kubevirt_api::v1::{
-    vmi_condition, VirtualMachine, VirtualMachineInstance, VolumeSnapshotStatus,
+    vmi_condition, VirtualMachine, VirtualMachineInstance, Volume, VolumeSnapshotStatus,
 };
 use kubevirt_reconcile::events::EventType;
 use kubevirt_reconcile::{api_call, finalizer};
@@ -101,17 +101,20 @@ pub fn indication_message(indication: &str) -> &'static str {
     }
 }
 
-/// The claim behind each of the VM's volumes that can have one (`persistentVolumeClaim`,
-/// `dataVolume`): volume name -> claim name, in the VM's order.
-pub fn claim_volumes(vm: &VirtualMachine) -> Vec<(String, String)> {
-    let volumes = vm
-        .spec
+/// The volumes of the VM's template, in its order.
+fn template_volumes(vm: &VirtualMachine) -> Vec<Volume> {
+    vm.spec
         .template
         .spec
         .as_ref()
         .and_then(|s| s.volumes.clone())
-        .unwrap_or_default();
-    volumes
+        .unwrap_or_default()
+}
+
+/// The claim behind each of the VM's volumes that can have one (`persistentVolumeClaim`,
+/// `dataVolume`): volume name -> claim name, in the VM's order.
+pub fn claim_volumes(vm: &VirtualMachine) -> Vec<(String, String)> {
+    template_volumes(vm)
         .into_iter()
         .filter_map(|v| Some((v.name.clone(), v.claim_name()?.to_string())))
         .collect()
@@ -233,15 +236,8 @@ pub(crate) async fn volume_snapshot_statuses(
 ) -> Result<Vec<VolumeSnapshotStatus>> {
     let ns = vm.namespace().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-    let volumes = vm
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.clone())
-        .unwrap_or_default();
     let mut out = Vec::new();
-    for volume in volumes {
+    for volume in template_volumes(vm) {
         let name = volume.name.clone();
         let Some(claim) = volume.claim_name().map(str::to_string) else {
             out.push(VolumeSnapshotStatus::disabled(
@@ -702,14 +698,7 @@ async fn plan_backups(
     let claim_volumes: BTreeMap<String, String> = claim_volumes(vm).into_iter().collect();
     let mut backups = Vec::new();
     let mut excluded = Vec::new();
-    let all = vm
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.clone())
-        .unwrap_or_default();
-    for volume in all {
+    for volume in template_volumes(vm) {
         let Some(claim) = claim_volumes.get(&volume.name) else {
             excluded.push(volume.name);
             continue;

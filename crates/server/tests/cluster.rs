@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::{kubevirt_rs, tail, TIMEOUT};
 use kubevirt_testenv::kube_cluster::{free_port, host_ip};
 use kubevirt_testenv::KubeCluster;
@@ -803,26 +802,12 @@ fn install_and_run_a_vm_on_real_kubernetes() {
     assert_eq!(code, "200", "{body}");
     let list: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(list["items"][0]["metadata"]["name"], "cirros", "{body}");
-    let protocols = format!(
-        "Sec-WebSocket-Protocol: plain.kubevirt.io, base64url.bearer.authorization.k8s.io.{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.trim())
-    );
     // curl stops at its time limit once the websocket is open; the status is what counts.
+    let upgrade = common::curl_websocket_args(token.trim());
+    let upgrade: Vec<&str> = upgrade.iter().map(String::as_str).collect();
     let (code, body) = console_get(
         "/apis/subresources.kubevirt.io/v1/namespaces/team-a/virtualmachineinstances/cirros/console",
-        &[
-            "--http1.1",
-            "-H",
-            "Connection: Upgrade",
-            "-H",
-            "Upgrade: websocket",
-            "-H",
-            "Sec-WebSocket-Version: 13",
-            "-H",
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-            "-H",
-            &protocols,
-        ],
+        &upgrade,
     );
     assert_eq!(code, "101", "{body}\n{}", parts.tails(&dir));
     parts.kill("virt-console");

@@ -10,7 +10,6 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use base64::Engine;
 use common::*;
 
 /// `curl -sk` against the console: status code, headers and body.
@@ -124,25 +123,9 @@ fn the_console_serves_its_app_and_reaches_the_api_only_as_its_user() {
         "{url}apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/nope/console"
     );
     let websocket = |token: &str| {
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
-        let protocols =
-            format!("Sec-WebSocket-Protocol: plain.kubevirt.io, base64url.bearer.authorization.k8s.io.{b64}");
-        curl(
-            &console,
-            &[
-                "--http1.1",
-                "-H",
-                "Connection: Upgrade",
-                "-H",
-                "Upgrade: websocket",
-                "-H",
-                "Sec-WebSocket-Version: 13",
-                "-H",
-                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-                "-H",
-                &protocols,
-            ],
-        )
+        let upgrade = curl_websocket_args(token);
+        let upgrade: Vec<&str> = upgrade.iter().map(String::as_str).collect();
+        curl(&console, &upgrade)
     };
     let (code, _, body) = websocket("not-a-token");
     assert_eq!(code, 401, "{body}");

@@ -510,3 +510,28 @@ impl Drop for HttpDir {
         let _ = self.child.wait();
     }
 }
+
+/// curl's arguments for opening a websocket as the web console does: HTTP/1.1 upgrade,
+/// `plain.kubevirt.io`, and the bearer token as a subprotocol (browsers cannot set headers
+/// on a websocket).
+pub fn curl_websocket_args(token: &str) -> Vec<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+    [
+        "--http1.1",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "-H",
+        &format!(
+            "Sec-WebSocket-Protocol: plain.kubevirt.io, base64url.bearer.authorization.k8s.io.{b64}"
+        ),
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
