@@ -60,12 +60,16 @@ impl Upstream {
         .map_err(|e| UpstreamError::Ca(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+        // No Nagle delay: a watch event or a keystroke is one small write.
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
         // HTTP/1.1 to the API server: websockets upgrade only there.
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()
             .enable_http1()
-            .build();
+            .wrap_connector(tcp);
         // Idle connections are dropped before the API server would close them (ours
         // after 32 s, kube-apiserver's after 90 s): a request with a streamed body, such
         // as an upload, cannot be retried on a connection the server closed under it.
