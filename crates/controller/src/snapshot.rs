@@ -183,8 +183,26 @@ async fn snapshottable(client: &Client, pvc: &PersistentVolumeClaim) -> Result<O
     })
 }
 
+/// A claim of the namespace, if it exists.
+async fn read_claim(
+    claims: &Api<PersistentVolumeClaim>,
+    ns: &str,
+    claim: &str,
+) -> Result<Option<PersistentVolumeClaim>> {
+    Ok(claims
+        .get_opt(claim)
+        .await
+        .map_err(kubevirt_reconcile::api_call_on(
+            "reading",
+            "persistentvolumeclaim",
+            ns,
+            claim,
+        ))?)
+}
+
 /// The VolumeSnapshotClass for claims of a StorageClass, as upstream picks it: the one
 /// whose driver is the class's provisioner, or the default one among several.
+#[derive(Clone)]
 enum SnapshotClass {
     /// No such StorageClass, or no class for its provisioner.
     None,
@@ -237,6 +255,7 @@ pub(crate) async fn volume_snapshot_statuses(
     let ns = vm.namespace().unwrap_or_default();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
     let mut out = Vec::new();
+    let mut known: BTreeMap<String, SnapshotClass> = BTreeMap::new();
     for volume in template_volumes(vm) {
         let name = volume.name.clone();
         let Some(claim) = volume.claim_name().map(str::to_string) else {
@@ -246,16 +265,7 @@ pub(crate) async fn volume_snapshot_statuses(
             ));
             continue;
         };
-        let pvc = claims
-            .get_opt(&claim)
-            .await
-            .map_err(kubevirt_reconcile::api_call_on(
-                "reading",
-                "persistentvolumeclaim",
-                &ns,
-                &claim,
-            ))?;
-        let class = match pvc {
+        let class = match read_claim(&claims, &ns, &claim).await? {
             Some(pvc) => pvc.spec.and_then(|s| s.storage_class_name),
             None => match template_storage_class(vm, &claim) {
                 Some(class) => Some(class),
@@ -266,7 +276,16 @@ pub(crate) async fn volume_snapshot_statuses(
             },
         }
         .unwrap_or_default();
-        out.push(match snapshot_class_of(client, &class).await? {
+        // One lookup per StorageClass: the VM controller asks on every reconcile.
+        let found = match known.get(&class) {
+            Some(found) => found.clone(),
+            None => {
+                let found = snapshot_class_of(client, &class).await?;
+                known.insert(class.clone(), found.clone());
+                found
+            }
+        };
+        out.push(match found {
             SnapshotClass::One(_) => VolumeSnapshotStatus::enabled(name),
             SnapshotClass::None => VolumeSnapshotStatus::disabled(
                 name.clone(),
@@ -703,16 +722,7 @@ async fn plan_backups(
             excluded.push(volume.name);
             continue;
         };
-        let pvc = claims
-            .get_opt(claim)
-            .await
-            .map_err(kubevirt_reconcile::api_call_on(
-                "reading",
-                "persistentvolumeclaim",
-                &ns,
-                claim,
-            ))?;
-        let Some(pvc) = pvc else {
+        let Some(pvc) = read_claim(&claims, &ns, claim).await? else {
             excluded.push(volume.name);
             continue;
         };

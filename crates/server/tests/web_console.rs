@@ -68,6 +68,10 @@ fn the_console_serves_its_app_and_reaches_the_api_only_as_its_user() {
     assert_eq!((code, deep.as_str()), (200, body.as_str()));
     let (code, _, _) = curl(&format!("{url}assets/missing.js"), &[]);
     assert_eq!(code, 404);
+    // Outside the API's paths the console takes no writes.
+    let (code, head, _) = curl(url, &["-X", "POST", "--data-binary", "x"]);
+    assert_eq!(code, 405, "{head}");
+    assert!(head.contains("allow: get, head"), "{head}");
     // The app's scripts are named after their content and kept by the browser.
     let script = body
         .split("src=\"")
