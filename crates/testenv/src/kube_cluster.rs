@@ -485,7 +485,31 @@ impl KubeCluster {
         let endpoints = format!(
             "apiVersion: v1\nkind: Endpoints\nmetadata: {{name: {name}, namespace: {namespace}}}\nsubsets:\n- addresses: [{{ip: {ip}}}]\n  ports: [{{name: https, port: {port}, protocol: TCP}}]\n"
         );
-        self.kubectl(&["apply", "-f", "-"], Some(&endpoints))
+        // The endpoints controller may still be working on the Service as it was (with its
+        // selector) and write its own empty Endpoints over ours: apply until ours is seen
+        // twice in a row.
+        let want = format!("{ip}:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = 0;
+        while seen < 2 {
+            if Instant::now() > deadline {
+                bail!("the Endpoints of {namespace}/{name} do not keep {want}");
+            }
+            let out = Command::new("kubectl")
+                .args(["-n", namespace, "get", "endpoints", name, "-o"])
+                .arg("jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}")
+                .env("KUBECONFIG", &self.admin_kubeconfig)
+                .output()
+                .context("running kubectl")?;
+            if String::from_utf8_lossy(&out.stdout) == want {
+                seen += 1;
+            } else {
+                seen = 0;
+                self.kubectl(&["apply", "-f", "-"], Some(&endpoints))?;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Ok(())
     }
 
     /// Runs kubectl as the admin, with `stdin`; an error carries its stderr.
