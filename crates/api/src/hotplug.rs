@@ -1,6 +1,10 @@
 //! Volume hot-plug rules, shared by the `addvolume`/`removevolume` subresources, the VM
 //! controller (which carries a VM's hot-pluggable volumes to its running VMI) and VMI update
 //! admission: the request bodies as upstream names them, and what a request does to a spec.
+//!
+//! A cdrom is never plugged or unplugged while the VM runs (upstream hot-plugs disks and
+//! LUNs only): a cdrom disk with no volume is an empty tray, and a hot-pluggable volume
+//! added for it inserts that medium; removing the volume ejects it and leaves the tray.
 
 use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
@@ -77,14 +81,14 @@ pub fn added_volume(opts: &AddVolumeOptions) -> Result<(Volume, Disk), String> {
 }
 
 /// Adds a hot-pluggable volume (and its disk) to `spec`, refused with virt-api's words if
-/// the name or the source is taken.
+/// the name or the source is taken. A volume for an empty cdrom of `spec` is its medium:
+/// the disk stays as it is.
 pub fn add_volume(
     spec: &mut VirtualMachineInstanceSpec,
     volume: Volume,
     disk: Disk,
 ) -> Result<(), String> {
-    let volumes = spec.volumes.get_or_insert_with(Vec::new);
-    for v in volumes.iter() {
+    for v in spec.volumes.iter().flatten() {
         if v.name == volume.name {
             return Err(format!(
                 "Unable to add volume [{}] because volume with that name already exists",
@@ -98,16 +102,42 @@ pub fn add_volume(
             ));
         }
     }
-    volumes.push(volume);
-    spec.domain
+    let existing = spec
+        .domain
         .devices
         .disks
-        .get_or_insert_with(Vec::new)
-        .push(disk);
+        .iter()
+        .flatten()
+        .find(|d| d.name == volume.name);
+    let insert = match existing {
+        Some(d) if d.cdrom.is_some() && disk.cdrom.is_some() => true,
+        Some(_) => {
+            return Err(format!(
+                "Unable to add volume [{}] because disk with that name already exists",
+                volume.name
+            ))
+        }
+        None if disk.cdrom.is_some() => {
+            return Err(format!(
+                "AddVolume request for [{}] requires diskDevice of type 'disk' or 'lun' \
+                 to be used.",
+                volume.name
+            ))
+        }
+        None => false,
+    };
+    spec.volumes.get_or_insert_with(Vec::new).push(volume);
+    if !insert {
+        spec.domain
+            .devices
+            .disks
+            .get_or_insert_with(Vec::new)
+            .push(disk);
+    }
     Ok(())
 }
 
-/// Removes a hot-plugged volume (and its disk) from `spec`.
+/// Removes a hot-plugged volume (and its disk, but a cdrom: that is ejected) from `spec`.
 pub fn remove_volume(spec: &mut VirtualMachineInstanceSpec, name: &str) -> Result<(), String> {
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
     let Some(v) = volumes.iter().find(|v| v.name == name) else {
@@ -122,13 +152,18 @@ pub fn remove_volume(spec: &mut VirtualMachineInstanceSpec, name: &str) -> Resul
     }
     volumes.retain(|v| v.name != name);
     if let Some(disks) = spec.domain.devices.disks.as_mut() {
-        disks.retain(|d| d.name != name);
+        disks.retain(|d| d.name != name || d.cdrom.is_some());
     }
     Ok(())
 }
 
-/// `spec` without its hot-pluggable volumes and their disks: what must not change while a
-/// VMI runs.
+/// Whether `spec` has a hot-pluggable volume (a hot-plugged disk or an inserted medium).
+pub fn has_hotplug(spec: &VirtualMachineInstanceSpec) -> bool {
+    spec.volumes.iter().flatten().any(Volume::hotpluggable)
+}
+
+/// `spec` without its hot-pluggable volumes, their disks and its empty cdroms: what must not
+/// change while a VMI runs.
 pub fn without_hotplug(spec: &VirtualMachineInstanceSpec) -> VirtualMachineInstanceSpec {
     let mut out = spec.clone();
     let hot: Vec<String> = spec
@@ -141,8 +176,14 @@ pub fn without_hotplug(spec: &VirtualMachineInstanceSpec) -> VirtualMachineInsta
     if let Some(volumes) = out.volumes.as_mut() {
         volumes.retain(|v| !hot.contains(&v.name));
     }
+    let kept: Vec<String> = out
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.clone())
+        .collect();
     if let Some(disks) = out.domain.devices.disks.as_mut() {
-        disks.retain(|d| !hot.contains(&d.name));
+        disks.retain(|d| !hot.contains(&d.name) && (d.cdrom.is_none() || kept.contains(&d.name)));
     }
     out
 }
@@ -259,5 +300,62 @@ mod tests {
         remove_volume(&mut template, "hp").unwrap();
         assert!(sync_from_template(&mut vmi, &template));
         assert_eq!(vmi, template);
+    }
+
+    #[test]
+    fn a_volume_for_an_empty_cdrom_inserts_and_ejects_its_medium() {
+        let base = json!({
+            "domain": {"devices": {"disks": [
+                {"name": "root", "disk": {}},
+                {"name": "cd", "cdrom": {"bus": "sata"}}
+            ]}},
+            "volumes": [{"name": "root", "persistentVolumeClaim": {"claimName": "root"}}]
+        });
+        let mut vmi = spec(base.clone());
+        let mut template = spec(base);
+        let iso = |disk: serde_json::Value| {
+            added_volume(&AddVolumeOptions {
+                name: "cd".into(),
+                disk: Some(disk),
+                volume_source: Some(json!({"persistentVolumeClaim": {"claimName": "iso"}})),
+                dry_run: None,
+            })
+            .unwrap()
+        };
+        // A disk device is no medium, and no cdrom is plugged anew.
+        let (v, d) = iso(json!({"disk": {}}));
+        assert_eq!(
+            add_volume(&mut template.clone(), v, d).unwrap_err(),
+            "Unable to add volume [cd] because disk with that name already exists"
+        );
+        let (v, mut d) = iso(json!({"cdrom": {}}));
+        d.name = "new".into();
+        let mut other = v.clone();
+        other.name = "new".into();
+        assert_eq!(
+            add_volume(&mut template.clone(), other, d).unwrap_err(),
+            "AddVolume request for [new] requires diskDevice of type 'disk' or 'lun' to be used."
+        );
+        // Inserted: the volume comes, the cdrom stays as it was; the VMI follows.
+        let (v, d) = iso(json!({"cdrom": {}}));
+        let before = without_hotplug(&template);
+        add_volume(&mut template, v, d).unwrap();
+        let disks = template.domain.devices.disks.clone().unwrap();
+        assert_eq!(disks.len(), 2);
+        assert_eq!(
+            disks[1].cdrom.as_ref().unwrap().bus.as_deref(),
+            Some("sata")
+        );
+        assert_eq!(without_hotplug(&template), before);
+        assert!(has_hotplug(&template));
+        assert!(sync_from_template(&mut vmi, &template));
+        assert_eq!(vmi, template);
+        // Ejected: the volume goes, the empty cdrom stays.
+        remove_volume(&mut template, "cd").unwrap();
+        assert_eq!(template.domain.devices.disks.as_ref().unwrap().len(), 2);
+        assert!(!has_hotplug(&template));
+        assert!(sync_from_template(&mut vmi, &template));
+        assert_eq!(vmi, template);
+        assert_eq!(without_hotplug(&vmi), before);
     }
 }

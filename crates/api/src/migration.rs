@@ -206,7 +206,7 @@ pub fn blockers(vmi: &VirtualMachineInstance, scope: Scope) -> Vec<Blocker> {
             "VMI specifies non-migratable GPU device",
         ));
     }
-    if crate::hotplug::without_hotplug(spec) != *spec {
+    if crate::hotplug::has_hotplug(spec) {
         out.push(blocker(
             reason::HOTPLUG,
             "spec.volumes",

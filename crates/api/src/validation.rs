@@ -863,7 +863,9 @@ fn validate_disks(
             if !seen.insert(d.name.clone()) {
                 errs.push(FieldError::duplicate(format!("{p}.name"), d.name.clone()));
             }
-            if !volumes.contains_key(&d.name) {
+            // A cdrom without a volume is an empty tray (upstream's DeclarativeHotplugVolumes,
+            // on by default).
+            if !volumes.contains_key(&d.name) && d.cdrom.is_none() {
                 errs.push(FieldError::not_found(format!("{p}.name"), d.name.clone()));
             }
         }
@@ -1422,6 +1424,22 @@ mod tests {
         assert!(base64_check::is_base64("aGVsbG8="));
         assert!(base64_check::is_base64("aGVsbG8"));
         assert!(!base64_check::is_base64("not base64!"));
+    }
+
+    #[test]
+    fn a_cdrom_may_have_no_volume_a_disk_may_not() {
+        let spec: VirtualMachineInstanceSpec = serde_json::from_value(serde_json::json!({
+            "domain": {"devices": {"disks": [
+                {"name": "tray", "cdrom": {"bus": "sata"}},
+                {"name": "lost", "disk": {"bus": "virtio"}}
+            ]}, "resources": {"requests": {"memory": "64Mi"}}}
+        }))
+        .unwrap();
+        let fields: Vec<String> = validate_vmi_spec("spec", &spec)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["spec.domain.devices.disks[1].name"]);
     }
 
     #[test]

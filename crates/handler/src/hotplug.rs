@@ -1,7 +1,8 @@
 //! Volumes of a running VM, as virt-handler keeps them: the VMI's hot-pluggable volumes
 //! (claims or DataVolumes marked `hotpluggable`, never on the QEMU command line) are attached
 //! through the launcher once their claim is bound and filled, and detached when the spec no
-//! longer names them; a claim that grew grows the disk the guest sees. The VMI's
+//! longer names them; a hot-pluggable volume of a cdrom is inserted into its tray instead,
+//! and ejected when it goes; a claim that grew grows the disk the guest sees. The VMI's
 //! `status.volumeStatus` says where each claim volume is, with upstream's phases, reasons and
 //! messages.
 
@@ -148,19 +149,27 @@ pub async fn sync(
                 continue;
             }
         };
-        let grown = capacity.as_deref().map(bytes).unwrap_or(0)
-            > recorded_capacity(&st)
-                .as_deref()
-                .map(bytes)
-                .unwrap_or(u64::MAX);
+        let cdrom = disk.cdrom.is_some();
+        let grown = !cdrom
+            && capacity.as_deref().map(bytes).unwrap_or(0)
+                > recorded_capacity(&st)
+                    .as_deref()
+                    .map(bytes)
+                    .unwrap_or(u64::MAX);
         if volume.hotpluggable() {
-            match attached.get(volume.name.as_str()) {
-                Some(h) => {
-                    st.target = Some(h.target.clone());
-                    st.phase = Some("Ready".into());
-                }
-                None => {
-                    let cdrom = disk.cdrom.is_some();
+            let inserted = status.inserted_media.iter().find(|m| m.name == volume.name);
+            let outcome = match (attached.get(volume.name.as_str()), inserted) {
+                (Some(h), _) => Ok(Some(h.target.clone())),
+                (None, Some(m)) if cdrom && m.path == file => Ok(Some(m.target.clone())),
+                // The cdrom's medium; the target shows in the launcher's next status.
+                (None, _) if cdrom => launcher
+                    .insert_medium(&volume.name, &file)
+                    .await
+                    .map(|()| {
+                        tracing::info!(vmi = %vmi.name_any(), volume = %volume.name, "cdrom medium inserted");
+                        None
+                    }),
+                (None, _) => {
                     let bus = disk
                         .disk
                         .as_ref()
@@ -175,25 +184,27 @@ pub async fn sync(
                             HotplugBus::Scsi
                         },
                         serial: disk.serial.clone(),
-                        read_only: cdrom
-                            || disk.disk.as_ref().and_then(|d| d.readonly) == Some(true),
-                        cdrom,
+                        read_only: disk.disk.as_ref().and_then(|d| d.readonly) == Some(true),
+                        cdrom: false,
                         format: None,
                     };
-                    match launcher.hotplug_volume(&request).await {
-                        Ok(h) => {
-                            tracing::info!(vmi = %vmi.name_any(), volume = %volume.name, target = %h.target, "volume hot-plugged");
-                            st.target = Some(h.target);
-                            st.phase = Some("Ready".into());
-                        }
-                        Err(e) => {
-                            st.phase = Some("Pending".into());
-                            st.reason = Some("FailedAttachVolume".into());
-                            st.message = Some(e.to_string());
-                            out.push(st);
-                            continue;
-                        }
-                    }
+                    launcher.hotplug_volume(&request).await.map(|h| {
+                        tracing::info!(vmi = %vmi.name_any(), volume = %volume.name, target = %h.target, "volume hot-plugged");
+                        Some(h.target)
+                    })
+                }
+            };
+            match outcome {
+                Ok(target) => {
+                    st.target = target.or(st.target);
+                    st.phase = Some("Ready".into());
+                }
+                Err(e) => {
+                    st.phase = Some("Pending".into());
+                    st.reason = Some("FailedAttachVolume".into());
+                    st.message = Some(e.to_string());
+                    out.push(st);
+                    continue;
                 }
             }
             st.reason = Some("VolumeReady".into());
@@ -219,10 +230,28 @@ pub async fn sync(
         st.persistent_volume_claim_info = Some(info);
         out.push(st);
     }
-    // Attached volumes the spec no longer names go.
+    // Attached volumes and inserted media the spec no longer names go.
+    let wanted = |name: &str| volumes.iter().any(|v| v.name == name && v.hotpluggable());
+    for m in &status.inserted_media {
+        if wanted(&m.name) {
+            continue;
+        }
+        match launcher.eject_medium(&m.name).await {
+            Ok(()) => {
+                tracing::info!(vmi = %vmi.name_any(), volume = %m.name, "cdrom medium ejected");
+            }
+            Err(e) => out.push(VolumeStatus {
+                name: m.name.clone(),
+                target: Some(m.target.clone()),
+                phase: Some("Detaching".into()),
+                message: Some(e.to_string()),
+                hotplug_volume: Some(json!({})),
+                ..Default::default()
+            }),
+        }
+    }
     for h in &status.hotplug_volumes {
-        let wanted = volumes.iter().any(|v| v.name == h.name && v.hotpluggable());
-        if wanted {
+        if wanted(&h.name) {
             continue;
         }
         match launcher.unplug_volume(&h.name).await {

@@ -228,7 +228,10 @@ pub enum DiskDevice {
 pub struct DiskConfig {
     /// Device name, unique in the domain (becomes the QEMU device id).
     pub name: String,
-    pub path: PathBuf,
+    /// The image; none only for a cdrom with an empty tray (a medium comes later through
+    /// [`crate::Domain::change_medium`]).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
     pub format: DiskFormat,
     /// The image beneath a qcow2 overlay. QEMU gets exactly this chain: a backing file
     /// named in an image's header is never followed.

@@ -153,7 +153,7 @@ fn confined_qemu_runs_unprivileged_on_passed_descriptors() {
     cfg.log_file = Some(private.join("qemu.log"));
     let disk = |name: &str, path: &Path, format| DiskConfig {
         name: name.into(),
-        path: path.to_path_buf(),
+        path: Some(path.to_path_buf()),
         format,
         backing: None,
         bus: DiskBus::Virtio,
@@ -305,7 +305,7 @@ fn start_failures_are_reported_with_reason() {
     let mut cfg = kernel_guest("bad", dir.path());
     cfg.disks.push(DiskConfig {
         name: "missing".into(),
-        path: dir.path().join("nope.qcow2"),
+        path: Some(dir.path().join("nope.qcow2")),
         format: DiskFormat::Qcow2,
         backing: None,
         bus: DiskBus::Virtio,

@@ -15,7 +15,9 @@ use std::time::Duration;
 use kubevirt_diskprep::inspect::{self, ImagePolicy};
 use kubevirt_hypervisor::{DiskBus, DiskDevice, DiskFormat, DiskImage, HotplugDisk};
 
-use crate::protocol::{HotplugBus, HotplugVolumeRequest, HotplugVolumeStatus, InsertMediumRequest};
+use crate::protocol::{
+    HotplugBus, HotplugVolumeRequest, HotplugVolumeStatus, InsertMediumRequest, InsertedMedium,
+};
 use crate::vm::{Vm, VmError};
 
 /// How long an unplug waits for the guest to release the device.
@@ -56,10 +58,12 @@ struct Attached {
     image: Option<DiskImage>,
 }
 
-/// The hot-plugged volumes of one VM, in the order they came.
+/// The hot-plugged volumes of one VM and the media inserted into its boot cdroms, in the
+/// order they came.
 #[derive(Default)]
 pub(crate) struct Volumes {
     attached: Vec<Attached>,
+    inserted: Vec<InsertedMedium>,
 }
 
 impl Volumes {
@@ -225,7 +229,11 @@ impl Vm {
             let mut volumes = vm.volumes.lock().unwrap_or_else(|p| p.into_inner());
             let out = f(&vm, &mut volumes);
             let list = volumes.statuses();
-            vm.status.update(|s| s.hotplug_volumes = list);
+            let inserted = volumes.inserted.clone();
+            vm.status.update(|s| {
+                s.hotplug_volumes = list;
+                s.inserted_media = inserted;
+            });
             out
         })
         .await
@@ -343,7 +351,8 @@ impl Vm {
                         )
                         .into());
                     }
-                    file_size(&name, &d.path)?
+                    let path = d.path.as_ref().ok_or_else(|| conflict("no medium"))?;
+                    file_size(&name, path)?
                 }
             };
             vm.domain.resize_disk(&name, size)?;
@@ -385,13 +394,24 @@ impl Vm {
             };
             vm.domain
                 .change_medium(&name, opened.as_ref().map(|(image, _)| image))?;
+            let size_bytes = opened.as_ref().map(|(_, s)| *s).unwrap_or(0);
             if let Some(a) = volumes.attached.iter_mut().find(|a| a.status.name == name) {
-                a.status.size_bytes = opened.as_ref().map(|(_, s)| *s).unwrap_or(0);
+                a.status.size_bytes = size_bytes;
                 if let Some(m) = &medium {
                     a.path = m.path.clone();
                 }
                 a.format = format;
                 a.image = opened.map(|(image, _)| image);
+            } else {
+                volumes.inserted.retain(|m| m.name != name);
+                if let Some(m) = &medium {
+                    volumes.inserted.push(InsertedMedium {
+                        target: format!("ua-{name}"),
+                        name: name.clone(),
+                        path: m.path.clone(),
+                        size_bytes,
+                    });
+                }
             }
             tracing::info!(volume = %name, inserted = medium.is_some(), "cdrom medium changed");
             Ok(())

@@ -29,9 +29,9 @@ pub use process::{run, ExitCode, LauncherArgs, LauncherError};
 pub use protocol::{
     AccessCredentialsRequest, AccessCredentialsResult, FailedStep, FilesystemStats, FreezeRequest,
     GuestExecRequest, GuestExecResult, GuestInterface, HotplugBus, HotplugVolumeRequest,
-    HotplugVolumeStatus, IncomingMigration, InsertMediumRequest, InterfaceStats, InterfaceStatus,
-    LauncherStatus, MigrateRequest, MigrationOptions, Stage, StartFailure, StopRequest,
-    SyncRequest, VmStats, VmiRef,
+    HotplugVolumeStatus, IncomingMigration, InsertMediumRequest, InsertedMedium, InterfaceStats,
+    InterfaceStatus, LauncherStatus, MigrateRequest, MigrationOptions, Stage, StartFailure,
+    StopRequest, SyncRequest, VmStats, VmiRef,
 };
 pub use rundir::{RunDir, DEFAULT_RUN_ROOT};
 pub use translate::{translate, LauncherEnv, TranslateError};

@@ -99,10 +99,18 @@ impl Vm {
     pub async fn migrate(self: &Arc<Self>, req: MigrateRequest) -> Result<(), VmError> {
         self.require_live("migrate")?;
         // The target starts from the VMI: it would lack what was plugged since.
-        if let Some(v) = self.status.get().hotplug_volumes.first() {
+        let status = self.status.get();
+        if let Some(v) = status.hotplug_volumes.first() {
             return Err(crate::hotplug::HotplugError::Conflict {
                 name: v.name.clone(),
                 reason: "hot-plugged volumes do not migrate: unplug them first".into(),
+            }
+            .into());
+        }
+        if let Some(m) = status.inserted_media.first() {
+            return Err(crate::hotplug::HotplugError::Conflict {
+                name: m.name.clone(),
+                reason: "inserted cdrom media do not migrate: eject them first".into(),
             }
             .into());
         }

@@ -109,14 +109,24 @@ fn to_hv(f: diskprep::DiskFormat) -> DiskFormat {
 }
 
 fn set_format(t: &mut Translation, path: &Path, format: DiskFormat) {
-    for d in t.domain.disks.iter_mut().filter(|d| d.path == path) {
+    for d in t
+        .domain
+        .disks
+        .iter_mut()
+        .filter(|d| d.path.as_deref() == Some(path))
+    {
         d.format = format;
     }
 }
 
 /// The disk at `overlay` is a qcow2 over `base`: QEMU gets exactly this chain.
 fn set_overlay(t: &mut Translation, overlay: &Path, base: &Path, base_format: DiskFormat) {
-    for d in t.domain.disks.iter_mut().filter(|d| d.path == overlay) {
+    for d in t
+        .domain
+        .disks
+        .iter_mut()
+        .filter(|d| d.path.as_deref() == Some(overlay))
+    {
         d.format = DiskFormat::Qcow2;
         d.backing = Some(BackingImage {
             path: base.to_path_buf(),
@@ -160,8 +170,13 @@ pub async fn prepare_volumes(
                 let d = diskprep::open_host_disk(&volume, &dirs, &path, kind, capacity.as_deref())?;
                 // QEMU gets this very file: nothing resolves the path again.
                 let opened = PathBuf::from(format!("/proc/self/fd/{}", d.file.as_raw_fd()));
-                for disk in t.domain.disks.iter_mut().filter(|x| x.path == path) {
-                    disk.path = opened.clone();
+                for disk in t
+                    .domain
+                    .disks
+                    .iter_mut()
+                    .filter(|x| x.path.as_ref() == Some(&path))
+                {
+                    disk.path = Some(opened.clone());
                     disk.format = DiskFormat::Raw;
                 }
                 held.push(d.file);

@@ -243,6 +243,9 @@ pub struct LauncherStatus {
     /// Volumes hot-plugged into the running VM, in the order they came.
     #[serde(default)]
     pub hotplug_volumes: Vec<HotplugVolumeStatus>,
+    /// Media inserted into boot cdroms, in the order they came.
+    #[serde(default)]
+    pub inserted_media: Vec<InsertedMedium>,
     /// On a migration target, from the moment QEMU listens (pushed with stage `Started`
     /// and domain `Incoming`) until the guest arrived (cleared in the same push as
     /// `migration` `completed` and the domain `Running`) or the launcher exits: where the
@@ -284,6 +287,7 @@ impl LauncherStatus {
             failure: None,
             fs_freeze_status: None,
             hotplug_volumes: Vec::new(),
+            inserted_media: Vec::new(),
             incoming_uri: None,
             migration: None,
             migrated_out: false,
@@ -420,6 +424,20 @@ pub struct HotplugVolumeStatus {
     pub read_only: bool,
     pub cdrom: bool,
     /// Size of the image (0 for an ejected cdrom).
+    pub size_bytes: u64,
+}
+
+/// A medium put into a cdrom of the VM's boot configuration since it started (a cdrom
+/// ejected since is not listed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InsertedMedium {
+    /// The cdrom's (and its volume's) name.
+    pub name: String,
+    /// The device id in QEMU, `ua-<name>`.
+    pub target: String,
+    /// The image, as the insert request named it.
+    pub path: std::path::PathBuf,
     pub size_bytes: u64,
 }
 

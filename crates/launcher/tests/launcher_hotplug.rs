@@ -1,6 +1,6 @@
 //! Volumes of a running guest through the launcher's API (TCG): filesystem freeze, SCSI
 //! and virtio hot-plug and unplug, online growth of a claim's disk and of a hot-plugged one,
-//! CD-ROM media changes.
+//! CD-ROM media changes (also into a cdrom that booted with an empty tray).
 
 mod common;
 
@@ -246,7 +246,8 @@ fn virtio_hotplug_and_cdrom_media() {
         "hotplug-virtio",
         json!({"disks": [
             {"name": "root", "disk": {"bus": "virtio"}, "bootOrder": 1},
-            {"name": "bootcd", "cdrom": {"bus": "sata"}}
+            {"name": "bootcd", "cdrom": {"bus": "sata"}},
+            {"name": "tray", "cdrom": {"bus": "sata"}}
         ]}),
         json!([
             {"name": "root", "hostDisk": {"path": root, "type": "Disk"}},
@@ -318,20 +319,36 @@ fn virtio_hotplug_and_cdrom_media() {
     wait_guest(&mut con, "head -c 10 /dev/sr0 2>/dev/null", |v| {
         v == "MEDIUM-ONE"
     });
+    assert_eq!(vm.status(&rt).inserted_media[0].name, "bootcd");
+
+    // A cdrom with no volume boots with an empty tray; a medium goes in and out.
+    // (Two cdroms; the second reads nothing.)
+    let tray = "mdev -s; echo $(ls /sys/block | grep -c ^sr)-$(head -c 10 /dev/sr1 2>/dev/null)";
+    assert_eq!(guest_value(&mut con, tray), "2-");
+    rt.block_on(vm.client.insert_medium("tray", &iso2)).unwrap();
+    wait_guest(&mut con, tray, |v| v == "2-MEDIUM-TWO");
+    let inserted = vm.status(&rt).inserted_media;
+    assert_eq!(inserted[1].name, "tray");
+    assert_eq!(inserted[1].target, "ua-tray");
+    assert_eq!(inserted[1].path, iso2);
+    assert_eq!(inserted[1].size_bytes, 2 << 20);
+    rt.block_on(vm.client.eject_medium("tray")).unwrap();
+    wait_guest(&mut con, tray, |v| v == "2-");
+    assert_eq!(vm.status(&rt).inserted_media.len(), 1);
 
     // A CD-ROM hot-plugged on SCSI: eject, insert another medium.
     let mut req = request("cd", &iso1, HotplugBus::Scsi);
     req.cdrom = true;
     let st = rt.block_on(vm.client.hotplug_volume(&req)).unwrap();
     assert!(st.read_only && st.cdrom);
-    wait_guest(&mut con, "mdev -s; head -c 10 /dev/sr1 2>/dev/null", |v| {
+    wait_guest(&mut con, "mdev -s; head -c 10 /dev/sr2 2>/dev/null", |v| {
         v == "MEDIUM-ONE"
     });
     rt.block_on(vm.client.eject_medium("cd")).unwrap();
     assert_eq!(vm.status(&rt).hotplug_volumes.last().unwrap().size_bytes, 0);
-    wait_guest(&mut con, "head -c 6 /dev/sr1 2>/dev/null", |v| v.is_empty());
+    wait_guest(&mut con, "head -c 6 /dev/sr2 2>/dev/null", |v| v.is_empty());
     rt.block_on(vm.client.insert_medium("cd", &iso2)).unwrap();
-    wait_guest(&mut con, "head -c 10 /dev/sr1 2>/dev/null", |v| {
+    wait_guest(&mut con, "head -c 10 /dev/sr2 2>/dev/null", |v| {
         v == "MEDIUM-TWO"
     });
     assert_eq!(

@@ -3,7 +3,8 @@
 //! it) and into the VM's spec, so the disk is there again after a VM restart and after a
 //! kill -9 of the server; `removevolume` takes it out of the guest; adding a hot-pluggable
 //! volume to the VM's spec by hand reaches the running guest (declarative hot-plug); a claim
-//! that grows grows the disk the guest sees.
+//! that grows grows the disk the guest sees; a volume for the VM's empty CD-ROM inserts its
+//! medium (kept across a kill -9 and a VM restart) and removing it ejects the medium.
 
 mod common;
 
@@ -24,11 +25,12 @@ spec:
     )
 }
 
-/// The test VM: root on a hostDisk, the claim `data` as a second disk (`/dev/vdb`).
+/// The test VM: root on a hostDisk, the claim `data` as a second disk (`/dev/vdb`), and a
+/// SATA CD-ROM `cd` with no volume: an empty tray (`/dev/sr0`).
 fn vm(server: &Server, name: &str) -> String {
     let mut yaml = hostdisk_vm(name, "Always", &server.data_dir).replace(
         "        memory:\n",
-        "          - name: data\n            disk:\n              bus: virtio\n        memory:\n",
+        "          - name: data\n            disk:\n              bus: virtio\n          - name: cd\n            cdrom:\n              bus: sata\n        memory:\n",
     );
     yaml.push_str(
         "      - name: data\n        persistentVolumeClaim:\n          claimName: data\n",
@@ -51,8 +53,7 @@ impl Guest {
     }
 
     fn run(&mut self, command: &str, want: &str) {
-        self.0.send(&format!("{command}\r"));
-        self.0.wait_for(want);
+        self.0.run(command, want);
     }
 
     /// Waits until the guest sees `n` SCSI disks.
@@ -227,4 +228,85 @@ fn hot_plugged_volumes_reach_the_guest_and_stay_across_restarts() {
         "for i in $(seq 1 100); do [ $(cat /sys/block/vdb/size) = 65536 ] && break; sleep 0.2; done; echo size-$(cat /sys/block/vdb/size)-",
         "size-65536-",
     );
+
+    // CD-ROM: the empty tray reads nothing; a hot-pluggable volume for it in the VM's spec
+    // inserts the claim hp (which holds what the guest wrote to it) as its medium.
+    let read_cd = "mdev -s; echo cd-$(head -c 11 /dev/sr0 2>/dev/null)-end";
+    guest.run(read_cd, "cd--end");
+    server.kubectl_ok(&[
+        "patch",
+        "vm",
+        name,
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/spec/template/spec/volumes/-","value":{"name":"cd","persistentVolumeClaim":{"claimName":"hp","hotpluggable":true}}}]"#,
+    ]);
+    server.wait_for(
+        "vmi",
+        name,
+        "{.status.volumeStatus[?(@.name==\"cd\")].target}",
+        "ua-cd",
+    );
+    assert_eq!(volume_phase(&server, name, "cd"), "Ready");
+    let wait_cd = |guest: &mut Guest, want: &str| {
+        guest.run(
+            &format!("for i in $(seq 1 100); do [ \"$(head -c 11 /dev/sr0 2>/dev/null)\" = '{want}' ] && break; sleep 0.2; done; {read_cd}"),
+            &format!("cd-{want}-end"),
+        )
+    };
+    wait_cd(&mut guest, "hot-plugged");
+    // No new device: the VMI's cdrom is the one it booted with.
+    assert_eq!(
+        server.jsonpath(
+            "vmi",
+            name,
+            "{.spec.domain.devices.disks[?(@.name==\"cd\")].cdrom.bus}"
+        ),
+        "sata"
+    );
+
+    // A kill -9 of the server: the medium stays, nothing is inserted twice.
+    drop(guest);
+    server.kill9();
+    server.restart();
+    server.wait_for(
+        "vmi",
+        name,
+        "{.status.volumeStatus[?(@.name==\"cd\")].phase}",
+        "Ready",
+    );
+    let mut guest = Guest::attach(&server, name);
+    wait_cd(&mut guest, "hot-plugged");
+    assert_eq!(server.log().matches("cdrom medium inserted").count(), 1);
+
+    // A VM restart: the new guest boots with the empty tray and gets the medium back.
+    drop(guest);
+    let before = server.jsonpath("vmi", name, "{.metadata.uid}");
+    let out = server.virtctl(&["restart", name]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until("a new VMI running", || {
+        let now = server.jsonpath("vmi", name, "{.metadata.uid} {.status.phase}");
+        !now.starts_with(&before) && now.ends_with(" Running")
+    });
+    let mut guest = Guest::boot(&server, name);
+    wait_cd(&mut guest, "hot-plugged");
+
+    // removevolume ejects: the tray stays in both specs, empty.
+    let out = server.virtctl(&["removevolume", name, "--volume-name=cd"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until("cd to leave the VMI", || {
+        volume_phase(&server, name, "cd").is_empty()
+    });
+    guest.run(
+        &format!("for i in $(seq 1 100); do [ -z \"$(head -c 1 /dev/sr0 2>/dev/null)\" ] && break; sleep 0.2; done; {read_cd}"),
+        "cd--end",
+    );
+    for kind in ["vm", "vmi"] {
+        let path = if kind == "vm" {
+            "{.spec.template.spec.domain.devices.disks[?(@.name==\"cd\")].cdrom.bus}"
+        } else {
+            "{.spec.domain.devices.disks[?(@.name==\"cd\")].cdrom.bus}"
+        };
+        assert_eq!(server.jsonpath(kind, name, path), "sata", "{kind}");
+    }
 }

@@ -22,8 +22,7 @@ impl Guest {
     }
 
     fn run(&mut self, command: &str, want: &str) {
-        self.0.send(&format!("{command}\r"));
-        self.0.wait_for(want);
+        self.0.run(command, want);
     }
 
     /// The counter the guest writes to /tmp/ticks, read twice a second apart: it must grow.

@@ -71,8 +71,7 @@ fn in_guest(server: &Server, vm: &str, booting: bool, command: &str, want: &str)
     if booting {
         console.wait_for(kubevirt_testenv::READY_MARKER);
     }
-    console.send(&format!("{command}\r"));
-    console.wait_for(want);
+    console.run(command, want);
 }
 
 fn stop(server: &Server, vm: &str) {

@@ -137,6 +137,12 @@ pub fn validate(cfg: &DomainConfig) -> Result<()> {
                 "a cdrom cannot use the virtio bus (use sata or scsi)",
             ));
         }
+        if d.path.is_none() && (d.device != DiskDevice::Cdrom || d.backing.is_some()) {
+            return Err(invalid(
+                format!("{f}.path"),
+                "only a cdrom may have no medium",
+            ));
+        }
         if d.bus == DiskBus::Sata {
             sata += 1;
         }
@@ -349,39 +355,52 @@ pub fn build_argv(
         } else {
             "off"
         };
-        let mut top = format!(
-            "driver={},node-name={drive_id},read-only={read_only},file.driver=file,file.filename=/dev/fdset/{}",
-            d.format.as_str(),
-            sets.image
-        );
-        match (&d.backing, sets.backing) {
-            (Some(b), Some(set)) => {
-                let backing_id = format!("backing-ua-{i}");
-                let mut base = format!(
-                    "driver={},node-name={backing_id},read-only=on,file.driver=file,file.filename=/dev/fdset/{set}",
-                    b.format.as_str()
-                );
-                if b.format == DiskFormat::Qcow2 {
-                    base.push_str(",backing=");
-                }
-                push(&["-blockdev", &base]);
-                top.push_str(&format!(",backing={backing_id}"));
-            }
+        // An empty cdrom is a device with no drive: QEMU gives it an empty tray.
+        let image = match (&d.path, sets.image) {
+            (Some(_), Some(set)) => Some(set),
+            (None, _) => None,
             (Some(_), None) => {
-                return Err(invalid(
-                    format!("disks.{}.backing", d.name),
-                    "backing image was not opened",
-                ));
+                return Err(invalid(format!("disks.{}", d.name), "image was not opened"))
             }
-            (None, _) => {
-                if d.format == DiskFormat::Qcow2 {
-                    top.push_str(",backing=");
+        };
+        let drive = match image {
+            Some(set) => {
+                let mut top = format!(
+                    "driver={},node-name={drive_id},read-only={read_only},file.driver=file,file.filename=/dev/fdset/{set}",
+                    d.format.as_str(),
+                );
+                match (&d.backing, sets.backing) {
+                    (Some(b), Some(set)) => {
+                        let backing_id = format!("backing-ua-{i}");
+                        let mut base = format!(
+                            "driver={},node-name={backing_id},read-only=on,file.driver=file,file.filename=/dev/fdset/{set}",
+                            b.format.as_str()
+                        );
+                        if b.format == DiskFormat::Qcow2 {
+                            base.push_str(",backing=");
+                        }
+                        push(&["-blockdev", &base]);
+                        top.push_str(&format!(",backing={backing_id}"));
+                    }
+                    (Some(_), None) => {
+                        return Err(invalid(
+                            format!("disks.{}.backing", d.name),
+                            "backing image was not opened",
+                        ));
+                    }
+                    (None, _) => {
+                        if d.format == DiskFormat::Qcow2 {
+                            top.push_str(",backing=");
+                        }
+                    }
                 }
+                push(&["-blockdev", &top]);
+                format!(",drive={drive_id}")
             }
-        }
-        push(&["-blockdev", &top]);
+            None => String::new(),
+        };
         let mut dev = match (d.bus, d.device) {
-            (DiskBus::Virtio, _) => format!("virtio-blk-pci,drive={drive_id}"),
+            (DiskBus::Virtio, _) => format!("virtio-blk-pci{drive}"),
             (DiskBus::Sata, kind) => {
                 let model = if kind == DiskDevice::Cdrom {
                     "ide-cd"
@@ -393,7 +412,7 @@ pub fn build_argv(
                     _ => format!("ide.{},unit={}", sata_index / 2, sata_index % 2),
                 };
                 sata_index += 1;
-                format!("{model},bus={bus},drive={drive_id}")
+                format!("{model},bus={bus}{drive}")
             }
             (DiskBus::Scsi, kind) => {
                 let model = if kind == DiskDevice::Cdrom {
@@ -402,7 +421,7 @@ pub fn build_argv(
                     "scsi-hd"
                 };
                 let s = format!(
-                    "{model},bus={SCSI_CONTROLLER}.0,channel=0,scsi-id=0,lun={scsi_index},drive={drive_id}"
+                    "{model},bus={SCSI_CONTROLLER}.0,channel=0,scsi-id=0,lun={scsi_index}{drive}"
                 );
                 scsi_index += 1;
                 s
@@ -568,7 +587,7 @@ mod tests {
     fn disk(name: &str, bus: DiskBus, device: DiskDevice) -> DiskConfig {
         DiskConfig {
             name: name.into(),
-            path: PathBuf::from(format!("/img/{name},x.qcow2")),
+            path: Some(PathBuf::from(format!("/img/{name},x.qcow2"))),
             format: DiskFormat::Qcow2,
             backing: None,
             bus,
@@ -646,6 +665,38 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("/img/"), "no path reaches QEMU: {s}");
+    }
+
+    #[test]
+    fn an_empty_cdrom_is_a_device_without_a_drive() {
+        let mut cfg = DomainConfig::new("vm1", 128, "/q");
+        let root = disk("root", DiskBus::Virtio, DiskDevice::Disk);
+        let mut sata = disk("tray", DiskBus::Sata, DiskDevice::Cdrom);
+        sata.path = None;
+        let mut scsi = disk("tray2", DiskBus::Scsi, DiskDevice::Cdrom);
+        scsi.path = None;
+        cfg.disks = vec![root, sata, scsi];
+        let fds = FdRefs::placeholders(&cfg);
+        assert_eq!(fds.disks[1].image, None);
+        let s = build_argv(&cfg, &tcg(), false, &fds).unwrap().join(" ");
+        assert!(s.contains("-device ide-cd,bus=ide.0,id=ua-tray "), "{s}");
+        assert!(
+            s.contains("-device scsi-cd,bus=scsi0.0,channel=0,scsi-id=0,lun=0,id=ua-tray2 "),
+            "{s}"
+        );
+        assert!(
+            !s.contains("drive-ua-1") && !s.contains("drive-ua-2"),
+            "{s}"
+        );
+        // A disk always has its image.
+        let mut disk_without = disk("d", DiskBus::Virtio, DiskDevice::Disk);
+        disk_without.path = None;
+        cfg.disks = vec![disk_without];
+        let err = build_argv(&cfg, &tcg(), false, &FdRefs::placeholders(&cfg)).unwrap_err();
+        assert!(
+            err.to_string().contains("only a cdrom may have no medium"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -36,7 +36,8 @@ pub struct FdRefs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskSets {
-    pub image: u32,
+    /// None for an empty cdrom.
+    pub image: Option<u32>,
     pub backing: Option<u32>,
 }
 
@@ -55,7 +56,7 @@ impl FdRefs {
                 .disks
                 .iter()
                 .map(|d| DiskSets {
-                    image: set(),
+                    image: d.path.as_ref().map(|_| set()),
                     backing: d.backing.as_ref().map(|_| set()),
                 })
                 .collect(),
@@ -100,9 +101,14 @@ impl Passed {
         let mut next_set = 0u32;
         for d in &cfg.disks {
             let writable = !d.readonly && d.device != DiskDevice::Cdrom;
-            next_set += 1;
-            let image = next_set;
-            p.add_set(image, &d.path, "disk image", writable)?;
+            let image = match &d.path {
+                Some(path) => {
+                    next_set += 1;
+                    p.add_set(next_set, path, "disk image", writable)?;
+                    Some(next_set)
+                }
+                None => None,
+            };
             let backing = match &d.backing {
                 Some(b) => {
                     next_set += 1;

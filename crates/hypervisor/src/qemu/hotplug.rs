@@ -150,7 +150,7 @@ impl Disks {
             return Ok(m.as_ref().map(|m| m.node.clone()));
         }
         match cfg.disks.iter().position(|d| d.name == name) {
-            Some(i) => Ok(Some(format!("drive-ua-{i}"))),
+            Some(i) => Ok(cfg.disks[i].path.is_some().then(|| format!("drive-ua-{i}"))),
             None => Err(no_such_disk(cfg, name)),
         }
     }

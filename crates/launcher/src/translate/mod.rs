@@ -567,18 +567,7 @@ fn disks_and_volumes(
     for (i, d) in disks.iter().enumerate() {
         let f = format!("spec.domain.devices.disks[{i}]");
         disk_serial(d, &f, is);
-        let Some((vi, vol)) = volumes.iter().enumerate().find(|(_, v)| v.name == d.name) else {
-            is.add(
-                format!("{f}.name"),
-                format!("Not found: {:?}: no volume of that name", d.name),
-            );
-            continue;
-        };
-        if vol.hotpluggable() {
-            // Attached by the node agent once the VM runs, never at boot.
-            continue;
-        }
-        let vf = format!("spec.volumes[{vi}]");
+        let volume = volumes.iter().enumerate().find(|(_, v)| v.name == d.name);
         let (device, bus_v, readonly) = if let Some(c) = &d.cdrom {
             let b = bus(c.bus.as_deref(), DiskBus::Sata);
             if b == DiskBus::Virtio {
@@ -593,6 +582,36 @@ fn disks_and_volumes(
             let b = bus(t.bus.as_deref(), DiskBus::Virtio);
             (DiskDevice::Disk, b, t.readonly.unwrap_or(false))
         };
+        let disk = |path, format| DiskConfig {
+            name: d.name.clone(),
+            path,
+            format,
+            backing: None,
+            bus: bus_v,
+            device,
+            readonly,
+            boot_order: d.boot_order,
+            serial: d.serial.clone(),
+        };
+        // A cdrom with no volume, or with one the node agent inserts once the VM runs, starts
+        // with an empty tray (upstream's declarative CD-ROM inject and eject).
+        if d.cdrom.is_some() && volume.is_none_or(|(_, v)| v.hotpluggable()) {
+            dom.disks.push(disk(None, DiskFormat::Raw));
+            continue;
+        }
+        let (vi, vol) = match volume {
+            None => {
+                is.add(
+                    format!("{f}.name"),
+                    format!("Not found: {:?}: no volume of that name", d.name),
+                );
+                continue;
+            }
+            // Attached by the node agent once the VM runs, never at boot.
+            Some((_, v)) if v.hotpluggable() => continue,
+            Some(found) => found,
+        };
+        let vf = format!("spec.volumes[{vi}]");
         let safe = sanitize(&vol.name);
         let (path, format, prep) = match vol.source() {
             None => {
@@ -804,17 +823,7 @@ fn disks_and_volumes(
             // Sources that cannot back a disk are reported by `support`.
             Some(_) => continue,
         };
-        dom.disks.push(DiskConfig {
-            name: d.name.clone(),
-            path,
-            format,
-            backing: None,
-            bus: bus_v,
-            device,
-            readonly,
-            boot_order: d.boot_order,
-            serial: d.serial.clone(),
-        });
+        dom.disks.push(disk(Some(path), format));
         preps.push(prep);
     }
     preps

@@ -117,7 +117,7 @@ fn basic_vmi_with_disks_cdrom_and_boot_order() {
     assert_eq!(d.disks[2].serial.as_deref(), Some("D123"));
     assert_eq!(
         d.disks[2].path,
-        PathBuf::from("/run/kv/ns_vm_uid/empty-data.img")
+        Some(PathBuf::from("/run/kv/ns_vm_uid/empty-data.img"))
     );
     assert!(matches!(&t.volumes[2], VolumePrep::EmptyDisk { capacity, .. } if capacity == "1Gi"));
     match &t.volumes[3] {
@@ -447,4 +447,50 @@ fn serde_yaml_like(text: &str) -> Result<VirtualMachineInstance, ()> {
     // when the api crate's dev tooling is not available.
     let v: serde_json::Value = serde_yaml::from_str(text).map_err(|_| ())?;
     serde_json::from_value(v).map_err(|_| ())
+}
+
+#[test]
+fn cdroms_without_a_boot_medium_start_with_an_empty_tray() {
+    let v = vmi(serde_json::json!({
+        "domain": {"memory": {"guest": "128Mi"}, "devices": {"disks": [
+            {"name": "root", "disk": {}},
+            {"name": "tray", "cdrom": {"bus": "sata"}},
+            {"name": "iso", "cdrom": {"bus": "scsi"}},
+            {"name": "hp", "disk": {"bus": "scsi"}}
+        ]}},
+        "volumes": [
+            {"name": "root", "hostDisk": {"path": "/img/root.img", "type": "Disk"}},
+            {"name": "iso", "persistentVolumeClaim": {"claimName": "iso", "hotpluggable": true}},
+            {"name": "hp", "persistentVolumeClaim": {"claimName": "hp", "hotpluggable": true}}
+        ]
+    }));
+    let t = translate(&v, &env()).unwrap();
+    let disks: Vec<(&str, bool, DiskBus)> = t
+        .domain
+        .disks
+        .iter()
+        .map(|d| (d.name.as_str(), d.path.is_some(), d.bus))
+        .collect();
+    // The inserted medium and the hot-plugged disk come from the node agent, once it runs.
+    assert_eq!(
+        disks,
+        [
+            ("root", true, DiskBus::Virtio),
+            ("tray", false, DiskBus::Sata),
+            ("iso", false, DiskBus::Scsi)
+        ]
+    );
+    assert!(t.domain.disks[1..]
+        .iter()
+        .all(|d| d.device == DiskDevice::Cdrom && d.readonly));
+    assert_eq!(t.volumes.len(), 1);
+    // A disk is no tray.
+    let mut v = v;
+    v.spec.volumes.as_mut().unwrap().remove(0);
+    let err = translate(&v, &env()).unwrap_err();
+    let got: Vec<String> = err.issues().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        [r#"spec.domain.devices.disks[0].name: Not found: "root": no volume of that name"#]
+    );
 }

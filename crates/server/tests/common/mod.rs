@@ -447,14 +447,28 @@ impl ConsoleCapture {
     }
 
     pub fn wait_for(&self, needle: &str) {
+        self.wait_for_after(0, needle);
+    }
+
+    /// Types `command` and Enter, then waits for `want` in what the console printed since:
+    /// an answer to an earlier command never counts.
+    pub fn run(&mut self, command: &str, want: &str) {
+        let from = self.output.lock().unwrap().len();
+        self.send(&format!("{command}\r"));
+        self.wait_for_after(from, want);
+    }
+
+    /// Waits for `needle` in the output after its first `from` bytes.
+    fn wait_for_after(&self, from: usize, needle: &str) {
         let deadline = Instant::now() + TIMEOUT;
+        let since = || String::from_utf8_lossy(&self.output.lock().unwrap()[from..]).into_owned();
         while Instant::now() < deadline {
-            if self.text().contains(needle) {
+            if since().contains(needle) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("console never showed {needle:?}; got:\n{}", self.text());
+        panic!("console never showed {needle:?}; got:\n{}", since());
     }
 }
 
