@@ -347,7 +347,7 @@ function Disks({ vm, vmi }: { vm: Obj; vmi?: Obj }) {
               <td>{type}</td>
               <td>{d[type]?.bus || ''}</td>
               <td>
-                {vkind}
+                {vkind || (type === 'cdrom' ? 'empty tray' : '')}
                 {src ? `: ${src}` : ''}
               </td>
               <td>{s.target || ''}</td>
