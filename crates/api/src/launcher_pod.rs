@@ -44,6 +44,9 @@ pub struct LauncherPodSettings {
     pub emulation: bool,
     /// `cpuAllocationRatio`: one vCPU requests 1/ratio of a CPU.
     pub cpu_allocation_ratio: u32,
+    /// A migration target pod must land on another node than the VMI's other pods (upstream's
+    /// anti-affinity; cluster mode). Embedded mode has one node: migrations stay on it.
+    pub migrate_to_other_nodes: bool,
 }
 
 /// Upstream's default `cpuAllocationRatio`.
@@ -57,6 +60,7 @@ impl LauncherPodSettings {
             command,
             emulation: false,
             cpu_allocation_ratio: DEFAULT_CPU_ALLOCATION_RATIO,
+            migrate_to_other_nodes: false,
         }
     }
 }

@@ -304,12 +304,17 @@ pub async fn reconcile(
         else {
             continue;
         };
+        // virt-handler's certificate serves its node endpoint, and is its client
+        // certificate towards another node's virt-handler (a live migration's streams).
         if ensure_leaf(
             &api,
             ns,
             HANDLER_CERT_SECRET,
             &[HANDLER_SERVER_NAME.to_string()],
-            &[ExtendedKeyUsagePurpose::ServerAuth],
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
             &issuing,
         )
         .await?
@@ -356,7 +361,9 @@ async fn ensure_leaf(
     let (cert, key) = (field(TLS_CRT), field(TLS_KEY));
     let fresh = !needs_renewal(cert.as_deref(), how.now)
         && field(SIGNED_BY).as_deref() == Some(how.ca_cert)
-        && cert.as_deref().is_some_and(|c| covers_names(c, names))
+        && cert
+            .as_deref()
+            .is_some_and(|c| covers_names(c, names) && has_usages(c, usages))
         && key.is_some();
     let (cert, key) = match (fresh, cert, key) {
         (true, Some(cert), Some(key)) => {
@@ -408,6 +415,25 @@ fn covers_names(pem: &str, names: &[String]) -> bool {
         })
         .unwrap_or_default();
     names.iter().all(|n| have.contains(n))
+}
+
+/// Whether the certificate allows every one of `usages` (a certificate of an older version
+/// may lack one it needs now).
+fn has_usages(pem: &str, usages: &[ExtendedKeyUsagePurpose]) -> bool {
+    let Ok((_, parsed)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(cert) = parsed.parse_x509() else {
+        return false;
+    };
+    let Ok(Some(eku)) = cert.extended_key_usage() else {
+        return usages.is_empty();
+    };
+    usages.iter().all(|u| match u {
+        ExtendedKeyUsagePurpose::ServerAuth => eku.value.server_auth,
+        ExtendedKeyUsagePurpose::ClientAuth => eku.value.client_auth,
+        _ => false,
+    })
 }
 
 /// The serving certificate rustls hands out, swapped in place when it is renewed.
@@ -546,8 +572,8 @@ pub fn handler_server_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, Cer
     Ok(Arc::new(cfg))
 }
 
-/// virt-api's client configuration towards virt-handler: trusts the bundle, presents
-/// virt-api's certificate.
+/// A client configuration towards virt-handler: trusts the bundle, presents `pki`'s
+/// certificate (virt-api's, or another node's virt-handler's).
 pub fn handler_client_config(pki: &Pki) -> Result<Arc<rustls::ClientConfig>, CertError> {
     let certs = rustls_pemfile::certs(&mut pki.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
@@ -621,6 +647,15 @@ mod tests {
         .unwrap();
         assert!(covers_names(&cert, &names));
         assert!(!covers_names(&cert, &["other.svc".to_string()]));
+        // A server-only certificate is re-issued where it must be a client's too.
+        assert!(has_usages(&cert, &[ExtendedKeyUsagePurpose::ServerAuth]));
+        let both = [
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        assert!(!has_usages(&cert, &both));
+        let (cert2, _) = new_leaf_cert(&ca, &key, &names, &both, Duration::from_secs(100)).unwrap();
+        assert!(has_usages(&cert2, &both));
         assert_eq!(pem_certs(&format!("{ca}{cert}")).len(), 2);
     }
 }

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -30,6 +31,7 @@ use kubevirt_api::migration::{
     self as rules, ABORT_REQUESTED_CONDITION, MIGRATION_FINALIZER, MIGRATION_JOB_LABEL,
     MIGRATION_JOB_NAME_ANNOTATION, VMI_NAME_LABEL,
 };
+use kubevirt_api::v1::well_known::{CREATED_BY_LABEL, MIGRATION_TARGET_NODE_NAME_LABEL};
 use kubevirt_api::v1::{
     vmi_condition, ConditionStatus, MigrationPhaseTransitionTimestamp, MigrationState,
     VirtualMachineInstance, VirtualMachineInstanceMigration,
@@ -219,6 +221,30 @@ pub fn target_pod(
             sel.entry(k.clone()).or_insert_with(|| v.clone());
         }
     }
+    if let (true, Some(spec)) = (settings.migrate_to_other_nodes, pod.spec.as_mut()) {
+        // Not where another pod of this VMI (the source) runs.
+        let term = PodAffinityTerm {
+            label_selector: Some(LabelSelector {
+                match_labels: Some(
+                    [(
+                        CREATED_BY_LABEL.to_string(),
+                        vmi.metadata.uid.clone().unwrap_or_default(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            }),
+            topology_key: "kubernetes.io/hostname".into(),
+            ..Default::default()
+        };
+        spec.affinity
+            .get_or_insert_with(Default::default)
+            .pod_anti_affinity
+            .get_or_insert_with(Default::default)
+            .required_during_scheduling_ignored_during_execution
+            .get_or_insert_with(Vec::new)
+            .push(term);
+    }
     pod
 }
 
@@ -248,6 +274,26 @@ async fn write_vmi_migration_state(
     status.evacuation_node_name = None;
     status.migration_state = Some(state);
     write_status(&api, vmi, vmi.status.as_ref(), &status).await?;
+    Ok(())
+}
+
+/// Sets (or with None removes) the VMI's `kubevirt.io/migrationTargetNodeName` label.
+async fn label_target_node(
+    client: &Client,
+    vmi: &VirtualMachineInstance,
+    node: Option<&str>,
+) -> Result<()> {
+    let api: Api<VirtualMachineInstance> =
+        Api::namespaced(client.clone(), &vmi.namespace().unwrap_or_default());
+    let patch =
+        serde_json::json!({"metadata": {"labels": {MIGRATION_TARGET_NODE_NAME_LABEL: node}}});
+    api.patch(
+        &vmi.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(api_call("labelling", vmi))?;
     Ok(())
 }
 
@@ -504,7 +550,10 @@ pub async fn reconcile(
                     mode: Some("PreCopy".into()),
                     ..Default::default()
                 };
+                let target_node = state.target_node.clone();
                 write_vmi_migration_state(&ctx.client, vmi, state).await?;
+                // The target node's agent watches VMIs so labelled.
+                label_target_node(&ctx.client, vmi, target_node.as_deref()).await?;
                 ctx.recorder
                     .publish(
                         &*m,
@@ -570,6 +619,15 @@ pub async fn reconcile(
     }
     write_status(&api, &*m, m.status.as_ref(), &st).await?;
     if phase.is_final() {
+        if let Some(vmi) = vmi.as_ref().filter(|v| {
+            v.labels().contains_key(MIGRATION_TARGET_NODE_NAME_LABEL)
+                && v.status
+                    .as_ref()
+                    .and_then(|s| s.migration_state.as_ref())
+                    .is_none_or(|s| s.migration_uid.as_deref() == Some(uid.as_str()))
+        }) {
+            label_target_node(&ctx.client, vmi, None).await?;
+        }
         if finalizer::has_finalizer(&*m, MIGRATION_FINALIZER) {
             finalizer::remove(&api, &*m, MIGRATION_FINALIZER).await?;
         }
@@ -770,12 +828,27 @@ mod tests {
                 .unwrap(),
             "mig"
         );
-        let sel = pod.spec.unwrap().node_selector.unwrap();
-        assert_eq!(sel.get("zone").unwrap(), "b");
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_selector.unwrap().get("zone").unwrap(), "b");
+        assert!(spec.affinity.is_none(), "one node: the target may share it");
         assert_eq!(
             kubevirt_api::launcher_pod::launcher_pod_vmi(&target_pod(&vmi, &m, &settings)),
             Some(("v".into(), "vmi-uid".into())),
             "the target is a launcher pod of the same VMI"
+        );
+        // Cluster mode: never beside another pod of the VMI (upstream's anti-affinity).
+        let cluster = LauncherPodSettings {
+            migrate_to_other_nodes: true,
+            ..settings
+        };
+        let anti =
+            serde_json::to_value(target_pod(&vmi, &m, &cluster).spec.unwrap().affinity).unwrap();
+        assert_eq!(
+            anti,
+            serde_json::json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": {"kubevirt.io/created-by": "vmi-uid"}},
+                 "topologyKey": "kubernetes.io/hostname"}
+            ]}})
         );
     }
 }

@@ -281,6 +281,21 @@ pub fn vmi_status(
         other => other,
     };
     st.phase = Some(phase);
+    // A migration to another node completed: the VMI is on the target's node now.
+    if let (Phase::Scheduled | Phase::Running, Some(node)) = (
+        phase,
+        pod.filter(|_| {
+            old.migration_state
+                .as_ref()
+                .is_some_and(|m| m.completed == Some(true))
+        })
+        .and_then(|p| p.spec.as_ref()?.node_name.clone()),
+    ) {
+        if st.node_name.as_ref() != Some(&node) {
+            st.node_name = Some(node.clone());
+            out.node_label = Some(node);
+        }
+    }
     st.set_condition(ready_condition(phase, pod), now_t.clone());
 
     // The node agent owns Synchronized while the VMI is on its node.
@@ -400,6 +415,33 @@ mod tests {
         assert_eq!(o.status.active_pods.unwrap()["pod-uid"], "node1");
         let ts = o.status.phase_transition_timestamps.unwrap();
         assert_eq!(ts[0].phase, Some(Scheduling));
+    }
+
+    #[test]
+    fn a_migration_to_another_node_moves_the_vmi_once_completed() {
+        let mut target = pod("Running", true);
+        target.metadata.name = Some("virt-launcher-vm-target".into());
+        target.metadata.uid = Some("target-uid".into());
+        target.spec.as_mut().unwrap().node_name = Some("node2".into());
+        let pods = [pod("Succeeded", false), target];
+        let mut v = vmi(Running).on_node("node1");
+        let mut state = kubevirt_api::v1::MigrationState {
+            migration_uid: Some("m".into()),
+            source_pod: Some("virt-launcher-vm-abcde".into()),
+            target_pod: Some("virt-launcher-vm-target".into()),
+            target_node: Some("node2".into()),
+            ..Default::default()
+        };
+        v.status.as_mut().unwrap().migration_state = Some(state.clone());
+        let o = vmi_status(&v, &pods, None, now());
+        assert_eq!(o.status.node_name.as_deref(), Some("node1"), "not yet");
+        assert_eq!(o.node_label, None);
+        state.completed = Some(true);
+        v.status.as_mut().unwrap().migration_state = Some(state);
+        let o = vmi_status(&v, &pods, None, now());
+        assert_eq!(o.status.phase, Some(Running));
+        assert_eq!(o.status.node_name.as_deref(), Some("node2"));
+        assert_eq!(o.node_label.as_deref(), Some("node2"));
     }
 
     #[test]

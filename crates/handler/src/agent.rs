@@ -53,6 +53,11 @@ pub struct Context {
     targets_synced: Mutex<HashSet<String>>,
     /// Where this node's VMIs can migrate to, for their `LiveMigratable` condition.
     pub migration_scope: kubevirt_api::migration::Scope,
+    /// How migrations reach other nodes (cluster mode); none: only this node's pods.
+    pub peers: Option<crate::peer::Peers>,
+    /// The source side's stream forwarders of each outgoing migration to another node
+    /// (by migration UID), dropped when it ends.
+    pub(crate) forwarders: Mutex<HashMap<String, Vec<tokio::task::JoinHandle<()>>>>,
     /// Access credentials last applied through each VMI's guest agent.
     credentials: crate::access_credentials::Applied,
 }
@@ -69,7 +74,26 @@ impl Context {
             synced: Mutex::new(HashSet::new()),
             targets_synced: Mutex::new(HashSet::new()),
             migration_scope: kubevirt_api::migration::Scope::SameNode,
+            peers: None,
+            forwarders: Mutex::new(HashMap::new()),
             credentials: Default::default(),
+        }
+    }
+
+    /// Another node's agents are reachable: VMIs may migrate off this node, which needs
+    /// storage every node reaches (`Scope::Cluster`).
+    pub fn with_peers(mut self, peers: Option<crate::peer::Peers>) -> Self {
+        if peers.is_some() {
+            self.migration_scope = kubevirt_api::migration::Scope::Cluster;
+        }
+        self.peers = peers;
+        self
+    }
+
+    /// Stops the stream forwarders of migration `uid`.
+    pub(crate) fn drop_forwarders(&self, uid: &str) {
+        for task in lock(&self.forwarders).remove(uid).unwrap_or_default() {
+            task.abort();
         }
     }
 
@@ -410,6 +434,30 @@ pub async fn reconcile(vmi: Arc<VirtualMachineInstance>, ctx: Arc<Context>) -> R
     Ok(Action::requeue(next_look))
 }
 
+/// A VMI migrating to this node from another (labelled with this node as the migration
+/// target): the target's steps of the migration, until the VMI is this node's.
+#[tracing::instrument(skip(vmi, ctx), fields(namespace = vmi.metadata.namespace.as_deref().unwrap_or(""), name = %vmi.name_any()))]
+pub async fn reconcile_target(
+    vmi: Arc<VirtualMachineInstance>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    let on_node =
+        vmi.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(ctx.node.as_str());
+    if on_node || vmi.metadata.deletion_timestamp.is_some() {
+        // This node's VMIs are [`reconcile`]'s.
+        return Ok(Action::await_change());
+    }
+    let Some(state) = crate::migration::sync(&ctx, &vmi).await? else {
+        return Ok(Action::requeue(RESYNC));
+    };
+    let mut desired = vmi.status.clone().unwrap_or_default();
+    desired.migration_state = Some(state);
+    let vmis: Api<VirtualMachineInstance> =
+        Api::namespaced(ctx.client.clone(), &vmi.namespace().unwrap_or_default());
+    write_status(&vmis, &*vmi, vmi.status.as_ref(), &desired).await?;
+    Ok(Action::await_change())
+}
+
 pub fn error_policy(
     vmi: Arc<VirtualMachineInstance>,
     error: &HandlerError,
@@ -424,9 +472,42 @@ pub fn error_policy(
     error.retry_after()
 }
 
-/// Runs the agent for the VMIs labelled for this node until `shutdown` resolves;
-/// `changes` wakes it when a launcher reports something.
+/// Runs the agent for the VMIs labelled for this node (and those migrating to it) until
+/// `shutdown` resolves; `changes` wakes it when a launcher reports something.
 pub async fn run(
+    ctx: Arc<Context>,
+    mut changes: mpsc::UnboundedReceiver<ObjectRef<VirtualMachineInstance>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    // Each launcher report wakes both the VMI's own and its migration target's controller.
+    let (to_own, own_changes) = mpsc::unbounded_channel();
+    let (to_target, target_changes) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(r) = changes.recv().await {
+            let _ = to_target.send(r.clone());
+            if to_own.send(r).is_err() {
+                break;
+            }
+        }
+    });
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let targets = Controller::new(
+        Api::<VirtualMachineInstance>::all(ctx.client.clone()),
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            kubevirt_api::v1::well_known::MIGRATION_TARGET_NODE_NAME_LABEL,
+            ctx.node
+        )),
+    )
+    .reconcile_on(crate::pods::tokio_stream_of(target_changes))
+    .graceful_shutdown_on(shutdown.clone())
+    .run(reconcile_target, error_policy, ctx.clone())
+    .for_each(|_| async {});
+    let own = run_own(ctx, own_changes, shutdown);
+    futures::join!(targets, own);
+}
+
+async fn run_own(
     ctx: Arc<Context>,
     changes: mpsc::UnboundedReceiver<ObjectRef<VirtualMachineInstance>>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,

@@ -24,6 +24,7 @@ pub mod logs;
 pub mod metrics;
 pub mod migration;
 pub mod node;
+pub mod peer;
 pub mod pod_status;
 pub mod pods;
 pub mod portforward;

@@ -17,8 +17,13 @@
 //!    `failureReason`, `endTimestamp` (and `abortStatus: Succeeded` for a requested abort);
 //!    the source keeps the guest.
 //!
-//! Both launchers are on this node in embedded mode. Across nodes the stream would need a
-//! network transport: not built yet (`kubevirt_api::migration::Scope`).
+//! Both launchers are on this node in embedded mode. Across nodes (cluster mode, the target
+//! pod on another node): the target launcher makes its own disks and serves those only its
+//! node has, and the source's agent carries the source launcher's streams (RAM, and the
+//! disk copies of a block migration) to the target node's agent over mutual TLS
+//! ([`crate::peer`]), which advertised its endpoint (`targetNodeAddress`,
+//! `targetDirectMigrationNodePorts`). The target's agent says the migration completed once
+//! the guest runs there.
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -133,12 +138,30 @@ pub async fn sync(ctx: &Context, vmi: &VirtualMachineInstance) -> Result<Option<
     let t_status = target.as_ref().and_then(|l| l.observed().status);
     let mut next = ms.clone();
 
-    // The guest left the source and runs on the target.
+    // The guest left the source and runs on the target. Across nodes each agent sees its
+    // side only: the target's tells, once the guest arrived.
+    let source_here = ms.source_node.as_deref() == me;
     let migrated_out = s_status.as_ref().is_some_and(|s| s.migrated_out);
     let target_runs = t_status
         .as_ref()
         .is_some_and(|t| t.stage == Stage::Started && t.domain == Some(DomainState::Running));
-    if migrated_out && target_runs {
+    let arrived = t_status.as_ref().is_some_and(|t| {
+        t.incoming_uri.is_none()
+            && t.migration
+                .as_ref()
+                .is_some_and(|m| m.status == "completed")
+    });
+    if migrated_out
+        || s_status
+            .as_ref()
+            .and_then(|s| s.migration.as_ref())
+            .is_some_and(|m| matches!(m.status.as_str(), "failed" | "cancelled"))
+    {
+        if let Some(uid) = &ms.migration_uid {
+            ctx.drop_forwarders(uid);
+        }
+    }
+    if target_runs && (migrated_out || (!source_here && arrived)) {
         next.completed = Some(true);
         next.end_timestamp = Some(now.clone());
         next.target_node_domain_detected = Some(true);
@@ -211,15 +234,20 @@ pub async fn sync(ctx: &Context, vmi: &VirtualMachineInstance) -> Result<Option<
         }
     }
 
-    // Prepare the target.
-    if let (Some(t), Some(ts), Some(s)) = (&target, &t_status, &source) {
+    // Prepare the target: from the source's files on this node, or from scratch for a
+    // source on another node.
+    let source_run_dir = match (&source, source_here) {
+        (Some(s), _) => Some(Some(s.run_dir.path().to_path_buf())),
+        (None, false) if ctx.peers.is_some() => Some(None),
+        // The source's launcher is not known (yet).
+        (None, _) => None,
+    };
+    if let (Some(t), Some(ts), Some(source_run_dir)) = (&target, &t_status, source_run_dir) {
         if ts.stage == Stage::WaitingForSync && ctx.mark_target_synced(&t.key.uid) {
             let request = SyncRequest {
                 vmi: serde_json::to_value(vmi).expect("VMIs serialise"),
                 secrets: crate::agent::cloud_init_secrets(&ctx.client, vmi).await?,
-                incoming: Some(IncomingMigration {
-                    source_run_dir: s.run_dir.path().to_path_buf(),
-                }),
+                incoming: Some(IncomingMigration { source_run_dir }),
             };
             if let Err(e) = t.client.sync(&request).await {
                 ctx.unmark_target_synced(&t.key.uid);
@@ -239,13 +267,27 @@ pub async fn sync(ctx: &Context, vmi: &VirtualMachineInstance) -> Result<Option<
     let incoming_uri = t_status.as_ref().and_then(|t| t.incoming_uri.clone());
     if incoming_uri.is_some() && ms.target_node_address.is_none() {
         next.target_node_address = Some(ctx.node_ip.clone());
+        next.target_direct_migration_node_ports = ctx
+            .peers
+            .as_ref()
+            .map(|p| [(p.port.to_string(), 0)].into_iter().collect());
         next.target_node_domain_detected = Some(true);
         return Ok(Some(next));
     }
 
-    // Start it on the source.
-    if let (Some(uri), Some(s), Some(_), None) = (
-        incoming_uri,
+    // Start it on the source: straight to the target's socket on this node, or through
+    // the forwarders to another node's agent.
+    let streams = match (&incoming_uri, &source, &ms.target_node_address) {
+        (Some(uri), _, _) => Some((uri.clone(), None)),
+        (None, Some(s), Some(addr))
+            if ms.start_timestamp.is_none() && ms.target_node.as_deref() != me =>
+        {
+            forward_to_target(ctx, vmi, &ms, s, addr)?
+        }
+        _ => None,
+    };
+    if let (Some((uri, storage_uri)), Some(s), Some(_), None) = (
+        streams,
         &source,
         &ms.target_node_address,
         &ms.start_timestamp,
@@ -259,19 +301,31 @@ pub async fn sync(ctx: &Context, vmi: &VirtualMachineInstance) -> Result<Option<
             "bandwidthPerMigration": options.bandwidth_bytes_per_second.unwrap_or(0).to_string(),
             "completionTimeoutPerGiB": options.completion_timeout_seconds,
         }));
-        let request = MigrateRequest { uri, options };
-        let revision = s.observed().status.map_or(0, |st| st.revision);
-        s.client
-            .migrate(&request)
-            .await
-            .map_err(|e| launcher_error(vmi, e))?;
-        // The next look must not read an earlier migration's end (a cancelled one) as this
-        // one's: wait for the launcher's push of this migration's start.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while s.observed().status.map_or(0, |st| st.revision) == revision
-            && std::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let request = MigrateRequest {
+            uri,
+            storage_uri,
+            options,
+        };
+        // Started already, by a look whose note of it did not get written (a conflict with
+        // the target node's agent writing the VMI at the same time): only the note is due.
+        let running = s_status
+            .as_ref()
+            .and_then(|st| st.migration.as_ref())
+            .is_some_and(|m| kubevirt_launcher::migration_in_progress(&m.status));
+        if !running {
+            let revision = s.observed().status.map_or(0, |st| st.revision);
+            s.client
+                .migrate(&request)
+                .await
+                .map_err(|e| launcher_error(vmi, e))?;
+            // The next look must not read an earlier migration's end (a cancelled one) as
+            // this one's: wait for the launcher's push of this migration's start.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while s.observed().status.map_or(0, |st| st.revision) == revision
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
         }
         next.start_timestamp = Some(now);
         ctx.recorder
@@ -285,6 +339,72 @@ pub async fn sync(ctx: &Context, vmi: &VirtualMachineInstance) -> Result<Option<
         return Ok(Some(next));
     }
     Ok(None)
+}
+
+/// Source side of a migration to another node: unix sockets in the source launcher's run
+/// directory whose connections go to the target node's agent (RAM and disk streams).
+/// Returns their URIs, or None while the target node's endpoint is not known.
+fn forward_to_target(
+    ctx: &Context,
+    vmi: &VirtualMachineInstance,
+    ms: &MigrationState,
+    source: &crate::launchers::Launcher,
+    addr: &str,
+) -> Result<Option<(String, Option<String>)>> {
+    let (Some(peers), Some(uid)) = (&ctx.peers, &ms.migration_uid) else {
+        return Ok(None);
+    };
+    let Some(port) = ms
+        .target_direct_migration_node_ports
+        .as_ref()
+        .and_then(|p| p.keys().next())
+        .and_then(|p| p.parse::<u16>().ok())
+    else {
+        return Ok(None);
+    };
+    let target: std::net::SocketAddr = format!("{addr}:{port}")
+        .parse()
+        .or_else(|_| format!("[{addr}]:{port}").parse())
+        .map_err(|e| launcher_error(vmi, format!("targetNodeAddress {addr}: {e}")))?;
+    let vmi_uid = vmi.metadata.uid.clone().unwrap_or_default();
+    let streams = [
+        ("mig-ram.sock", crate::peer::STREAM_RAM),
+        ("mig-disks.sock", crate::peer::STREAM_DISKS),
+    ]
+    .map(|(file, stream)| (source.run_dir.path().join(file), stream));
+    let uri = |socket: &std::path::Path| format!("unix:{}", socket.display());
+    let uris = (uri(&streams[0].0), Some(uri(&streams[1].0)));
+    let mut forwarders = lock_forwarders(ctx);
+    if forwarders.contains_key(uid) {
+        // Set up by an earlier look of this migration.
+        return Ok(Some(uris));
+    }
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    for (socket, stream) in streams {
+        let listener = match crate::peer::listen(&socket) {
+            Ok(l) => l,
+            Err(e) => {
+                tasks.iter().for_each(|t| t.abort());
+                return Err(launcher_error(vmi, format!("{}: {e}", socket.display())));
+            }
+        };
+        tasks.push(tokio::spawn(crate::peer::forward(
+            listener,
+            socket,
+            peers.clone(),
+            target,
+            crate::peer::stream_path(&vmi_uid, stream),
+        )));
+    }
+    forwarders.insert(uid.clone(), tasks);
+    Ok(Some(uris))
+}
+
+fn lock_forwarders(
+    ctx: &Context,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<tokio::task::JoinHandle<()>>>>
+{
+    ctx.forwarders.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The migration state of a failed (or aborted) migration, with upstream's event.

@@ -444,6 +444,10 @@ pub struct MigrationParams {
     /// Allow [`crate::Domain::migrate_start_postcopy`]. The receiving VMM must allow it too
     /// (see [`crate::qemu::postcopy_possible`]), or the migration fails at once.
     pub post_copy: bool,
+    /// Stop in state `pre-switchover` (source paused, its device state not sent yet) until
+    /// [`crate::Domain::finish_disk_mirrors`]: disks copied by a block migration must be
+    /// complete before the guest runs on the target.
+    pub pause_before_switchover: bool,
 }
 
 /// Where an outgoing live migration goes.

@@ -98,6 +98,24 @@ pub trait Domain: Send + Sync {
     fn resize_disk(&self, name: &str, size_bytes: u64) -> Result<()>;
     /// Ejects the medium of cdrom `name` and inserts `image` instead (`None`: left empty).
     fn change_medium(&self, name: &str, image: Option<&DiskImage>) -> Result<()>;
+    /// Block migration, target (waiting for the guest): serves the disks named, writable,
+    /// over NBD on unix socket `socket`, one export per disk, named after it.
+    fn export_disks(&self, socket: &std::path::Path, disks: &[String]) -> Result<()>;
+    /// Block migration, target (the guest arrived): stops serving the disks.
+    fn stop_disk_exports(&self) -> Result<()>;
+    /// Block migration, source: mirrors each disk named onto the target's export of that
+    /// name, through a stream connected to the target's socket; returns once everything
+    /// was copied (from then on each write reaches both), or fails within `timeout`.
+    fn mirror_disks(
+        &self,
+        targets: Vec<(String, std::os::fd::OwnedFd)>,
+        timeout: Duration,
+    ) -> Result<()>;
+    /// Block migration, source, in state `pre-switchover` (guest paused): completes the
+    /// mirrors, then lets the migration switch over.
+    fn finish_disk_mirrors(&self) -> Result<()>;
+    /// Block migration, source, after a failure: drops the mirrors (the guest stays).
+    fn abort_disk_mirrors(&self);
     /// Waits until the VMM process exits (reaping it). `None` timeout waits forever.
     /// Returns `Ok(None)` on timeout.
     fn wait_exit(&self, timeout: Option<Duration>) -> Result<Option<ExitInfo>>;

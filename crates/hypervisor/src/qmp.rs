@@ -422,6 +422,94 @@ impl QmpCommand for BlockdevInsertMedium {
     type Return = Empty;
 }
 
+/// `nbd-server-start` on a unix socket (a migration target's disks, for its source).
+#[derive(Debug, Clone, Serialize)]
+pub struct NbdServerStart {
+    pub addr: Value,
+}
+impl QmpCommand for NbdServerStart {
+    const NAME: &'static str = "nbd-server-start";
+    type Return = Empty;
+}
+
+/// `nbd-server-stop`: removes the exports and closes their connections.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct NbdServerStop;
+impl QmpCommand for NbdServerStop {
+    const NAME: &'static str = "nbd-server-stop";
+    type Return = Empty;
+}
+
+/// `block-export-add`: its arguments are the export's options, which vary by type.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct BlockExportAdd(pub Value);
+impl QmpCommand for BlockExportAdd {
+    const NAME: &'static str = "block-export-add";
+    type Return = Empty;
+}
+
+/// `blockdev-mirror`: copies what `device` reads to the node `target`, and from then on
+/// every write too.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BlockdevMirror {
+    pub job_id: String,
+    pub device: String,
+    pub target: String,
+    /// `full`: all the guest sees, whatever image it comes from.
+    pub sync: String,
+    /// `write-blocking`: a guest write completes once the target has it too.
+    pub copy_mode: String,
+}
+impl QmpCommand for BlockdevMirror {
+    const NAME: &'static str = "blockdev-mirror";
+    type Return = Empty;
+}
+
+/// `query-block-jobs`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct QueryBlockJobs;
+impl QmpCommand for QueryBlockJobs {
+    const NAME: &'static str = "query-block-jobs";
+    type Return = Vec<BlockJobInfo>;
+}
+
+/// One block job, as `query-block-jobs` reports it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BlockJobInfo {
+    /// The job id.
+    pub device: String,
+    /// A mirror copied everything and now follows the writes.
+    pub ready: bool,
+    pub offset: u64,
+    pub len: u64,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `block-job-cancel`: a ready mirror stops with its target a consistent copy; `force`
+/// stops any job at once.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockJobCancel {
+    pub device: String,
+    pub force: bool,
+}
+impl QmpCommand for BlockJobCancel {
+    const NAME: &'static str = "block-job-cancel";
+    type Return = Empty;
+}
+
+/// `migrate-continue` from state `pre-switchover` (capability `pause-before-switchover`).
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrateContinue {
+    pub state: String,
+}
+impl QmpCommand for MigrateContinue {
+    const NAME: &'static str = "migrate-continue";
+    type Return = Empty;
+}
+
 /// Asynchronous events, shared between the reader thread and callers.
 #[derive(Default)]
 pub struct EventLog {

@@ -25,6 +25,7 @@ mod vm;
 pub mod vmm_user;
 
 pub use client::{final_status, live_pid, ByteStream, ClientError, LauncherClient};
+pub use migration::in_progress as migration_in_progress;
 pub use process::{run, ExitCode, LauncherArgs, LauncherError};
 pub use protocol::{
     AccessCredentialsRequest, AccessCredentialsResult, FailedStep, FilesystemStats, FreezeRequest,

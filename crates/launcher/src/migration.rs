@@ -1,12 +1,20 @@
-//! Live migration between two launchers of one VMI on this node.
+//! Live migration between two launchers of one VMI, on one node or two.
 //!
 //! The target is a launcher synced with an [`crate::protocol::IncomingMigration`]: it
-//! prepares the VM from the same VMI, but takes over by hard link the files its source made
-//! in its run directory (`prepare`), joins the pod network on a tap of its own (`network`),
+//! prepares the VM from the same VMI, joins the pod network on a tap of its own (`network`),
 //! and starts QEMU waiting for the guest on a unix socket in its own `vmm/` directory: the
 //! status's `incomingUri`. The source is told that URI (`POST /v1/migrate`). Each VM's QEMU
 //! runs as a user of its own, so the source's QEMU could not reach the target's socket:
 //! the source launcher (root) connects and hands QEMU the stream.
+//!
+//! The disks only the source's node has ([`local_disks`]: overlays, emptyDisks, cloud-init
+//! disks in its run directory) reach the target in one of two ways:
+//! - same node: the target takes over by hard link the files its source made (`prepare`);
+//! - another node (the node agents carry both streams between the nodes): the target makes
+//!   its own and serves them over NBD (`incomingStorageUri`); the source mirrors each onto
+//!   them while the guest runs, starts the RAM migration once all are copied, and completes
+//!   the mirrors in `pre-switchover`, with the guest paused, before it may run on the target
+//!   (`kubevirt_hypervisor::qemu` block migration).
 //!
 //! Both follow QEMU's `MIGRATION` events into the status. When the guest arrived, the
 //! target starts its DHCP server and is the VM's launcher from then on; the source stops
@@ -18,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kubevirt_api::v1::VirtualMachineInstance;
-use kubevirt_hypervisor::{MigrationParams, MigrationStatus, MigrationTarget};
+use kubevirt_hypervisor::{
+    DiskDevice, DomainConfig, MigrationParams, MigrationStatus, MigrationTarget,
+};
 
 use crate::protocol::{FailedStep, MigrateRequest, StartFailure};
 use crate::rundir::RunDir;
@@ -65,6 +75,22 @@ pub(crate) fn source_run_dir(own: &RunDir, source: &Path) -> Result<RunDir, Stri
     Ok(RunDir::new(src))
 }
 
+/// The disks only this node has that the guest writes: writable disks on files the launcher
+/// made in its run directory (overlays of containerDisks and ephemeral claims, emptyDisks,
+/// cloud-init disks). Claims and hostDisks are storage both nodes reach.
+pub(crate) fn local_disks(cfg: &DomainConfig, run_dir: &Path) -> Vec<String> {
+    cfg.disks
+        .iter()
+        .filter(|d| !d.readonly && d.device == DiskDevice::Disk)
+        .filter(|d| d.path.as_deref().is_some_and(|p| p.starts_with(run_dir)))
+        .map(|d| d.name.clone())
+        .collect()
+}
+
+/// How long the copy of the local disks to another node may take before the migration
+/// gives up (unless the migration's own completion timeout is given).
+const DISK_COPY_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Bookkeeping of the outgoing migration beyond QEMU's status word.
 #[derive(Default)]
 pub(crate) struct Outgoing {
@@ -75,7 +101,7 @@ pub(crate) struct Outgoing {
 }
 
 /// QEMU's status words of a migration that has not ended.
-fn in_progress(status: &str) -> bool {
+pub fn in_progress(status: &str) -> bool {
     !matches!(status, "none" | "completed" | "failed" | "cancelled")
 }
 
@@ -152,11 +178,41 @@ impl Vm {
                 "post-copy is not available on this node; pre-copy only"
             );
         }
+        // A target on another node: the disks only this node has are copied first.
+        let copy_disks = req.storage_uri.is_some() && !self.local_disks.is_empty();
+        if let Some(uri) = req.storage_uri.as_ref().filter(|_| copy_disks) {
+            let path = uri.strip_prefix("unix:").ok_or_else(|| {
+                VmError::Conflict(format!("storageUri {uri}: a unix: URI is expected"))
+            })?;
+            let mut targets = Vec::new();
+            for disk in &self.local_disks {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .and_then(|s| s.into_std())
+                    .map_err(|e| VmError::TargetUnreachable {
+                        uri: uri.clone(),
+                        reason: e.to_string(),
+                    })?;
+                targets.push((disk.clone(), std::os::fd::OwnedFd::from(stream)));
+            }
+            let timeout = opts
+                .completion_timeout_seconds
+                .map_or(DISK_COPY_TIMEOUT, Duration::from_secs);
+            let vm = self.clone();
+            let started = std::time::Instant::now();
+            tokio::task::spawn_blocking(move || vm.domain.mirror_disks(targets, timeout))
+                .await
+                .map_err(|e| VmError::Task {
+                    reason: e.to_string(),
+                })??;
+            tracing::info!(disks = ?self.local_disks, took = ?started.elapsed(), "disks copied to the migration target; following their writes");
+        }
         let params = MigrationParams {
             max_bandwidth: opts.bandwidth_bytes_per_second,
             downtime_limit_ms: opts.downtime_limit_ms,
             auto_converge: opts.auto_converge,
             post_copy: opts.allow_post_copy && no_post_copy.is_none(),
+            pause_before_switchover: copy_disks,
         };
         let generation = {
             let mut o = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,11 +222,15 @@ impl Vm {
         };
         let vm = self.clone();
         let post_copy = params.post_copy;
-        tokio::task::spawn_blocking(move || vm.domain.migrate_out(to, &params))
+        let started = tokio::task::spawn_blocking(move || vm.domain.migrate_out(to, &params))
             .await
             .map_err(|e| VmError::Task {
                 reason: e.to_string(),
-            })??;
+            })?;
+        if let Err(e) = started {
+            self.domain.abort_disk_mirrors();
+            return Err(e.into());
+        }
         tracing::info!(uri = req.uri, options = ?req.options, "outgoing migration started");
         if let Some(secs) = opts.completion_timeout_seconds {
             let vm = self.clone();
@@ -283,11 +343,17 @@ impl Vm {
         match (incoming, word) {
             (true, "completed") => {
                 tracing::info!("incoming migration completed: the guest runs here");
+                if self.status.get().incoming_storage_uri.is_some() {
+                    if let Err(error) = self.domain.stop_disk_exports() {
+                        tracing::warn!(%error, "closing the disks served to the source");
+                    }
+                }
                 // QEMU resumed the guest (unless it was paused) before saying so.
                 let state = self.current_state().await;
                 self.status.update(|s| {
                     s.migration = Some(m);
                     s.incoming_uri = None;
+                    s.incoming_storage_uri = None;
                     s.domain = state.or(s.domain);
                 });
                 return true;
@@ -308,7 +374,24 @@ impl Vm {
                 });
                 stop = true;
             }
+            (false, "pre-switchover") => {
+                // The guest is paused: the target gets the disks as they are, then the rest.
+                let vm = self.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(error) = vm.domain.finish_disk_mirrors() {
+                        tracing::error!(%error, "completing the disk copies; cancelling the migration");
+                        if let Err(error) = vm.domain.migrate_cancel() {
+                            tracing::error!(%error, "cancelling the migration");
+                        }
+                    }
+                });
+                self.status.update(|s| s.migration = Some(m));
+            }
             (false, _) => {
+                if matches!(word, "failed" | "cancelled") {
+                    let vm = self.clone();
+                    tokio::task::spawn_blocking(move || vm.domain.abort_disk_mirrors());
+                }
                 if word == "cancelled" {
                     let timed_out = self
                         .outgoing

@@ -43,13 +43,25 @@ fn err(e: impl std::fmt::Display) -> LauncherError {
 /// domain at it), or with `join` (a migration target) joins the one this VMI has. Blocking:
 /// it runs `ip` and `nft`.
 /// `vmm_user`: the VM's own user, when QEMU runs as one (passt runs as it too).
+/// Whether a launcher joins the VMI's pod network (keyed by the VMI's UID) or builds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    /// Build it (a stale one left by a killed launcher is removed).
+    No,
+    /// A migration target of a source on this node: the network is the source's.
+    Required,
+    /// A migration target of a source on another node: this host may have the network (a
+    /// pod network shared by the nodes of one host), else it is built.
+    IfPresent,
+}
+
 pub fn setup(
     vmi: &VmiRef,
     run_dir: &RunDir,
     networks: &[NetPrep],
     state_dir: &Path,
     vmm_user: Option<u32>,
-    join: bool,
+    join: Join,
 ) -> Result<NetState, LauncherError> {
     let mut st = NetState::default();
     let prep = match networks {
@@ -87,10 +99,15 @@ pub fn setup(
     } else {
         vmi.uid.clone()
     };
-    let handle = if join {
-        let pod = pn
-            .adopt(&vm_id)
-            .map_err(|e| err(format!("no pod network to join as migration target: {e}")))?;
+    let present = match join {
+        Join::No => None,
+        Join::Required => Some(
+            pn.adopt(&vm_id)
+                .map_err(|e| err(format!("no pod network to join as migration target: {e}")))?,
+        ),
+        Join::IfPresent => pn.adopt(&vm_id).ok(),
+    };
+    let handle = if let Some(pod) = present {
         // Same MAC and addresses: the record's, which the source's guest has. (A passt
         // network has no taps: passt VMIs are not migrated.)
         pod.add_tap().map_err(err)?
@@ -131,7 +148,7 @@ pub fn setup(
         podnet::PodMode::Masquerade => {
             // A target's guest keeps the lease the source's server gave it; its own server
             // starts when the guest arrived ([`NetState::start_dhcp`]).
-            if !join {
+            if join == Join::No {
                 match handle.dhcp_server() {
                     Ok(d) => *st.dhcp.lock().unwrap_or_else(|p| p.into_inner()) = Some(d),
                     Err(e) => {

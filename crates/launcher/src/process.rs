@@ -378,18 +378,29 @@ async fn start(
     )
     .map_err(io("writing vmi.json"))?;
     tracing::info!(vmi = %vref, accel = accel.kind.as_str(), reason = %accel.reason, incoming, "starting the VM");
-    // A migration target: what it takes over from its source, checked before anything.
+    // A migration target: what it takes over from a source on this node, checked before
+    // anything.
     let source = match &request.incoming {
         Some(i) => {
-            let source = crate::migration::source_run_dir(run_dir, &i.source_run_dir)
-                .map_err(|reason| LauncherError::Input { reason })?;
+            let source = match &i.source_run_dir {
+                Some(dir) => Some(
+                    crate::migration::source_run_dir(run_dir, dir)
+                        .map_err(|reason| LauncherError::Input { reason })?,
+                ),
+                None => None,
+            };
             let issues = crate::migration::migration_blockers(&vmi);
             if !issues.is_empty() {
                 return Err(LauncherError::NotMigratable { issues });
             }
-            Some(source)
+            source
         }
         None => None,
+    };
+    let join = match (&request.incoming, &source) {
+        (None, _) => crate::network::Join::No,
+        (Some(_), Some(_)) => crate::network::Join::Required,
+        (Some(_), None) => crate::network::Join::IfPresent,
     };
     let take_over = source.as_ref().map(|s| TakeOver {
         run_dir: run_dir.path(),
@@ -441,7 +452,7 @@ async fn start(
             args.podnet_state_dir.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            crate::network::setup(&vref, &run_dir, &networks, &state_dir, vmm_user, incoming)
+            crate::network::setup(&vref, &run_dir, &networks, &state_dir, vmm_user, join)
         })
     };
     let prepared = prepare_volumes(&mut translation, &containerdisks, take_over).await;
@@ -470,15 +481,20 @@ async fn start(
     };
     // Where a target's QEMU waits for the guest: its own directory, which the source's
     // launcher (root) reaches for its QEMU.
-    let incoming_uri = match &source {
-        Some(_) => Some(format!(
+    let socket_uri = |path: PathBuf| -> Result<String, LauncherError> {
+        Ok(format!(
             "unix:{}",
-            std::path::absolute(run_dir.migration_socket())
-                .map_err(io("locating the migration socket"))?
+            std::path::absolute(path)
+                .map_err(io("locating a migration socket"))?
                 .display()
-        )),
-        None => None,
+        ))
     };
+    let incoming_uri = if incoming {
+        Some(socket_uri(run_dir.migration_socket())?)
+    } else {
+        None
+    };
+    let local_disks = crate::migration::local_disks(&translation.domain, run_dir.path());
     // Started on this (the main) thread: QEMU's parent-death signal follows this thread.
     let started = match &incoming_uri {
         Some(uri) => domain.prepare_incoming(uri),
@@ -488,7 +504,20 @@ async fn start(
         net.release();
         return Err(e.into());
     }
-    let vm = Vm::new(domain.clone(), grace, status.clone());
+    // A target of another node's source serves the disks the source copies into it.
+    let incoming_storage_uri = match (incoming, &source, local_disks.is_empty()) {
+        (true, None, false) => {
+            let socket = run_dir.vmm_dir().join("nbd.sock");
+            if let Err(e) = domain.export_disks(&socket, &local_disks) {
+                let _ = domain.stop();
+                net.release();
+                return Err(e.into());
+            }
+            Some(socket_uri(socket)?)
+        }
+        _ => None,
+    };
+    let vm = Vm::new(domain.clone(), grace, status.clone(), local_disks);
     let net = Arc::new(net);
     // A target's guest runs here only once it arrived.
     if incoming_uri.is_none() {
@@ -508,6 +537,7 @@ async fn start(
         s.qemu_pid = domain.pid();
         s.interfaces = net.interfaces();
         s.incoming_uri = incoming_uri;
+        s.incoming_storage_uri = incoming_storage_uri;
     });
     tracing::info!(pid = ?domain.pid(), "VM running");
     crate::footprint::release_code_pages();

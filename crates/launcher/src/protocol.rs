@@ -253,6 +253,11 @@ pub struct LauncherStatus {
     /// `unix:<target run dir>/vmm/migration.sock`.
     #[serde(default)]
     pub incoming_uri: Option<String>,
+    /// On a migration target from another node, while `incoming_uri` is set and the VM has
+    /// disks only its node has: where the source copies them (`unix:<target run
+    /// dir>/vmm/nbd.sock`, an NBD server with one writable export per disk).
+    #[serde(default)]
+    pub incoming_storage_uri: Option<String>,
     /// The current or last live migration (outgoing on a source, incoming on a target), as
     /// the hypervisor reports it; pushed on every change of its status word (QEMU's:
     /// `setup`, `active`, `device`, `postcopy-active`, `completed`, `failed`,
@@ -289,6 +294,7 @@ impl LauncherStatus {
             hotplug_volumes: Vec::new(),
             inserted_media: Vec::new(),
             incoming_uri: None,
+            incoming_storage_uri: None,
             migration: None,
             migrated_out: false,
         }
@@ -310,15 +316,21 @@ pub struct SyncRequest {
     pub incoming: Option<IncomingMigration>,
 }
 
-/// What a migration target needs to know of its source (same node).
+/// What a migration target needs to know of its source.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IncomingMigration {
-    /// The source launcher's run directory, beside this launcher's (the same run root): the
-    /// disk files it made there (overlays, empty disks, cloud-init ISOs, UEFI variables) are
-    /// taken over by hard link, so the target runs on what the guest wrote. The pod network
-    /// (same VMI UID) is joined on a tap of the target's own, not rebuilt.
-    pub source_run_dir: std::path::PathBuf,
+    /// Same node: the source launcher's run directory, beside this launcher's (the same
+    /// run root). The disk files it made there (overlays, empty disks, cloud-init ISOs,
+    /// UEFI variables) are taken over by hard link, so the target runs on what the guest
+    /// wrote. The pod network (same VMI UID) is joined on a tap of the target's own.
+    ///
+    /// None: the source is on another node. The target makes its disks as for a first boot
+    /// and serves the ones the guest writes (`incomingStorageUri`) for the source to copy
+    /// what its guest wrote into them while it runs (block migration); it joins the VMI's
+    /// pod network if this host has it, else builds one (same MAC, derived from the UID).
+    #[serde(default)]
+    pub source_run_dir: Option<std::path::PathBuf>,
 }
 
 /// Body of `POST /v1/stop`.
@@ -338,6 +350,10 @@ pub struct MigrateRequest {
     /// Where the target listens: its launcher's `incomingUri` (`unix:PATH`; this launcher
     /// connects and hands QEMU the stream), or `tcp:HOST:PORT` (QEMU connects itself).
     pub uri: String,
+    /// A target on another node: its `incomingStorageUri` (`unix:PATH`), which this
+    /// launcher connects to once per disk it copies there before the guest moves.
+    #[serde(default)]
+    pub storage_uri: Option<String>,
     #[serde(default)]
     pub options: MigrationOptions,
 }

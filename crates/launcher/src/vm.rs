@@ -56,11 +56,20 @@ pub struct Vm {
     pub(crate) outgoing: Mutex<crate::migration::Outgoing>,
     /// Bumped each time the agent's channel opens: a poller of an earlier session stops.
     pub(crate) agent_session: AtomicU64,
+    /// The disks only this node has that the guest writes (files in the run directory): what
+    /// a migration to another node copies ([`crate::migration::local_disks`]).
+    pub(crate) local_disks: Vec<String>,
 }
 
 impl Vm {
-    pub fn new(domain: Arc<dyn Domain>, default_grace: u64, status: Arc<StatusCell>) -> Arc<Vm> {
+    pub fn new(
+        domain: Arc<dyn Domain>,
+        default_grace: u64,
+        status: Arc<StatusCell>,
+        local_disks: Vec<String>,
+    ) -> Arc<Vm> {
         Arc::new(Vm {
+            local_disks,
             domain,
             default_grace,
             status,

@@ -286,7 +286,7 @@ fn sync(rt: &tokio::runtime::Runtime, vm: &TestVm, v: &serde_json::Value, source
         vmi: v.clone(),
         secrets: Default::default(),
         incoming: source.map(|s| IncomingMigration {
-            source_run_dir: s.run_dir.path().to_path_buf(),
+            source_run_dir: Some(s.run_dir.path().to_path_buf()),
         }),
     }))
     .unwrap();
@@ -471,6 +471,81 @@ fn live_migration_between_launchers() {
     );
 }
 
+/// A migration as to another node: the target's run directory is not beside the source's
+/// and it is told of no source, so it makes its own emptyDisk and serves it
+/// (`incomingStorageUri`); the source copies what its guest wrote there while the guest
+/// runs (block migration), then moves the guest. The guest reads its memory and its disk on
+/// the target, whose file is not the source's.
+#[test]
+fn block_migration_to_a_launcher_of_another_node() {
+    let g = guests();
+    let images = tempfile::tempdir().unwrap();
+    let root = copy_to(&g.disk_raw, images.path(), "shared.img");
+    let v = migratable_vmi("blockmig", &root);
+    let rt = rt();
+    let (src_runs, dst_runs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut src, _) = boot_source(&rt, src_runs.path(), &v);
+    let before = src.status(&rt).interfaces;
+
+    let mut dst = start_for_sync(
+        kubevirt_launcher::RunDir::new(dst_runs.path().join("pod-dst")),
+        "blockmig",
+        "uid-blockmig",
+    );
+    rt.block_on(dst.client.sync(&SyncRequest {
+        vmi: v.clone(),
+        secrets: Default::default(),
+        incoming: Some(IncomingMigration {
+            source_run_dir: None,
+        }),
+    }))
+    .unwrap();
+    let waiting = wait_status(&dst, |s| s.incoming_uri.is_some());
+    let storage = waiting.incoming_storage_uri.clone().unwrap();
+    assert_eq!(
+        storage,
+        format!("unix:{}", dst.run_dir.path().join("vmm/nbd.sock").display())
+    );
+    let file = |vm: &TestVm| vm.run_dir.path().join("empty-scratch.img");
+    let inode =
+        |vm: &TestVm| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(file(vm)).unwrap());
+    assert_ne!(
+        inode(&dst),
+        inode(&src),
+        "the target made its own emptyDisk"
+    );
+    let mut req = migrate_to(&waiting.incoming_uri.unwrap());
+    req.storage_uri = Some(storage);
+    rt.block_on(src.client.migrate(&req)).unwrap();
+    let (code, fin) = src.wait_final();
+    assert_eq!(code, Some(0), "{fin:?}");
+    assert!(fin.migrated_out, "{fin:?}");
+    assert_eq!(fin.migration.as_ref().unwrap().status, "completed");
+
+    let arrived = wait_status(&dst, |s| s.domain == Some(DomainState::Running));
+    assert_eq!(arrived.incoming_storage_uri, None);
+    assert_eq!(arrived.interfaces, before);
+    let mut con = console(&rt, &dst.client);
+    let out = con
+        .run(
+            "cat /tmp/state; for d in /sys/block/vd*; do [ \"$(cat $d/serial)\" = scratch ] && dev=/dev/${d##*/}; done; \
+             echo 3 > /proc/sys/vm/drop_caches; dd if=$dev bs=7 count=1 2>/dev/null",
+            T,
+        )
+        .unwrap();
+    assert!(out.contains("memory-25"), "{out}");
+    assert!(out.contains("disk-42"), "{out}");
+    // The bytes are in the target's own file.
+    let mut head = [0u8; 7];
+    std::io::Read::read_exact(&mut std::fs::File::open(file(&dst)).unwrap(), &mut head).unwrap();
+    assert_eq!(&head, b"disk-42");
+
+    rt.block_on(dst.client.stop(Some(0))).unwrap();
+    let (code, fin) = dst.wait_final();
+    assert_eq!(code, Some(0), "{fin:?}");
+    assert_eq!(dst.leftovers(), Vec::<String>::new());
+}
+
 /// A migration throttled to 1 MiB/s is cancelled through the API: the guest keeps running
 /// on the source, the target exits with a failure and leaves no tap behind. A second one
 /// runs into its completion timeout, a third into a SIGTERM of the source. A target stopped
@@ -509,6 +584,7 @@ fn cancelled_and_timed_out_migrations_leave_the_guest_on_the_source() {
 
     let slow = |uri: &str, timeout: Option<u64>| kubevirt_launcher::MigrateRequest {
         uri: uri.into(),
+        storage_uri: None,
         options: kubevirt_launcher::MigrationOptions {
             bandwidth_bytes_per_second: Some(1 << 20),
             completion_timeout_seconds: timeout,
@@ -668,6 +744,7 @@ fn waits_for_sync_and_runs_only_its_vmi() {
 
 fn migrate_to(uri: &str) -> kubevirt_launcher::MigrateRequest {
     kubevirt_launcher::MigrateRequest {
+        storage_uri: None,
         uri: uri.into(),
         options: Default::default(),
     }

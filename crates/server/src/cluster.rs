@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use kube::api::{Api, ListParams};
 use kube::Client;
+use kubevirt_api::launcher_pod::LauncherPodSettings;
 use kubevirt_api::v1::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration};
 use kubevirt_metrics::families::encode_text;
 use kubevirt_metrics::Families;
@@ -209,7 +210,10 @@ pub async fn virt_controller(args: VirtControllerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(kubevirt_handler::node::local_node_name);
     let lease =
         kubevirt_reconcile::leader::LeaseConfig::new(&args.namespace, CONTROLLER_LEASE, &identity);
-    let pods = components::pod_settings(&args.launcher_image, args.use_emulation);
+    let pods = LauncherPodSettings {
+        migrate_to_other_nodes: true,
+        ..components::pod_settings(&args.launcher_image, args.use_emulation)
+    };
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     // Only the leader reports: standbys would repeat its series.
     let leading = Arc::new(AtomicBool::new(false));
@@ -286,6 +290,24 @@ pub async fn virt_handler(args: VirtHandlerArgs) -> anyhow::Result<()> {
     let mut agent = components::NodeAgent::new(&args.node, &args.data_dir)?;
     // The node's other pods (virt-api's, kube-proxy's, ...) are kubelet's to run.
     agent.launcher_pods_only = true;
+    // Live migrations to and from other nodes: their streams go between the agents' node
+    // endpoints, each presenting this install's virt-handler certificate.
+    agent.peers = Some(kubevirt_handler::peer::Peers {
+        port: args.listen.port(),
+        client_tls: {
+            let (client, ns) = (client.clone(), args.namespace.clone());
+            Arc::new(move || {
+                let (client, ns) = (client.clone(), ns.clone());
+                Box::pin(async move {
+                    let pki = kubevirt_cluster::certs::read_handler_pki(&client, &ns)
+                        .await
+                        .ok()??;
+                    kubevirt_cluster::certs::handler_client_config(&pki).ok()
+                })
+            })
+        },
+        server_name: kubevirt_cluster::certs::HANDLER_SERVER_NAME.into(),
+    });
     let node = agent.node.clone();
     let collect: kubevirt_cluster::metrics::Collect = {
         let (client, node, launchers) = (client.clone(), node.clone(), agent.launchers.clone());
@@ -312,13 +334,15 @@ pub async fn virt_handler(args: VirtHandlerArgs) -> anyhow::Result<()> {
     sub.set_client(client.clone());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let launchers = agent.launchers.clone();
     agent.start(&mut tasks, &client, kvm, &stop).await?;
     tasks.spawn(kubevirt_cluster::node_api::serve(
         client.clone(),
         args.namespace,
         args.listen,
         kubevirt_handler::subresources::router(sub.clone())
-            .merge(kubevirt_handler::logs::router(sub)),
+            .merge(kubevirt_handler::logs::router(sub))
+            .merge(kubevirt_handler::peer::router(launchers)),
         stop.clone(),
     ));
     tasks.spawn(kubevirt_cluster::metrics::serve(

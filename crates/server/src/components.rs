@@ -127,6 +127,8 @@ pub struct NodeAgent {
     /// mode). Else the agent is the node's only runtime and rejects what it cannot run.
     pub launcher_pods_only: bool,
     pub launchers: Arc<Launchers>,
+    /// How live migrations reach the other nodes' agents (cluster mode).
+    pub peers: Option<kubevirt_handler::peer::Peers>,
     pods_rx: tokio::sync::mpsc::UnboundedReceiver<
         kube::runtime::reflector::ObjectRef<k8s_openapi::api::core::v1::Pod>,
     >,
@@ -172,6 +174,7 @@ impl NodeAgent {
             node_ip: args.node_ip.to_string(),
             launcher_pods_only: false,
             launchers,
+            peers: None,
             pods_rx,
             vmis_rx,
         })
@@ -210,12 +213,15 @@ impl NodeAgent {
             stopped(stop),
         ));
         tasks.spawn(kubevirt_handler::agent::run(
-            Arc::new(kubevirt_handler::agent::Context::new(
-                client.clone(),
-                node,
-                self.node_ip,
-                self.launchers,
-            )),
+            Arc::new(
+                kubevirt_handler::agent::Context::new(
+                    client.clone(),
+                    node,
+                    self.node_ip,
+                    self.launchers,
+                )
+                .with_peers(self.peers),
+            ),
             self.vmis_rx,
             stopped(stop),
         ));

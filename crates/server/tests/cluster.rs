@@ -104,8 +104,8 @@ impl Kube<'_> {
 #[derive(Default)]
 struct Components {
     children: Vec<(String, Child)>,
-    /// virt-handler's run root: launchers still running under it are stopped on drop.
-    run_root: Option<PathBuf>,
+    /// The virt-handlers' run roots: launchers still running under them are stopped on drop.
+    run_roots: Vec<PathBuf>,
 }
 
 impl Components {
@@ -159,7 +159,7 @@ impl Drop for Components {
         }
         // virt-handler leaves VMs running by design: a run that failed before deleting its
         // VM stops the launchers it left (SIGTERM: each tears down its QEMU and network).
-        if let Some(root) = &self.run_root {
+        for root in &self.run_roots {
             let root = root.display().to_string();
             for (pid, _) in common::pids_mentioning(&root) {
                 let _ = nix_term(pid);
@@ -468,7 +468,7 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         .unwrap();
     let mirror = format!("registry:5000=http://{}", registry.host());
     let run_root = dir.join("run");
-    parts.run_root = Some(run_root.clone());
+    parts.run_roots.push(run_root.clone());
     let data = dir.join("node-data");
     let handler_args = [
         "virt-handler",
@@ -812,10 +812,62 @@ fn install_and_run_a_vm_on_real_kubernetes() {
     assert_eq!(code, "101", "{body}\n{}", parts.tails(&dir));
     parts.kill("virt-console");
 
+    // A second node: its own virt-handler on another address of this host (127.0.0.2: the
+    // nodes' endpoints share virt-api's `--handler-port`), run root and data directory.
+    let node2_ip = "127.0.0.2";
+    let run_root2 = dir.join("run2");
+    parts.run_roots.push(run_root2.clone());
+    let (data2, node2_listen, node2_metrics) = (
+        dir.join("node-2-data"),
+        format!("{node2_ip}:{handler_port}"),
+        format!("{node2_ip}:{}", free_port(node2_ip).unwrap()),
+    );
+    parts.spawn(
+        &dir,
+        "virt-handler-2",
+        &[
+            "virt-handler",
+            "--node-name",
+            "node-2",
+            "--node-ip",
+            node2_ip,
+            "--run-root",
+            run_root2.to_str().unwrap(),
+            "--data-dir",
+            data2.to_str().unwrap(),
+            "--registry-mirror",
+            &mirror,
+            "--listen",
+            &node2_listen,
+            "--metrics-listen",
+            &node2_metrics,
+        ],
+        &handler_kc,
+    );
+    admin.wait_for(
+        &["get", "node", "node-2"],
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+        &parts,
+    );
+    // What the guest has before it moves: a file in memory, and bytes near the end of its
+    // disk, which only node-1 has (the containerDisk's overlay in the launcher's run dir).
+    let mut console =
+        common::ConsoleCapture::start_as(&admin.kubeconfig, &["console", "cirros", "-n", "team-a"]);
+    console.send("\r");
+    let end_of_disk = "n=$(( $(cat /sys/block/vda/size) - 8 ))";
+    console.run(
+        &format!("echo moving-$((2*21)) > /tmp/m; {end_of_disk}; echo disk-marker-$((7*11)) | dd of=/dev/vda bs=512 seek=$n conv=fsync 2>/dev/null; echo marked-$((1+1))"),
+        "marked-2",
+    );
+    drop(console);
+
     // Evicting the launcher pod (what `kubectl drain` does) is refused by virt-api's
     // eviction webhook, which marks the VMI for evacuation (its evictionStrategy is
     // LiveMigrate): the controllers migrate it to a new launcher pod, which
-    // kube-scheduler places; the guest keeps running.
+    // kube-scheduler places on the other node (never beside the source); the disk only
+    // node-1 had is copied over while the guest runs, both streams carried between the
+    // virt-handlers over mutual TLS; the guest keeps running.
     let eviction = format!(
         r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"team-a"}}}}"#
     );
@@ -868,12 +920,87 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    for (what, want) in [
+        ("{.status.nodeName}", "node-2"),
+        ("{.status.migrationState.targetNodeAddress}", node2_ip),
+        ("{.metadata.labels.kubevirt\\.io/nodeName}", "node-2"),
+    ] {
+        assert_eq!(
+            admin.jsonpath(&["-n", "team-a", "get", "vmi", "cirros"], what),
+            want,
+            "{what}"
+        );
+    }
+    assert_eq!(
+        admin.jsonpath(
+            &["-n", "team-a", "get", "pod", &moved_to],
+            "{.spec.nodeName}"
+        ),
+        "node-2"
+    );
     let mut console =
         common::ConsoleCapture::start_as(&admin.kubeconfig, &["console", "cirros", "-n", "team-a"]);
     console.send("\r");
-    console.send("echo after-the-move-$((6*7))\r");
-    console.wait_for("after-the-move-42");
+    console.run(
+        &format!("cat /tmp/m; echo 3 > /proc/sys/vm/drop_caches; {end_of_disk}; dd if=/dev/vda bs=512 skip=$n count=1 2>/dev/null | head -c 16; echo; echo after-the-move-$((6*7))"),
+        "after-the-move-42",
+    );
+    let text = console.text();
+    assert!(
+        text.contains("moving-42") && text.contains("disk-marker-77"),
+        "the guest kept its memory and its disk: {text}"
+    );
     drop(console);
+    // A node's migration endpoint takes only the install's certificates: without one the
+    // TLS handshake fails; with virt-handler's, a stream of no migration waiting there is
+    // a 404, and a request that is no upgrade a 400.
+    let vmi_uid = admin.jsonpath(&["-n", "team-a", "get", "vmi", "cirros"], "{.metadata.uid}");
+    let pki = dir.join("handler-pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    for key in ["tls.crt", "tls.key"] {
+        let b64 = admin.jsonpath(
+            &["-n", NS, "get", "secret", "kubevirt-virt-handler-certs"],
+            &format!("{{.data.{}}}", key.replace('.', "\\.")),
+        );
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .unwrap();
+        std::fs::write(pki.join(key), bytes).unwrap();
+    }
+    let stream = |uid: &str, extra: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(extra)
+            .arg(format!("https://{node2_listen}/v1/migrations/{uid}/ram"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let cert = pki.join("tls.crt").display().to_string();
+    let key = pki.join("tls.key").display().to_string();
+    let upgrade = [
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: kubevirt-migration",
+    ];
+    assert_eq!(stream(&vmi_uid, &upgrade), "000");
+    let with_cert = |more: &[&str]| {
+        let mut args = vec!["--cert", cert.as_str(), "--key", key.as_str()];
+        args.extend_from_slice(more);
+        stream(&vmi_uid, &args)
+    };
+    assert_eq!(with_cert(&upgrade), "404");
+    assert_eq!(with_cert(&[]), "400");
 
     // Leader failover: the leader dies; the standby takes the Lease and acts.
     parts.kill("ctl-a");

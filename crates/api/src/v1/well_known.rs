@@ -12,6 +12,9 @@ pub const CREATED_BY_LABEL: &str = "kubevirt.io/created-by";
 pub const VM_NAME_LABEL: &str = "vm.kubevirt.io/name";
 /// Label on a VMI (and its pod) naming the node it runs on; node agents watch by it.
 pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
+/// On a VMI while it migrates: the target pod's node, whose agent prepares the target and
+/// watches VMIs with this label (set at hand-off, removed when the migration ends).
+pub const MIGRATION_TARGET_NODE_NAME_LABEL: &str = "kubevirt.io/migrationTargetNodeName";
 /// Node label: the node agent runs and can take VMs.
 pub const NODE_SCHEDULABLE_LABEL: &str = "kubevirt.io/schedulable";
 

@@ -431,7 +431,7 @@ impl Disks {
     }
 }
 
-fn no_such_disk(cfg: &DomainConfig, name: &str) -> HypervisorError {
+pub(super) fn no_such_disk(cfg: &DomainConfig, name: &str) -> HypervisorError {
     HypervisorError::NoSuchDisk {
         domain: cfg.name.clone(),
         disk: name.to_string(),

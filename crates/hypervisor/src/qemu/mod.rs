@@ -1,6 +1,7 @@
 //! QEMU backend: spawns `qemu-system-x86_64` and drives it over QMP.
 
 pub mod argv;
+mod blockmig;
 pub mod cgroup;
 pub mod fds;
 mod hotplug;
@@ -80,6 +81,7 @@ impl Hypervisor for QemuHypervisor {
             runtime: Mutex::new(None),
             shared: Arc::new(Shared::default()),
             disks: Mutex::new(hotplug::Disks::default()),
+            mirrors: Mutex::new(Vec::new()),
         }))
     }
 }
@@ -109,6 +111,8 @@ pub struct QemuDomain {
     shared: Arc<Shared>,
     /// Hot-plugged disks and changed media; held across each QMP sequence.
     disks: Mutex<hotplug::Disks>,
+    /// The disks (by index) an outgoing block migration mirrors.
+    mirrors: Mutex<Vec<usize>>,
 }
 
 impl QemuDomain {
@@ -822,6 +826,7 @@ impl Domain for QemuDomain {
             ("events", true),
             ("auto-converge", params.auto_converge),
             ("postcopy-ram", params.post_copy),
+            ("pause-before-switchover", params.pause_before_switchover),
         ]))?;
         qmp.execute(&qmp::MigrateSetParameters {
             max_bandwidth: params.max_bandwidth.unwrap_or(0),
@@ -848,6 +853,43 @@ impl Domain for QemuDomain {
 
     fn migrate_cancel(&self) -> Result<()> {
         self.qmp()?.execute(&qmp::MigrateCancel).map(|_| ())
+    }
+
+    fn export_disks(&self, socket: &Path, disks: &[String]) -> Result<()> {
+        blockmig::export(&*self.qmp()?, &self.cfg, socket, disks)
+    }
+
+    fn stop_disk_exports(&self) -> Result<()> {
+        blockmig::stop_exports(&*self.qmp()?)
+    }
+
+    fn mirror_disks(&self, targets: Vec<(String, OwnedFd)>, timeout: Duration) -> Result<()> {
+        let mut mirrors = self.mirrors.lock().unwrap_or_else(|p| p.into_inner());
+        if !mirrors.is_empty() {
+            return Err(HypervisorError::InvalidState {
+                name: self.cfg.name.clone(),
+                reason: "the disks are being mirrored already".into(),
+            });
+        }
+        *mirrors = blockmig::mirror(&*self.qmp()?, &self.cfg, targets, timeout)?;
+        Ok(())
+    }
+
+    fn finish_disk_mirrors(&self) -> Result<()> {
+        let qmp = self.qmp()?;
+        let disks = std::mem::take(&mut *self.mirrors.lock().unwrap_or_else(|p| p.into_inner()));
+        blockmig::finish(&qmp, &self.cfg, &disks, Duration::from_secs(60))?;
+        qmp.execute(&qmp::MigrateContinue {
+            state: "pre-switchover".into(),
+        })
+        .map(|_| ())
+    }
+
+    fn abort_disk_mirrors(&self) {
+        let disks = std::mem::take(&mut *self.mirrors.lock().unwrap_or_else(|p| p.into_inner()));
+        if let (false, Ok(qmp)) = (disks.is_empty(), self.qmp()) {
+            blockmig::abort(&qmp, &disks);
+        }
     }
 
     fn migrate_start_postcopy(&self) -> Result<()> {
