@@ -240,14 +240,7 @@ pub async fn sync(
             Ok(()) => {
                 tracing::info!(vmi = %vmi.name_any(), volume = %m.name, "cdrom medium ejected");
             }
-            Err(e) => out.push(VolumeStatus {
-                name: m.name.clone(),
-                target: Some(m.target.clone()),
-                phase: Some("Detaching".into()),
-                message: Some(e.to_string()),
-                hotplug_volume: Some(json!({})),
-                ..Default::default()
-            }),
+            Err(e) => out.push(detaching(&m.name, &m.target, e)),
         }
     }
     for h in &status.hotplug_volumes {
@@ -258,15 +251,20 @@ pub async fn sync(
             Ok(()) => {
                 tracing::info!(vmi = %vmi.name_any(), volume = %h.name, "volume unplugged");
             }
-            Err(e) => out.push(VolumeStatus {
-                name: h.name.clone(),
-                target: Some(h.target.clone()),
-                phase: Some("Detaching".into()),
-                message: Some(e.to_string()),
-                hotplug_volume: Some(json!({})),
-                ..Default::default()
-            }),
+            Err(e) => out.push(detaching(&h.name, &h.target, e)),
         }
     }
     out
+}
+
+/// The status of a volume the launcher has not let go of yet.
+fn detaching(name: &str, target: &str, error: impl std::fmt::Display) -> VolumeStatus {
+    VolumeStatus {
+        name: name.to_string(),
+        target: Some(target.to_string()),
+        phase: Some("Detaching".into()),
+        message: Some(error.to_string()),
+        hotplug_volume: Some(json!({})),
+        ..Default::default()
+    }
 }

@@ -374,7 +374,7 @@ fn forward_to_target(
     .map(|(file, stream)| (source.run_dir.path().join(file), stream));
     let uri = |socket: &std::path::Path| format!("unix:{}", socket.display());
     let uris = (uri(&streams[0].0), Some(uri(&streams[1].0)));
-    let mut forwarders = lock_forwarders(ctx);
+    let mut forwarders = crate::agent::lock(&ctx.forwarders);
     if forwarders.contains_key(uid) {
         // Set up by an earlier look of this migration.
         return Ok(Some(uris));
@@ -398,13 +398,6 @@ fn forward_to_target(
     }
     forwarders.insert(uid.clone(), tasks);
     Ok(Some(uris))
-}
-
-fn lock_forwarders(
-    ctx: &Context,
-) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<tokio::task::JoinHandle<()>>>>
-{
-    ctx.forwarders.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The migration state of a failed (or aborted) migration, with upstream's event.

@@ -35,11 +35,15 @@ use crate::rundir::RunDir;
 use crate::translate::FieldIssue;
 use crate::vm::{Vm, VmError};
 
-/// What keeps this VMI from being live-migrated to a launcher on this node, one issue per
-/// field: `kubevirt_api::migration::blockers`, the rule the VMI's `LiveMigratable`
-/// condition reports.
-pub(crate) fn migration_blockers(vmi: &VirtualMachineInstance) -> Vec<FieldIssue> {
-    kubevirt_api::migration::blockers(vmi, kubevirt_api::migration::Scope::SameNode)
+/// What keeps this VMI from being live-migrated to this launcher (`scope`: from this node,
+/// or from another, which also needs storage both nodes reach), one issue per field:
+/// `kubevirt_api::migration::blockers`, the rule the VMI's `LiveMigratable` condition
+/// reports.
+pub(crate) fn migration_blockers(
+    vmi: &VirtualMachineInstance,
+    scope: kubevirt_api::migration::Scope,
+) -> Vec<FieldIssue> {
+    kubevirt_api::migration::blockers(vmi, scope)
         .into_iter()
         .map(|b| FieldIssue {
             field: b.field,
@@ -442,13 +446,15 @@ mod tests {
         .unwrap()
     }
 
+    use kubevirt_api::migration::Scope;
+
     #[test]
     fn persistent_state_and_passt_block_migration() {
         let plain = vmi(json!({"domain": {
             "devices": {"tpm": {}, "interfaces": [{"name": "default", "masquerade": {}}]},
             "firmware": {"bootloader": {"efi": {"secureBoot": false}}}
         }}));
-        assert_eq!(migration_blockers(&plain), vec![]);
+        assert_eq!(migration_blockers(&plain, Scope::SameNode), vec![]);
         let blocked = vmi(json!({"domain": {
             "devices": {
                 "tpm": {"persistent": true},
@@ -456,7 +462,7 @@ mod tests {
             },
             "firmware": {"bootloader": {"efi": {"persistent": true}}}
         }}));
-        let fields: Vec<String> = migration_blockers(&blocked)
+        let fields: Vec<String> = migration_blockers(&blocked, Scope::SameNode)
             .into_iter()
             .map(|i| i.field)
             .collect();
@@ -471,7 +477,19 @@ mod tests {
         let disabled = vmi(json!({"domain": {"devices": {
             "tpm": {"enabled": false, "persistent": true}
         }}}));
-        assert_eq!(migration_blockers(&disabled), vec![]);
+        assert_eq!(migration_blockers(&disabled, Scope::SameNode), vec![]);
+        // From another node, a disk only the source's node has cannot come along.
+        let host_disk = vmi(json!({
+            "domain": {"devices": {"disks": [{"name": "d", "disk": {}}]}},
+            "volumes": [{"name": "d", "hostDisk": {"path": "/srv/d.img", "type": "Disk"}}]
+        }));
+        assert_eq!(migration_blockers(&host_disk, Scope::SameNode), vec![]);
+        let issues = migration_blockers(&host_disk, Scope::Cluster);
+        assert_eq!(issues[0].field, "spec.volumes[0]");
+        assert_eq!(
+            issues[0].reason,
+            "cannot migrate VMI with non-shared HostDisk"
+        );
     }
 
     #[test]

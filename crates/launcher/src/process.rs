@@ -389,7 +389,11 @@ async fn start(
                 ),
                 None => None,
             };
-            let issues = crate::migration::migration_blockers(&vmi);
+            let scope = match source {
+                Some(_) => kubevirt_api::migration::Scope::SameNode,
+                None => kubevirt_api::migration::Scope::Cluster,
+            };
+            let issues = crate::migration::migration_blockers(&vmi, scope);
             if !issues.is_empty() {
                 return Err(LauncherError::NotMigratable { issues });
             }

@@ -346,13 +346,15 @@ fn boot_source(
     rt: &tokio::runtime::Runtime,
     runs: &std::path::Path,
     v: &serde_json::Value,
+    extra: &[&str],
 ) -> (TestVm, kubevirt_testenv::Console) {
     let uid = v["metadata"]["uid"].as_str().unwrap();
     let name = v["metadata"]["name"].as_str().unwrap();
-    let src = start_for_sync(
+    let src = start_for_sync_with(
         kubevirt_launcher::RunDir::new(runs.join("pod-src")),
         name,
         uid,
+        extra,
     );
     sync(rt, &src, v, None);
     src.wait_started();
@@ -389,7 +391,7 @@ fn live_migration_between_launchers() {
     let v = migratable_vmi("migrate", &root);
     let rt = rt();
     let runs = tempfile::tempdir().unwrap();
-    let (mut src, _) = boot_source(&rt, runs.path(), &v);
+    let (mut src, _) = boot_source(&rt, runs.path(), &v, &[]);
     let before = src.status(&rt).interfaces;
     assert!(ask_guest(before[0].ip_address.as_deref().unwrap()).contains("from-memory-25"));
 
@@ -475,31 +477,55 @@ fn live_migration_between_launchers() {
 /// and it is told of no source, so it makes its own emptyDisk and serves it
 /// (`incomingStorageUri`); the source copies what its guest wrote there while the guest
 /// runs (block migration), then moves the guest. The guest reads its memory and its disk on
-/// the target, whose file is not the source's.
+/// the target, whose file is not the source's. The root disk is a ReadWriteMany claim both
+/// reach; a hostDisk, which only one node has, is refused.
 #[test]
 fn block_migration_to_a_launcher_of_another_node() {
     let g = guests();
     let images = tempfile::tempdir().unwrap();
     let root = copy_to(&g.disk_raw, images.path(), "shared.img");
-    let v = migratable_vmi("blockmig", &root);
+    let mut v = migratable_vmi("blockmig", &root);
     let rt = rt();
+    let incoming = |dst: &TestVm, v: &serde_json::Value| {
+        rt.block_on(dst.client.sync(&SyncRequest {
+            vmi: v.clone(),
+            secrets: Default::default(),
+            incoming: Some(IncomingMigration {
+                source_run_dir: None,
+            }),
+        }))
+        .unwrap()
+    };
     let (src_runs, dst_runs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut src, _) = boot_source(&rt, src_runs.path(), &v);
-    let before = src.status(&rt).interfaces;
-
-    let mut dst = start_for_sync(
-        kubevirt_launcher::RunDir::new(dst_runs.path().join("pod-dst")),
+    let mut refused = start_for_sync(
+        kubevirt_launcher::RunDir::new(dst_runs.path().join("pod-refused")),
         "blockmig",
         "uid-blockmig",
     );
-    rt.block_on(dst.client.sync(&SyncRequest {
-        vmi: v.clone(),
-        secrets: Default::default(),
-        incoming: Some(IncomingMigration {
-            source_run_dir: None,
-        }),
-    }))
-    .unwrap();
+    incoming(&refused, &v);
+    let (_, fin) = refused.wait_final();
+    let failure = fin.failure.unwrap();
+    assert_eq!(failure.fields[0].field, "spec.volumes[0]", "{failure:?}");
+    assert_eq!(
+        failure.fields[0].reason,
+        "cannot migrate VMI with non-shared HostDisk"
+    );
+
+    v["spec"]["volumes"][0] =
+        json!({"name": "root", "persistentVolumeClaim": {"claimName": "root"}});
+    v["status"] = json!({"volumeStatus": [{"name": "root",
+        "persistentVolumeClaimInfo": {"claimName": "root", "accessModes": ["ReadWriteMany"]}}]});
+    let claim = format!("root={}", root.display());
+    let (mut src, _) = boot_source(&rt, src_runs.path(), &v, &["--claim", &claim]);
+    let before = src.status(&rt).interfaces;
+
+    let mut dst = start_for_sync_with(
+        kubevirt_launcher::RunDir::new(dst_runs.path().join("pod-dst")),
+        "blockmig",
+        "uid-blockmig",
+        &["--claim", &claim],
+    );
+    incoming(&dst, &v);
     let waiting = wait_status(&dst, |s| s.incoming_uri.is_some());
     let storage = waiting.incoming_storage_uri.clone().unwrap();
     assert_eq!(
@@ -558,7 +584,7 @@ fn cancelled_and_timed_out_migrations_leave_the_guest_on_the_source() {
     let v = migratable_vmi("nomigrate", &root);
     let rt = rt();
     let runs = tempfile::tempdir().unwrap();
-    let (mut src, mut con) = boot_source(&rt, runs.path(), &v);
+    let (mut src, mut con) = boot_source(&rt, runs.path(), &v, &[]);
     let net = pod_network("uid-nomigrate").unwrap();
     let err = rt
         .block_on(src.client.migrate_cancel())

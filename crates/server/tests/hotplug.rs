@@ -48,6 +48,18 @@ impl Guest {
         Guest(console)
     }
 
+    /// `virtctl restart` of the VM, then the new guest's console once it booted.
+    fn restart(server: &Server, vm: &str) -> Guest {
+        let before = server.jsonpath("vmi", vm, "{.metadata.uid}");
+        let out = server.virtctl(&["restart", vm]);
+        assert!(out.status.success(), "{out:?}");
+        wait_until("a new VMI running", || {
+            let now = server.jsonpath("vmi", vm, "{.metadata.uid} {.status.phase}");
+            !now.starts_with(&before) && now.ends_with(" Running")
+        });
+        Guest::boot(server, vm)
+    }
+
     fn attach(server: &Server, vm: &str) -> Guest {
         Guest(ConsoleCapture::start(server, vm))
     }
@@ -160,14 +172,7 @@ fn hot_plugged_volumes_reach_the_guest_and_stay_across_restarts() {
 
     // A VM restart: the volume comes back with what was written.
     drop(guest);
-    let before = server.jsonpath("vmi", name, "{.metadata.uid}");
-    let out = server.virtctl(&["restart", name]);
-    assert!(out.status.success(), "{out:?}");
-    wait_until("a new VMI running", || {
-        let now = server.jsonpath("vmi", name, "{.metadata.uid} {.status.phase}");
-        !now.starts_with(&before) && now.ends_with(" Running")
-    });
-    let mut guest = Guest::boot(&server, name);
+    let mut guest = Guest::restart(&server, name);
     server.wait_for(
         "vmi",
         name,
@@ -281,14 +286,7 @@ fn hot_plugged_volumes_reach_the_guest_and_stay_across_restarts() {
 
     // A VM restart: the new guest boots with the empty tray and gets the medium back.
     drop(guest);
-    let before = server.jsonpath("vmi", name, "{.metadata.uid}");
-    let out = server.virtctl(&["restart", name]);
-    assert!(out.status.success(), "{out:?}");
-    wait_until("a new VMI running", || {
-        let now = server.jsonpath("vmi", name, "{.metadata.uid} {.status.phase}");
-        !now.starts_with(&before) && now.ends_with(" Running")
-    });
-    let mut guest = Guest::boot(&server, name);
+    let mut guest = Guest::restart(&server, name);
     wait_cd(&mut guest, "hot-plugged");
 
     // removevolume ejects: the tray stays in both specs, empty.

@@ -197,6 +197,11 @@ impl TestVm {
 /// does (no `--vmi`: it waits for the sync; its own process group), logging to its run
 /// dir; returns once it answers on its socket.
 pub fn start_for_sync(run_dir: RunDir, name: &str, uid: &str) -> TestVm {
+    start_for_sync_with(run_dir, name, uid, &[])
+}
+
+/// [`start_for_sync`] with more launcher arguments (e.g. `--claim NAME=PATH`).
+pub fn start_for_sync_with(run_dir: RunDir, name: &str, uid: &str, extra: &[&str]) -> TestVm {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(run_dir.path()).unwrap();
@@ -209,6 +214,7 @@ pub fn start_for_sync(run_dir: RunDir, name: &str, uid: &str) -> TestVm {
         .arg(dir.path().join("persist"))
         .arg("--host-disk-dir")
         .arg(std::env::temp_dir())
+        .args(extra)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .process_group(0)
