@@ -382,10 +382,16 @@ impl Vm {
                 // The guest is paused: the target gets the disks as they are, then the rest.
                 let vm = self.clone();
                 tokio::task::spawn_blocking(move || {
-                    if let Err(error) = vm.domain.finish_disk_mirrors() {
-                        tracing::error!(%error, "completing the disk copies; cancelling the migration");
-                        if let Err(error) = vm.domain.migrate_cancel() {
-                            tracing::error!(%error, "cancelling the migration");
+                    let started = std::time::Instant::now();
+                    match vm.domain.finish_disk_mirrors() {
+                        Ok(()) => {
+                            tracing::info!(took = ?started.elapsed(), "disk copies complete; switching over")
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "completing the disk copies; cancelling the migration");
+                            if let Err(error) = vm.domain.migrate_cancel() {
+                                tracing::error!(%error, "cancelling the migration");
+                            }
                         }
                     }
                 });
