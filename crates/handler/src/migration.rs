@@ -314,10 +314,15 @@ pub async fn sync(ctx: &Context, vmi: &VirtualMachineInstance) -> Result<Option<
             .is_some_and(|m| kubevirt_launcher::migration_in_progress(&m.status));
         if !running {
             let revision = s.observed().status.map_or(0, |st| st.revision);
-            s.client
-                .migrate(&request)
-                .await
-                .map_err(|e| launcher_error(vmi, e))?;
+            if let Err(e) = s.client.migrate(&request).await {
+                // The target cannot be reached, or the disks could not be copied in time:
+                // the guest stays here and the migration fails with why.
+                if let Some(uid) = &ms.migration_uid {
+                    ctx.drop_forwarders(uid);
+                }
+                let reason = format!("starting the migration on the source: {e}");
+                return Ok(Some(failed(ctx, vmi, next, reason, now).await));
+            }
             // The next look must not read an earlier migration's end (a cancelled one) as
             // this one's: wait for the launcher's push of this migration's start.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
