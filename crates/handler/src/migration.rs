@@ -151,15 +151,14 @@ pub async fn sync(ctx: &Context, vmi: &VirtualMachineInstance) -> Result<Option<
                 .as_ref()
                 .is_some_and(|m| m.status == "completed")
     });
-    if migrated_out
-        || s_status
-            .as_ref()
-            .and_then(|s| s.migration.as_ref())
-            .is_some_and(|m| matches!(m.status.as_str(), "failed" | "cancelled"))
-    {
+    // The streams to another node are done once the guest left or the source gave up.
+    let drop_forwarders = || {
         if let Some(uid) = &ms.migration_uid {
             ctx.drop_forwarders(uid);
         }
+    };
+    if migrated_out {
+        drop_forwarders();
     }
     if target_runs && (migrated_out || (!source_here && arrived)) {
         next.completed = Some(true);
@@ -190,6 +189,7 @@ pub async fn sync(ctx: &Context, vmi: &VirtualMachineInstance) -> Result<Option<
             ms.start_timestamp.is_some() && matches!(m.status.as_str(), "failed" | "cancelled")
         });
     if let Some(m) = ended_on_source {
+        drop_forwarders();
         let reason = m
             .error
             .clone()
@@ -317,9 +317,7 @@ pub async fn sync(ctx: &Context, vmi: &VirtualMachineInstance) -> Result<Option<
             if let Err(e) = s.client.migrate(&request).await {
                 // The target cannot be reached, or the disks could not be copied in time:
                 // the guest stays here and the migration fails with why.
-                if let Some(uid) = &ms.migration_uid {
-                    ctx.drop_forwarders(uid);
-                }
+                drop_forwarders();
                 let reason = format!("starting the migration on the source: {e}");
                 return Ok(Some(failed(ctx, vmi, next, reason, now).await));
             }

@@ -91,6 +91,19 @@ pub(crate) fn local_disks(cfg: &DomainConfig, run_dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A stream to the target's socket `path` (of `uri`), connected by this launcher (root) for
+/// its QEMU, whose user could not reach it.
+async fn connect(uri: &str, path: &str) -> Result<std::os::fd::OwnedFd, VmError> {
+    tokio::net::UnixStream::connect(path)
+        .await
+        .and_then(|s| s.into_std())
+        .map(Into::into)
+        .map_err(|e| VmError::TargetUnreachable {
+            uri: uri.to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// How long the copy of the local disks to another node may take before the migration
 /// gives up (unless the migration's own completion timeout is given).
 const DISK_COPY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -152,16 +165,7 @@ impl Vm {
             )));
         }
         let to = match req.uri.strip_prefix("unix:") {
-            Some(path) => {
-                let stream = tokio::net::UnixStream::connect(path)
-                    .await
-                    .and_then(|s| s.into_std())
-                    .map_err(|e| VmError::TargetUnreachable {
-                        uri: req.uri.clone(),
-                        reason: e.to_string(),
-                    })?;
-                MigrationTarget::Connected(stream.into())
-            }
+            Some(path) => MigrationTarget::Connected(connect(&req.uri, path).await?),
             None => MigrationTarget::Uri(req.uri.clone()),
         };
         let opts = &req.options;
@@ -190,14 +194,7 @@ impl Vm {
             })?;
             let mut targets = Vec::new();
             for disk in &self.local_disks {
-                let stream = tokio::net::UnixStream::connect(path)
-                    .await
-                    .and_then(|s| s.into_std())
-                    .map_err(|e| VmError::TargetUnreachable {
-                        uri: uri.clone(),
-                        reason: e.to_string(),
-                    })?;
-                targets.push((disk.clone(), std::os::fd::OwnedFd::from(stream)));
+                targets.push((disk.clone(), connect(uri, path).await?));
             }
             let timeout = opts
                 .completion_timeout_seconds

@@ -80,6 +80,11 @@ impl Guest {
     }
 }
 
+/// A JSON patch of VM `vm`'s spec.
+fn patch_vm(server: &Server, vm: &str, patch: &str) {
+    server.kubectl_ok(&["patch", "vm", vm, "--type=json", "-p", patch]);
+}
+
 fn volume_phase(server: &Server, vmi: &str, volume: &str) -> String {
     server.jsonpath(
         "vmi",
@@ -186,15 +191,12 @@ fn hot_plugged_volumes_reach_the_guest_and_stay_across_restarts() {
     );
 
     // Declarative: a hot-pluggable volume added to the VM's spec reaches the guest.
-    server.kubectl_ok(&[
-        "patch",
-        "vm",
+    patch_vm(
+        &server,
         name,
-        "--type=json",
-        "-p",
         r#"[{"op":"add","path":"/spec/template/spec/volumes/-","value":{"name":"decl","persistentVolumeClaim":{"claimName":"decl","hotpluggable":true}}},
             {"op":"add","path":"/spec/template/spec/domain/devices/disks/-","value":{"name":"decl","disk":{"bus":"scsi"}}}]"#,
-    ]);
+    );
     server.wait_for(
         "vmi",
         name,
@@ -238,14 +240,11 @@ fn hot_plugged_volumes_reach_the_guest_and_stay_across_restarts() {
     // inserts the claim hp (which holds what the guest wrote to it) as its medium.
     let read_cd = "mdev -s; echo cd-$(head -c 11 /dev/sr0 2>/dev/null)-end";
     guest.run(read_cd, "cd--end");
-    server.kubectl_ok(&[
-        "patch",
-        "vm",
+    patch_vm(
+        &server,
         name,
-        "--type=json",
-        "-p",
         r#"[{"op":"add","path":"/spec/template/spec/volumes/-","value":{"name":"cd","persistentVolumeClaim":{"claimName":"hp","hotpluggable":true}}}]"#,
-    ]);
+    );
     server.wait_for(
         "vmi",
         name,
@@ -253,6 +252,7 @@ fn hot_plugged_volumes_reach_the_guest_and_stay_across_restarts() {
         "ua-cd",
     );
     assert_eq!(volume_phase(&server, name, "cd"), "Ready");
+    // Waits until the guest reads `want` from the tray ("" for an empty one).
     let wait_cd = |guest: &mut Guest, want: &str| {
         guest.run(
             &format!("for i in $(seq 1 100); do [ \"$(head -c 11 /dev/sr0 2>/dev/null)\" = '{want}' ] && break; sleep 0.2; done; {read_cd}"),
@@ -295,10 +295,7 @@ fn hot_plugged_volumes_reach_the_guest_and_stay_across_restarts() {
     wait_until("cd to leave the VMI", || {
         volume_phase(&server, name, "cd").is_empty()
     });
-    guest.run(
-        &format!("for i in $(seq 1 100); do [ -z \"$(head -c 1 /dev/sr0 2>/dev/null)\" ] && break; sleep 0.2; done; {read_cd}"),
-        "cd--end",
-    );
+    wait_cd(&mut guest, "");
     for kind in ["vm", "vmi"] {
         let path = if kind == "vm" {
             "{.spec.template.spec.domain.devices.disks[?(@.name==\"cd\")].cdrom.bus}"
