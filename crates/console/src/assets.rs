@@ -21,6 +21,8 @@ pub static ASSETS: &[Asset] = include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 const INDEX: &str = "index.html";
 /// The build's content-hashed files.
 const HASHED_DIR: &str = "assets/";
+/// How much of a refused request's body is read before the 405.
+const MAX_REFUSED_BODY: usize = 64 * 1024;
 
 fn find(path: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|a| a.path == path)
@@ -46,8 +48,12 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 }
 
 /// GET or HEAD of an app file; the app for any other path.
-pub async fn serve(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn serve(method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     if method != Method::GET && method != Method::HEAD {
+        // Read what the client sends (up to a bound) before the refusal: answering a
+        // request still being sent ends its HTTP/2 stream early, and a client may see a
+        // reset instead of the 405.
+        let _ = axum::body::to_bytes(body, MAX_REFUSED_BODY).await;
         return (
             StatusCode::METHOD_NOT_ALLOWED,
             [(header::ALLOW, "GET, HEAD")],
