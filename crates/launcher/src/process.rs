@@ -573,7 +573,7 @@ fn confinement(vmi: &VirtualMachineInstance, uid: u32, accel: &Accelerator) -> C
         gid: uid,
         groups: kvm_group.into_iter().collect(),
         // The uid is the VM's alone on this host, so is this name.
-        cgroup: format!("vm-{uid}"),
+        cgroup: crate::vmm_user::cgroup_name(uid),
         memory_limit_bytes: bounds.memory_bytes.map(|m| m + tcg),
         cpu_limit_millis: bounds.cpu_millis,
     }

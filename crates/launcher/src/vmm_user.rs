@@ -6,6 +6,8 @@
 //! claims one under a lock in a directory shared by every launcher on the host
 //! ([`CLAIMS_DIR`]: `<n>` names the claiming run directory), whichever run root it uses; a
 //! claim whose run directory is gone is free again, so claims need no separate cleanup.
+//! Each claim made drops those stale claims, and with them the VMM cgroups
+//! ([`cgroup_name`]) a launcher that died with its QEMU could not remove.
 //!
 //! The run directory is `root:<vm gid>` 0710: QEMU may pass through it to its own `vmm/`
 //! directory (its sockets) and to the sockets made for it, but read nothing else there.
@@ -29,13 +31,34 @@ pub const CLAIMS_DIR: &str = "/run/kubevirt-rs/vmm-uids";
 pub const VMM_UID_BASE: u32 = 0x6b76_0000;
 const SLOTS: u32 = 1 << 16;
 
+/// The cgroup of the QEMU running as VM user `uid` (unique on the host, as the uid is).
+pub fn cgroup_name(uid: u32) -> String {
+    format!("vm-{uid}")
+}
+
 /// Picks this VM's uid, and gives its run directory and QEMU's own `vmm/` directory their
 /// owners and modes.
 pub fn prepare(run_dir: &RunDir) -> std::io::Result<u32> {
-    prepare_with(Path::new(CLAIMS_DIR), Path::new(STATE_DIR), run_dir)
+    let mut remove_cgroup = |uid: u32| {
+        if let Ok(cg) = kubevirt_hypervisor::qemu::cgroup::VmmCgroup::named(&cgroup_name(uid)) {
+            cg.remove();
+        }
+    };
+    prepare_with(
+        Path::new(CLAIMS_DIR),
+        Path::new(STATE_DIR),
+        run_dir,
+        &mut remove_cgroup,
+    )
 }
 
-fn prepare_with(claims: &Path, state_dir: &Path, run_dir: &RunDir) -> std::io::Result<u32> {
+/// [`prepare`], calling `on_stale` with the uid of each stale claim it drops.
+fn prepare_with(
+    claims: &Path,
+    state_dir: &Path,
+    run_dir: &RunDir,
+    on_stale: &mut dyn FnMut(u32),
+) -> std::io::Result<u32> {
     let root = run_dir
         .path()
         .parent()
@@ -49,7 +72,7 @@ fn prepare_with(claims: &Path, state_dir: &Path, run_dir: &RunDir) -> std::io::R
         std::fs::set_permissions(&state_abs, std::fs::Permissions::from_mode(0o711))?;
     }
     reachable(root)?;
-    let uid = claim(claims, run_dir)?;
+    let uid = claim(claims, run_dir, on_stale)?;
     std::os::unix::fs::chown(run_dir.path(), Some(0), Some(uid))?;
     std::fs::set_permissions(run_dir.path(), std::fs::Permissions::from_mode(0o710))?;
     let vmm = run_dir.vmm_dir();
@@ -76,7 +99,7 @@ fn reachable(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn claim(claims: &Path, run_dir: &RunDir) -> std::io::Result<u32> {
+fn claim(claims: &Path, run_dir: &RunDir, on_stale: &mut dyn FnMut(u32)) -> std::io::Result<u32> {
     std::fs::create_dir_all(claims)?;
     std::fs::set_permissions(claims, std::fs::Permissions::from_mode(0o700))?;
     let lock = OpenOptions::new()
@@ -91,6 +114,20 @@ fn claim(claims: &Path, run_dir: &RunDir) -> std::io::Result<u32> {
             let me = std::path::absolute(run_dir.path())?
                 .to_string_lossy()
                 .into_owned();
+            // The VMs of claims whose run directory is gone are over.
+            for entry in std::fs::read_dir(claims)?.flatten() {
+                let Some(slot) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if read_claim(&entry.path()).is_some_and(|o| o != me && !Path::new(&o).is_dir()) {
+                    std::fs::remove_file(entry.path())?;
+                    on_stale(VMM_UID_BASE + slot);
+                }
+            }
             let start = fnv1a(me.as_bytes()) % SLOTS;
             for i in 0..SLOTS {
                 let slot = (start + i) % SLOTS;
@@ -136,7 +173,12 @@ mod tests {
     fn each_run_dir_gets_its_own_uid_until_it_is_gone() {
         let root = tempfile::tempdir().unwrap();
         let claims = tempfile::tempdir().unwrap();
-        let prepare = |rd: &RunDir| prepare_with(claims.path(), claims.path(), rd);
+        let stale = std::cell::RefCell::new(Vec::new());
+        let prepare = |rd: &RunDir| {
+            prepare_with(claims.path(), claims.path(), rd, &mut |uid| {
+                stale.borrow_mut().push(uid)
+            })
+        };
         let a = RunDir::for_uid(root.path(), "pod-a");
         let b = RunDir::for_uid(root.path(), "pod-b");
         std::fs::create_dir_all(a.path()).unwrap();
@@ -169,8 +211,19 @@ mod tests {
         );
         std::fs::create_dir_all(a.path()).unwrap();
         std::fs::write(&claim, root.path().join("pod-gone").to_str().unwrap()).unwrap();
+        assert!(stale.borrow().is_empty());
         let c = RunDir::for_uid(root.path(), "pod-a");
         assert_eq!(prepare(&c).unwrap(), ua);
+        assert_eq!(*stale.borrow(), [ua], "the stale claim's VM cgroup goes");
+
+        // Pod b's run directory goes while its VM is "running": the next claim, of any
+        // run directory, drops b's claim and cgroup.
+        std::fs::remove_dir_all(b.path()).unwrap();
+        let d = RunDir::for_uid(root.path(), "pod-d");
+        std::fs::create_dir_all(d.path()).unwrap();
+        prepare(&d).unwrap();
+        assert_eq!(*stale.borrow(), [ua, ub]);
+        assert!(!claims.path().join((ub - VMM_UID_BASE).to_string()).exists());
     }
 
     #[test]
@@ -180,7 +233,7 @@ mod tests {
         let claims = tempfile::tempdir().unwrap();
         let rd = RunDir::for_uid(&private.path().join("runs"), "pod");
         std::fs::create_dir_all(rd.path()).unwrap();
-        let err = prepare_with(claims.path(), claims.path(), &rd).unwrap_err();
+        let err = prepare_with(claims.path(), claims.path(), &rd, &mut |_| {}).unwrap_err();
         assert!(
             err.to_string().contains("not reachable by VM users"),
             "{err}"
@@ -196,7 +249,7 @@ mod tests {
         let claims = tempfile::tempdir().unwrap();
         let rd = RunDir::for_uid(&state.path().join("vms"), "pod");
         std::fs::create_dir_all(rd.path()).unwrap();
-        prepare_with(claims.path(), state.path(), &rd).unwrap();
+        prepare_with(claims.path(), state.path(), &rd, &mut |_| {}).unwrap();
         let mode = std::fs::metadata(state.path()).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o711);
     }

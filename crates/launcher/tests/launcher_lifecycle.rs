@@ -242,6 +242,35 @@ fn cdrom_boot_configdrive_tpm_and_launcher_kill9() {
     );
     let _ = vm.child.take().map(|mut c| c.wait());
 
+    // Such a VM, once its pod is gone, leaves a claim naming a missing run directory and
+    // an empty VMM cgroup; the next claim on the host drops both.
+    use kubevirt_launcher::vmm_user::{cgroup_name, CLAIMS_DIR, VMM_UID_BASE};
+    let slot = (0xff00..0xffff)
+        .find(|s: &u32| {
+            !std::path::Path::new(CLAIMS_DIR)
+                .join(s.to_string())
+                .exists()
+        })
+        .unwrap();
+    let stale_claim = std::path::Path::new(CLAIMS_DIR).join(slot.to_string());
+    std::fs::write(
+        &stale_claim,
+        format!("/run/kubevirt-rs/gone-{}", std::process::id()),
+    )
+    .unwrap();
+    let leaked = kubevirt_hypervisor::qemu::cgroup::VmmCgroup::create(
+        &cgroup_name(VMM_UID_BASE + slot),
+        Default::default(),
+    )
+    .unwrap();
+    let procs = leaked.procs_files();
+    let present = || {
+        procs
+            .iter()
+            .any(|p| std::path::Path::new(p.to_str().unwrap()).exists())
+    };
+    assert!(present());
+
     // The next launcher for this VM cleans up and runs it again.
     vm.child = Some(
         Command::new(launcher_bin())
@@ -252,6 +281,10 @@ fn cdrom_boot_configdrive_tpm_and_launcher_kill9() {
             .unwrap(),
     );
     vm.wait_started();
+    assert!(
+        !stale_claim.exists() && !present(),
+        "the stale claim and its cgroup are gone"
+    );
     vm.wait_serial(READY_MARKER, 2);
     rt.block_on(vm.client.stop(Some(0))).unwrap();
     let (code, fin) = vm.wait_final();

@@ -33,24 +33,45 @@ enum Layout {
     V1 { memory: PathBuf, cpu: PathBuf },
 }
 
+/// This process's cgroup layout, after checking that `name` is one directory's name.
+fn own_layout(name: &str) -> Result<Layout> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(HypervisorError::InvalidConfig {
+            field: "confinement.cgroup".into(),
+            reason: format!("invalid cgroup name {name:?}"),
+        });
+    }
+    let mountinfo = read("/proc/self/mountinfo")?;
+    let own = read("/proc/self/cgroup")?;
+    layout(&mountinfo, &own).ok_or_else(|| {
+        HypervisorError::io(
+            "finding the memory and cpu cgroup controllers",
+            std::io::Error::other("neither a cgroup v2 hierarchy with memory and cpu nor v1 memory and cpu hierarchies are mounted"),
+        )
+    })
+}
+
 impl VmmCgroup {
+    /// The cgroup `name` where [`VmmCgroup::create`] puts it, created or not: to remove
+    /// one whose VMM died with its launcher ([`VmmCgroup::remove`] leaves one that still
+    /// holds a process, and ignores one that is not there).
+    pub fn named(name: &str) -> Result<VmmCgroup> {
+        let dirs = match own_layout(name)? {
+            Layout::V2 { dir } => vec![dir.join("kubevirt-rs").join(name)],
+            Layout::V1 { memory, cpu } if cpu == memory => {
+                vec![memory.join("kubevirt-rs").join(name)]
+            }
+            Layout::V1 { memory, cpu } => vec![
+                memory.join("kubevirt-rs").join(name),
+                cpu.join("kubevirt-rs").join(name),
+            ],
+        };
+        Ok(VmmCgroup { dirs })
+    }
+
     /// Creates `kubevirt-rs/<name>` beneath this process's cgroup and applies `limits`.
     pub fn create(name: &str, limits: Limits) -> Result<VmmCgroup> {
-        if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(HypervisorError::InvalidConfig {
-                field: "confinement.cgroup".into(),
-                reason: format!("invalid cgroup name {name:?}"),
-            });
-        }
-        let mountinfo = read("/proc/self/mountinfo")?;
-        let own = read("/proc/self/cgroup")?;
-        let layout = layout(&mountinfo, &own).ok_or_else(|| {
-            HypervisorError::io(
-                "finding the memory and cpu cgroup controllers",
-                std::io::Error::other("neither a cgroup v2 hierarchy with memory and cpu nor v1 memory and cpu hierarchies are mounted"),
-            )
-        })?;
-        let cg = match layout {
+        let cg = match own_layout(name)? {
             Layout::V2 { dir } => {
                 let parent = dir.join("kubevirt-rs");
                 mkdir(&parent)?;
@@ -251,6 +272,20 @@ fn write(p: &Path, value: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On this host's real hierarchies (the tests run as root).
+    #[test]
+    fn a_named_cgroup_is_where_create_put_it_and_goes_with_remove() {
+        let name = format!("vm-test-{}", std::process::id());
+        let made = VmmCgroup::create(&name, Limits::default()).unwrap();
+        assert!(made.dirs.iter().all(|d| d.is_dir()), "{made:?}");
+        let found = VmmCgroup::named(&name).unwrap();
+        assert_eq!(found, made);
+        found.remove();
+        assert!(made.dirs.iter().all(|d| !d.exists()), "{made:?}");
+        found.remove();
+        assert!(VmmCgroup::named("../escape").is_err());
+    }
 
     const HYBRID: &str = "\
 30 23 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
