@@ -420,6 +420,10 @@ pub struct MigrationStatus {
     /// Bytes of memory sent per second.
     #[serde(default)]
     pub transfer_rate_bytes: Option<u64>,
+    /// The pause of the guest an outgoing migration's switch-over plans for, in ms, as
+    /// the VMM has it now ([`crate::Domain::set_migration_downtime_limit`]).
+    #[serde(default)]
+    pub downtime_limit_ms: Option<u64>,
     pub error: Option<String>,
 }
 
@@ -436,8 +440,8 @@ impl MigrationStatus {
 pub struct MigrationParams {
     /// Bytes per second; `None`: unlimited.
     pub max_bandwidth: Option<u64>,
-    /// The longest pause of the guest the switch-over may plan for, in ms (`None`: the
-    /// VMM's default, 300).
+    /// The longest pause of the guest the switch-over may plan for, in ms (`None`:
+    /// [`MigrationParams::DEFAULT_DOWNTIME_LIMIT_MS`]).
     pub downtime_limit_ms: Option<u64>,
     /// Throttle the guest's vCPUs when it dirties memory faster than it is sent.
     pub auto_converge: bool,
@@ -448,6 +452,11 @@ pub struct MigrationParams {
     /// [`crate::Domain::finish_disk_mirrors`]: disks copied by a block migration must be
     /// complete before the guest runs on the target.
     pub pause_before_switchover: bool,
+}
+
+impl MigrationParams {
+    /// The downtime limit when none is asked for: QEMU's own default, ms.
+    pub const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;
 }
 
 /// Where an outgoing live migration goes.

@@ -72,6 +72,9 @@ pub trait Domain: Send + Sync {
     /// Aborts the outgoing migration (before post-copy started): the guest keeps running
     /// here. Also succeeds when none is active, so check the status first.
     fn migrate_cancel(&self) -> Result<()>;
+    /// Changes [`MigrationParams::downtime_limit_ms`] of the outgoing migration while it
+    /// runs: the VMM switches over once it expects to send the rest within the new limit.
+    fn set_migration_downtime_limit(&self, ms: u64) -> Result<()>;
     /// Switches an outgoing migration started with [`MigrationParams::post_copy`] to
     /// post-copy: the guest runs on the target from now on and fetches the memory it
     /// misses from here.

@@ -225,14 +225,16 @@ pub struct MigrationCapability {
     pub state: bool,
 }
 
-/// `migrate-set-parameters` (only the ones we set).
-#[derive(Debug, Clone, Serialize)]
+/// `migrate-set-parameters` (only the ones we set; `None` leaves one as it is).
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct MigrateSetParameters {
     /// Bytes per second; 0 turns the rate limit off.
-    pub max_bandwidth: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<u64>,
     /// Milliseconds.
-    pub downtime_limit: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downtime_limit: Option<u64>,
 }
 impl QmpCommand for MigrateSetParameters {
     const NAME: &'static str = "migrate-set-parameters";
@@ -272,6 +274,23 @@ pub struct MigrationInfo {
     pub ram: Option<MigrationRam>,
     #[serde(default)]
     pub error_desc: Option<String>,
+}
+
+/// `query-migrate-parameters` (only the ones we read).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct QueryMigrateParameters;
+impl QmpCommand for QueryMigrateParameters {
+    const NAME: &'static str = "query-migrate-parameters";
+    type Return = MigrationParameters;
+}
+
+/// Answer of `query-migrate-parameters`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MigrationParameters {
+    /// Milliseconds.
+    #[serde(default)]
+    pub downtime_limit: Option<u64>,
 }
 
 /// RAM counters of a migration.

@@ -378,6 +378,12 @@ fn live_migration_on_one_host() {
     };
     let status = wait_for("active");
     assert_eq!(status.status, "active", "{status:?}");
+    assert_eq!(
+        status.downtime_limit_ms,
+        Some(kubevirt_hypervisor::MigrationParams::DEFAULT_DOWNTIME_LIMIT_MS)
+    );
+    src.set_migration_downtime_limit(123).unwrap();
+    assert_eq!(src.migration_status().unwrap().downtime_limit_ms, Some(123));
     src.migrate_start_postcopy().unwrap();
     let status = wait_for("completed");
     assert_eq!(status.status, "completed", "{status:?}");

@@ -115,6 +115,54 @@ pub(crate) struct Outgoing {
     generation: u64,
     /// Set when the deadline cancelled the migration: the error its `cancelled` reports.
     timed_out: Option<String>,
+    /// The downtime limit QEMU plans the switch-over with, raised as passes go by.
+    downtime: DowntimeRamp,
+}
+
+/// The pause the switch-over may cost the guest starts short and grows only when the
+/// migration does not get there. QEMU switches over once it expects to send what is still
+/// dirty within its downtime limit; with QEMU's default (300 ms) it does so after the first
+/// pass over memory unless the guest dirties a lot, and the guest then pauses for about
+/// as long as that rest takes to send. Starting at [`INITIAL_DOWNTIME_MS`] makes QEMU
+/// send more passes while the guest runs, each leaving less behind; a guest dirtying
+/// memory faster than that would never let it finish, so from pass
+/// [`RAMP_FROM_PASS`] on every pass doubles the limit, up to the migration's own
+/// (`MigrationOptions::downtime_limit_ms`, by default QEMU's 300 ms). Each pass takes about as
+/// long as sending its rest would, so the ramp costs a non-converging guest a few of its
+/// own passes. (Upstream's `DowntimeTuning` ramps the same way in steps of seconds.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DowntimeRamp {
+    /// The limit QEMU has now, ms.
+    limit_ms: u64,
+    /// The most it may grow to, ms.
+    ceiling_ms: u64,
+}
+
+/// The downtime limit a migration starts with (unless its own limit is lower), ms.
+const INITIAL_DOWNTIME_MS: u64 = 20;
+/// The first `MIGRATION_PASS` (QEMU's count of dirty-memory syncs: 1 at the start, 2 after
+/// the first full pass) that raises the limit.
+const RAMP_FROM_PASS: u64 = 3;
+
+impl DowntimeRamp {
+    fn new(ceiling_ms: Option<u64>) -> Self {
+        let ceiling_ms = ceiling_ms
+            .unwrap_or(MigrationParams::DEFAULT_DOWNTIME_LIMIT_MS)
+            .max(1);
+        Self {
+            limit_ms: INITIAL_DOWNTIME_MS.min(ceiling_ms),
+            ceiling_ms,
+        }
+    }
+
+    /// The limit after pass `pass`, if it changes.
+    fn after_pass(&mut self, pass: u64) -> Option<u64> {
+        if pass < RAMP_FROM_PASS || self.limit_ms >= self.ceiling_ms {
+            return None;
+        }
+        self.limit_ms = self.limit_ms.saturating_mul(2).min(self.ceiling_ms);
+        Some(self.limit_ms)
+    }
 }
 
 /// QEMU's status words of a migration that has not ended.
@@ -208,9 +256,10 @@ impl Vm {
                 })??;
             tracing::info!(disks = ?self.local_disks, took = ?started.elapsed(), "disks copied to the migration target; following their writes");
         }
+        let downtime = DowntimeRamp::new(opts.downtime_limit_ms);
         let params = MigrationParams {
             max_bandwidth: opts.bandwidth_bytes_per_second,
-            downtime_limit_ms: opts.downtime_limit_ms,
+            downtime_limit_ms: Some(downtime.limit_ms),
             auto_converge: opts.auto_converge,
             post_copy: opts.allow_post_copy && no_post_copy.is_none(),
             pause_before_switchover: copy_disks,
@@ -219,6 +268,7 @@ impl Vm {
             let mut o = self.outgoing.lock().unwrap_or_else(|p| p.into_inner());
             o.generation += 1;
             o.timed_out = None;
+            o.downtime = downtime;
             o.generation
         };
         let vm = self.clone();
@@ -242,6 +292,54 @@ impl Vm {
             });
         }
         Ok(())
+    }
+
+    /// QEMU finished pass `pass` over the guest's memory (`MIGRATION_PASS`) of an outgoing
+    /// migration: the next step of its [`DowntimeRamp`], while pre-copy goes on. The last
+    /// pass comes after the switch-over began (status `device`, guest paused): nothing to
+    /// raise then, nor to ask QEMU. A raised limit is published with the progress.
+    pub(crate) async fn on_migration_pass(self: &Arc<Self>, pass: u64) {
+        let status = self.status.get();
+        let copying = status
+            .migration
+            .as_ref()
+            .is_some_and(|m| m.status == "active");
+        if status.incoming_uri.is_some() || !copying {
+            return;
+        }
+        let Some(limit) = self
+            .outgoing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .downtime
+            .after_pass(pass)
+        else {
+            return;
+        };
+        let vm = self.clone();
+        match tokio::task::spawn_blocking(move || vm.domain.set_migration_downtime_limit(limit))
+            .await
+        {
+            Ok(Ok(())) => tracing::info!(
+                pass,
+                limit_ms = limit,
+                "migration has not converged: downtime limit raised"
+            ),
+            Ok(Err(error)) => tracing::warn!(%error, "raising the migration's downtime limit"),
+            Err(error) => tracing::warn!(%error, "raising the migration's downtime limit"),
+        }
+        let Ok(mut m) = self.query_migration().await else {
+            return;
+        };
+        // The status word stays the last event's, so every change is reported in order.
+        self.status.update(|s| {
+            if let Some(word) = s.migration.as_ref().map(|c| c.status.clone()) {
+                if in_progress(&word) {
+                    m.status = word;
+                    s.migration = Some(m);
+                }
+            }
+        });
     }
 
     /// The completion timeout of migration `generation` passed: switch to post-copy if
@@ -450,6 +548,30 @@ mod tests {
     }
 
     use kubevirt_api::migration::Scope;
+
+    #[test]
+    fn the_downtime_limit_starts_short_and_doubles_from_the_third_pass_to_the_ceiling() {
+        let mut ramp = DowntimeRamp::new(None);
+        assert_eq!(ramp.limit_ms, 20);
+        assert_eq!(ramp.after_pass(1), None, "setup");
+        assert_eq!(ramp.after_pass(2), None, "after the first full pass");
+        let raised: Vec<_> = (3..10).map_while(|p| ramp.after_pass(p)).collect();
+        assert_eq!(raised, [40, 80, 160, 300], "up to QEMU's default");
+        assert_eq!(ramp.after_pass(11), None);
+
+        let mut ramp = DowntimeRamp::new(Some(1000));
+        let raised: Vec<_> = (3..20).map_while(|p| ramp.after_pass(p)).collect();
+        assert_eq!(raised, [40, 80, 160, 320, 640, 1000]);
+
+        // A migration asking for less than the start gets what it asked for, at once.
+        let mut ramp = DowntimeRamp::new(Some(5));
+        assert_eq!((ramp.limit_ms, ramp.after_pass(3)), (5, None));
+        assert_eq!(
+            DowntimeRamp::new(Some(0)).limit_ms,
+            1,
+            "never none: nothing would switch over"
+        );
+    }
 
     #[test]
     fn persistent_state_and_passt_block_migration() {

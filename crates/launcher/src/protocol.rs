@@ -365,7 +365,9 @@ pub struct MigrationOptions {
     /// Bandwidth cap in bytes per second (none: unlimited).
     #[serde(default)]
     pub bandwidth_bytes_per_second: Option<u64>,
-    /// The longest pause of the guest QEMU may plan for the switch-over, in ms.
+    /// The longest pause of the guest QEMU may plan for the switch-over, in ms (none:
+    /// QEMU's default, 300). The migration starts with a shorter one and raises it toward
+    /// this only while it does not converge (`migration::DowntimeRamp`).
     #[serde(default)]
     pub downtime_limit_ms: Option<u64>,
     /// Throttle the guest's vCPUs when memory is dirtied faster than it is sent.

@@ -130,6 +130,11 @@ impl Vm {
                 let word = ev.data.get("status").and_then(Value::as_str);
                 return self.on_migration_event(word.unwrap_or("unknown")).await;
             }
+            "MIGRATION_PASS" => {
+                if let Some(pass) = ev.data.get("pass").and_then(Value::as_u64) {
+                    self.on_migration_pass(pass).await;
+                }
+            }
             "STOP" | "RESUME" | "SHUTDOWN" | "RESET" | "GUEST_PANICKED" => {
                 if ev.name == "RESET" {
                     // A guest that starts over has nothing frozen.

@@ -665,9 +665,11 @@ fn cancelled_and_timed_out_migrations_leave_the_guest_on_the_source() {
             .unwrap();
         let st = match timeout {
             None => {
-                wait_status(&src, |s| {
+                let active = wait_status(&src, |s| {
                     s.migration.as_ref().is_some_and(|m| m.status == "active")
                 });
+                // QEMU plans the switch-over with a short pause first.
+                assert_eq!(active.migration.unwrap().downtime_limit_ms, Some(20));
                 let err = rt
                     .block_on(src.client.migrate(&slow(&uri, None)))
                     .unwrap_err()
@@ -704,6 +706,56 @@ fn cancelled_and_timed_out_migrations_leave_the_guest_on_the_source() {
         assert_eq!(dst.leftovers(), Vec::<String>::new());
         assert_eq!(taps(&net), ["tap0"], "the target left no tap behind");
     }
+    // A guest dirtying 16 MiB over and over, sent at 64 MiB/s: no pass leaves less than
+    // a switch-over within 80 ms could send, so each pass from the third doubles the
+    // downtime limit QEMU plans with, up to the migration's own.
+    con.run(
+        "dd if=/dev/urandom of=/tmp/d bs=1M count=16 2>/dev/null; \
+         (while true; do cp /tmp/d /tmp/d2; done) & echo $! > /tmp/dirtier; echo dirt-$((2+2))",
+        T,
+    )
+    .unwrap();
+    let mut dst = start_for_sync(
+        kubevirt_launcher::RunDir::new(runs.path().join("pod-ramp")),
+        "nomigrate",
+        "uid-nomigrate",
+    );
+    sync(&rt, &dst, &v, Some(&src));
+    let uri = wait_status(&dst, |s| s.incoming_uri.is_some())
+        .incoming_uri
+        .unwrap();
+    let mut req = slow(&uri, None);
+    req.options.bandwidth_bytes_per_second = Some(64 << 20);
+    req.options.downtime_limit_ms = Some(80);
+    rt.block_on(src.client.migrate(&req)).unwrap();
+    // The last migration's `cancelled` is still there: this one's `active` first.
+    wait_status(&src, |s| {
+        s.migration.as_ref().is_some_and(|m| m.status == "active")
+    });
+    let ramped = wait_status(&src, |s| {
+        s.migration.as_ref().is_some_and(|m| {
+            m.downtime_limit_ms == Some(80) || !kubevirt_launcher::migration_in_progress(&m.status)
+        })
+    });
+    let m = ramped.migration.unwrap();
+    assert_eq!(
+        (m.status.as_str(), m.downtime_limit_ms),
+        ("active", Some(80)),
+        "{m:?}"
+    );
+    rt.block_on(src.client.migrate_cancel()).unwrap();
+    wait_status(&src, |s| {
+        s.migration
+            .as_ref()
+            .is_some_and(|m| m.status == "cancelled")
+    });
+    assert_eq!(dst.wait_final().0, Some(1));
+    con.run(
+        "kill $(cat /tmp/dirtier); rm /tmp/d /tmp/d2; echo clean-$((2+2))",
+        T,
+    )
+    .unwrap();
+
     let out = con.run("echo still-$(cat /tmp/state)", T).unwrap();
     assert!(out.contains("still-memory-25"), "{out}");
     assert!(ask_guest(net.pod_ip.to_string().as_str()).contains("from-memory-25"));

@@ -829,10 +829,12 @@ impl Domain for QemuDomain {
             ("pause-before-switchover", params.pause_before_switchover),
         ]))?;
         qmp.execute(&qmp::MigrateSetParameters {
-            max_bandwidth: params.max_bandwidth.unwrap_or(0),
-            downtime_limit: params
-                .downtime_limit_ms
-                .unwrap_or(DEFAULT_DOWNTIME_LIMIT_MS),
+            max_bandwidth: Some(params.max_bandwidth.unwrap_or(0)),
+            downtime_limit: Some(
+                params
+                    .downtime_limit_ms
+                    .unwrap_or(MigrationParams::DEFAULT_DOWNTIME_LIMIT_MS),
+            ),
         })?;
         let uri = match to {
             MigrationTarget::Uri(uri) => uri,
@@ -853,6 +855,15 @@ impl Domain for QemuDomain {
 
     fn migrate_cancel(&self) -> Result<()> {
         self.qmp()?.execute(&qmp::MigrateCancel).map(|_| ())
+    }
+
+    fn set_migration_downtime_limit(&self, ms: u64) -> Result<()> {
+        self.qmp()?
+            .execute(&qmp::MigrateSetParameters {
+                downtime_limit: Some(ms),
+                ..Default::default()
+            })
+            .map(|_| ())
     }
 
     fn export_disks(&self, socket: &Path, disks: &[String]) -> Result<()> {
@@ -897,7 +908,9 @@ impl Domain for QemuDomain {
     }
 
     fn migration_status(&self) -> Result<MigrationStatus> {
-        let m = self.qmp()?.execute(&qmp::QueryMigrate)?;
+        let qmp = self.qmp()?;
+        let m = qmp.execute(&qmp::QueryMigrate)?;
+        let p = qmp.execute(&qmp::QueryMigrateParameters)?;
         Ok(MigrationStatus {
             status: m.status.unwrap_or_else(|| "none".into()),
             total_time_ms: m.total_time,
@@ -913,6 +926,7 @@ impl Domain for QemuDomain {
                 .ram
                 .as_ref()
                 .map(|r| (r.mbps.max(0.0) * 1_000_000.0 / 8.0) as u64),
+            downtime_limit_ms: p.downtime_limit,
             error: m.error_desc,
         })
     }
@@ -1048,9 +1062,6 @@ impl Drop for QemuDomain {
         }
     }
 }
-
-/// QEMU's `downtime-limit` when none is asked for.
-const DEFAULT_DOWNTIME_LIMIT_MS: u64 = 300;
 
 /// The name an outgoing migration's connected stream gets in QEMU's monitor.
 const MIGRATION_FD_NAME: &str = "migration";
