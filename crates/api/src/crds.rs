@@ -114,9 +114,10 @@ pub fn to_yaml() -> String {
     out
 }
 
-/// Upstream kubevirt kinds that are accepted and stored but not acted upon yet
-/// (instancetypes and preferences, pools, migration policies, the deprecated VMI presets).
-/// Their schemas keep `spec` and `status` as free-form objects.
+/// Upstream kubevirt kinds stored with `spec` and `status` as free-form objects, so that any
+/// upstream object of them applies: instancetypes and preferences, pools and the deprecated
+/// VMI presets (not acted upon yet), migration policies and the install's KubeVirt object
+/// (read through their own types: [`crate::migration`], [`crate::install`]).
 pub fn storage_only() -> Vec<CustomResourceDefinition> {
     struct Def {
         group: &'static str,
@@ -126,6 +127,8 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
         short: &'static [&'static str],
         namespaced: bool,
         status: bool,
+        /// Upstream's `status.phase` printer column.
+        phase_column: bool,
     }
     let defs = [
         Def {
@@ -136,6 +139,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             short: &["vminstancetype", "vminstancetypes", "vmf", "vmfs"],
             namespaced: true,
             status: false,
+            phase_column: false,
         },
         Def {
             group: "instancetype.kubevirt.io",
@@ -150,6 +154,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             ],
             namespaced: false,
             status: false,
+            phase_column: false,
         },
         Def {
             group: "instancetype.kubevirt.io",
@@ -159,6 +164,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             short: &["vmpref", "vmprefs", "vmp", "vmps"],
             namespaced: true,
             status: false,
+            phase_column: false,
         },
         Def {
             group: "instancetype.kubevirt.io",
@@ -168,6 +174,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             short: &["vmcp", "vmcps"],
             namespaced: false,
             status: false,
+            phase_column: false,
         },
         Def {
             group: "pool.kubevirt.io",
@@ -177,6 +184,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             short: &["vmpool", "vmpools"],
             namespaced: true,
             status: true,
+            phase_column: false,
         },
         Def {
             group: "migrations.kubevirt.io",
@@ -186,6 +194,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             short: &[],
             namespaced: false,
             status: true,
+            phase_column: false,
         },
         Def {
             group: "kubevirt.io",
@@ -195,6 +204,18 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             short: &["vmipreset", "vmipresets"],
             namespaced: true,
             status: false,
+            phase_column: false,
+        },
+        // Read for `spec.configuration`; its status says the install is up (`install`).
+        Def {
+            group: "kubevirt.io",
+            versions: &["v1"],
+            kind: "KubeVirt",
+            plural: "kubevirts",
+            short: &["kv", "kvs"],
+            namespaced: true,
+            status: true,
+            phase_column: true,
         },
     ];
     defs.iter()
@@ -202,7 +223,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             let free = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
             let schema = json!({"openAPIV3Schema": {
                 "type": "object",
-                "description": format!("{} (stored by kubevirt-rs; not acted upon yet)", d.kind),
+                "description": format!("{} (stored by kubevirt-rs with spec and status as given)", d.kind),
                 "properties": {
                     "apiVersion": {"type": "string", "description": API_VERSION_DOC},
                     "kind": {"type": "string", "description": KIND_DOC},
@@ -216,14 +237,18 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
+                    let mut columns = vec![
+                        json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}),
+                    ];
+                    if d.phase_column {
+                        columns.push(json!({"name": "Phase", "type": "string", "jsonPath": ".status.phase"}));
+                    }
                     let mut ver = json!({
                         "name": v,
                         "served": true,
                         "storage": i == 0,
                         "schema": schema,
-                        "additionalPrinterColumns": [
-                            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
-                        ],
+                        "additionalPrinterColumns": columns,
                     });
                     if d.status {
                         ver["subresources"] = json!({"status": {}});

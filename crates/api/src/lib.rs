@@ -16,6 +16,7 @@
 //! - [`support`]: valid API features this project cannot run yet.
 //! - [`host_disk`]: which hostDisk paths the operator allows on this host.
 //! - [`crds`]: CRDs generated from the types.
+//! - [`install`]: the install's `KubeVirt` object (its configuration and status).
 //! - [`quantity`]: Kubernetes quantities.
 
 pub mod access_credentials;
@@ -27,6 +28,7 @@ pub mod defaults;
 pub mod export;
 pub mod host_disk;
 pub mod hotplug;
+pub mod install;
 pub mod launcher_pod;
 pub mod migration;
 pub mod quantity;

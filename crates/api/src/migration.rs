@@ -76,6 +76,103 @@ pub struct MigrationPolicySpec {
     pub selectors: MigrationPolicySelectors,
 }
 
+/// How migrations run: the cluster's (`spec.configuration.migrations` of the KubeVirt
+/// object, [`crate::install`]), with a MigrationPolicy's fields over it
+/// ([`MigrationConfiguration::with_policy`]) and upstream's defaults under both
+/// ([`MigrationConfiguration::resolved`]). The fields kubevirt-rs acts on, upstream's names.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationConfiguration {
+    /// Migrations past Pending at once in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_migrations_per_cluster: Option<u32>,
+    /// Migrations past Pending at once leaving one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_outbound_migrations_per_node: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_auto_converge: Option<bool>,
+    /// Bytes per second (a quantity: `64Mi`); 0 is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_per_migration: Option<crate::Quantity>,
+    /// Seconds per GiB of guest memory a migration may take before it is cancelled (or
+    /// switched to post-copy).
+    #[serde(
+        default,
+        rename = "completionTimeoutPerGiB",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub completion_timeout_per_gib: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_post_copy: Option<bool>,
+}
+
+impl MigrationConfiguration {
+    /// Upstream's defaults: 5 migrations in the cluster, 2 leaving a node, no bandwidth
+    /// limit, 150 s per GiB, neither auto-converge nor post-copy.
+    pub fn upstream_defaults() -> Self {
+        MigrationConfiguration {
+            parallel_migrations_per_cluster: Some(5),
+            parallel_outbound_migrations_per_node: Some(2),
+            allow_auto_converge: Some(false),
+            bandwidth_per_migration: crate::Quantity::parse("0Mi").ok(),
+            completion_timeout_per_gib: Some(150),
+            allow_post_copy: Some(false),
+        }
+    }
+
+    /// The cluster's configuration (if any) over upstream's defaults: every field set.
+    pub fn resolved(cluster: Option<&MigrationConfiguration>) -> Self {
+        let mut out = Self::upstream_defaults();
+        if let Some(c) = cluster {
+            out.overlay(c.clone());
+        }
+        out
+    }
+
+    /// `self` with what `policy` sets instead (upstream's MigrationPolicy fields).
+    pub fn with_policy(mut self, policy: &MigrationPolicySpec) -> Self {
+        self.overlay(MigrationConfiguration {
+            allow_auto_converge: policy.allow_auto_converge,
+            bandwidth_per_migration: policy.bandwidth_per_migration.clone(),
+            completion_timeout_per_gib: policy.completion_timeout_per_gib,
+            allow_post_copy: policy.allow_post_copy,
+            ..Default::default()
+        });
+        self
+    }
+
+    fn overlay(&mut self, over: MigrationConfiguration) {
+        let MigrationConfiguration {
+            parallel_migrations_per_cluster,
+            parallel_outbound_migrations_per_node,
+            allow_auto_converge,
+            bandwidth_per_migration,
+            completion_timeout_per_gib,
+            allow_post_copy,
+        } = over;
+        fn set<T>(field: &mut Option<T>, value: Option<T>) {
+            if value.is_some() {
+                *field = value;
+            }
+        }
+        set(
+            &mut self.parallel_migrations_per_cluster,
+            parallel_migrations_per_cluster,
+        );
+        set(
+            &mut self.parallel_outbound_migrations_per_node,
+            parallel_outbound_migrations_per_node,
+        );
+        set(&mut self.allow_auto_converge, allow_auto_converge);
+        set(&mut self.bandwidth_per_migration, bandwidth_per_migration);
+        set(
+            &mut self.completion_timeout_per_gib,
+            completion_timeout_per_gib,
+        );
+        set(&mut self.allow_post_copy, allow_post_copy);
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationPolicySelectors {
@@ -447,6 +544,42 @@ mod tests {
             1 << 20
         );
         assert_eq!(p.completion_timeout_per_gib, Some(20));
+    }
+
+    #[test]
+    fn a_policy_overrides_the_cluster_which_overrides_upstream_s_defaults() {
+        let d = MigrationConfiguration::resolved(None);
+        assert_eq!(d, MigrationConfiguration::upstream_defaults());
+        assert_eq!(d.completion_timeout_per_gib, Some(150));
+        assert_eq!(d.bandwidth_per_migration.as_ref().unwrap().to_bytes(), 0);
+        let cluster: MigrationConfiguration = serde_json::from_value(
+            json!({"bandwidthPerMigration": "64Mi", "parallelMigrationsPerCluster": 1, "allowPostCopy": true}),
+        )
+        .unwrap();
+        let c = MigrationConfiguration::resolved(Some(&cluster));
+        assert_eq!(
+            c.bandwidth_per_migration.as_ref().unwrap().to_bytes(),
+            64 << 20
+        );
+        assert_eq!(
+            (
+                c.parallel_migrations_per_cluster,
+                c.parallel_outbound_migrations_per_node
+            ),
+            (Some(1), Some(2))
+        );
+        assert_eq!(c.allow_post_copy, Some(true));
+        let policy: MigrationPolicySpec =
+            serde_json::from_value(json!({"completionTimeoutPerGiB": 20, "allowPostCopy": false}))
+                .unwrap();
+        let p = c.with_policy(&policy);
+        assert_eq!(p.completion_timeout_per_gib, Some(20));
+        assert_eq!(p.allow_post_copy, Some(false));
+        assert_eq!(
+            p.bandwidth_per_migration.as_ref().unwrap().to_bytes(),
+            64 << 20,
+            "kept"
+        );
     }
 
     fn vmi(spec: serde_json::Value) -> VirtualMachineInstance {

@@ -53,7 +53,7 @@ pub fn resource_list() -> Value {
 /// `GET /apis/subresources.kubevirt.io/v1/version`.
 pub fn version() -> Value {
     json!({
-        "gitVersion": concat!("v", env!("CARGO_PKG_VERSION"), "-kubevirt-rs"),
+        "gitVersion": crate::install::VERSION,
         "gitCommit": "", "gitTreeState": "clean", "buildDate": "",
         "goVersion": "", "compiler": "rustc", "platform": "linux/amd64",
     })

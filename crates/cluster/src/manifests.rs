@@ -220,6 +220,13 @@ fn rbac(ns: &str) -> Vec<Value> {
         rule(&[""], &["persistentvolumeclaims"], WRITE),
         rule(&["kubevirt.io"], &kv_kinds, WRITE),
         rule(&["kubevirt.io"], &kv_status, &["get", "update", "patch"]),
+        // The install's KubeVirt object: made if missing, its status kept.
+        rule(
+            &["kubevirt.io"],
+            &["kubevirts"],
+            &["get", "list", "watch", "create"],
+        ),
+        rule(&["kubevirt.io"], &["kubevirts/status"], &["get", "patch"]),
         rule(
             &[
                 "snapshot.kubevirt.io",
@@ -281,6 +288,8 @@ fn rbac(ns: &str) -> Vec<Value> {
             &["get", "update", "patch"],
         ),
         rule(&["kubevirt.io"], &["virtualmachines"], READ),
+        // Migrations run with the cluster's configuration (the KubeVirt object's).
+        rule(&["kubevirt.io"], &["kubevirts"], READ),
         rule(&["migrations.kubevirt.io"], &["migrationpolicies"], READ),
         rule(&["storage.k8s.io"], &["storageclasses"], READ),
         rule(

@@ -12,6 +12,7 @@ pub mod clone;
 pub mod datavolumes;
 pub mod error;
 pub mod evacuation;
+pub mod install;
 pub mod migration;
 pub mod operation;
 pub mod restore;

@@ -26,10 +26,11 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tracing::info;
 
+use kubevirt_api::install::KubeVirt;
 use kubevirt_api::launcher_pod::{launcher_pod, LauncherPodSettings};
 use kubevirt_api::migration::{
-    self as rules, ABORT_REQUESTED_CONDITION, MIGRATION_FINALIZER, MIGRATION_JOB_LABEL,
-    MIGRATION_JOB_NAME_ANNOTATION, VMI_NAME_LABEL,
+    self as rules, MigrationConfiguration, ABORT_REQUESTED_CONDITION, MIGRATION_FINALIZER,
+    MIGRATION_JOB_LABEL, MIGRATION_JOB_NAME_ANNOTATION, VMI_NAME_LABEL,
 };
 use kubevirt_api::v1::well_known::{CREATED_BY_LABEL, MIGRATION_TARGET_NODE_NAME_LABEL};
 use kubevirt_api::v1::{
@@ -51,14 +52,10 @@ pub const COMPONENT: &str = "migration-controller";
 /// Finished migrations kept per VMI (upstream's default garbage-collection buffer).
 const FINISHED_KEPT: usize = 5;
 
-/// Cluster-wide migration limits (upstream's `migrations` configuration defaults).
+/// How long a migration's target pod may stay Pending (upstream's defaults). How many
+/// migrations run at once is the cluster's configuration ([`cluster_migrations`]).
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Migrations past Pending at once in the cluster (`parallelMigrationsPerCluster`).
-    pub parallel_per_cluster: usize,
-    /// Migrations past Pending at once leaving one node
-    /// (`parallelOutboundMigrationsPerNode`).
-    pub parallel_outbound_per_node: usize,
     /// A target pod the scheduler cannot place is given up after this long (a migration's
     /// `kubevirt.io/migrationUnschedulablePodTimeoutSeconds` annotation overrides it).
     pub unschedulable_pod_timeout: Duration,
@@ -70,8 +67,6 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            parallel_per_cluster: 5,
-            parallel_outbound_per_node: 2,
             unschedulable_pod_timeout: Duration::from_secs(5 * 60),
             pending_pod_timeout: Duration::from_secs(15 * 60),
         }
@@ -685,7 +680,9 @@ async fn slot_free(
             p != Phase::Unset && p != Phase::Pending && !p.is_final()
         })
         .collect();
-    if running.len() >= ctx.limits.parallel_per_cluster {
+    let config = cluster_migrations(&ctx.client).await?;
+    let limit = |n: Option<u32>| n.map_or(usize::MAX, |n| n as usize);
+    if running.len() >= limit(config.parallel_migrations_per_cluster) {
         return Ok(false);
     }
     let node = vmi.status.as_ref().and_then(|s| s.node_name.clone());
@@ -711,7 +708,18 @@ async fn slot_free(
             outbound += 1;
         }
     }
-    Ok(outbound < ctx.limits.parallel_outbound_per_node)
+    Ok(outbound < limit(config.parallel_outbound_migrations_per_node))
+}
+
+/// The cluster's migration configuration: the install's KubeVirt object's
+/// `spec.configuration.migrations` over upstream's defaults.
+pub async fn cluster_migrations(client: &Client) -> Result<MigrationConfiguration> {
+    let all: Api<KubeVirt> = Api::all(client.clone());
+    let list = all
+        .list(&ListParams::default())
+        .await
+        .map_err(api_call_on("listing", "KubeVirt", "", ""))?;
+    Ok(kubevirt_api::install::cluster_migrations(&list.items))
 }
 
 pub fn error_policy(

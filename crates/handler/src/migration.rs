@@ -7,9 +7,10 @@
 //!    `PreparingTarget`;
 //! 2. once it listens (`incoming_uri`): `targetNodeAddress`, `targetNodeDomainDetected`;
 //! 3. source: the migration starts (`startTimestamp`, event `Migrating`) with the options of
-//!    the MigrationPolicy that selects the VMI (`migrationPolicyName`), else the cluster's
-//!    defaults (upstream's: unlimited bandwidth, 150 s per GiB of guest memory to complete,
-//!    no auto-converge, no post-copy), recorded in `migrationConfiguration`;
+//!    the MigrationPolicy that selects the VMI (`migrationPolicyName`) over the cluster's
+//!    (the KubeVirt object's `spec.configuration.migrations`) over upstream's defaults
+//!    (unlimited bandwidth, 150 s per GiB of guest memory to complete, no auto-converge, no
+//!    post-copy), recorded in `migrationConfiguration`;
 //! 4. the source reports `migratedOut` and the target runs the guest: `completed`,
 //!    `endTimestamp`, `targetNodeDomainReadyTimestamp`, event `Migrated`; from then on the
 //!    target pod is the VMI's (`kubevirt_api::migration::guest_pod`);
@@ -29,8 +30,9 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
+use kubevirt_api::install::KubeVirt;
 use kubevirt_api::migration::{
-    abort_status, matching_policy, MigrationPolicy, MigrationPolicySpec,
+    abort_status, matching_policy, MigrationConfiguration, MigrationPolicy,
 };
 use kubevirt_api::v1::{MigrationState, VirtualMachineInstance};
 use kubevirt_hypervisor::DomainState;
@@ -40,34 +42,45 @@ use kubevirt_reconcile::events::EventType;
 use crate::agent::Context;
 use crate::error::{HandlerError, Result};
 
-/// Seconds a migration may take per GiB (decimal, rounded up) of guest memory before it is
-/// cancelled (upstream's `completionTimeoutPerGiB` default).
-pub const COMPLETION_TIMEOUT_PER_GIB: u64 = 150;
-
-/// The options a migration of `vmi` runs with: the cluster's defaults, overridden by the
-/// MigrationPolicy that selects it.
+/// The options a migration of `vmi` runs with under `config` (resolved: every field set).
+/// The completion timeout is per GiB (decimal, rounded up) of guest memory, as upstream's;
+/// 0 is none.
 pub fn options_for(
     vmi: &VirtualMachineInstance,
-    policy: Option<&MigrationPolicySpec>,
+    config: &MigrationConfiguration,
 ) -> MigrationOptions {
     let bytes = kubevirt_api::defaults::guest_memory(&vmi.spec)
         .map(|q| q.to_bytes())
         .unwrap_or(0);
     let gb = bytes.div_ceil(1_000_000_000).max(1);
-    let per_gib = policy
-        .and_then(|p| p.completion_timeout_per_gib)
-        .and_then(|t| u64::try_from(t).ok())
-        .unwrap_or(COMPLETION_TIMEOUT_PER_GIB);
     MigrationOptions {
-        bandwidth_bytes_per_second: policy
-            .and_then(|p| p.bandwidth_per_migration.as_ref())
+        bandwidth_bytes_per_second: config
+            .bandwidth_per_migration
+            .as_ref()
             .map(|q| q.to_bytes())
             .filter(|b| *b > 0),
-        completion_timeout_seconds: Some(per_gib * gb),
-        auto_converge: policy.and_then(|p| p.allow_auto_converge).unwrap_or(false),
-        allow_post_copy: policy.and_then(|p| p.allow_post_copy).unwrap_or(false),
+        completion_timeout_seconds: config
+            .completion_timeout_per_gib
+            .and_then(|t| u64::try_from(t).ok())
+            .filter(|per_gib| *per_gib > 0)
+            .map(|per_gib| per_gib * gb),
+        auto_converge: config.allow_auto_converge.unwrap_or(false),
+        allow_post_copy: config.allow_post_copy.unwrap_or(false),
         ..Default::default()
     }
+}
+
+/// The cluster's migration configuration: the install's KubeVirt object's
+/// `spec.configuration.migrations` over upstream's defaults.
+async fn cluster_migrations(ctx: &Context) -> Result<MigrationConfiguration> {
+    let all: Api<KubeVirt> = Api::all(ctx.client.clone());
+    let list = all
+        .list(&ListParams::default())
+        .await
+        .map_err(kubevirt_reconcile::api_call_on(
+            "listing", "KubeVirt", "", "",
+        ))?;
+    Ok(kubevirt_api::install::cluster_migrations(&list.items))
 }
 
 /// The MigrationPolicy selecting `vmi` (by its labels and its namespace's), if any.
@@ -293,14 +306,13 @@ pub async fn sync(ctx: &Context, vmi: &VirtualMachineInstance) -> Result<Option<
         &ms.start_timestamp,
     ) {
         let policy = policy_for(ctx, vmi).await?;
-        let options = options_for(vmi, policy.as_ref().map(|p| &p.spec));
+        let mut config = cluster_migrations(ctx).await?;
+        if let Some(p) = &policy {
+            config = config.with_policy(&p.spec);
+        }
+        let options = options_for(vmi, &config);
         next.migration_policy_name = policy.as_ref().and_then(|p| p.metadata.name.clone());
-        next.migration_configuration = Some(serde_json::json!({
-            "allowAutoConverge": options.auto_converge,
-            "allowPostCopy": options.allow_post_copy,
-            "bandwidthPerMigration": options.bandwidth_bytes_per_second.unwrap_or(0).to_string(),
-            "completionTimeoutPerGiB": options.completion_timeout_seconds,
-        }));
+        next.migration_configuration = serde_json::to_value(&config).ok();
         let request = MigrateRequest {
             uri,
             storage_uri,
@@ -434,11 +446,14 @@ async fn failed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kubevirt_api::migration::MigrationPolicySpec;
 
     #[test]
     fn completion_timeout_scales_with_guest_memory() {
         let mut vmi = VirtualMachineInstance::test("v");
-        let t = |vmi: &VirtualMachineInstance| options_for(vmi, None).completion_timeout_seconds;
+        let defaults = MigrationConfiguration::resolved(None);
+        let t =
+            |vmi: &VirtualMachineInstance| options_for(vmi, &defaults).completion_timeout_seconds;
         assert_eq!(t(&vmi), Some(150), "no memory given: one GiB's worth");
         vmi.spec.domain.memory =
             Some(serde_json::from_value(serde_json::json!({"guest": "128Mi"})).unwrap());
@@ -450,16 +465,23 @@ mod tests {
             Some(150 * 5),
             "4 GiB is 4.29 GB, rounded up as upstream"
         );
-        let o = options_for(&vmi, None);
+        let o = options_for(&vmi, &defaults);
         assert_eq!(o.bandwidth_bytes_per_second, None);
         assert!(!o.auto_converge && !o.allow_post_copy);
         let policy: MigrationPolicySpec = serde_json::from_value(serde_json::json!({
             "bandwidthPerMigration": "1Mi", "completionTimeoutPerGiB": 10,
             "allowAutoConverge": true, "allowPostCopy": true}))
         .unwrap();
-        let o = options_for(&vmi, Some(&policy));
+        let o = options_for(&vmi, &defaults.clone().with_policy(&policy));
         assert_eq!(o.bandwidth_bytes_per_second, Some(1 << 20));
         assert_eq!(o.completion_timeout_seconds, Some(50));
         assert!(o.auto_converge && o.allow_post_copy);
+        let never: MigrationPolicySpec =
+            serde_json::from_value(serde_json::json!({"completionTimeoutPerGiB": 0})).unwrap();
+        let o = options_for(&vmi, &defaults.with_policy(&never));
+        assert_eq!(
+            o.completion_timeout_seconds, None,
+            "0: no timeout, as upstream"
+        );
     }
 }

@@ -237,9 +237,15 @@ pub async fn virt_controller(args: VirtControllerArgs) -> anyhow::Result<()> {
         stop.clone(),
     ));
     let lead = {
-        let (client, stop) = (client.clone(), stop.clone());
+        let (client, stop, namespace) = (client.clone(), stop.clone(), args.namespace.clone());
         move || async move {
             leading.store(true, Ordering::SeqCst);
+            // The install's KubeVirt object, as applying upstream's operator CR makes it.
+            if let Err(error) =
+                kubevirt_controller::install::ensure_object(&client, &namespace).await
+            {
+                tracing::warn!(%error, "creating the install's KubeVirt object");
+            }
             let mut tasks = tokio::task::JoinSet::new();
             components::spawn_controllers(&mut tasks, &client, pods, &stop);
             while tasks.join_next().await.is_some() {}

@@ -110,6 +110,7 @@ pub fn spawn_controllers(
     tasks.spawn(c::restore::run(client.clone(), stopped(stop)));
     tasks.spawn(c::clone::run(client.clone(), stopped(stop)));
     tasks.spawn(c::evacuation::run(client.clone(), stopped(stop)));
+    tasks.spawn(c::install::run(client.clone(), stopped(stop)));
     tasks.spawn(c::migration::run(
         client.clone(),
         pods.clone(),

@@ -304,6 +304,8 @@ async fn server(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|_| format!("https://{}", handle.addr));
     exports.set_server(client.clone(), &api_url, &handle.ca_pem);
 
+    // The install's KubeVirt object, as installing upstream's operator CR makes it.
+    kubevirt_controller::install::ensure_object(&client, kubevirt_api::install::NAMESPACE).await?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let node_pods = agent.start(&mut tasks, &client, kvm, &stop).await?;

@@ -462,6 +462,25 @@ fn install_and_run_a_vm_on_real_kubernetes() {
             );
         }
     }
+    // The leader made the install's KubeVirt object (with its ServiceAccount's rights) and
+    // says it is up, as upstream's install instructions wait for.
+    admin.wait_for(
+        &["-n", NS, "get", "kv", "kubevirt"],
+        "{.status.phase}",
+        "Deployed",
+        &parts,
+    );
+    let out = admin.ok(&[
+        "-n",
+        NS,
+        "wait",
+        "kv",
+        "kubevirt",
+        "--for",
+        "condition=Available",
+        "--timeout=60s",
+    ]);
+    assert_eq!(out.trim(), "kubevirt.kubevirt.io/kubevirt condition met");
     let registry = kubevirt_testenv::Registry::start().unwrap();
     registry
         .push_guest_containerdisk(kubevirt_testenv::UPSTREAM_DEMO_IMAGE)

@@ -315,6 +315,43 @@ fn migrate_moves_a_running_guest_to_a_new_launcher() {
 #[test]
 fn migrate_cancel_leaves_the_guest_on_its_source() {
     let server = Server::start(&["--stop-vms-on-exit"]);
+    // The install's KubeVirt object is there and up, as upstream's install instructions
+    // wait for; its migration configuration is the cluster's.
+    let out = server.kubectl_ok(&[
+        "-n",
+        "kubevirt",
+        "wait",
+        "kv",
+        "kubevirt",
+        "--for",
+        "condition=Available",
+        "--timeout=60s",
+    ]);
+    assert_eq!(out.trim(), "kubevirt.kubevirt.io/kubevirt condition met");
+    let out = server.kubectl_ok(&["get", "kv", "-A"]);
+    assert!(
+        out.contains("kubevirt    kubevirt") && out.contains("Deployed"),
+        "{out}"
+    );
+    server.kubectl_ok(&[
+        "-n", "kubevirt", "patch", "kv", "kubevirt", "--type", "merge", "-p",
+        r#"{"spec":{"configuration":{"migrations":{"allowAutoConverge":true,"completionTimeoutPerGiB":90,"bandwidthPerMigration":"8Mi"}}}}"#,
+    ]);
+    let kv = |path: &str| {
+        server.kubectl_ok(&[
+            "-n",
+            "kubevirt",
+            "get",
+            "kv",
+            "kubevirt",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+    };
+    let generation = kv("{.metadata.generation}");
+    wait_until("the KubeVirt object's status follows its spec", || {
+        kv("{.status.observedGeneration}") == generation
+    });
     // A migration this slow is still copying when the cancel comes.
     server.apply_yaml(
         r#"apiVersion: migrations.kubevirt.io/v1alpha1
@@ -348,10 +385,14 @@ spec:
     server.wait_for("vm", name, "{.status.printableStatus}", "Migrating");
     let state = |f: &str| server.jsonpath("vmi", name, &format!("{{.status.migrationState.{f}}}"));
     assert_eq!(state("migrationPolicyName"), "slow");
-    assert_eq!(
-        state("migrationConfiguration.bandwidthPerMigration"),
-        "1048576"
-    );
+    // The policy's bandwidth over the cluster's, the cluster's settings over upstream's
+    // defaults.
+    let config = |f: &str| state(&format!("migrationConfiguration.{f}"));
+    assert_eq!(config("bandwidthPerMigration"), "1Mi");
+    assert_eq!(config("allowAutoConverge"), "true");
+    assert_eq!(config("completionTimeoutPerGiB"), "90");
+    assert_eq!(config("parallelMigrationsPerCluster"), "5");
+    assert_eq!(config("allowPostCopy"), "false");
     let vmim = migration_of(&server, name, ".metadata.name");
     let target = state("targetPod");
 
