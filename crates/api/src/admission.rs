@@ -234,6 +234,13 @@ pub const KINDS: [&str; 4] = [
     "VirtualMachineInstanceReplicaSet",
 ];
 
+/// Kinds stored as given ([`crate::crds::storage_only`]) whose part kubevirt-rs reads
+/// [`admit`] checks, by group and kind; it never rewrites them.
+pub const CHECKED_STORED_KINDS: [(&str, &str); 2] = [
+    ("kubevirt.io", "KubeVirt"),
+    ("migrations.kubevirt.io", "MigrationPolicy"),
+];
+
 /// The `cdi.kubevirt.io` kinds [`admit`] takes (CDI's webhook rules).
 pub const CDI_KINDS: [&str; 1] = ["DataVolume"];
 
@@ -337,7 +344,46 @@ pub fn admit(
             crate::export::validate_vm_export,
             crate::export::validate_vm_export_update,
         ),
+        // CHECKED_STORED_KINDS.
+        "KubeVirt" => check_typed(
+            obj,
+            old,
+            op,
+            crate::install::validate_kubevirt,
+            crate::install::validate_kubevirt_update,
+        ),
+        "MigrationPolicy" => check_typed(
+            obj,
+            old,
+            op,
+            crate::migration::validate_migration_policy,
+            crate::migration::validate_migration_policy_update,
+        ),
         other => Err(vec![FieldError::not_supported("kind", other, &KINDS)]),
+    }
+}
+
+/// Validates `obj` as `T` (with update rules against `old` on `Update`) and leaves it as
+/// it is: `T` reads part of a kind whose other fields are kept.
+fn check_typed<T: DeserializeOwned>(
+    obj: &Value,
+    old: Option<&Value>,
+    op: Operation,
+    validate: fn(&T) -> Vec<FieldError>,
+    validate_update: fn(&T, &T) -> Vec<FieldError>,
+) -> Result<(), Vec<FieldError>> {
+    let typed: T = decode(obj)?;
+    let mut errors = validate(&typed);
+    if let (Operation::Update, Some(old)) = (op, old) {
+        // An old object that no longer decodes is not the new one's fault.
+        if let Ok(old_typed) = decode::<T>(old) {
+            errors.extend(validate_update(&typed, &old_typed));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }
 

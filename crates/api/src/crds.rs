@@ -114,10 +114,39 @@ pub fn to_yaml() -> String {
     out
 }
 
-/// Upstream kubevirt kinds stored with `spec` and `status` as free-form objects, so that any
-/// upstream object of them applies: instancetypes and preferences, pools and the deprecated
-/// VMI presets (not acted upon yet), migration policies and the install's KubeVirt object
-/// (read through their own types: [`crate::migration`], [`crate::install`]).
+/// The spec schema of a stored kind from the type kubevirt-rs reads it through (`crd`'s),
+/// with unknown fields kept at every level and no defaults (the type's are for reading):
+/// upstream's objects are stored as given, and a wrong type in the part read is refused
+/// as kube-apiserver refuses it.
+fn read_part_schema(crd: CustomResourceDefinition) -> Option<serde_json::Value> {
+    fn keep_unknown(s: &mut serde_json::Value) {
+        if let Some(map) = s.as_object_mut() {
+            map.remove("default");
+        }
+        if let Some(props) = s.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            props.values_mut().for_each(keep_unknown);
+            s["x-kubernetes-preserve-unknown-fields"] = true.into();
+        }
+        if let Some(items) = s.get_mut("items") {
+            keep_unknown(items);
+        }
+    }
+    let version = crd.spec.versions.into_iter().next()?;
+    let spec = version
+        .schema?
+        .open_api_v3_schema?
+        .properties?
+        .remove("spec")?;
+    let mut spec = serde_json::to_value(spec).ok()?;
+    keep_unknown(&mut spec);
+    Some(spec)
+}
+
+/// Upstream kubevirt kinds stored with `spec` and `status` as given, so that any upstream
+/// object of them applies: instancetypes and preferences, pools and the deprecated VMI
+/// presets (not acted upon yet), migration policies and the install's KubeVirt object
+/// (read through their own types, [`crate::migration`] and [`crate::install`], whose part
+/// of the spec the schema types).
 pub fn storage_only() -> Vec<CustomResourceDefinition> {
     struct Def {
         group: &'static str,
@@ -129,6 +158,9 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
         status: bool,
         /// Upstream's `status.phase` printer column.
         phase_column: bool,
+        /// The type kubevirt-rs reads the kind through: its spec's schema types that part
+        /// ([`read_part_schema`]).
+        read_as: Option<fn() -> CustomResourceDefinition>,
     }
     let defs = [
         Def {
@@ -140,6 +172,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             namespaced: true,
             status: false,
             phase_column: false,
+            read_as: None,
         },
         Def {
             group: "instancetype.kubevirt.io",
@@ -155,6 +188,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             namespaced: false,
             status: false,
             phase_column: false,
+            read_as: None,
         },
         Def {
             group: "instancetype.kubevirt.io",
@@ -165,6 +199,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             namespaced: true,
             status: false,
             phase_column: false,
+            read_as: None,
         },
         Def {
             group: "instancetype.kubevirt.io",
@@ -175,6 +210,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             namespaced: false,
             status: false,
             phase_column: false,
+            read_as: None,
         },
         Def {
             group: "pool.kubevirt.io",
@@ -185,6 +221,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             namespaced: true,
             status: true,
             phase_column: false,
+            read_as: None,
         },
         Def {
             group: "migrations.kubevirt.io",
@@ -195,6 +232,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             namespaced: false,
             status: true,
             phase_column: false,
+            read_as: Some(crate::migration::MigrationPolicy::crd),
         },
         Def {
             group: "kubevirt.io",
@@ -205,6 +243,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             namespaced: true,
             status: false,
             phase_column: false,
+            read_as: None,
         },
         // Read for `spec.configuration`; its status says the install is up (`install`).
         Def {
@@ -216,6 +255,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
             namespaced: true,
             status: true,
             phase_column: true,
+            read_as: Some(crate::install::KubeVirt::crd),
         },
     ];
     defs.iter()
@@ -228,7 +268,7 @@ pub fn storage_only() -> Vec<CustomResourceDefinition> {
                     "apiVersion": {"type": "string", "description": API_VERSION_DOC},
                     "kind": {"type": "string", "description": KIND_DOC},
                     "metadata": {"type": "object"},
-                    "spec": free,
+                    "spec": d.read_as.and_then(|crd| read_part_schema(crd())).unwrap_or_else(|| free.clone()),
                     "status": free,
                 },
             }});

@@ -5,14 +5,16 @@
 //!
 //! Its CRD keeps `spec` and `status` as given ([`crate::crds::storage_only`]), so any
 //! upstream KubeVirt object applies unchanged; the types here read the part kubevirt-rs
-//! acts on (`spec.configuration.migrations`). Write it back as JSON, never through these
-//! types: they would drop the rest.
+//! acts on (`spec.configuration.migrations`), which the CRD's schema types and admission
+//! checks ([`validate_kubevirt`]). Write it back as JSON, never through these types: they
+//! would drop the rest.
 
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::admission::FieldError;
 use crate::migration::MigrationConfiguration;
 
 /// Namespace and name of the KubeVirt object an install creates (upstream's).
@@ -63,6 +65,18 @@ impl KubeVirt {
     pub fn migrations(&self) -> Option<&MigrationConfiguration> {
         self.spec.configuration.as_ref()?.migrations.as_ref()
     }
+}
+
+/// What a KubeVirt object may not say, of the part kubevirt-rs reads (its type, decoding,
+/// already refuses wrong types and out-of-range numbers with their paths).
+pub fn validate_kubevirt(kv: &KubeVirt) -> Vec<FieldError> {
+    kv.migrations()
+        .map(|m| m.validate("spec.configuration.migrations"))
+        .unwrap_or_default()
+}
+
+pub fn validate_kubevirt_update(new: &KubeVirt, _old: &KubeVirt) -> Vec<FieldError> {
+    validate_kubevirt(new)
 }
 
 /// The install's KubeVirt object among `all` (upstream allows one per cluster and ignores

@@ -9,6 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::admission::{FieldError, FieldErrorKind};
 use crate::v1::{
     vmi_condition, ConditionStatus, VirtualMachineInstance, VirtualMachineInstanceCondition,
     VirtualMachineInstanceMigration, VolumeSource,
@@ -107,6 +108,16 @@ pub struct MigrationConfiguration {
 }
 
 impl MigrationConfiguration {
+    /// The rules of [`validate_migration_policy`], for the cluster's configuration at
+    /// `path` (upstream decodes it only; a negative value there means nothing either).
+    pub fn validate(&self, path: &str) -> Vec<FieldError> {
+        not_negative(
+            path,
+            self.completion_timeout_per_gib,
+            self.bandwidth_per_migration.as_ref(),
+        )
+    }
+
     /// Upstream's defaults: 5 migrations in the cluster, 2 leaving a node, no bandwidth
     /// limit, 150 s per GiB, neither auto-converge nor post-copy.
     pub fn upstream_defaults() -> Self {
@@ -171,6 +182,46 @@ impl MigrationConfiguration {
         );
         set(&mut self.allow_post_copy, allow_post_copy);
     }
+}
+
+/// What upstream's `migration-policy-validator` refuses: a negative completion timeout or
+/// bandwidth. (Its `maxDowntimeMs` and `experimental` fields need feature gates
+/// kubevirt-rs does not have; they are kept, not acted on.)
+pub fn validate_migration_policy(p: &MigrationPolicy) -> Vec<FieldError> {
+    not_negative(
+        "spec",
+        p.spec.completion_timeout_per_gib,
+        p.spec.bandwidth_per_migration.as_ref(),
+    )
+}
+
+pub fn validate_migration_policy_update(
+    new: &MigrationPolicy,
+    _old: &MigrationPolicy,
+) -> Vec<FieldError> {
+    validate_migration_policy(new)
+}
+
+/// Neither `<path>.completionTimeoutPerGiB` nor `<path>.bandwidthPerMigration` may be
+/// negative (upstream's causes: the message alone).
+fn not_negative(
+    path: &str,
+    completion_timeout_per_gib: Option<i64>,
+    bandwidth: Option<&crate::Quantity>,
+) -> Vec<FieldError> {
+    let negative = |field: &str| FieldError {
+        field: format!("{path}.{field}"),
+        kind: FieldErrorKind::InvalidMessage,
+        message: "must not be negative".into(),
+    };
+    let mut errors = Vec::new();
+    if completion_timeout_per_gib.is_some_and(|t| t < 0) {
+        errors.push(negative("completionTimeoutPerGiB"));
+    }
+    if bandwidth.is_some_and(|b| b.is_negative()) {
+        errors.push(negative("bandwidthPerMigration"));
+    }
+    errors
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -501,6 +552,58 @@ pub fn vmi_name(m: &VirtualMachineInstanceMigration) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_and_the_cluster_configuration_may_not_be_negative() {
+        use crate::admission::{admit, Operation};
+        let mut policy = serde_json::json!({
+            "apiVersion": "migrations.kubevirt.io/v1alpha1", "kind": "MigrationPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"completionTimeoutPerGiB": -1, "bandwidthPerMigration": "-1Mi",
+                     "maxDowntimeMs": 100}
+        });
+        let errs = admit("MigrationPolicy", Operation::Create, &mut policy, None).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "spec.completionTimeoutPerGiB: must not be negative",
+                "spec.bandwidthPerMigration: must not be negative"
+            ]
+        );
+        policy["spec"]["completionTimeoutPerGiB"] = 0.into();
+        policy["spec"]["bandwidthPerMigration"] = "0".into();
+        let before = policy.clone();
+        admit(
+            "MigrationPolicy",
+            Operation::Update,
+            &mut policy,
+            Some(&before),
+        )
+        .unwrap();
+        assert_eq!(
+            policy, before,
+            "checked, not rewritten: upstream's fields stay"
+        );
+
+        let mut kv = serde_json::json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
+            "metadata": {"name": "kubevirt", "namespace": "kubevirt"},
+            "spec": {"configuration": {"migrations": {"parallelMigrationsPerCluster": -2}}}
+        });
+        let errs = admit("KubeVirt", Operation::Create, &mut kv, None).unwrap_err();
+        assert_eq!(
+            errs[0].field,
+            "spec.configuration.migrations.parallelMigrationsPerCluster"
+        );
+        kv["spec"]["configuration"]["migrations"] =
+            serde_json::json!({"completionTimeoutPerGiB": -3});
+        let errs = admit("KubeVirt", Operation::Create, &mut kv, None).unwrap_err();
+        assert_eq!(
+            errs[0].to_string(),
+            "spec.configuration.migrations.completionTimeoutPerGiB: must not be negative"
+        );
+    }
     use serde_json::json;
 
     #[test]

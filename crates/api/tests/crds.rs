@@ -342,3 +342,52 @@ fn kube_resource_metadata_matches_the_crds() {
     assert_eq!(v["apiVersion"], "kubevirt.io/v1");
     assert_eq!(v["kind"], "VirtualMachine");
 }
+
+#[test]
+fn stored_kinds_type_the_part_read_and_keep_the_rest() {
+    let stored = |kind: &str| {
+        crds::storage_only()
+            .into_iter()
+            .find(|c| c.spec.names.kind == kind)
+            .unwrap()
+    };
+    let spec_of = |c: &CustomResourceDefinition| -> JSONSchemaProps {
+        c.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap()
+            .properties
+            .as_ref()
+            .unwrap()["spec"]
+            .clone()
+    };
+    let child = |s: &JSONSchemaProps, k: &str| s.properties.as_ref().unwrap()[k].clone();
+    let keeps = |s: &JSONSchemaProps| s.x_kubernetes_preserve_unknown_fields == Some(true);
+
+    let spec = spec_of(&stored("KubeVirt"));
+    let configuration = child(&spec, "configuration");
+    let migrations = child(&configuration, "migrations");
+    assert!(keeps(&spec) && keeps(&configuration) && keeps(&migrations));
+    let ty = |s: &JSONSchemaProps, k: &str| child(s, k).type_;
+    assert_eq!(
+        ty(&migrations, "completionTimeoutPerGiB").as_deref(),
+        Some("integer")
+    );
+    assert_eq!(ty(&migrations, "allowPostCopy").as_deref(), Some("boolean"));
+    assert_eq!(
+        child(&migrations, "bandwidthPerMigration").x_kubernetes_int_or_string,
+        Some(true)
+    );
+
+    let spec = spec_of(&stored("MigrationPolicy"));
+    assert!(keeps(&spec) && keeps(&child(&spec, "selectors")));
+    assert_eq!(child(&spec, "selectors").default, None, "stored as given");
+    assert_eq!(ty(&spec, "allowAutoConverge").as_deref(), Some("boolean"));
+
+    // A kind kubevirt-rs does not read keeps its spec whole.
+    let spec = spec_of(&stored("VirtualMachinePool"));
+    assert!(keeps(&spec) && spec.properties.is_none());
+}

@@ -39,7 +39,7 @@ impl Admission for KubevirtAdmission {
             kubevirt_api::export::GROUP => kubevirt_api::export::KINDS.contains(&kind),
             kubevirt_api::clone::GROUP => kubevirt_api::clone::KINDS.contains(&kind),
             _ => false,
-        };
+        } || kubevirt_api::admission::CHECKED_STORED_KINDS.contains(&(group, kind));
         if !ours {
             return Ok(());
         }

@@ -172,6 +172,24 @@ pub const WEBHOOKS: &[Webhook] = &[
         CREATE_UPDATE,
         "/vm-clone-validate-create",
     ),
+    hook(
+        "migration-policy-validator.kubevirt.io",
+        Validate,
+        "migrations.kubevirt.io",
+        "migrationpolicies",
+        CREATE_UPDATE,
+        "/migration-policy-validate-create",
+    ),
+    // Upstream's virt-operator serves this one; on updates only, so the install's own
+    // create (`kubevirt_controller::install::ensure_object`) never waits for virt-api.
+    hook(
+        "kubevirt-update-validator.kubevirt.io",
+        Validate,
+        "kubevirt.io",
+        "kubevirts",
+        UPDATE,
+        "/kubevirt-validate-update",
+    ),
 ];
 
 /// Evictions of launcher pods: refused (429) while the VMI is evacuated by a migration,

@@ -481,6 +481,61 @@ fn install_and_run_a_vm_on_real_kubernetes() {
         "--timeout=60s",
     ]);
     assert_eq!(out.trim(), "kubevirt.kubevirt.io/kubevirt condition met");
+    // kube-apiserver refuses a wrong type in the part of it kubevirt-rs reads (the CRD's
+    // schema), virt-api's webhooks what upstream's validators refuse.
+    let out = admin.kubectl(
+        &[
+            "-n",
+            NS,
+            "patch",
+            "kv",
+            "kubevirt",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"configuration":{"migrations":{"allowPostCopy":"yes"}}}}"#,
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(
+                "spec.configuration.migrations.allowPostCopy in body must be of type boolean"
+            ),
+        "{err}"
+    );
+    let out = admin.kubectl(
+        &[
+            "-n",
+            NS,
+            "patch",
+            "kv",
+            "kubevirt",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"configuration":{"migrations":{"completionTimeoutPerGiB":-5}}}}"#,
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(
+                "spec.configuration.migrations.completionTimeoutPerGiB: must not be negative"
+            ),
+        "{err}"
+    );
+    let out = admin.apply(
+        "apiVersion: migrations.kubevirt.io/v1alpha1\nkind: MigrationPolicy\nmetadata:\n  name: greedy\n\
+         spec:\n  bandwidthPerMigration: -1Mi\n  maxDowntimeMs: 100\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("spec.bandwidthPerMigration: must not be negative"),
+        "{err}"
+    );
     let registry = kubevirt_testenv::Registry::start().unwrap();
     registry
         .push_guest_containerdisk(kubevirt_testenv::UPSTREAM_DEMO_IMAGE)

@@ -352,6 +352,84 @@ fn migrate_cancel_leaves_the_guest_on_its_source() {
     wait_until("the KubeVirt object's status follows its spec", || {
         kv("{.status.observedGeneration}") == generation
     });
+    // A configuration no migration can run with is refused with its field (the CRD's
+    // schema types the part read; admission refuses what upstream's validators refuse);
+    // the object keeps what it had, and upstream's other fields are kept as given.
+    let refused = |args: &[&str], patch: &str| {
+        let out = server.kubectl(&[args, &["--type", "merge", "-p", patch]].concat());
+        assert!(!out.status.success(), "{args:?} {patch} was taken");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let patch_kv = ["-n", "kubevirt", "patch", "kv", "kubevirt"];
+    let err = refused(
+        &patch_kv,
+        r#"{"spec":{"configuration":{"migrations":{"completionTimeoutPerGiB":"soon"}}}}"#,
+    );
+    assert!(
+        err.contains(
+            "spec.configuration.migrations.completionTimeoutPerGiB in body must be of type integer"
+        ),
+        "{err}"
+    );
+    let err = refused(
+        &patch_kv,
+        r#"{"spec":{"configuration":{"migrations":{"completionTimeoutPerGiB":-1}}}}"#,
+    );
+    assert!(
+        err.contains("spec.configuration.migrations.completionTimeoutPerGiB")
+            && err.contains("must not be negative"),
+        "{err}"
+    );
+    let err = refused(
+        &patch_kv,
+        r#"{"spec":{"configuration":{"migrations":{"parallelMigrationsPerCluster":-2}}}}"#,
+    );
+    assert!(
+        err.contains("spec.configuration.migrations.parallelMigrationsPerCluster"),
+        "{err}"
+    );
+    assert_eq!(
+        kv("{.spec.configuration.migrations.completionTimeoutPerGiB}"),
+        "90"
+    );
+    server.kubectl_ok(&[
+        &patch_kv[..],
+        &["--type", "merge", "-p", r#"{"spec":{"configuration":{"migrations":{"unsafeMigrationOverride":false},"developerConfiguration":{"featureGates":["Snapshot"]}}}}"#],
+    ].concat());
+    assert_eq!(
+        kv("{.spec.configuration.migrations.unsafeMigrationOverride}"),
+        "false"
+    );
+    assert_eq!(
+        kv("{.spec.configuration.developerConfiguration.featureGates[0]}"),
+        "Snapshot"
+    );
+    let policy = |name: &str, spec: &str| {
+        format!("apiVersion: migrations.kubevirt.io/v1alpha1\nkind: MigrationPolicy\nmetadata:\n  name: {name}\nspec:\n{spec}")
+    };
+    let out = server.apply_output(&policy("greedy", "  bandwidthPerMigration: -1Mi\n"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("spec.bandwidthPerMigration")
+            && err.contains("must not be negative"),
+        "{err}"
+    );
+    server.apply_yaml(&policy(
+        "upstream-fields",
+        "  maxDowntimeMs: 100\n  selectors:\n    virtualMachineInstanceSelector: {none: here}\n",
+    ));
+    assert_eq!(
+        server.kubectl_ok(&[
+            "get",
+            "migrationpolicy",
+            "upstream-fields",
+            "-o",
+            "jsonpath={.spec.maxDowntimeMs}"
+        ]),
+        "100"
+    );
+    server.kubectl_ok(&["delete", "migrationpolicy", "upstream-fields"]);
     // A migration this slow is still copying when the cancel comes.
     server.apply_yaml(
         r#"apiVersion: migrations.kubevirt.io/v1alpha1
