@@ -345,41 +345,19 @@ pub fn admit(
             crate::export::validate_vm_export_update,
         ),
         // CHECKED_STORED_KINDS.
-        "KubeVirt" => check_typed(
-            obj,
-            old,
-            op,
-            crate::install::validate_kubevirt,
-            crate::install::validate_kubevirt_update,
-        ),
-        "MigrationPolicy" => check_typed(
-            obj,
-            old,
-            op,
-            crate::migration::validate_migration_policy,
-            crate::migration::validate_migration_policy_update,
-        ),
+        "KubeVirt" => check_typed(obj, crate::install::validate_kubevirt),
+        "MigrationPolicy" => check_typed(obj, crate::migration::validate_migration_policy),
         other => Err(vec![FieldError::not_supported("kind", other, &KINDS)]),
     }
 }
 
-/// Validates `obj` as `T` (with update rules against `old` on `Update`) and leaves it as
-/// it is: `T` reads part of a kind whose other fields are kept.
+/// Validates `obj` as `T` and leaves it as it is: `T` reads part of a kind whose other
+/// fields are kept. (These kinds have no rules that compare with the old object.)
 fn check_typed<T: DeserializeOwned>(
     obj: &Value,
-    old: Option<&Value>,
-    op: Operation,
     validate: fn(&T) -> Vec<FieldError>,
-    validate_update: fn(&T, &T) -> Vec<FieldError>,
 ) -> Result<(), Vec<FieldError>> {
-    let typed: T = decode(obj)?;
-    let mut errors = validate(&typed);
-    if let (Operation::Update, Some(old)) = (op, old) {
-        // An old object that no longer decodes is not the new one's fault.
-        if let Ok(old_typed) = decode::<T>(old) {
-            errors.extend(validate_update(&typed, &old_typed));
-        }
-    }
+    let errors = validate(&decode(obj)?);
     if errors.is_empty() {
         Ok(())
     } else {

@@ -75,10 +75,6 @@ pub fn validate_kubevirt(kv: &KubeVirt) -> Vec<FieldError> {
         .unwrap_or_default()
 }
 
-pub fn validate_kubevirt_update(new: &KubeVirt, _old: &KubeVirt) -> Vec<FieldError> {
-    validate_kubevirt(new)
-}
-
 /// The install's KubeVirt object among `all` (upstream allows one per cluster and ignores
 /// later ones): the oldest, by creation time then name.
 pub fn active(all: &[KubeVirt]) -> Option<&KubeVirt> {

@@ -195,13 +195,6 @@ pub fn validate_migration_policy(p: &MigrationPolicy) -> Vec<FieldError> {
     )
 }
 
-pub fn validate_migration_policy_update(
-    new: &MigrationPolicy,
-    _old: &MigrationPolicy,
-) -> Vec<FieldError> {
-    validate_migration_policy(new)
-}
-
 /// Neither `<path>.completionTimeoutPerGiB` nor `<path>.bandwidthPerMigration` may be
 /// negative (upstream's causes: the message alone).
 fn not_negative(
@@ -571,6 +564,14 @@ mod tests {
                 "spec.bandwidthPerMigration: must not be negative"
             ]
         );
+        let before = policy.clone();
+        let errs = admit(
+            "MigrationPolicy",
+            Operation::Update,
+            &mut policy,
+            Some(&before),
+        );
+        assert_eq!(errs.unwrap_err().len(), 2, "each cause once on update too");
         policy["spec"]["completionTimeoutPerGiB"] = 0.into();
         policy["spec"]["bandwidthPerMigration"] = "0".into();
         let before = policy.clone();
